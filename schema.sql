@@ -1,0 +1,23 @@
+-- The users table. Idempotent: safe to apply any number of times.
+
+CREATE TABLE IF NOT EXISTS users (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL,
+    -- "C" collation: lower() folds ASCII only and ordering is bytewise, so
+    -- identity and order are the same on every server whatever its locale.
+    email      text COLLATE "C" NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Mirrors of the API's validation rules, as a second line of defence.
+    CONSTRAINT users_name_valid CHECK (
+        char_length(name) BETWEEN 1 AND 200
+        AND name !~ '[\x01-\x1f\x7f-\x9f]'
+    ),
+    CONSTRAINT users_email_valid CHECK (
+        char_length(email) BETWEEN 3 AND 254
+        AND email ~ '^[^@\s\x01-\x1f\x7f-\x9f]{1,64}@[^@\s/\x01-\x1f\x7f-\x9f]+$'
+    )
+);
+
+-- One user per email regardless of letter case; also serves lookups and
+-- keyset paging in email order.
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_lower_key ON users (lower(email));

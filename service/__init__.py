@@ -1,0 +1,1 @@
+"""The users service: a JSON API over PostgreSQL."""

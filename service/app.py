@@ -1,0 +1,73 @@
+"""The Starlette app: route table, lifespan and error handling."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from uvicorn.config import STARTUP_FAILURE
+
+from service import users
+from service.database import close_pool, open_pool
+from service.problems import EXCEPTION_HANDLERS, UnexpectedErrors
+from service.settings import Settings, SettingsError
+
+logger = logging.getLogger("service")
+
+# Each path also answers with a trailing slash, without a redirect, because
+# existing callers use "/users/". "{email:path}" takes a trailing "/" itself.
+routes = [
+    Route("/users", users.list_users, methods=["GET"]),
+    Route("/users", users.create_user, methods=["POST"]),
+    Route("/users/", users.list_users, methods=["GET"]),
+    Route("/users/", users.create_user, methods=["POST"]),
+    Route("/users/bulk", users.create_users, methods=["POST"]),
+    Route("/users/bulk/", users.create_users, methods=["POST"]),
+    Route("/users/{email:path}", users.get_user, methods=["GET"]),
+    Route("/users/{email:path}", users.update_user, methods=["PATCH"]),
+    Route("/users/{email:path}", users.delete_user, methods=["DELETE"]),
+]
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with one line naming the variable."""
+    try:
+        settings = Settings.from_env()
+        if settings.database_url is None:
+            raise SettingsError("DATABASE_URL is not set: the service needs a PostgreSQL URL")
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        # uvicorn's supervisor stops instead of restarting a worker that exits so.
+        raise SystemExit(STARTUP_FAILURE) from None
+    return settings
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The app for uvicorn's --factory; settings come from the environment by default."""
+    if settings is None:
+        settings = load_settings()
+    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
+    logger.setLevel(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pool = await open_pool(settings)
+        try:
+            yield
+        finally:
+            await close_pool(app.state.pool)
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(UnexpectedErrors)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.router.redirect_slashes = False
+    return app

@@ -1,0 +1,59 @@
+"""The asyncpg pool and the schema: opening, closing, migrating."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import asyncpg
+from starlette.requests import Request
+
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# Any fixed number, the same in every process: it names the migration lock.
+MIGRATION_LOCK_KEY = 7_262_100_001
+POOL_CLOSE_SECONDS = 5.0
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout,
+        server_settings={"application_name": "users-service"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_SECONDS) -> None:
+    """Close gracefully within `grace` seconds, then cut whatever is still open."""
+    try:
+        await asyncio.wait_for(pool.close(), grace)
+    except TimeoutError:
+        logger.warning("pool did not close within %.0f s; terminating it", grace)
+        pool.terminate()
+
+
+def pool_of(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+async def migrate(database_url: str) -> None:
+    """Apply schema.sql; concurrent runs wait for each other on an advisory lock."""
+    schema = SCHEMA_PATH.read_text(encoding="utf-8")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(schema)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()

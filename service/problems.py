@@ -1,0 +1,185 @@
+"""RFC 9457 problem responses, and the one place errors become statuses."""
+
+from __future__ import annotations
+
+import logging
+import re
+from http import HTTPStatus
+
+import asyncpg
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+
+from service.schemas import Problem
+
+logger = logging.getLogger("service")
+
+MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+_encoder = msgspec.json.Encoder()
+# msgspec ends a validation message with the place it failed: "... - at `$.name`".
+_AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
+
+# Failures of the database connection rather than of the request: worth a retry.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class ProblemError(Exception):
+    """Raised by endpoints to answer with a problem; handled in one place."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        field: str | None = None,
+        conflicts: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+        self.conflicts = conflicts
+        self.headers = headers
+
+
+def problem_response(error: ProblemError) -> Response:
+    problem = Problem(
+        # No problem here needs more than its status says: RFC 9457's about:blank.
+        type="about:blank",
+        title=HTTPStatus(error.status).phrase,
+        status=error.status,
+        detail=error.detail,
+        field=error.field,
+        conflicts=error.conflicts,
+    )
+    return Response(
+        _encoder.encode(problem),
+        status_code=error.status,
+        headers=error.headers,
+        media_type=MEDIA_TYPE,
+    )
+
+
+def from_validation(exc: msgspec.ValidationError) -> ProblemError:
+    message = str(exc)
+    match = _AT_PATH.search(message)
+    field = match["path"] if match else None
+    if match:
+        message = message[: match.start()]
+    if "matching regex" in message:
+        # The raw pattern helps nobody; say what the rule is instead.
+        message = (
+            "Expected an email address: one '@', a local part of 1 to 64 characters "
+            "and a domain, without whitespace or control characters"
+            if field is not None and field.endswith("email")
+            else "Expected text without control characters"
+        )
+    return ProblemError(422, f"{message} at {field}" if field else message, field=field)
+
+
+async def handle_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc)
+
+
+async def handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; a path
+        # here has one route per method, so gather them all.
+        headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
+    return problem_response(ProblemError(exc.status_code, exc.detail, headers=headers))
+
+
+def allowed_methods(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return methods
+
+
+async def handle_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, msgspec.ValidationError)
+    return problem_response(from_validation(exc))
+
+
+async def handle_decode(request: Request, exc: Exception) -> Response:
+    return problem_response(ProblemError(400, f"Malformed JSON: {exc}"))
+
+
+async def handle_database(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return problem_response(ProblemError(409, "A user with that email already exists"))
+    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.DataError):
+        return problem_response(ProblemError(422, "A value was refused by the database"))
+    logger.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(ProblemError(500, "The request could not be completed"))
+
+
+async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return problem_response(
+        ProblemError(
+            503,
+            "The database is unavailable; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    )
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    ProblemError: handle_problem,
+    HTTPException: handle_http,
+    msgspec.ValidationError: handle_validation,
+    msgspec.DecodeError: handle_decode,
+    asyncpg.PostgresError: handle_database,
+    **{error: handle_unavailable for error in UNAVAILABLE},
+}
+
+
+class UnexpectedErrors:
+    """Answers an unexpected exception with a 500 problem that reveals nothing.
+
+    It logs the traceback once and does not re-raise, unlike Starlette's
+    ServerErrorMiddleware, which would have the server log it a second time.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = problem_response(ProblemError(500, "An unexpected error occurred"))
+            await response(scope, receive, send)

@@ -1,0 +1,106 @@
+"""SQL for the users table: one constant and one async function per query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from service.schemas import NewUser, User
+
+# Emails are one identity regardless of case: every lookup, conflict and order
+# goes through lower(email), which the unique index users_email_lower_key serves.
+INSERT_USER = """
+INSERT INTO users (name, email) VALUES ($1, $2)
+ON CONFLICT ((lower(email))) DO NOTHING
+RETURNING name, email, created_at
+"""
+
+FIND_USER = "SELECT name, email, created_at FROM users WHERE lower(email) = lower($1)"
+
+LIST_USERS = """
+SELECT name, email, created_at FROM users
+ORDER BY lower(email)
+LIMIT $1 OFFSET $2
+"""
+
+LIST_USERS_AFTER = """
+SELECT name, email, created_at FROM users
+WHERE lower(email) > lower($1)
+ORDER BY lower(email)
+LIMIT $2
+"""
+
+UPDATE_USER_NAME = """
+UPDATE users SET name = $2 WHERE lower(email) = lower($1)
+RETURNING name, email, created_at
+"""
+
+DELETE_USER = "DELETE FROM users WHERE lower(email) = lower($1)"
+
+FIND_TAKEN_EMAILS = """
+SELECT email FROM users
+WHERE lower(email) IN (SELECT lower(wanted) FROM unnest($1::text[]) AS wanted)
+ORDER BY lower(email)
+"""
+
+# A pool runs each query on whichever connection is free; a connection keeps a
+# caller's transaction.
+Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def to_user(row: asyncpg.Record) -> User:
+    return User(name=row["name"], email=row["email"], created_at=row["created_at"])
+
+
+async def insert_user(db: Executor, *, name: str, email: str) -> User | None:
+    """The stored user, or None when the email is taken."""
+    row = await db.fetchrow(INSERT_USER, name, email)
+    return None if row is None else to_user(row)
+
+
+async def find_user_by_email(db: Executor, email: str) -> User | None:
+    row = await db.fetchrow(FIND_USER, email)
+    return None if row is None else to_user(row)
+
+
+async def list_users(db: Executor, *, limit: int, offset: int) -> list[User]:
+    return [to_user(row) for row in await db.fetch(LIST_USERS, limit, offset)]
+
+
+async def list_users_after(db: Executor, *, after: str, limit: int) -> list[User]:
+    return [to_user(row) for row in await db.fetch(LIST_USERS_AFTER, after, limit)]
+
+
+async def update_user_name(db: Executor, *, email: str, name: str) -> User | None:
+    row = await db.fetchrow(UPDATE_USER_NAME, email, name)
+    return None if row is None else to_user(row)
+
+
+async def delete_user(db: Executor, email: str) -> bool:
+    status: str = await db.execute(DELETE_USER, email)
+    return status == "DELETE 1"
+
+
+async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
+    """The stored emails among these, as they were stored."""
+    return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, list(emails))]
+
+
+async def insert_users(pool: asyncpg.Pool, users: Sequence[NewUser]) -> list[str] | None:
+    """Insert all users or none: None on success, else the emails already taken.
+
+    COPY is the fastest way in; the unique index makes it fail whole when any
+    email exists, and only then is the conflict list worth a second query.
+    """
+    records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "users", records=records, columns=("name", "email")
+                )
+        except asyncpg.UniqueViolationError:
+            return await find_taken_emails(conn, [user.email for user in users])
+    return None

@@ -1,0 +1,144 @@
+"""The /users endpoints: decode the request, run a query, encode the answer."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import queries
+from service.bodies import read_json
+from service.database import pool_of
+from service.problems import ProblemError
+from service.schemas import Email, Inserted, NewUser, UserPatch, email_key
+from service.settings import Settings
+
+MAX_BULK_USERS = 10_000
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
+
+_decode_new_user = msgspec.json.Decoder(NewUser)
+_decode_new_users = msgspec.json.Decoder(list[NewUser])
+_decode_patch = msgspec.json.Decoder(UserPatch)
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(
+    content: object, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_encoder.encode(content), status_code, headers, media_type="application/json")
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def path_email(request: Request) -> str:
+    """The {email} of the path; one that cannot be valid names no user: 404."""
+    # The route captures the rest of the path so that "/" inside an email
+    # (encoded as %2F) reaches here; a single trailing "/" belongs to the path.
+    email: str = request.path_params["email"].removesuffix("/")
+    try:
+        return msgspec.convert(email, Email)
+    except msgspec.ValidationError:
+        raise ProblemError(404, "No user has that email") from None
+
+
+def user_url(email: str) -> str:
+    return "/users/" + quote(email, safe="@+")
+
+
+async def create_user(request: Request) -> Response:
+    new = await read_json(request, _decode_new_user, settings_of(request).max_body_bytes)
+    user = await queries.insert_user(pool_of(request), name=new.name, email=new.email)
+    if user is None:
+        raise ProblemError(409, "A user with that email already exists", conflicts=[new.email])
+    return json_response(user, 201, {"Location": user_url(user.email)})
+
+
+async def get_user(request: Request) -> Response:
+    user = await queries.find_user_by_email(pool_of(request), path_email(request))
+    if user is None:
+        raise ProblemError(404, "No user has that email")
+    return json_response(user)
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    # isdigit alone admits other scripts' digits; length first keeps int() cheap.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and low <= int(raw) <= high:
+        return int(raw)
+    raise ProblemError(422, f"{name} must be a whole number from {low} to {high}", field=name)
+
+
+async def list_users(request: Request) -> Response:
+    limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = request.query_params.get("after")
+    pool = pool_of(request)
+    if after is None:
+        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+        users = await queries.list_users(pool, limit=limit, offset=offset)
+    elif "offset" in request.query_params:
+        raise ProblemError(422, "Use either after or offset, not both", field="offset")
+    else:
+        try:
+            after = msgspec.convert(after, Email)
+        except msgspec.ValidationError:
+            raise ProblemError(422, "after must be an email address", field="after") from None
+        users = await queries.list_users_after(pool, after=after, limit=limit)
+    headers = None
+    if len(users) == limit:
+        # Keyset paging: the next page starts after the last email of this one.
+        query = urlencode({"after": users[-1].email, "limit": limit})
+        headers = {"Link": f'</users?{query}>; rel="next"'}
+    return json_response(users, headers=headers)
+
+
+async def create_users(request: Request) -> Response:
+    new_users = await read_json(request, _decode_new_users, settings_of(request).max_bulk_bytes)
+    if len(new_users) > MAX_BULK_USERS:
+        raise ProblemError(413, f"At most {MAX_BULK_USERS} users can be created at once")
+    if not new_users:
+        return json_response(Inserted(inserted=0), 201)
+    pool = pool_of(request)
+    first_seen: dict[str, str] = {}
+    repeated: dict[str, str] = {}
+    for new in new_users:
+        key = email_key(new.email)
+        if key in first_seen:
+            repeated[key] = first_seen[key]
+        else:
+            first_seen[key] = new.email
+    if repeated:
+        taken = await queries.find_taken_emails(pool, [new.email for new in new_users])
+        conflicts = {email_key(email): email for email in taken} | repeated
+        raise ProblemError(
+            409,
+            "Emails repeat or already exist; nothing was inserted",
+            conflicts=[conflicts[key] for key in sorted(conflicts)],
+        )
+    already = await queries.insert_users(pool, new_users)
+    if already is not None:
+        raise ProblemError(409, "Emails already exist; nothing was inserted", conflicts=already)
+    return json_response(Inserted(inserted=len(new_users)), 201)
+
+
+async def update_user(request: Request) -> Response:
+    email = path_email(request)
+    patch = await read_json(request, _decode_patch, settings_of(request).max_body_bytes)
+    user = await queries.update_user_name(pool_of(request), email=email, name=patch.name)
+    if user is None:
+        raise ProblemError(404, "No user has that email")
+    return json_response(user)
+
+
+async def delete_user(request: Request) -> Response:
+    if not await queries.delete_user(pool_of(request), path_email(request)):
+        raise ProblemError(404, "No user has that email")
+    return Response(status_code=204)

@@ -1,0 +1,409 @@
+"""The /users endpoints, driven through the app with a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert problem["type"] == "about:blank"
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
+async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:
+    return await client.post("/users", json={"name": name, "email": email})
+
+
+async def seed(client: httpx.AsyncClient, emails: list[str]) -> None:
+    response = await client.post("/users/bulk", json=[{"name": "n", "email": e} for e in emails])
+    assert response.status_code == 201, response.text
+
+
+async def count(db: asyncpg.Pool) -> int:
+    total: int = await db.fetchval("SELECT count(*) FROM users")
+    return total
+
+
+# Create
+
+
+async def test_create_returns_201_with_the_user_and_location(client: httpx.AsyncClient) -> None:
+    response = await create(client, "Ann@Example.com")
+    assert response.status_code == 201
+    assert response.headers["location"] == "/users/Ann@Example.com"
+    body = response.json()
+    assert body["name"] == "Ann"
+    assert body["email"] == "Ann@Example.com"
+    assert body["created_at"].endswith("Z")
+
+
+async def test_create_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    response = await client.post("/users/", json={"name": "Ann", "email": "ann@example.com"})
+    assert response.status_code == 201
+
+
+async def test_create_duplicate_email_in_any_case_is_409(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    assert (await create(client, "ann@example.com")).status_code == 201
+    problem = assert_problem(await create(client, "ANN@example.COM"), 409)
+    assert problem["conflicts"] == ["ANN@example.COM"]
+    assert await count(db) == 1
+
+
+async def test_concurrent_creates_of_one_email_give_exactly_one_201(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    responses = await asyncio.gather(
+        *(create(client, "RACE@example.com" if i % 2 else "race@EXAMPLE.com") for i in range(20))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 19
+    assert await count(db) == 1
+
+
+async def test_create_answers_415_for_a_body_that_is_not_json(client: httpx.AsyncClient) -> None:
+    response = await client.post("/users", data={"name": "Ann", "email": "ann@example.com"})
+    assert_problem(response, 415)
+
+
+async def test_create_reads_a_body_without_content_type_as_json(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/users", content=b'{"name": "Ann", "email": "ann@example.com"}', headers={}
+    )
+    assert response.status_code == 201
+
+
+async def test_create_accepts_json_with_charset(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/users",
+        content=b'{"name": "Ann", "email": "ann@example.com"}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 201
+
+
+async def test_stored_email_keeps_its_case(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    await create(client, "Mixed.Case@Example.COM")
+    assert await db.fetchval("SELECT email FROM users") == "Mixed.Case@Example.COM"
+
+
+async def test_sql_looking_strings_are_stored_as_data(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    name = "Robert'); DROP TABLE users;--"
+    email = "x'OR'1'='1@example.com"
+    response = await client.post("/users", json={"name": name, "email": email})
+    assert response.status_code == 201
+    fetched = await client.get(f"/users/{email}")
+    assert fetched.json()["name"] == name
+    assert await count(db) == 1
+
+
+# Get
+
+
+async def test_get_finds_the_user_regardless_of_case(client: httpx.AsyncClient) -> None:
+    await create(client, "Ann@Example.com")
+    for path in ("/users/ann@example.com", "/users/ANN@EXAMPLE.COM", "/users/Ann@Example.com/"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response.json()["email"] == "Ann@Example.com"
+
+
+async def test_get_missing_user_is_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/users/nobody@example.com"), 404)
+
+
+@pytest.mark.parametrize(
+    "path", ["/users/not-an-email", "/users/a%00b@example.com", "/users/" + "a" * 300]
+)
+async def test_get_an_impossible_email_is_404(client: httpx.AsyncClient, path: str) -> None:
+    assert_problem(await client.get(path), 404)
+
+
+async def test_email_with_an_encoded_slash_round_trips(client: httpx.AsyncClient) -> None:
+    created = await create(client, "a/b@example.com")
+    assert created.headers["location"] == "/users/a%2Fb@example.com"
+    response = await client.get(created.headers["location"])
+    assert response.status_code == 200
+    assert response.json()["email"] == "a/b@example.com"
+
+
+# List
+
+
+async def test_list_defaults_to_ten_users_ordered_by_email_ignoring_case(
+    client: httpx.AsyncClient,
+) -> None:
+    emails = [f"{letter}{n}@example.com" for n in range(3) for letter in "bAcDeFgHiJkL"]
+    await seed(client, emails)
+    response = await client.get("/users")
+    assert response.status_code == 200
+    got = [user["email"] for user in response.json()]
+    assert got == sorted(emails, key=str.lower)[:10]
+
+
+async def test_list_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    await seed(client, ["a@example.com"])
+    response = await client.get("/users/")
+    assert response.status_code == 200
+    assert [user["email"] for user in response.json()] == ["a@example.com"]
+
+
+async def test_list_of_an_empty_table_is_an_empty_array(client: httpx.AsyncClient) -> None:
+    response = await client.get("/users")
+    assert response.status_code == 200
+    assert response.json() == []
+    assert "link" not in response.headers
+
+
+async def test_offset_pages_and_after_pages_join_with_no_gaps_or_repeats(
+    client: httpx.AsyncClient,
+) -> None:
+    emails = [
+        f"User{n:03d}@example.com" if n % 3 else f"user{n:03d}@EXAMPLE.com" for n in range(95)
+    ]
+    await seed(client, emails)
+    expected = sorted(emails, key=str.lower)
+
+    by_offset: list[str] = []
+    for offset in range(0, 100, 7):
+        page = await client.get("/users", params={"limit": 7, "offset": offset})
+        by_offset += [user["email"] for user in page.json()]
+    assert by_offset == expected
+
+    by_after: list[str] = []
+    next_url: str | None = "/users?limit=7"
+    while next_url:
+        page = await client.get(next_url)
+        assert page.status_code == 200
+        by_after += [user["email"] for user in page.json()]
+        next_url = page.links.get("next", {}).get("url")
+    assert by_after == expected
+
+
+async def test_after_returns_users_strictly_after_that_email_ignoring_case(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client, ["a@x.io", "B@x.io", "c@x.io", "D@x.io"])
+    response = await client.get("/users", params={"after": "b@X.IO", "limit": 2})
+    assert [user["email"] for user in response.json()] == ["c@x.io", "D@x.io"]
+    assert response.links["next"]["url"] == "/users?after=D%40x.io&limit=2"
+    last = await client.get(response.links["next"]["url"])
+    assert last.json() == []
+
+
+async def test_a_page_short_of_the_limit_has_no_next_link(client: httpx.AsyncClient) -> None:
+    await seed(client, ["a@x.io", "b@x.io"])
+    response = await client.get("/users", params={"limit": 3})
+    assert len(response.json()) == 2
+    assert "link" not in response.headers
+
+
+async def test_limit_of_1000_is_allowed(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/users", params={"limit": 1000})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=", "limit"),
+        ("limit=%D9%A3", "limit"),  # an Arabic-Indic digit three
+        ("limit=99999999999999999999999999", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=x", "offset"),
+        ("offset=1e3", "offset"),
+        ("offset=99999999999999999999", "offset"),
+        ("after=not-an-email", "after"),
+        ("after=a%00@b.c", "after"),
+        ("after=a@b.c&offset=1", "offset"),
+    ],
+)
+async def test_bad_paging_parameters_are_422_naming_the_parameter(
+    client: httpx.AsyncClient, query: str, field: str
+) -> None:
+    problem = assert_problem(await client.get(f"/users?{query}"), 422)
+    assert problem["field"] == field
+
+
+async def test_largest_offset_is_an_empty_page(client: httpx.AsyncClient) -> None:
+    await seed(client, ["a@x.io"])
+    response = await client.get("/users", params={"offset": 2**63 - 1})
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+# Bulk
+
+
+async def test_bulk_inserts_every_user(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    users = [{"name": f"n{i}", "email": f"u{i}@example.com"} for i in range(500)]
+    response = await client.post("/users/bulk", json=users)
+    assert response.status_code == 201
+    assert response.json() == {"inserted": 500}
+    assert await count(db) == 500
+
+
+async def test_bulk_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    response = await client.post("/users/bulk/", json=[{"name": "a", "email": "a@x.io"}])
+    assert response.status_code == 201
+
+
+async def test_bulk_of_nothing_inserts_nothing(client: httpx.AsyncClient) -> None:
+    response = await client.post("/users/bulk", json=[])
+    assert response.status_code == 201
+    assert response.json() == {"inserted": 0}
+
+
+async def test_bulk_is_all_or_nothing_and_names_every_existing_email(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed(client, ["taken1@x.io", "Taken2@x.io"])
+    users = [
+        {"name": "a", "email": "fresh1@x.io"},
+        {"name": "b", "email": "TAKEN1@x.io"},
+        {"name": "c", "email": "fresh2@x.io"},
+        {"name": "d", "email": "taken2@X.IO"},
+    ]
+    problem = assert_problem(await client.post("/users/bulk", json=users), 409)
+    assert problem["conflicts"] == ["taken1@x.io", "Taken2@x.io"]
+    assert await count(db) == 2
+
+
+async def test_bulk_names_emails_that_repeat_inside_the_payload(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed(client, ["taken@x.io"])
+    users = [
+        {"name": "a", "email": "twice@x.io"},
+        {"name": "b", "email": "TWICE@x.io"},
+        {"name": "c", "email": "taken@x.io"},
+        {"name": "d", "email": "once@x.io"},
+    ]
+    problem = assert_problem(await client.post("/users/bulk", json=users), 409)
+    assert problem["conflicts"] == ["taken@x.io", "twice@x.io"]
+    assert await count(db) == 1
+
+
+async def test_bulk_names_the_position_of_the_first_invalid_item(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    users = [{"name": "a", "email": f"u{i}@x.io"} for i in range(5)]
+    users[3]["email"] = "no-at-sign"
+    users[4]["name"] = ""
+    problem = assert_problem(await client.post("/users/bulk", json=users), 422)
+    assert problem["field"] == "$[3].email"
+    assert await count(db) == 0
+
+
+async def test_bulk_over_10000_users_is_413(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    users = [{"name": "a", "email": f"u{i}@x.io"} for i in range(10_001)]
+    assert_problem(await client.post("/users/bulk", json=users), 413)
+    assert await count(db) == 0
+
+
+async def test_bulk_of_exactly_10000_users_is_accepted(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    users = [{"name": "a", "email": f"u{i}@x.io"} for i in range(10_000)]
+    response = await client.post("/users/bulk", json=users)
+    assert response.json() == {"inserted": 10_000}
+    assert await count(db) == 10_000
+
+
+async def test_bulk_that_is_not_an_array_is_422(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.post("/users/bulk", json={"name": "a", "email": "a@x.io"}), 422)
+
+
+# Update
+
+
+async def test_patch_changes_the_name(client: httpx.AsyncClient) -> None:
+    await create(client, "Ann@Example.com", name="Ann")
+    response = await client.patch("/users/ann@example.com", json={"name": "Annie"})
+    assert response.status_code == 200
+    assert response.json()["name"] == "Annie"
+    assert response.json()["email"] == "Ann@Example.com"
+    assert (await client.get("/users/Ann@Example.com/")).json()["name"] == "Annie"
+
+
+async def test_patch_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    await create(client, "ann@example.com")
+    response = await client.patch("/users/ann@example.com/", json={"name": "Annie"})
+    assert response.status_code == 200
+
+
+async def test_patch_missing_user_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.patch("/users/no@x.io", json={"name": "Annie"}), 404)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"name": ""}, {"name": 5}, {"name": "a", "email": "b@x.io"}, ["a"]]
+)
+async def test_patch_with_an_invalid_body_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, body: object
+) -> None:
+    await create(client, "ann@example.com", name="Ann")
+    assert_problem(await client.patch("/users/ann@example.com", json=body), 422)
+    assert (await client.get("/users/ann@example.com")).json()["name"] == "Ann"
+
+
+# Delete
+
+
+async def test_delete_removes_the_user_regardless_of_case(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await create(client, "Ann@Example.com")
+    response = await client.delete("/users/ANN@example.com")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert await count(db) == 0
+    assert_problem(await client.get("/users/Ann@Example.com"), 404)
+
+
+async def test_delete_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    await create(client, "ann@example.com")
+    assert (await client.delete("/users/ann@example.com/")).status_code == 204
+
+
+async def test_delete_missing_user_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.delete("/users/no@x.io"), 404)
+
+
+async def test_a_deleted_email_can_be_created_again(client: httpx.AsyncClient) -> None:
+    await create(client, "ann@example.com")
+    await client.delete("/users/ann@example.com")
+    assert (await create(client, "ANN@example.com")).status_code == 201
+
+
+# Routing
+
+
+async def test_unknown_path_is_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nothing-here"), 404)
+
+
+async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/users/ann@example.com", json={"name": "x"})
+    assert_problem(response, 405)
+    assert "PATCH" in response.headers["allow"]
