@@ -60,7 +60,13 @@ def serve_embedded(settings: Settings) -> int:
         # Either way uvicorn shuts down first, then the database stops.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
-        return server.wait()
+        returncode = server.wait()
+    if returncode < 0:
+        # uvicorn ends by the signal that stopped it; end the same way, as the
+        # Procfile command does, now that the database is stopped too.
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    return returncode
 
 
 def main(argv: list[str]) -> int:

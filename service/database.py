@@ -36,7 +36,7 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_SECONDS) -> N
     try:
         await asyncio.wait_for(pool.close(), grace)
     except TimeoutError:
-        logger.warning("pool did not close within %.0f s; terminating it", grace)
+        logger.warning("pool did not close within %g s; terminating it", grace)
         pool.terminate()
 
 

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["type"] == "about:blank"
-    assert problem["title"]
-    assert problem["detail"]
-    return problem
+from tests.conftest import assert_problem
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:

@@ -1,0 +1,154 @@
+"""Request bodies: media types, size limits, and malformed or hostile JSON."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from service.app import create_app
+from service.bodies import is_json
+from service.settings import Settings
+from tests.conftest import assert_problem
+
+USER = b'{"name": "Ann", "email": "ann@example.com"}'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        ("application/problem+json", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("multipart/form-data; boundary=x", False),
+        ("application/jsonx", False),
+        ("", False),
+    ],
+)
+def test_is_json(content_type: str, expected: bool) -> None:
+    assert is_json(content_type) is expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"name": "Ann", "email": "ann@example.com"',
+        b'{"name": "Ann" "email": "ann@example.com"}',
+        b"{'name': 'Ann'}",
+        b'{"name": "Ann", "email": "ann@example.com"} trailing',
+        b"\xff\xfe{}",
+        b'{"name": "\xc3\x28", "email": "ann@example.com"}',
+        b'{"name": "\xed\xa0\x80", "email": "ann@example.com"}',
+        b'{"name": "\\ud800", "email": "ann@example.com"}',
+        b'{"name": "\\udc00x", "email": "ann@example.com"}',
+        b'{"name": "NaN", "email": "ann@example.com", }',
+    ],
+)
+async def test_malformed_json_is_400(
+    client: httpx.AsyncClient, db: asyncpg.Pool, body: bytes
+) -> None:
+    response = await client.post(
+        "/users", content=body, headers={"content-type": "application/json"}
+    )
+    problem = assert_problem(response, 400)
+    assert problem["detail"].startswith("Malformed JSON")
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "nul\\u0000", "email": "ann@example.com"}',
+        b'{"name": "Ann", "email": "ann\\u0000@example.com"}',
+        b'{"name": 1e400, "email": "ann@example.com"}',
+        b'{"name": ' + b"9" * 5000 + b', "email": "ann@example.com"}',
+        b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b', "email": "a@b.c"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"{" * 30_000,
+    ],
+)
+async def test_hostile_json_is_a_4xx_problem_and_stores_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool, body: bytes
+) -> None:
+    for path in ("/users", "/users/bulk"):
+        response = await client.post(
+            path, content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code in (400, 413, 422), response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    name = "x" * (64 * 1024)
+    response = await client.post("/users", json={"name": name, "email": "a@example.com"})
+    assert_problem(response, 413)
+
+
+@pytest.fixture
+def small_limits_settings(settings: Settings) -> Settings:
+    return Settings(database_url=settings.database_url, max_body_bytes=100, max_bulk_bytes=1000)
+
+
+@pytest.fixture
+async def small_client(small_limits_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(small_limits_settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+async def test_body_limits_are_configurable(
+    small_client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    fits = {"name": "x" * 40, "email": "a@example.com"}
+    assert (await small_client.post("/users", json=fits)).status_code == 201
+    too_big = {"name": "x" * 90, "email": "b@example.com"}
+    assert_problem(await small_client.post("/users", json=too_big), 413)
+    bulk = [{"name": "n", "email": f"u{i}@example.com"} for i in range(30)]
+    assert_problem(await small_client.post("/users/bulk", json=bulk), 413)
+    assert (await small_client.post("/users/bulk", json=bulk[:10])).status_code == 201
+
+
+async def test_413_comes_before_a_streamed_body_is_read_in_full(
+    small_client: httpx.AsyncClient,
+) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(1000):
+            sent += 1
+            yield b" " * 50
+
+    response = await small_client.post(
+        "/users", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 413)
+    assert sent < 10
+
+
+async def test_413_comes_from_content_length_alone(small_client: httpx.AsyncClient) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(100):
+            sent += 1
+            yield b" " * 1000
+
+    response = await small_client.post(
+        "/users",
+        content=chunks(),
+        headers={"content-type": "application/json", "content-length": "100000"},
+    )
+    assert_problem(response, 413)
+    assert sent == 0

@@ -1,0 +1,115 @@
+"""The schema, the migration command and the pool's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.database import close_pool, open_pool
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    name = f"migrate_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        # Swap the database name (the URL's path) and keep everything else.
+        prefix, _, rest = database_url.partition("://")
+        authority, _, tail = rest.partition("/")
+        query = tail.partition("?")[2]
+        yield f"{prefix}://{authority}/{name}" + (f"?{query}" if query else "")
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def run_migrate(database_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def test_migrate_runs_twice_and_keeps_the_data(fresh_database_url: str) -> None:
+    first = run_migrate(fresh_database_url)
+    assert first.wait(60) == 0, first.communicate()[0]
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@x.io')")
+        second = run_migrate(fresh_database_url)
+        output = second.communicate(timeout=60)[0]
+        assert second.returncode == 0, output
+        assert "schema applied" in output
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> None:
+    runs = [run_migrate(fresh_database_url) for _ in range(3)]
+    for run in runs:
+        assert run.wait(60) == 0, run.communicate()[0]
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'users'")
+        assert indexes == 2  # the primary key and the unique lower(email) index
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "email"),
+    [
+        ("", "ann@x.io"),
+        ("x" * 201, "ann@x.io"),
+        ("bell\x07", "ann@x.io"),
+        ("Ann", "no-at-sign"),
+        ("Ann", "two@@x.io"),
+        ("Ann", "sp ace@x.io"),
+        ("Ann", "x" * 65 + "@x.io"),
+        ("Ann", "a@" + "d" * 253),
+        ("Ann", "a@x.io/path"),
+    ],
+)
+async def test_check_constraints_refuse_what_the_api_refuses(
+    db: asyncpg.Pool, name: str, email: str
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute("INSERT INTO users (name, email) VALUES ($1, $2)", name, email)
+
+
+async def test_unique_index_ignores_case(db: asyncpg.Pool) -> None:
+    await db.execute("INSERT INTO users (name, email) VALUES ('a', 'Ann@X.io')")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute("INSERT INTO users (name, email) VALUES ('b', 'aNN@x.IO')")
+
+
+async def test_close_pool_terminates_a_connection_that_will_not_finish(
+    database_url: str,
+) -> None:
+    pool = await open_pool(Settings(database_url=database_url, db_pool_min=1))
+    busy = asyncio.ensure_future(pool.execute("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await close_pool(pool, grace=0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(asyncpg.PostgresConnectionError):
+        await busy

@@ -1,0 +1,190 @@
+"""python -m service and the Procfile, as real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.__main__ import procfile_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs; an exited one awaiting its parent (a zombie) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+class Service:
+    """`python -m service` in a folder of its own, its output in a file."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = folder / f"service-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=folder,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(self.port), **env},
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                httpx.get(f"{self.url}/users", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError(f"not ready in {timeout} s:\n{self.output()}")
+
+    def stop(self, signum: int) -> int:
+        os.killpg(
+            self.process.pid, signum
+        ) if signum == signal.SIGINT else self.process.send_signal(signum)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
+
+
+def test_procfile_web_runs_uvicorn_with_router_friendly_flags() -> None:
+    command = procfile_command("web", 5000)
+    assert command[:3] == ["uvicorn", "--factory", "service.app:create_app"]
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert flag("--host") == "0.0.0.0"  # noqa: S104 - a PaaS routes to every interface
+    assert flag("--port") == "5000"
+    assert flag("--forwarded-allow-ips") == "*"
+    assert "--proxy-headers" in command
+    assert "--no-access-log" in command
+    assert int(flag("--timeout-keep-alive")) > 100
+    assert int(flag("--timeout-graceful-shutdown")) < 30
+
+
+def test_procfile_release_runs_the_migration() -> None:
+    assert procfile_command("release", 5000) == ["python", "-m", "service", "migrate"]
+
+
+def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    env = {"DATABASE_URL": ""}
+    first = Service(tmp_path, env)
+    services.append(first)
+    first.wait_ready()
+    output = first.output()
+    assert f"API:      http://127.0.0.1:{first.port}/users" in output
+    assert re.search(r"Database: postgresql://\S+", output)
+    created = httpx.post(f"{first.url}/users", json={"name": "Ann", "email": "ann@x.io"})
+    assert created.status_code == 201
+    postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
+    worker = int(re.findall(r"Started server process \[(\d+)\]", output)[0])
+
+    assert first.stop(signal.SIGTERM) == -signal.SIGTERM, first.output()
+    assert not alive(worker)
+    assert not alive(postmaster)
+    assert not (tmp_path / ".pgdata" / "postmaster.pid").exists()
+
+    second = Service(tmp_path, env)
+    services.append(second)
+    second.wait_ready()
+    fetched = httpx.get(f"{second.url}/users/ANN@x.io")
+    assert fetched.status_code == 200
+    assert fetched.json()["name"] == "Ann"
+    postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
+
+    # Ctrl-C: uvicorn turns the KeyboardInterrupt into a clean exit.
+    assert second.stop(signal.SIGINT) == 0, second.output()
+    assert not alive(postmaster)
+
+
+def test_with_database_url_it_serves_that_database(
+    tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url})
+    services.append(service)
+    service.wait_ready()
+    response = httpx.post(f"{service.url}/users", json={"name": "Bo", "email": "bo@x.io"})
+    assert response.status_code == 201
+    assert service.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert not (tmp_path / ".pgdata").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "eighty"), ("DB_POOL_MAX", "lots"), ("DATABASE_URL", "mysql://h/db")],
+)
+def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        next(line for line in result.stderr.splitlines() if line.startswith("configuration error"))
+    ]
+    assert f"{name}=" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_procfile_command_with_a_bad_setting_stops_instead_of_restarting(
+    workers: str,
+) -> None:
+    command = procfile_command("web", free_port())
+    command[command.index("--host") + 1] = "127.0.0.1"
+    env = {"DATABASE_URL": "postgresql://h/db", "DB_COMMAND_TIMEOUT": "-1"}
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env={**os.environ, **env, "WEB_CONCURRENCY": workers},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "configuration error: DB_COMMAND_TIMEOUT='-1'" in result.stderr
+    if workers == "1":
+        # With workers, uvicorn's supervisor stops but exits 0 itself.
+        assert result.returncode != 0

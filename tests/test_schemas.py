@@ -1,0 +1,122 @@
+"""Validation rules of user bodies, as a caller meets them: 422 problems."""
+
+from __future__ import annotations
+
+import asyncpg
+import httpx
+import pytest
+
+from service.schemas import email_key
+from tests.conftest import assert_problem
+
+VALID_EMAILS = [
+    "a@b",
+    "ann@example.com",
+    "first.last+tag@sub.example.co.uk",
+    "jörg@bücher.de",
+    "o'brien@example.ie",
+    "a/b@example.com",
+    "x" * 64 + "@example.com",
+    "a@" + "d" * 252,
+]
+
+INVALID_EMAILS = [
+    "",
+    "ab",
+    "no-at-sign",
+    "@example.com",
+    "ann@",
+    "a@b@example.com",
+    "ann @example.com",
+    "ann@exam ple.com",
+    "ann\t@example.com",
+    "ann\u00a0@example.com",
+    "ann@example.com\u2003",
+    "ann\n@example.com",
+    "ann\x00@example.com",
+    "ann\x7f@example.com",
+    "ann\x85@example.com",
+    "ann@example.com/x",
+    "x" * 65 + "@example.com",
+    "a@" + "d" * 253,
+]
+
+INVALID_NAMES = [
+    "",
+    "x" * 201,
+    "nul\x00byte",
+    "bell\x07",
+    "tab\there",
+    "line\nbreak",
+    "del\x7f",
+    "c1\x9b",
+]
+
+
+@pytest.mark.parametrize("email", VALID_EMAILS)
+async def test_valid_emails_are_accepted(client: httpx.AsyncClient, email: str) -> None:
+    response = await client.post("/users", json={"name": "Ann", "email": email})
+    assert response.status_code == 201, response.text
+    assert (await client.get(response.headers["location"])).json()["email"] == email
+
+
+@pytest.mark.parametrize("email", INVALID_EMAILS)
+async def test_invalid_emails_are_422_naming_the_field(
+    client: httpx.AsyncClient, db: asyncpg.Pool, email: str
+) -> None:
+    response = await client.post("/users", json={"name": "Ann", "email": email})
+    problem = assert_problem(response, 422)
+    assert problem["field"] == "$.email"
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize("name", ["A", "x" * 200, "Zoë Ångström", "李小龍", "Robert'); --"])
+async def test_valid_names_are_accepted(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.post("/users", json={"name": name, "email": "a@example.com"})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == name
+
+
+@pytest.mark.parametrize("name", INVALID_NAMES)
+async def test_invalid_names_are_422_naming_the_field(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.post("/users", json={"name": name, "email": "a@example.com"})
+    assert assert_problem(response, 422)["field"] == "$.name"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "Ann"}, None),
+        ({"email": "a@example.com"}, None),
+        ({"name": None, "email": "a@example.com"}, "$.name"),
+        ({"name": 5, "email": "a@example.com"}, "$.name"),
+        ({"name": ["Ann"], "email": "a@example.com"}, "$.name"),
+        ({"name": "Ann", "email": 10**30}, "$.email"),
+        ({"name": "Ann", "email": "a@example.com", "admin": True}, None),
+        ([{"name": "Ann", "email": "a@example.com"}], None),
+        ("Ann", None),
+        (7, None),
+    ],
+)
+async def test_wrong_shapes_and_unknown_fields_are_422(
+    client: httpx.AsyncClient, body: object, field: str | None
+) -> None:
+    problem = assert_problem(await client.post("/users", json=body), 422)
+    if field is not None:
+        assert problem["field"] == field
+
+
+async def test_unknown_field_is_named_in_the_detail(client: httpx.AsyncClient) -> None:
+    body = {"name": "Ann", "email": "a@example.com", "admin": True}
+    problem = assert_problem(await client.post("/users", json=body), 422)
+    assert "admin" in problem["detail"]
+
+
+def test_email_key_folds_ascii_letters_only() -> None:
+    assert email_key("Ann@Example.COM") == "ann@example.com"
+    assert email_key("JÖRG@X.DE") == "jÖrg@x.de"
+
+
+async def test_email_identity_matches_the_database(db: asyncpg.Pool) -> None:
+    for email in ["Ann@Example.COM", "JÖRG@Bücher.DE", "İstanbul@x.tr"]:
+        assert await db.fetchval('SELECT lower($1::text COLLATE "C")', email) == email_key(email)

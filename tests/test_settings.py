@@ -1,0 +1,90 @@
+"""Settings from the environment: defaults, accepted values, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults_with_an_empty_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.database_url is None
+    assert settings.port == 8000
+    assert settings.web_concurrency == 1
+    assert settings.db_command_timeout == 10.0
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.max_bulk_bytes == 16 * 1024 * 1024
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgres://u:p@db.internal:5432/app?sslmode=require",
+            "PORT": "5000",
+            "WEB_CONCURRENCY": "4",
+            "DB_POOL_MIN": "2",
+            "DB_POOL_MAX": "20",
+            "DB_COMMAND_TIMEOUT": "2.5",
+            "MAX_BODY_BYTES": "1024",
+            "MAX_BULK_BYTES": "2048",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings == Settings(
+        database_url="postgres://u:p@db.internal:5432/app?sslmode=require",
+        port=5000,
+        web_concurrency=4,
+        db_pool_min=2,
+        db_pool_max=20,
+        db_command_timeout=2.5,
+        max_body_bytes=1024,
+        max_bulk_bytes=2048,
+        log_level="DEBUG",
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://localhost/app", "postgres://u@h/db", "postgresql:///db?host=/tmp"]
+)
+def test_both_url_schemes_are_accepted(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://localhost/app"),
+        ("DATABASE_URL", "localhost:5432"),
+        ("DATABASE_URL", "postgres://h/db?sslmode=sometimes"),
+        ("PORT", "eighty"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("WEB_CONCURRENCY", "0"),
+        ("WEB_CONCURRENCY", "1.5"),
+        ("DB_POOL_MIN", "x"),
+        ("DB_POOL_MAX", "0"),
+        ("DB_COMMAND_TIMEOUT", "soon"),
+        ("DB_COMMAND_TIMEOUT", "0"),
+        ("DB_COMMAND_TIMEOUT", "-3"),
+        ("DB_COMMAND_TIMEOUT", "nan"),
+        ("MAX_BODY_BYTES", "64k"),
+        ("MAX_BULK_BYTES", "0"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    assert str(error.value).startswith(f"{name}=")
+
+
+def test_pool_min_above_max_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="DB_POOL_MIN"):
+        Settings.from_env({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"})
+
+
+def test_blank_values_mean_the_default() -> None:
+    assert Settings.from_env({"PORT": "", "LOG_LEVEL": "  "}) == Settings()
