@@ -14,6 +14,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service import users
 from service.database import close_pool, open_pool
+from service.lookups import UserLookups
 from service.problems import EXCEPTION_HANDLERS, UnexpectedErrors
 from service.settings import Settings, SettingsError
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pool = await open_pool(settings)
+        app.state.lookups = UserLookups(app.state.pool)
         try:
             yield
         finally:

@@ -19,6 +19,11 @@ RETURNING name, email, created_at
 
 FIND_USER = "SELECT name, email, created_at FROM users WHERE lower(email) = lower($1)"
 
+# $1 holds emails already folded by email_key, which equals lower() here.
+FIND_USERS_BY_KEYS = """
+SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
+"""
+
 LIST_USERS = """
 SELECT name, email, created_at FROM users
 ORDER BY lower(email)
@@ -63,6 +68,10 @@ async def insert_user(db: Executor, *, name: str, email: str) -> User | None:
 async def find_user_by_email(db: Executor, email: str) -> User | None:
     row = await db.fetchrow(FIND_USER, email)
     return None if row is None else to_user(row)
+
+
+async def find_users_by_keys(db: Executor, keys: Sequence[str]) -> list[User]:
+    return [to_user(row) for row in await db.fetch(FIND_USERS_BY_KEYS, keys)]
 
 
 async def list_users(db: Executor, *, limit: int, offset: int) -> list[User]:

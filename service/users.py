@@ -11,6 +11,7 @@ from starlette.responses import Response
 from service import queries
 from service.bodies import read_json
 from service.database import pool_of
+from service.lookups import UserLookups
 from service.problems import ProblemError
 from service.schemas import Email, Inserted, NewUser, UserPatch, email_key
 from service.settings import Settings
@@ -37,6 +38,11 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def lookups_of(request: Request) -> UserLookups:
+    lookups: UserLookups = request.app.state.lookups
+    return lookups
+
+
 def path_email(request: Request) -> str:
     """The {email} of the path; one that cannot be valid names no user: 404."""
     # The route captures the rest of the path so that "/" inside an email
@@ -61,7 +67,7 @@ async def create_user(request: Request) -> Response:
 
 
 async def get_user(request: Request) -> Response:
-    user = await queries.find_user_by_email(pool_of(request), path_email(request))
+    user = await lookups_of(request).find(path_email(request))
     if user is None:
         raise ProblemError(404, "No user has that email")
     return json_response(user)

@@ -1,0 +1,110 @@
+"""Coalesced lookups: one query for many callers, each with its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from service.app import create_app
+from service.lookups import UserLookups
+from service.settings import Settings
+from tests.conftest import assert_problem
+
+
+async def seed(db: asyncpg.Pool, count: int) -> list[str]:
+    emails = [f"User{n:04d}@Example.com" for n in range(count)]
+    await db.executemany(
+        "INSERT INTO users (name, email) VALUES ($1, $2)",
+        [(f"name {n}", email) for n, email in enumerate(emails)],
+    )
+    return emails
+
+
+async def test_lookups_in_one_turn_share_one_query(db: asyncpg.Pool, database_url: str) -> None:
+    emails = await seed(db, 50)
+    conn = await asyncpg.connect(database_url)
+    queries: list[str] = []
+    conn.add_query_logger(lambda record: queries.append(record.query))
+    try:
+        # One connection cannot run two queries at once: only coalescing passes.
+        lookups = UserLookups(conn)  # type: ignore[arg-type]
+        asked = [e.lower() for e in emails] + ["missing@example.com"]
+        users = await asyncio.gather(*(lookups.find(email) for email in asked))
+    finally:
+        await conn.close()
+    assert len(queries) == 1
+    assert [user.email if user else None for user in users] == [*emails, None]
+
+
+async def test_concurrent_requests_for_different_emails_each_get_their_own_user(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    emails = await seed(db, 300)
+    asked = [email.upper() if n % 2 else email for n, email in enumerate(emails)]
+    asked += [f"nobody{n}@example.com" for n in range(30)]
+    responses = await asyncio.gather(*(client.get(f"/users/{email}") for email in asked))
+    for email, response in zip(asked, responses, strict=True):
+        if email.startswith("nobody"):
+            assert response.status_code == 404
+        else:
+            assert response.status_code == 200
+            assert response.json()["email"].lower() == email.lower()
+            assert response.json()["name"] == f"name {int(email[4:8])}"
+
+
+async def test_the_same_email_asked_many_times_at_once_answers_every_caller(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed(db, 1)
+    responses = await asyncio.gather(
+        *(client.get("/users/user0000@example.com") for _ in range(50))
+    )
+    assert {response.status_code for response in responses} == {200}
+
+
+async def test_a_read_after_a_create_sees_the_new_user(client: httpx.AsyncClient) -> None:
+    for n in range(30):
+        email = f"fresh{n}@example.com"
+        background = [client.get(f"/users/other{k}@example.com") for k in range(5)]
+        created, *_ = await asyncio.gather(
+            client.post("/users", json={"name": "n", "email": email}), *background
+        )
+        assert created.status_code == 201
+        assert (await client.get(f"/users/{email}")).status_code == 200
+
+
+@pytest.fixture
+def impatient_app(settings: Settings) -> Starlette:
+    return create_app(Settings(database_url=settings.database_url, db_command_timeout=0.5))
+
+
+async def test_a_failed_batched_query_fails_every_waiting_request_with_503(
+    impatient_app: Starlette, database_url: str
+) -> None:
+    transport = httpx.ASGITransport(app=impatient_app)
+    async with (
+        impatient_app.router.lifespan_context(impatient_app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        blocker = await asyncpg.connect(database_url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+                started = time.monotonic()
+                responses = await asyncio.gather(
+                    *(client.get(f"/users/u{n}@example.com") for n in range(40))
+                )
+                elapsed = time.monotonic() - started
+        finally:
+            await blocker.close()
+        for response in responses:
+            assert_problem(response, 503)
+            assert response.headers["retry-after"] == "1"
+        assert elapsed < 2
+        # The lookups recover once the database answers again.
+        assert (await client.get("/users/u1@example.com")).status_code == 404
