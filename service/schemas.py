@@ -84,4 +84,5 @@ def email_key(email: str) -> str:
     This is what PostgreSQL's lower() does under the "C" collation of the
     email column, so Python and the unique index agree on who is who.
     """
-    return email.translate(_ASCII_LOWER)
+    # str.lower() is the fast path, and exact for ASCII.
+    return email.lower() if email.isascii() else email.translate(_ASCII_LOWER)
