@@ -4,28 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+
+from uvicorn.main import main as uvicorn_main
 
 from service.database import migrate
 from service.settings import Settings, SettingsError
 
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+APP = "service.app:create_app"
 EMBEDDED_DATA = Path(".pgdata")
 
 
-def procfile_command(process: str, port: int) -> list[str]:
-    """The Procfile's command for `process`, so that both ways of running agree."""
-    for line in PROCFILE.read_text(encoding="utf-8").splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process:
-            return shlex.split(command.replace("$PORT", str(port)))
-    raise LookupError(f"the Procfile has no {process}: line")
+def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
+    """uvicorn's command line for `app`, set up for a platform's router in front."""
+    return [
+        app,
+        "--factory",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+        # The router terminates TLS and says who the client was.
+        "--proxy-headers",
+        "--forwarded-allow-ips", "*",
+        # Outlast the router's 100 s idle timeout, so that it never sends a
+        # request on a connection uvicorn is just closing.
+        "--timeout-keep-alive", "105",
+        # In-flight requests get 20 s on SIGTERM; with 5 s for closing the pool
+        # that stays inside a platform's 30 s kill window.
+        "--timeout-graceful-shutdown", "20",
+        # The router logs every request already.
+        "--no-access-log",
+    ]  # fmt: skip
 
 
 @contextmanager
@@ -46,27 +60,29 @@ def embedded_postgres() -> Iterator[str]:
         server.cleanup()
 
 
-def serve_embedded(settings: Settings) -> int:
-    """Run the Procfile's web command on 127.0.0.1 against the embedded database."""
+def exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises the signal that stopped it once it has shut down; as
+    # SystemExit it unwinds through the finally blocks that stop the database.
+    raise SystemExit(128 + signum)
+
+
+def run_uvicorn(settings: Settings, host: str) -> None:
+    args = uvicorn_args(APP, host=host, port=settings.port, workers=settings.web_concurrency)
+    uvicorn_main.main(args, standalone_mode=False)
+
+
+def serve(settings: Settings) -> None:
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGINT, exit_on_signal)
+    if settings.database_url is not None:
+        run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
+        return
     with embedded_postgres() as database_url:
         asyncio.run(migrate(database_url))
-        command = procfile_command("web", settings.port)
-        command[command.index("--host") + 1] = "127.0.0.1"
         print(f"API:      http://127.0.0.1:{settings.port}/users", flush=True)
         print(f"Database: {database_url}", flush=True)
-        env = {**os.environ, "DATABASE_URL": database_url}
-        server = subprocess.Popen([sys.executable, "-m", *command], env=env)
-        # Ctrl-C reaches the whole process group; SIGTERM may reach only us.
-        # Either way uvicorn shuts down first, then the database stops.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
-        returncode = server.wait()
-    if returncode < 0:
-        # uvicorn ends by the signal that stopped it; end the same way, as the
-        # Procfile command does, now that the database is stopped too.
-        signal.signal(-returncode, signal.SIG_DFL)
-        os.kill(os.getpid(), -returncode)
-    return returncode
+        os.environ["DATABASE_URL"] = database_url  # workers read settings from it
+        run_uvicorn(settings, host="127.0.0.1")
 
 
 def main(argv: list[str]) -> int:
@@ -86,10 +102,8 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: python -m service [migrate]", file=sys.stderr)
         return 2
-    if settings.database_url is None:
-        return serve_embedded(settings)
-    command = procfile_command("web", settings.port)
-    os.execv(sys.executable, [sys.executable, "-m", *command])
+    serve(settings)
+    return 0
 
 
 if __name__ == "__main__":

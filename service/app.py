@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from uvicorn.config import STARTUP_FAILURE
 
-from service import users
+from service import health, users
 from service.database import close_pool, open_pool
 from service.lookups import UserLookups
 from service.problems import EXCEPTION_HANDLERS, UnexpectedErrors
@@ -23,6 +23,8 @@ logger = logging.getLogger("service")
 # Each path also answers with a trailing slash, without a redirect, because
 # existing callers use "/users/". "{email:path}" takes a trailing "/" itself.
 routes = [
+    Route("/livez", health.livez, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
     Route("/users/", users.list_users, methods=["GET"]),

@@ -57,14 +57,16 @@ def pool_of(request: Request) -> asyncpg.Pool:
 
 
 async def migrate(database_url: str) -> None:
-    """Apply schema.sql; concurrent runs wait for each other on an advisory lock."""
+    """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
+
+    The lock is transaction-scoped, so it also holds through a pooler such as
+    pgbouncer in transaction mode.
+    """
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(database_url, statement_cache_size=0)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-        try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
             await conn.execute(schema)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:
         await conn.close()

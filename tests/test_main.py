@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.__main__ import procfile_command
+from service.__main__ import uvicorn_args
+from service.database import POOL_CLOSE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,24 +85,29 @@ def services(tmp_path: Path) -> Iterator[list[Service]]:
             service.process.wait()
 
 
-def test_procfile_web_runs_uvicorn_with_router_friendly_flags() -> None:
-    command = procfile_command("web", 5000)
-    assert command[:3] == ["uvicorn", "--factory", "service.app:create_app"]
+def procfile() -> dict[str, str]:
+    entries = [line.partition(":") for line in (ROOT / "Procfile").read_text().splitlines()]
+    return {name.strip(): command.strip() for name, _, command in entries}
+
+
+def test_procfile_serves_and_migrates_through_python_m_service() -> None:
+    assert procfile() == {"web": "python -m service", "release": "python -m service migrate"}
+
+
+def test_uvicorn_is_set_up_for_a_router_in_front() -> None:
+    args = uvicorn_args("service.app:create_app", host="0.0.0.0", port=5000, workers=3)  # noqa: S104
+    assert args[:2] == ["service.app:create_app", "--factory"]
 
     def flag(name: str) -> str:
-        return command[command.index(name) + 1]
+        return args[args.index(name) + 1]
 
-    assert flag("--host") == "0.0.0.0"  # noqa: S104 - a PaaS routes to every interface
     assert flag("--port") == "5000"
+    assert flag("--workers") == "3"
     assert flag("--forwarded-allow-ips") == "*"
-    assert "--proxy-headers" in command
-    assert "--no-access-log" in command
+    assert "--proxy-headers" in args
+    assert "--no-access-log" in args
     assert int(flag("--timeout-keep-alive")) > 100
-    assert int(flag("--timeout-graceful-shutdown")) < 30
-
-
-def test_procfile_release_runs_the_migration() -> None:
-    assert procfile_command("release", 5000) == ["python", "-m", "service", "migrate"]
+    assert int(flag("--timeout-graceful-shutdown")) + POOL_CLOSE_SECONDS < 30
 
 
 def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
@@ -119,7 +125,7 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
     worker = int(re.findall(r"Started server process \[(\d+)\]", output)[0])
 
-    assert first.stop(signal.SIGTERM) == -signal.SIGTERM, first.output()
+    assert first.stop(signal.SIGTERM) == 128 + signal.SIGTERM, first.output()
     assert not alive(worker)
     assert not alive(postmaster)
     assert not (tmp_path / ".pgdata" / "postmaster.pid").exists()
@@ -132,8 +138,7 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     assert fetched.json()["name"] == "Ann"
     postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
 
-    # Ctrl-C: uvicorn turns the KeyboardInterrupt into a clean exit.
-    assert second.stop(signal.SIGINT) == 0, second.output()
+    assert second.stop(signal.SIGINT) == 128 + signal.SIGINT, second.output()  # Ctrl-C
     assert not alive(postmaster)
 
 
@@ -145,7 +150,7 @@ def test_with_database_url_it_serves_that_database(
     service.wait_ready()
     response = httpx.post(f"{service.url}/users", json={"name": "Bo", "email": "bo@x.io"})
     assert response.status_code == 201
-    assert service.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert service.stop(signal.SIGTERM) == 128 + signal.SIGTERM
     assert not (tmp_path / ".pgdata").exists()
 
 
@@ -169,22 +174,21 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: 
     assert f"{name}=" in result.stderr
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_the_procfile_command_with_a_bad_setting_stops_instead_of_restarting(
-    workers: str,
-) -> None:
-    command = procfile_command("web", free_port())
-    command[command.index("--host") + 1] = "127.0.0.1"
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(workers: int) -> None:
+    args = uvicorn_args(
+        "service.app:create_app", host="127.0.0.1", port=free_port(), workers=workers
+    )
     env = {"DATABASE_URL": "postgresql://h/db", "DB_COMMAND_TIMEOUT": "-1"}
     result = subprocess.run(
-        [sys.executable, "-m", *command],
+        [sys.executable, "-m", "uvicorn", *args],
         cwd=ROOT,
-        env={**os.environ, **env, "WEB_CONCURRENCY": workers},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert "configuration error: DB_COMMAND_TIMEOUT='-1'" in result.stderr
-    if workers == "1":
+    if workers == 1:
         # With workers, uvicorn's supervisor stops but exits 0 itself.
         assert result.returncode != 0

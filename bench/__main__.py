@@ -1,0 +1,244 @@
+"""python -m bench: seed, load the service, the baseline and the ceiling in turn, then report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from bench import machine, postgres, report, seed, servers
+from bench.bulk import run_bulk
+from bench.results import Sample, ScenarioResult, check_targets, summarize
+from bench.scenarios import SCENARIOS, Scenario, Variant
+from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
+
+BENCH_DIR = Path(__file__).resolve().parent
+APP_NAMES = tuple(servers.APPS)
+EPILOG = f"""\
+Needs wrk on PATH. {INSTALL_HINT}
+Uses DATABASE_URL when set (its users table is emptied), otherwise an embedded PostgreSQL.
+--smoke runs 1,000 users, 1 s per scenario and one round, and writes to a temporary directory."""
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True):
+    users: int
+    duration: int
+    connections: int
+    workers: int
+    rounds: int
+    warmup: int
+    apps: tuple[str, ...]
+    out: Path
+    smoke: bool
+
+
+def positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {raw}")
+    return value
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--users", type=positive, help="users to seed (100000; smoke 1000)")
+    parser.add_argument("--duration", type=positive, help="seconds per round (10; smoke 1)")
+    parser.add_argument("--connections", type=positive, default=64, help="wrk connections (64)")
+    parser.add_argument(
+        "--workers", type=positive, default=1, help="WEB_CONCURRENCY of each app (1)"
+    )
+    parser.add_argument("--rounds", type=positive, help="rounds per variant (3; smoke 1)")
+    parser.add_argument(
+        "--apps",
+        default=",".join(APP_NAMES),
+        help="comma-separated apps to run (service,baseline,ceiling)",
+    )
+    parser.add_argument("--out", type=Path, help="where to write RESULTS.md and results.png")
+    parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
+    args = parser.parse_args(argv)
+    apps = tuple(name for name in APP_NAMES if name in args.apps.split(","))
+    if not apps or set(args.apps.split(",")) - set(APP_NAMES):
+        parser.error(f"--apps takes a comma-separated subset of {','.join(APP_NAMES)}")
+    smoke: bool = args.smoke
+    return Options(
+        users=args.users or (1_000 if smoke else 100_000),
+        duration=args.duration or (1 if smoke else 10),
+        connections=args.connections,
+        workers=args.workers,
+        rounds=args.rounds or (1 if smoke else 3),
+        warmup=0 if smoke else 2,
+        apps=apps,
+        out=args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if smoke else BENCH_DIR),
+        smoke=smoke,
+    )
+
+
+def run_variant(variant: Variant, url: str, options: Options, duration: int) -> Sample:
+    # A fresh nonce per run keeps the emails of POST scenarios unique across rounds.
+    nonce = secrets.token_hex(4)
+    if variant.script is None:
+        bulk = run_bulk(url, duration=duration, nonce=nonce)
+        return Sample(
+            rate=bulk.rows_per_second,
+            p99_ms=bulk.p99_us / 1000,
+            requests=bulk.requests,
+            non_2xx=bulk.non_2xx,
+            socket_errors=0,
+        )
+    summary = run_wrk(
+        url,
+        variant.script,
+        (str(options.users), nonce, *variant.args),
+        duration=duration,
+        connections=options.connections,
+    )
+    return Sample(
+        rate=summary.rps,
+        p99_ms=summary.p99_us / 1000,
+        requests=summary.requests,
+        non_2xx=summary.non_2xx,
+        socket_errors=summary.socket_errors,
+    )
+
+
+def run_scenario(
+    scenario: Scenario, running: dict[str, servers.Server], options: Options
+) -> ScenarioResult:
+    """Warm each variant up, then run the variants interleaved, A B A B, for every round."""
+    variants = [variant for variant in scenario.variants if variant.app in running]
+    if options.warmup:
+        for variant in variants:
+            run_variant(variant, running[variant.app].url, options, options.warmup)
+    samples: dict[str, list[Sample]] = {variant.label: [] for variant in variants}
+    for round_number in range(1, options.rounds + 1):
+        for variant in variants:
+            sample = run_variant(variant, running[variant.app].url, options, options.duration)
+            samples[variant.label].append(sample)
+            print(
+                f"  {scenario.title} | {variant.label} | round {round_number}/{options.rounds}:"
+                f" {sample.rate:,.0f} {scenario.unit}, p99 {sample.p99_ms:.2f} ms,"
+                f" non-2xx {sample.non_2xx}, socket errors {sample.socket_errors}",
+                flush=True,
+            )
+    return ScenarioResult(
+        scenario=scenario,
+        variants=tuple(
+            summarize(variant.label, variant.app, samples[variant.label]) for variant in variants
+        ),
+    )
+
+
+def settings_of(options: Options, database: str) -> dict[str, str]:
+    return {
+        "Database": database,
+        "Users seeded": f"{options.users:,}",
+        "Apps": ", ".join(options.apps),
+        "WEB_CONCURRENCY": str(options.workers),
+        "wrk": f"-t1 -c{options.connections}",
+        "Duration": f"{options.duration} s per round, {options.warmup} s warm-up per variant",
+        "Rounds": str(options.rounds),
+    }
+
+
+def broken_variants(results: Sequence[ScenarioResult]) -> list[str]:
+    """Variants that show the harness itself no longer works, whatever the speed."""
+    return [
+        f"{result.scenario.title} ({variant.label})"
+        for result in results
+        for variant in result.variants
+        if variant.requests == 0 or (result.scenario.hits_only and variant.non_2xx)
+    ]
+
+
+class Run(msgspec.Struct, frozen=True, kw_only=True):
+    results: tuple[ScenarioResult, ...]
+    service_rss: int | None
+    postgres_version: str
+
+
+def measure(options: Options, log_dir: Path) -> Run:
+    """Everything that needs PostgreSQL and the servers; both are stopped before it returns."""
+    with postgres.database_url() as url:
+        if "service" in options.apps:
+            seed.migrate_service(url)
+        postgres_version = asyncio.run(
+            seed.seed(
+                url,
+                users=options.users,
+                service="service" in options.apps,
+                baseline="baseline" in options.apps,
+            )
+        )
+        with servers.running(
+            options.apps, database_url=url, workers=options.workers, log_dir=log_dir
+        ) as running:
+            results = tuple(
+                run_scenario(scenario, running, options)
+                for scenario in SCENARIOS
+                if any(variant.app in running for variant in scenario.variants)
+            )
+            service = running.get("service")
+            service_rss = None if service is None else servers.worker_rss(service)
+    return Run(results=results, service_rss=service_rss, postgres_version=postgres_version)
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM would otherwise end Python without running the finally blocks that stop the
+    # servers and PostgreSQL; SystemExit runs them.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str]) -> int:
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    options = parse_options(argv)
+    wrk_binary()
+    database = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
+    print(f"PostgreSQL: {database}; seeding {options.users:,} users", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    try:
+        run = measure(options, log_dir)
+    except BaseException:
+        print(f"Server logs kept in {log_dir}", file=sys.stderr)
+        raise
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    checks = check_targets(run.results, run.service_rss)
+    report.print_report(run.results, checks)
+    options.out.mkdir(parents=True, exist_ok=True)
+    report.write_markdown(
+        options.out / "RESULTS.md",
+        command=shlex.join(["python", "-m", "bench", *argv]),
+        results=run.results,
+        checks=checks,
+        settings=settings_of(options, database),
+        machine=machine.describe_machine(),
+        versions=machine.describe_versions(run.postgres_version),
+        smoke=options.smoke,
+    )
+    report.write_chart(options.out / "results.png", run.results)
+    print(f"\nWrote {options.out / 'RESULTS.md'} and {options.out / 'results.png'}")
+
+    broken = broken_variants(run.results)
+    if options.smoke and broken:
+        print(f"Smoke run failed: no requests, or non-2xx on a hit scenario: {', '.join(broken)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

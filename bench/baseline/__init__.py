@@ -1,0 +1,1 @@
+"""The baseline: the same endpoints written the way most tutorials write them."""

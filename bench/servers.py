@@ -1,0 +1,113 @@
+"""Uvicorn processes for the service, the baseline and the ceiling, with the Procfile's flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import msgspec
+import psutil
+
+from bench.seed import REPO_ROOT
+from service.__main__ import uvicorn_args
+
+APPS = {
+    "service": "service.app:create_app",
+    "baseline": "bench.baseline.app:create_app",
+    "ceiling": "bench.ceiling:create_app",
+}
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 25.0
+
+
+class Server(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(server: Server, lines: int = 30) -> str:
+    return "\n".join(server.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start(name: str, *, database_url: str, workers: int, log_dir: Path) -> Server:
+    port = free_port()
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "DATABASE_URL": database_url, "WEB_CONCURRENCY": str(workers)}
+    # The flags python -m service (the Procfile's web process) gives uvicorn.
+    args = uvicorn_args(APPS[name], host="127.0.0.1", port=port, workers=workers)
+    command = [sys.executable, "-m", "uvicorn", *args]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    return Server(name=name, port=port, process=process, log=log)
+
+
+def wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> None:
+    """Poll until the server answers any HTTP request; fail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited during startup:\n{log_tail(server)}")
+        try:
+            httpx.get(server.url + "/", timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return
+    raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s:\n{log_tail(server)}")
+
+
+def stop(server: Server, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM for a graceful shutdown, then SIGKILL if it does not come."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+def worker_rss(server: Server) -> int:
+    """Resident bytes of the largest worker: the process itself, or its children with --workers."""
+    process = psutil.Process(server.process.pid)
+    workers = process.children() or [process]
+    return max(worker.memory_info().rss for worker in workers)
+
+
+@contextmanager
+def running(
+    names: Sequence[str], *, database_url: str, workers: int, log_dir: Path
+) -> Iterator[dict[str, Server]]:
+    """Start every named server and wait for each; all are stopped on exit, whatever happens."""
+    with ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        for name in names:
+            server = start(name, database_url=database_url, workers=workers, log_dir=log_dir)
+            stack.callback(stop, server)
+            servers[name] = server
+        for server in servers.values():
+            wait_ready(server)
+        yield servers

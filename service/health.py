@@ -1,0 +1,31 @@
+"""Liveness and readiness probes for the platform."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.database import pool_of
+from service.problems import UNAVAILABLE, ProblemError
+
+READY_TIMEOUT_SECONDS = 1.0
+OK = b'{"status":"ok"}'
+
+
+async def livez(request: Request) -> Response:
+    """The process serves requests; the database is not consulted."""
+    return Response(OK, media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    """The database answers a trivial query within a second."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await pool_of(request).fetchval("SELECT 1")
+    except UNAVAILABLE:
+        raise ProblemError(
+            503, "The database did not answer in time", headers={"Retry-After": "1"}
+        ) from None
+    return Response(OK, media_type="application/json")
