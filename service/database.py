@@ -25,6 +25,9 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
+        # 0 for a pooler in transaction mode, where a prepared statement may
+        # not be on the server connection the next query lands on.
+        statement_cache_size=settings.db_statement_cache_size,
         server_settings={"application_name": "users-service"},
         reset=keep_session,
     )

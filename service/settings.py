@@ -29,6 +29,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 64 * 1024
     max_bulk_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = False
+    slow_request_ms: int = 500
+    api_tokens: tuple[str, ...] = ()
+    db_statement_cache_size: int = 100
+    db_pool_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -51,6 +57,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_body_bytes=read("MAX_BODY_BYTES", integer(1, 2**31), 64 * 1024),
             max_bulk_bytes=read("MAX_BULK_BYTES", integer(1, 2**31), 16 * 1024 * 1024),
             log_level=read("LOG_LEVEL", log_level, "INFO"),
+            log_format=read("LOG_FORMAT", one_of("json", "text"), "text"),
+            access_log=read("ACCESS_LOG", boolean, False),
+            slow_request_ms=read("SLOW_REQUEST_MS", integer(0, 3_600_000), 500),
+            api_tokens=read("API_TOKENS", tokens, ()),
+            db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000), 100),
+            db_pool_timeout=read("DB_POOL_TIMEOUT", seconds, 2.0),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
@@ -80,6 +92,32 @@ def seconds(raw: str) -> float:
     if not 0 < value <= 3600:
         raise ValueError("expected a number of seconds above 0 and at most 3600")
     return value
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw.lower()
+
+    return parse
+
+
+def boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1 or 0")
+
+
+def tokens(raw: str) -> tuple[str, ...]:
+    found = tuple(token.strip() for token in raw.split(",") if token.strip())
+    if not found:
+        raise ValueError("expected a comma-separated list of tokens")
+    if any(len(token) < 16 for token in found):
+        raise ValueError("every token must be at least 16 characters")
+    return found
 
 
 def log_level(raw: str) -> str:

@@ -30,6 +30,12 @@ def test_every_variable_is_read() -> None:
             "MAX_BODY_BYTES": "1024",
             "MAX_BULK_BYTES": "2048",
             "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "JSON",
+            "ACCESS_LOG": "1",
+            "SLOW_REQUEST_MS": "250",
+            "API_TOKENS": "first-token-0123456789, second-token-0123456789",
+            "DB_STATEMENT_CACHE_SIZE": "0",
+            "DB_POOL_TIMEOUT": "0.5",
         }
     )
     assert settings == Settings(
@@ -42,6 +48,12 @@ def test_every_variable_is_read() -> None:
         max_body_bytes=1024,
         max_bulk_bytes=2048,
         log_level="DEBUG",
+        log_format="json",
+        access_log=True,
+        slow_request_ms=250,
+        api_tokens=("first-token-0123456789", "second-token-0123456789"),
+        db_statement_cache_size=0,
+        db_pool_timeout=0.5,
     )
 
 
@@ -73,6 +85,13 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("MAX_BODY_BYTES", "64k"),
         ("MAX_BULK_BYTES", "0"),
         ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("ACCESS_LOG", "maybe"),
+        ("SLOW_REQUEST_MS", "fast"),
+        ("API_TOKENS", ",,"),
+        ("API_TOKENS", "short"),
+        ("DB_STATEMENT_CACHE_SIZE", "-1"),
+        ("DB_POOL_TIMEOUT", "0"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
