@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +17,11 @@ from types import FrameType
 from uvicorn.main import main as uvicorn_main
 
 from service.database import migrate
+from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
 APP = "service.app:create_app"
+logger = logging.getLogger("service")
 EMBEDDED_DATA = Path(".pgdata")
 
 
@@ -61,9 +66,11 @@ def embedded_postgres() -> Iterator[str]:
 
 
 def exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    # uvicorn re-raises the signal that stopped it once it has shut down; as
-    # SystemExit it unwinds through the finally blocks that stop the database.
-    raise SystemExit(128 + signum)
+    # A single uvicorn process re-raises the signal that stopped it once it has
+    # shut down; as SystemExit it unwinds through the finally blocks that stop
+    # the database. A stop that was asked for is a success, as it is with
+    # workers, whose supervisor exits 0.
+    raise SystemExit(0)
 
 
 def run_uvicorn(settings: Settings, host: str) -> None:
@@ -71,18 +78,39 @@ def run_uvicorn(settings: Settings, host: str) -> None:
     uvicorn_main.main(args, standalone_mode=False)
 
 
+@contextmanager
+def metrics_directory() -> Iterator[None]:
+    """A clean PROMETHEUS_MULTIPROC_DIR for this run's workers, removed afterwards."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="users-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # a previous run's counts are not this run's
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
-    if settings.database_url is not None:
-        run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
-        return
-    with embedded_postgres() as database_url:
-        asyncio.run(migrate(database_url))
-        print(f"API:      http://127.0.0.1:{settings.port}/users", flush=True)
-        print(f"Database: {database_url}", flush=True)
-        os.environ["DATABASE_URL"] = database_url  # workers read settings from it
-        run_uvicorn(settings, host="127.0.0.1")
+    configure_logging(settings)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    if not settings.api_tokens:
+        logger.warning("API_TOKENS is not set: /users is open to any caller")
+    with metrics_directory():
+        if settings.database_url is not None:
+            run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
+            return
+        with embedded_postgres() as database_url:
+            asyncio.run(migrate(database_url))
+            print(f"API:      http://127.0.0.1:{settings.port}/users", flush=True)
+            print(f"Database: {database_url}", flush=True)
+            os.environ["DATABASE_URL"] = database_url  # workers read settings from it
+            run_uvicorn(settings, host="127.0.0.1")
 
 
 def main(argv: list[str]) -> int:

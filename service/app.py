@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,19 +12,22 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from uvicorn.config import STARTUP_FAILURE
 
-from service import health, users
+from service import health, metrics, openapi, users
+from service.auth import BearerTokens
 from service.database import close_pool, open_pool
+from service.logs import configure_logging
 from service.lookups import UserLookups
-from service.problems import EXCEPTION_HANDLERS, UnexpectedErrors
+from service.observe import ObserveRequests
+from service.problems import EXCEPTION_HANDLERS
 from service.settings import Settings, SettingsError
-
-logger = logging.getLogger("service")
 
 # Each path also answers with a trailing slash, without a redirect, because
 # existing callers use "/users/". "{email:path}" takes a trailing "/" itself.
 routes = [
     Route("/livez", health.livez, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
     Route("/users/", users.list_users, methods=["GET"]),
@@ -54,21 +57,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The app for uvicorn's --factory; settings come from the environment by default."""
     if settings is None:
         settings = load_settings()
-    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
-    logger.setLevel(settings.log_level)
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics.forget_dead_workers()
         app.state.pool = await open_pool(settings)
         app.state.lookups = UserLookups(app.state.pool)
+        pool_watch = asyncio.create_task(metrics.watch_pool(app.state.pool))
         try:
             yield
         finally:
+            pool_watch.cancel()
             await close_pool(app.state.pool)
+            metrics.forget_this_worker()
 
+    middleware = [Middleware(ObserveRequests, settings=settings)]
+    if settings.api_tokens:
+        middleware.append(Middleware(BearerTokens, tokens=settings.api_tokens))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(UnexpectedErrors)],
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -12,8 +12,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+from starlette.types import ExceptionHandler
 
+from service.metrics import DB_ERRORS
 from service.schemas import Problem
 
 logger = logging.getLogger("service")
@@ -125,6 +126,7 @@ async def handle_decode(request: Request, exc: Exception) -> Response:
 
 
 async def handle_database(request: Request, exc: Exception) -> Response:
+    DB_ERRORS.labels(type(exc).__name__).inc()
     if isinstance(exc, asyncpg.UniqueViolationError):
         return problem_response(ProblemError(409, "A user with that email already exists"))
     if isinstance(exc, asyncpg.CheckViolationError | asyncpg.DataError):
@@ -134,6 +136,7 @@ async def handle_database(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    DB_ERRORS.labels(type(exc).__name__).inc()
     logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
     return problem_response(
         ProblemError(
@@ -152,34 +155,3 @@ EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     asyncpg.PostgresError: handle_database,
     **{error: handle_unavailable for error in UNAVAILABLE},
 }
-
-
-class UnexpectedErrors:
-    """Answers an unexpected exception with a 500 problem that reveals nothing.
-
-    It logs the traceback once and does not re-raise, unlike Starlette's
-    ServerErrorMiddleware, which would have the server log it a second time.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except Exception:
-            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            if started:
-                raise
-            response = problem_response(ProblemError(500, "An unexpected error occurred"))
-            await response(scope, receive, send)

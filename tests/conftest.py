@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,8 @@ from starlette.applications import Starlette
 from service.app import create_app
 from service.database import migrate
 from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +46,25 @@ def database_url() -> Iterator[str]:
             server.cleanup()
 
 
+def statement_cache_size() -> int:
+    """DB_STATEMENT_CACHE_SIZE as the service reads it: 0 to run the tests through pgbouncer."""
+    only = {"DB_STATEMENT_CACHE_SIZE": os.environ.get("DB_STATEMENT_CACHE_SIZE", "")}
+    return Settings.from_env(only).db_statement_cache_size
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection of a test's own, with the statement cache the app's pool uses."""
+    return await asyncpg.connect(url, statement_cache_size=statement_cache_size())
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, db_pool_min=1, db_pool_max=10)
+    return Settings(
+        database_url=database_url,
+        db_pool_min=1,
+        db_pool_max=10,
+        db_statement_cache_size=statement_cache_size(),
+    )
 
 
 @pytest.fixture
@@ -74,3 +98,83 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert problem["title"]
     assert problem["detail"]
     return problem
+
+
+@asynccontextmanager
+async def client_of(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app of its own, for tests that need other settings.
+
+    Tests using it also take the `db` fixture, which empties the table.
+    """
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs; an exited one awaiting its parent (a zombie) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+class Service:
+    """`python -m service` in a folder of its own, its output in a file."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = folder / f"service-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=folder,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(self.port), **env},
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                httpx.get(f"{self.url}/livez", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError(f"not ready in {timeout} s:\n{self.output()}")
+
+    def stop(self, signum: int) -> int:
+        if signum == signal.SIGINT:
+            os.killpg(self.process.pid, signum)  # as Ctrl-C reaches a terminal's group
+        else:
+            self.process.send_signal(signum)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()

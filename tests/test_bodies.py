@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from msgspec.structs import replace
 
-from service.app import create_app
 from service.bodies import is_json
 from service.settings import Settings
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, client_of
 
 USER = b'{"name": "Ann", "email": "ann@example.com"}'
 
@@ -92,17 +92,8 @@ async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
 
 
 @pytest.fixture
-def small_limits_settings(settings: Settings) -> Settings:
-    return Settings(database_url=settings.database_url, max_body_bytes=100, max_bulk_bytes=1000)
-
-
-@pytest.fixture
-async def small_client(small_limits_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(small_limits_settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
+async def small_client(settings: Settings, db: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(replace(settings, max_body_bytes=100, max_bulk_bytes=1000)) as client:
         yield client
 
 

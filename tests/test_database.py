@@ -16,6 +16,7 @@ import pytest
 
 from service.database import close_pool, open_pool
 from service.settings import Settings
+from tests.conftest import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
     """A new, empty database on the test server, dropped afterwards."""
     name = f"migrate_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(database_url)
+    admin = await connect(database_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         # Swap the database name (the URL's path) and keep everything else.
@@ -51,7 +52,7 @@ def run_migrate(database_url: str) -> subprocess.Popen[str]:
 async def test_migrate_runs_twice_and_keeps_the_data(fresh_database_url: str) -> None:
     first = run_migrate(fresh_database_url)
     assert first.wait(60) == 0, first.communicate()[0]
-    conn = await asyncpg.connect(fresh_database_url)
+    conn = await connect(fresh_database_url)
     try:
         await conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@x.io')")
         second = run_migrate(fresh_database_url)
@@ -67,7 +68,7 @@ async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> No
     runs = [run_migrate(fresh_database_url) for _ in range(3)]
     for run in runs:
         assert run.wait(60) == 0, run.communicate()[0]
-    conn = await asyncpg.connect(fresh_database_url)
+    conn = await connect(fresh_database_url)
     try:
         indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'users'")
         assert indexes == 2  # the primary key and the unique lower(email) index
@@ -103,9 +104,9 @@ async def test_unique_index_ignores_case(db: asyncpg.Pool) -> None:
 
 
 async def test_close_pool_terminates_a_connection_that_will_not_finish(
-    database_url: str,
+    settings: Settings,
 ) -> None:
-    pool = await open_pool(Settings(database_url=database_url, db_pool_min=1))
+    pool = await open_pool(settings)
     busy = asyncio.ensure_future(pool.execute("SELECT pg_sleep(30)"))
     await asyncio.sleep(0.2)
     started = time.monotonic()

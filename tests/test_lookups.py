@@ -8,12 +8,13 @@ import time
 import asyncpg
 import httpx
 import pytest
+from msgspec.structs import replace
 from starlette.applications import Starlette
 
 from service.app import create_app
 from service.lookups import UserLookups
 from service.settings import Settings
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, connect
 
 
 async def seed(db: asyncpg.Pool, count: int) -> list[str]:
@@ -27,7 +28,7 @@ async def seed(db: asyncpg.Pool, count: int) -> list[str]:
 
 async def test_lookups_in_one_turn_share_one_query(db: asyncpg.Pool, database_url: str) -> None:
     emails = await seed(db, 50)
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)
     queries: list[str] = []
     conn.add_query_logger(lambda record: queries.append(record.query))
     try:
@@ -80,7 +81,7 @@ async def test_a_read_after_a_create_sees_the_new_user(client: httpx.AsyncClient
 
 @pytest.fixture
 def impatient_app(settings: Settings) -> Starlette:
-    return create_app(Settings(database_url=settings.database_url, db_command_timeout=0.5))
+    return create_app(replace(settings, db_command_timeout=0.5))
 
 
 async def test_a_failed_batched_query_fails_every_waiting_request_with_503(
@@ -91,7 +92,7 @@ async def test_a_failed_batched_query_fails_every_waiting_request_with_503(
         impatient_app.router.lifespan_context(impatient_app),
         httpx.AsyncClient(transport=transport, base_url="http://t") as client,
     ):
-        blocker = await asyncpg.connect(database_url)
+        blocker = await connect(database_url)
         try:
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")

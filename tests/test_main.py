@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,72 +16,7 @@ import pytest
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def alive(pid: int) -> bool:
-    """Whether the process runs; an exited one awaiting its parent (a zombie) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
-
-
-class Service:
-    """`python -m service` in a folder of its own, its output in a file."""
-
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = folder / f"service-{self.port}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=folder,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(self.port), **env},
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.output()
-            try:
-                httpx.get(f"{self.url}/users", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError(f"not ready in {timeout} s:\n{self.output()}")
-
-    def stop(self, signum: int) -> int:
-        os.killpg(
-            self.process.pid, signum
-        ) if signum == signal.SIGINT else self.process.send_signal(signum)
-        return self.process.wait(30)
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for service in started:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait()
+from tests.conftest import ROOT, Service, alive, free_port
 
 
 def procfile() -> dict[str, str]:
@@ -91,7 +25,40 @@ def procfile() -> dict[str, str]:
 
 
 def test_procfile_serves_and_migrates_through_python_m_service() -> None:
-    assert procfile() == {"web": "python -m service", "release": "python -m service migrate"}
+    assert procfile() == {
+        "web": "LOG_FORMAT=${LOG_FORMAT:-json} python -m service",
+        "release": "python -m service migrate",
+    }
+
+
+def test_procfile_web_command_logs_json_lines(tmp_path: Path, database_url: str) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        ["sh", "-c", procfile()["web"]],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "PORT": str(port)},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/users/nobody@x.io", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    warning = next(line for line in lines if "API_TOKENS" in line["message"])
+    assert warning["level"] == "WARNING"
+    miss = next(line for line in lines if line.get("status") == 404)
+    assert miss["route"] == "/users/{email}"
+    assert len(miss["request_id"]) == 32
 
 
 def test_uvicorn_is_set_up_for_a_router_in_front() -> None:
@@ -125,7 +92,7 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
     worker = int(re.findall(r"Started server process \[(\d+)\]", output)[0])
 
-    assert first.stop(signal.SIGTERM) == 128 + signal.SIGTERM, first.output()
+    assert first.stop(signal.SIGTERM) == 0, first.output()
     assert not alive(worker)
     assert not alive(postmaster)
     assert not (tmp_path / ".pgdata" / "postmaster.pid").exists()
@@ -138,7 +105,7 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     assert fetched.json()["name"] == "Ann"
     postmaster = int((tmp_path / ".pgdata" / "postmaster.pid").read_text().split()[0])
 
-    assert second.stop(signal.SIGINT) == 128 + signal.SIGINT, second.output()  # Ctrl-C
+    assert second.stop(signal.SIGINT) == 0, second.output()  # Ctrl-C
     assert not alive(postmaster)
 
 
@@ -150,7 +117,7 @@ def test_with_database_url_it_serves_that_database(
     service.wait_ready()
     response = httpx.post(f"{service.url}/users", json={"name": "Bo", "email": "bo@x.io"})
     assert response.status_code == 201
-    assert service.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert service.stop(signal.SIGTERM) == 0
     assert not (tmp_path / ".pgdata").exists()
 
 

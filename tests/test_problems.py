@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from msgspec.structs import replace
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.app import create_app
 from service.settings import Settings
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, client_of, connect
 
 
 async def explode(request: Request) -> Response:
@@ -33,7 +33,8 @@ async def test_an_unexpected_error_is_a_500_problem_that_reveals_nothing(
     assert "secret" not in response.text
     assert "RuntimeError" not in response.text
     assert problem["detail"] == "An unexpected error occurred"
-    [record] = [r for r in caplog.records if r.name == "service"]
+    assert len(response.headers["x-request-id"]) == 32
+    [record] = [r for r in caplog.records if r.name.startswith("service") and r.exc_info]
     assert record.exc_info is not None
     assert "secret internal detail" in str(record.exc_info[1])
 
@@ -52,19 +53,17 @@ async def test_an_unexpected_database_error_is_a_500_problem(
 
 
 @pytest.fixture
-async def impatient_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(database_url=settings.database_url, db_command_timeout=0.5))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
+async def impatient_client(
+    settings: Settings, db: asyncpg.Pool
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(replace(settings, db_command_timeout=0.5)) as client:
         yield client
 
 
 async def test_a_database_slower_than_the_command_timeout_is_a_503_with_retry_after(
     impatient_client: httpx.AsyncClient, database_url: str
 ) -> None:
-    blocker = await asyncpg.connect(database_url)
+    blocker = await connect(database_url)
     try:
         async with blocker.transaction():
             await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")

@@ -1,0 +1,89 @@
+"""Prometheus metrics, correct across uvicorn workers, and the /metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import asyncpg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+# Set by python -m service before uvicorn starts workers; prometheus_client
+# reads it at import, so each worker writes its values to files there.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+REQUESTS = Counter("http_requests_total", "Requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer a request",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+IN_FLIGHT = Gauge("http_requests_in_flight", "Requests being answered", multiprocess_mode="livesum")
+POOL_SIZE = Gauge(
+    "db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum"
+)
+POOL_IDLE = Gauge(
+    "db_pool_idle_connections", "Open connections not in use", multiprocess_mode="livesum"
+)
+DB_ERRORS = Counter("db_errors_total", "Database errors by class", ["error"])
+
+
+def observe_pool(pool: asyncpg.Pool) -> None:
+    POOL_SIZE.set(pool.get_size())
+    POOL_IDLE.set(pool.get_idle_size())
+
+
+async def watch_pool(pool: asyncpg.Pool, every: float = 1.0) -> None:
+    """Keep this worker's pool gauges fresh for whichever worker is scraped."""
+    while True:
+        observe_pool(pool)
+        await asyncio.sleep(every)
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without saying so (crashed, killed)."""
+    if MULTIPROCESS_DIR is None:
+        return
+    for path in Path(MULTIPROCESS_DIR).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        if pid != os.getpid() and not process_exists(pid):
+            multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)
+
+
+def forget_this_worker() -> None:
+    """Drop this worker's live gauges as it stops; its counts stay."""
+    if MULTIPROCESS_DIR is not None:
+        multiprocess.mark_process_dead(os.getpid(), MULTIPROCESS_DIR)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def metrics(request: Request) -> Response:
+    """Every worker's metrics, whichever worker is asked."""
+    observe_pool(request.app.state.pool)
+    if MULTIPROCESS_DIR is None:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, MULTIPROCESS_DIR)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

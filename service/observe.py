@@ -1,0 +1,102 @@
+"""Watches every request: its ID, metrics and log line, and a last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+from service.logs import request_id
+from service.problems import ProblemError, problem_response
+from service.settings import Settings
+
+logger = logging.getLogger("service.requests")
+
+# A caller's ID is kept when it looks like one (a UUID, a base64 token, ...).
+REQUEST_ID = re.compile(r"[A-Za-z0-9+/=-]{20,200}")
+PROBES = frozenset({"/livez", "/readyz"})
+
+
+def route_template(scope: Scope) -> str:
+    # Starlette puts the matched route in the scope; its template keeps the
+    # metric labels few ("/users/{email}"), whatever paths callers send.
+    route: BaseRoute | None = scope.get("route")
+    if isinstance(route, Route):
+        return route.path.replace(":path}", "}")
+    return "unmatched"
+
+
+class ObserveRequests:
+    """Request ID, timing, metrics and logging for each request, in one layer.
+
+    One wrapper rather than one middleware per concern: every layer costs a
+    call and a wrapped send on each request.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.slow_seconds = settings.slow_request_ms / 1000
+        self.access_log = settings.access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = next((value for key, value in scope["headers"] if key == b"x-request-id"), b"")
+        rid = given.decode("latin-1")
+        if not REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        request_id.set(rid)
+        status = 500  # unless a response starts
+        started_response = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if started_response:  # too late for a problem response
+                raise
+            response = problem_response(ProblemError(500, "An unexpected error occurred"))
+            await response(scope, receive, send_with_id)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            self.record(scope, status, time.perf_counter() - started)
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = route_template(scope)
+        method = scope["method"]
+        metrics.REQUESTS.labels(method, route, status).inc()
+        metrics.LATENCY.labels(method, route, status).observe(seconds)
+        if status >= 500:
+            level = logging.ERROR
+        elif seconds >= self.slow_seconds:
+            level = logging.WARNING
+        elif status >= 400 or self.access_log:
+            level = logging.INFO
+        else:
+            return
+        if route in PROBES:
+            level = logging.DEBUG  # the platform probes often; its probes are not news
+        if logger.isEnabledFor(level):
+            fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+            }
+            logger.log(level, "%s %s %s", method, scope["path"], status, extra=fields)

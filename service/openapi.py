@@ -1,0 +1,334 @@
+"""The OpenAPI 3.1 document, generated from the route table and the Structs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated, Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service import health, metrics, users
+from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
+from service.schemas import Email, Inserted, NewUser, Problem, User, UserPatch
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+JSON = "application/json"
+REF_TEMPLATE = "#/components/schemas/{name}"
+
+# Rules the endpoints check by hand, named so that msgspec writes their
+# schemas as it writes those of the Structs.
+NewUsers = Annotated[list[NewUser], msgspec.Meta(max_length=users.MAX_BULK_USERS)]
+Limit = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=users.MAX_LIMIT, extra_json_schema={"default": users.DEFAULT_LIMIT}),
+]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET, extra_json_schema={"default": 0})]
+Seconds = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Status(msgspec.Struct):
+    """The body of the probes, health.OK."""
+
+    status: Literal["ok"]
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    type: object
+    description: str
+    required: bool = True
+
+
+class Parameter(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    location: Literal["path", "query"]
+    type: object
+    description: str
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    description: str
+    body: object = None  # the type of the body; None for no body
+    media_type: str = JSON
+    headers: tuple[Header, ...] = ()
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    operation_id: str
+    summary: str
+    description: str | None = None
+    parameters: tuple[Parameter, ...] = ()
+    body: object = None  # the type of the request body
+    replies: dict[int, Reply]
+    problems: dict[int, str] = {}
+    uses_database: bool = False  # adds 503
+    needs_token: bool = False  # adds bearerAuth and 401
+
+
+LOCATION = Header(name="Location", type=str, description="The path of the new user.")
+LINK = Header(
+    name="Link",
+    type=str,
+    required=False,
+    description='On a full page only: `</users?after=…&limit=N>; rel="next"`, the next page.',
+)
+RETRY_AFTER = Header(name="Retry-After", type=Seconds, description="Seconds to wait.")
+WWW_AUTHENTICATE = Header(
+    name="WWW-Authenticate", type=str, description='The scheme to use: `Bearer realm="users"`.'
+)
+PROBLEM_HEADERS = {401: (WWW_AUTHENTICATE,), 503: (RETRY_AFTER,)}
+
+EMAIL = Parameter(
+    name="email",
+    location="path",
+    type=Email,
+    description="The user's email in any letter case, percent-encoded. One that cannot be "
+    "an email names no user: 404.",
+)
+LIST_PARAMETERS = (
+    Parameter(name="limit", location="query", type=Limit, description="Users per page."),
+    Parameter(
+        name="offset",
+        location="query",
+        type=Offset,
+        description="Users to skip. Costs more the deeper it goes; not with `after`.",
+    ),
+    Parameter(
+        name="after",
+        location="query",
+        type=Email,
+        description="Start after this email (keyset paging, as in `Link`); not with `offset`.",
+    ),
+)
+
+BODY_PROBLEMS = {
+    400: "Malformed JSON or invalid UTF-8.",
+    413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
+    415: "The body is not JSON.",
+    422: "The body breaks a rule; `field` names where (`$.email`).",
+}
+BEARER_AUTH = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "One of the tokens in API_TOKENS. The service requires a token only when "
+    "it is started with API_TOKENS set; without it /users is open and never answers 401.",
+}
+
+_encoder = msgspec.json.Encoder()
+
+
+async def openapi_json(request: Request) -> Response:
+    """This document, built on the first request from the app's own routes."""
+    state = request.app.state
+    content: bytes | None = getattr(state, "openapi", None)
+    if content is None:
+        content = state.openapi = _encoder.encode(build_document(request.app.routes))
+    return Response(content, media_type=JSON)
+
+
+OPERATIONS: dict[Endpoint, Operation] = {
+    health.livez: Operation(
+        operation_id="livez",
+        summary="The process serves requests; the database is not consulted",
+        replies={200: Reply(description="Alive.", body=Status)},
+    ),
+    health.readyz: Operation(
+        operation_id="readyz",
+        summary="The database answers a trivial query within a second",
+        replies={200: Reply(description="Ready.", body=Status)},
+        problems={503: "The database did not answer in time."},
+    ),
+    metrics.metrics: Operation(
+        operation_id="metrics",
+        summary="Prometheus metrics of every worker",
+        replies={
+            200: Reply(description="The text exposition format.", body=str, media_type="text/plain")
+        },
+    ),
+    users.list_users: Operation(
+        operation_id="listUsers",
+        summary="A page of users, ordered by email regardless of letter case",
+        parameters=LIST_PARAMETERS,
+        replies={200: Reply(description="The page.", body=list[User], headers=(LINK,))},
+        problems={422: "A bad parameter, or both `after` and `offset`; `field` names it."},
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.create_user: Operation(
+        operation_id="createUser",
+        summary="Create a user",
+        body=NewUser,
+        replies={201: Reply(description="Created.", body=User, headers=(LOCATION,))},
+        problems={**BODY_PROBLEMS, 409: "The email exists in some letter case; see `conflicts`."},
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.create_users: Operation(
+        operation_id="createUsers",
+        summary="Create many users: all of them, or none",
+        body=NewUsers,
+        replies={201: Reply(description="All were created.", body=Inserted)},
+        problems={
+            **BODY_PROBLEMS,
+            409: "Emails exist or repeat; `conflicts` lists every one. Nothing was inserted.",
+            413: f"Over {users.MAX_BULK_USERS:,} users, or larger than MAX_BULK_BYTES "
+            "(16 MiB by default).",
+            422: "An item breaks a rule; `field` names the first (`$[3].email`).",
+        },
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.get_user: Operation(
+        operation_id="getUser",
+        summary="The user with an email, in any letter case",
+        parameters=(EMAIL,),
+        replies={200: Reply(description="The user.", body=User)},
+        problems={404: "No user has that email."},
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.update_user: Operation(
+        operation_id="updateUser",
+        summary="Rename a user",
+        parameters=(EMAIL,),
+        body=UserPatch,
+        replies={200: Reply(description="The renamed user.", body=User)},
+        problems={**BODY_PROBLEMS, 404: "No user has that email."},
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.delete_user: Operation(
+        operation_id="deleteUser",
+        summary="Delete a user",
+        parameters=(EMAIL,),
+        replies={204: Reply(description="Deleted.")},
+        problems={404: "No user has that email."},
+        uses_database=True,
+        needs_token=True,
+    ),
+    openapi_json: Operation(
+        operation_id="openapi",
+        summary="This OpenAPI document",
+        replies={200: Reply(description="OpenAPI 3.1.", body=dict[str, Any])},
+    ),
+}
+
+
+def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Operation]]:
+    """Each route and method (HEAD aside, Starlette adds it to GET) with its operation."""
+    found: list[tuple[Route, str, Operation]] = []
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        operation = OPERATIONS.get(route.endpoint)
+        if operation is None:
+            raise LookupError(f"{route.path} has no entry in service.openapi.OPERATIONS")
+        found += [
+            (route, method, operation) for method in sorted(set(route.methods or ()) - {"HEAD"})
+        ]
+    return found
+
+
+def build_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    documented = documented_routes(routes)
+    types: list[object] = [Problem]
+    for _, _, operation in documented:
+        types += [operation.body] if operation.body is not None else []
+        types += [parameter.type for parameter in operation.parameters]
+        for reply in operation.replies.values():
+            types += [reply.body] if reply.body is not None else []
+            types += [header.type for header in reply.headers]
+    types += [header.type for headers in PROBLEM_HEADERS.values() for header in headers]
+    types = list(dict.fromkeys(types))
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
+    schema_of = dict(zip(types, schemas, strict=True))
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route, method, operation in documented:
+        # "/users/" is the same operation as "/users", kept for existing callers.
+        alias_of = route.path_format.rstrip("/") if route.path_format.endswith("/") else None
+        paths.setdefault(route.path_format, {})[method.lower()] = operation_object(
+            operation, schema_of, method, alias_of
+        )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "users",
+            "version": "1",
+            "description": "Creates, looks up, lists, updates and deletes users. Every error "
+            "is an RFC 9457 problem (application/problem+json).",
+        },
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {"bearerAuth": BEARER_AUTH}},
+    }
+
+
+def operation_object(
+    operation: Operation, schema_of: dict[object, Any], method: str, alias_of: str | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"operationId": operation.operation_id, "summary": operation.summary}
+    if alias_of is not None:
+        result["operationId"] += "TrailingSlash"
+        result["description"] = f"Same as {method} {alias_of}."
+    if operation.parameters:
+        result["parameters"] = [
+            {
+                "name": parameter.name,
+                "in": parameter.location,
+                "required": parameter.location == "path",
+                "description": parameter.description,
+                "schema": schema_of[parameter.type],
+            }
+            for parameter in operation.parameters
+        ]
+    if operation.body is not None:
+        result["requestBody"] = {
+            "required": True,
+            "description": "JSON: application/json, any application/*+json, or no Content-Type.",
+            "content": {JSON: {"schema": schema_of[operation.body]}},
+        }
+    problems = dict(operation.problems)
+    if operation.needs_token:
+        result["security"] = [{"bearerAuth": []}]
+        problems[401] = "API_TOKENS is set and the request has none of them."
+    if operation.uses_database:
+        problems[503] = "The database is down or too slow; retry after Retry-After seconds."
+    responses = {
+        str(status): response_object(reply, schema_of)
+        for status, reply in operation.replies.items()
+    }
+    for status in sorted(problems):
+        problem = Reply(
+            description=problems[status],
+            body=Problem,
+            media_type=PROBLEM_MEDIA_TYPE,
+            headers=PROBLEM_HEADERS.get(status, ()),
+        )
+        responses[str(status)] = response_object(problem, schema_of)
+    # Any status not listed, a 500 above all, is still a problem: saying so
+    # tells a client how to read it without promising that it happens.
+    responses["default"] = response_object(
+        Reply(description="Any other error.", body=Problem, media_type=PROBLEM_MEDIA_TYPE),
+        schema_of,
+    )
+    result["responses"] = responses
+    return result
+
+
+def response_object(reply: Reply, schema_of: dict[object, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"description": reply.description}
+    if reply.headers:
+        result["headers"] = {
+            header.name: {
+                "description": header.description,
+                "required": header.required,
+                "schema": schema_of[header.type],
+            }
+            for header in reply.headers
+        }
+    if reply.body is not None:
+        result["content"] = {reply.media_type: {"schema": schema_of[reply.body]}}
+    return result

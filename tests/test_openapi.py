@@ -1,0 +1,266 @@
+"""The OpenAPI document: valid, complete, made from the Structs, and true to the responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import openapi
+from service.app import create_app
+from service.schemas import Email
+from service.settings import Settings
+
+Document = dict[str, Any]
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+TOKENS = ("a-token-of-16-characters-or-more",)
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def fetch_document(client: httpx.AsyncClient) -> Document:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    document: Document = response.json()
+    return document
+
+
+def operations(document: Document) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def assert_conforms(document: Document, path: str, response: httpx.Response, status: int) -> None:
+    """Status, required headers, media type and body are as the document declares them."""
+    assert response.status_code == status, response.text
+    operation = document["paths"][path][response.request.method.lower()]
+    declared = operation["responses"][str(response.status_code)]
+    for name, header in declared.get("headers", {}).items():
+        assert not header["required"] or name in response.headers, name
+    if "content" not in declared:
+        assert response.content == b""
+        return
+    media_type = response.headers["content-type"].partition(";")[0]
+    schema = declared["content"][media_type]["schema"]
+    # "#/components/schemas/..." resolves against the components carried along.
+    OAS31Validator({**schema, "components": document["components"]}).validate(response.json())
+
+
+async def test_document_is_valid_openapi_3_1(client: httpx.AsyncClient) -> None:
+    document = await fetch_document(client)
+    assert document["openapi"].startswith("3.1.")
+    validate(document)
+
+
+async def test_every_route_and_method_is_documented_and_nothing_else(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    document = await fetch_document(client)
+    routed = {
+        (re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method.lower())
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    documented = {(path, method) for path, method, _ in operations(document)}
+    assert documented == routed
+    assert ("/users/{email}", "patch") in documented
+    assert ("/users/", "get") in documented
+
+
+async def test_operation_ids_are_unique(client: httpx.AsyncClient) -> None:
+    ids = [operation["operationId"] for _, _, operation in operations(await fetch_document(client))]
+    assert len(ids) == len(set(ids))
+
+
+async def test_trailing_slash_paths_are_marked_as_the_same_operation(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await fetch_document(client))["paths"]
+    assert paths["/users/"]["get"]["description"] == "Same as GET /users."
+    assert paths["/users/"]["get"]["parameters"] == paths["/users"]["get"]["parameters"]
+    assert paths["/users/bulk/"]["post"]["responses"] == paths["/users/bulk"]["post"]["responses"]
+
+
+async def test_component_schemas_come_from_the_structs(client: httpx.AsyncClient) -> None:
+    schemas = (await fetch_document(client))["components"]["schemas"]
+    assert {"NewUser", "UserPatch", "User", "Inserted", "Problem"} <= schemas.keys()
+    email = schemas["NewUser"]["properties"]["email"]
+    assert email == msgspec.json.schema(Email)
+    assert email["maxLength"] == 254
+    assert email["pattern"] == r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s/\x00-\x1f\x7f-\x9f]+$"
+    assert schemas["NewUser"]["additionalProperties"] is False
+    assert schemas["NewUser"]["required"] == ["name", "email"]
+
+
+async def test_bulk_body_is_an_array_of_at_most_10000_new_users(
+    client: httpx.AsyncClient,
+) -> None:
+    operation = (await fetch_document(client))["paths"]["/users/bulk"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/NewUser"},
+        "maxItems": 10_000,
+    }
+    assert {"201", "400", "409", "413", "415", "422", "503"} <= operation["responses"].keys()
+
+
+async def test_list_parameters_state_their_ranges(client: httpx.AsyncClient) -> None:
+    operation = (await fetch_document(client))["paths"]["/users"]["get"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert parameters["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+        "default": 10,
+    }
+    assert parameters["offset"]["schema"]["minimum"] == 0
+    assert parameters["after"]["schema"] == msgspec.json.schema(Email)
+    assert all(parameter["in"] == "query" for parameter in parameters.values())
+
+
+async def test_every_failure_is_a_problem_json_body(client: httpx.AsyncClient) -> None:
+    for _, _, operation in operations(await fetch_document(client)):
+        for status, response in operation["responses"].items():
+            if status == "default" or int(status) >= 400:
+                assert response["content"] == PROBLEM_CONTENT, (operation["operationId"], status)
+
+
+async def test_only_users_operations_need_a_bearer_token(client: httpx.AsyncClient) -> None:
+    document = await fetch_document(client)
+    scheme = document["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "API_TOKENS" in scheme["description"]
+    assert "security" not in document
+    for path, _, operation in operations(document):
+        if path.startswith("/users"):
+            assert operation["security"] == [{"bearerAuth": []}]
+            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+        else:
+            assert "security" not in operation
+            assert "401" not in operation["responses"]
+
+
+async def test_database_operations_declare_503_with_retry_after(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await fetch_document(client)
+    for path, _, operation in operations(document):
+        if path.startswith("/users") or path == "/readyz":
+            assert "Retry-After" in operation["responses"]["503"]["headers"]
+    assert "503" not in document["paths"]["/livez"]["get"]["responses"]
+
+
+async def test_document_is_built_once_per_app(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds = []
+    build = openapi.build_document
+
+    def counted(routes: Any) -> Document:
+        builds.append(routes)
+        return build(routes)
+
+    monkeypatch.setattr(openapi, "build_document", counted)
+    first = await client.get("/openapi.json")
+    second = await client.get("/openapi.json")
+    assert first.content == second.content
+    assert len(builds) == 1
+
+
+async def test_a_route_without_operation_metadata_is_refused() -> None:
+    async def undocumented(request: Request) -> Response:
+        return Response()
+
+    with pytest.raises(LookupError, match="/undocumented"):
+        openapi.build_document([Route("/undocumented", undocumented)])
+
+
+async def test_success_responses_conform_to_the_document(client: httpx.AsyncClient) -> None:
+    document = await fetch_document(client)
+    new = {"name": "Ann", "email": "ann@example.com"}
+    many = [{"name": "n", "email": f"user{i}@example.com"} for i in range(3)]
+    answers = [
+        ("/users", await client.post("/users", json=new), 201),
+        ("/users/", await client.post("/users/", json={**new, "email": "bo@example.com"}), 201),
+        ("/users/{email}", await client.get("/users/ANN@example.com"), 200),
+        ("/users/bulk", await client.post("/users/bulk", json=many), 201),
+        ("/users/bulk", await client.post("/users/bulk", json=[]), 201),
+        ("/users", await client.get("/users", params={"limit": 2}), 200),
+        ("/users", await client.get("/users", params={"after": "bo@example.com"}), 200),
+        ("/users/{email}", await client.patch("/users/ann@example.com", json={"name": "An"}), 200),
+        ("/users/{email}", await client.delete("/users/ann@example.com"), 204),
+        ("/livez", await client.get("/livez"), 200),
+        ("/readyz", await client.get("/readyz"), 200),
+        ("/openapi.json", await client.get("/openapi.json"), 200),
+    ]
+    for path, response, status in answers:
+        assert_conforms(document, path, response, status)
+    assert "link" in answers[5][1].headers
+
+
+async def test_problem_responses_conform_to_the_document(client: httpx.AsyncClient) -> None:
+    document = await fetch_document(client)
+    new = {"name": "Ann", "email": "ann@example.com"}
+    assert (await client.post("/users", json=new)).status_code == 201
+    too_large = b" " * 70_000
+    answers = [
+        ("/users", await client.post("/users", json=new), 409),
+        ("/users", await client.post("/users", json={"name": "Ann"}), 422),
+        ("/users", await client.post("/users", content=b"{", headers=JSON_HEADERS), 400),
+        ("/users", await client.post("/users", data={"name": "Ann"}), 415),
+        ("/users", await client.post("/users", content=too_large, headers=JSON_HEADERS), 413),
+        ("/users/bulk", await client.post("/users/bulk", json=[new, new]), 409),
+        ("/users/bulk", await client.post("/users/bulk", json=[{"name": ""}]), 422),
+        ("/users", await client.get("/users", params={"limit": 0}), 422),
+        ("/users/{email}", await client.get("/users/bo@example.com"), 404),
+        ("/users/{email}", await client.patch("/users/ann@example.com", json={}), 422),
+        ("/users/{email}", await client.delete("/users/bo@example.com"), 404),
+    ]
+    for path, response, status in answers:
+        assert_conforms(document, path, response, status)
+    assert answers[5][1].json()["conflicts"] == ["ann@example.com"]
+
+
+async def test_a_missing_token_and_an_unready_database_conform_to_the_document(
+    settings: Settings,
+) -> None:
+    app = create_app(msgspec.structs.replace(settings, api_tokens=TOKENS))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            # The document itself needs no token.
+            document = await fetch_document(client)
+            assert_conforms(document, "/users", await client.get("/users"), 401)
+            pool: asyncpg.Pool = app.state.pool
+            held = [await pool.acquire() for _ in range(pool.get_max_size())]
+            try:
+                assert_conforms(document, "/readyz", await client.get("/readyz"), 503)
+            finally:
+                for conn in held:
+                    await pool.release(conn)
+
+
+async def test_the_conformance_check_refuses_a_body_that_breaks_the_schema(
+    client: httpx.AsyncClient,
+) -> None:
+    # Were references left unresolved, the check would raise rather than judge.
+    document = await fetch_document(client)
+    schema = {"$ref": "#/components/schemas/User", "components": document["components"]}
+    assert OAS31Validator(schema).is_valid({"name": "Ann", "email": "a@b", "created_at": "now"})
+    assert not OAS31Validator(schema).is_valid({"name": "Ann"})
