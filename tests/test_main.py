@@ -26,7 +26,7 @@ def procfile() -> dict[str, str]:
 
 def test_procfile_serves_and_migrates_through_python_m_service() -> None:
     assert procfile() == {
-        "web": "LOG_FORMAT=${LOG_FORMAT:-json} python -m service",
+        "web": "LOG_FORMAT=${LOG_FORMAT:-json} exec python -m service",
         "release": "python -m service migrate",
     }
 

@@ -1,0 +1,104 @@
+"""Graceful shutdown of the Procfile's web process, with workers, under writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT, alive, connect, free_port
+
+
+def test_sigterm_during_a_burst_of_writes_loses_no_acknowledged_write(
+    tmp_path: Path, database_url: str
+) -> None:
+    asyncio.run(empty_table(database_url))
+    port = free_port()
+    log = tmp_path / "web.log"
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines())
+    process = subprocess.Popen(
+        ["sh", "-c", procfile["web"].strip()],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "WEB_CONCURRENCY": "2"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        acknowledged, server_errors, stopped_in = asyncio.run(
+            write_through_a_sigterm(f"http://127.0.0.1:{port}", process)
+        )
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = log.read_text()
+    workers = [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", output)]
+
+    assert process.returncode == 0, output
+    assert stopped_in < 30, output
+    assert len(workers) == 2, output
+    assert not any(alive(pid) for pid in workers)
+    assert server_errors == []
+    assert len(acknowledged) > 50  # the burst really ran
+    stored = asyncio.run(stored_emails(database_url))
+    assert acknowledged <= stored
+
+
+async def empty_table(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        await conn.execute("TRUNCATE users")
+    finally:
+        await conn.close()
+
+
+async def stored_emails(database_url: str) -> set[str]:
+    conn = await connect(database_url)
+    try:
+        return {row["email"] for row in await conn.fetch("SELECT email FROM users")}
+    finally:
+        await conn.close()
+
+
+async def write_through_a_sigterm(
+    url: str, process: subprocess.Popen[bytes]
+) -> tuple[set[str], list[int], float]:
+    """Writers run until the server is gone; SIGTERM lands a second into the burst."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                await client.get("/livez")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+
+        acknowledged: set[str] = set()
+        server_errors: list[int] = []
+
+        async def writer(number: int) -> None:
+            for n in range(100_000):  # bounded; ends when the server stops answering
+                email = f"w{number}-{n}@example.com"
+                try:
+                    response = await client.post("/users", json={"name": "n", "email": email})
+                except httpx.TransportError:
+                    return
+                if response.status_code == 201:
+                    acknowledged.add(email)
+                elif response.status_code >= 500:
+                    server_errors.append(response.status_code)
+
+        writers = [asyncio.create_task(writer(number)) for number in range(16)]
+        await asyncio.sleep(1)
+        os.killpg(process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        await asyncio.gather(*writers)
+        await asyncio.to_thread(process.wait, 40)
+        return acknowledged, server_errors, time.monotonic() - signalled
