@@ -14,7 +14,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service import health, metrics, openapi, users
 from service.auth import BearerTokens
-from service.database import close_pool, open_pool
+from service.database import Database, close_pool, open_pool
 from service.logs import configure_logging
 from service.lookups import UserLookups
 from service.observe import ObserveRequests
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics.forget_dead_workers()
         app.state.pool = await open_pool(settings)
-        app.state.lookups = UserLookups(app.state.pool)
+        app.state.db = Database(app.state.pool, settings.db_pool_timeout)
+        app.state.lookups = UserLookups(app.state.db)
         pool_watch = asyncio.create_task(metrics.watch_pool(app.state.pool))
         try:
             yield

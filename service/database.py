@@ -1,12 +1,15 @@
-"""The asyncpg pool and the schema: opening, closing, migrating."""
+"""The database: the pool, its fair gate, and the schema migration."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from starlette.requests import Request
 
 from service.settings import Settings
@@ -25,6 +28,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
+        timeout=settings.db_command_timeout,  # to connect, too
         # 0 for a pooler in transaction mode, where a prepared statement may
         # not be on the server connection the next query lands on.
         statement_cache_size=settings.db_statement_cache_size,
@@ -54,9 +58,54 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_SECONDS) -> N
         pool.terminate()
 
 
+class PoolBusy(Exception):
+    """Every connection stayed in use for longer than DB_POOL_TIMEOUT."""
+
+
+class Database:
+    """The pool, one statement at a time, with a bounded wait for a connection.
+
+    asyncpg's Pool.fetch and friends wait for a free connection without end;
+    here a caller waits at most DB_POOL_TIMEOUT, then gets PoolBusy (a 503),
+    so that overload sheds requests instead of queueing them without bound.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, wait: float) -> None:
+        self.pool = pool
+        self.wait = wait
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
+        try:
+            conn = await self.pool.acquire(timeout=self.wait)
+        except TimeoutError:
+            raise PoolBusy from None
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def execute(self, query: str, *args: object) -> str:
+        async with self.connection() as conn:
+            return await conn.execute(query, *args)
+
+
 def pool_of(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
+
+
+def db_of(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
 
 
 async def migrate(database_url: str) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
-
 from service import queries
 from service.schemas import User, email_key
 
@@ -22,8 +20,8 @@ class UserLookups:
     a query that started before it, so a read after a write sees the write.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: queries.Executor) -> None:
+        self._db = db
         self._waiting: dict[str, list[asyncio.Future[User | None]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
 
@@ -47,7 +45,7 @@ class UserLookups:
 
     async def _answer(self, batch: dict[str, list[asyncio.Future[User | None]]]) -> None:
         try:
-            users = await queries.find_users_by_keys(self._pool, list(batch))
+            users = await queries.find_users_by_keys(self._db, list(batch))
         except (Exception, asyncio.CancelledError) as exc:
             # Every request waiting on this query fails with it, none hangs.
             for futures in batch.values():

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
 
+from service.database import PoolBusy
 from service.metrics import DB_ERRORS
 from service.schemas import Problem
 
@@ -147,8 +148,19 @@ async def handle_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_busy(request: Request, exc: Exception) -> Response:
+    return problem_response(
+        ProblemError(
+            503,
+            "Every database connection is busy; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    )
+
+
 EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     ProblemError: handle_problem,
+    PoolBusy: handle_busy,
     HTTPException: handle_http,
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,

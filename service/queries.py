@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
+from service.database import Database
 from service.schemas import NewUser, User
 
 # Emails are one identity regardless of case: every lookup, conflict and order
@@ -50,9 +52,9 @@ WHERE lower(email) IN (SELECT lower(wanted) FROM unnest($1::text[]) AS wanted)
 ORDER BY lower(email)
 """
 
-# A pool runs each query on whichever connection is free; a connection keeps a
-# caller's transaction.
-Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+# The Database runs each query on whichever connection is free; a connection
+# keeps a caller's transaction.
+Executor = Database | asyncpg.Connection | PoolConnectionProxy
 
 
 def to_user(row: asyncpg.Record) -> User:
@@ -97,14 +99,14 @@ async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
     return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, list(emails))]
 
 
-async def insert_users(pool: asyncpg.Pool, users: Sequence[NewUser]) -> list[str] | None:
+async def insert_users(db: Database, users: Sequence[NewUser]) -> list[str] | None:
     """Insert all users or none: None on success, else the emails already taken.
 
     COPY is the fastest way in; the unique index makes it fail whole when any
     email exists, and only then is the conflict list worth a second query.
     """
     records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
-    async with pool.acquire() as conn:
+    async with db.connection() as conn:
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(

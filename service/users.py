@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from service import queries
 from service.bodies import read_json
-from service.database import pool_of
+from service.database import db_of
 from service.lookups import UserLookups
 from service.problems import ProblemError
 from service.schemas import Email, Inserted, NewUser, UserPatch, email_key
@@ -60,7 +60,7 @@ def user_url(email: str) -> str:
 
 async def create_user(request: Request) -> Response:
     new = await read_json(request, _decode_new_user, settings_of(request).max_body_bytes)
-    user = await queries.insert_user(pool_of(request), name=new.name, email=new.email)
+    user = await queries.insert_user(db_of(request), name=new.name, email=new.email)
     if user is None:
         raise ProblemError(409, "A user with that email already exists", conflicts=[new.email])
     return json_response(user, 201, {"Location": user_url(user.email)})
@@ -86,10 +86,10 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
 async def list_users(request: Request) -> Response:
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = request.query_params.get("after")
-    pool = pool_of(request)
+    db = db_of(request)
     if after is None:
         offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
-        users = await queries.list_users(pool, limit=limit, offset=offset)
+        users = await queries.list_users(db, limit=limit, offset=offset)
     elif "offset" in request.query_params:
         raise ProblemError(422, "Use either after or offset, not both", field="offset")
     else:
@@ -97,7 +97,7 @@ async def list_users(request: Request) -> Response:
             after = msgspec.convert(after, Email)
         except msgspec.ValidationError:
             raise ProblemError(422, "after must be an email address", field="after") from None
-        users = await queries.list_users_after(pool, after=after, limit=limit)
+        users = await queries.list_users_after(db, after=after, limit=limit)
     headers = None
     if len(users) == limit:
         # Keyset paging: the next page starts after the last email of this one.
@@ -112,7 +112,7 @@ async def create_users(request: Request) -> Response:
         raise ProblemError(413, f"At most {MAX_BULK_USERS} users can be created at once")
     if not new_users:
         return json_response(Inserted(inserted=0), 201)
-    pool = pool_of(request)
+    db = db_of(request)
     first_seen: dict[str, str] = {}
     repeated: dict[str, str] = {}
     for new in new_users:
@@ -122,14 +122,14 @@ async def create_users(request: Request) -> Response:
         else:
             first_seen[key] = new.email
     if repeated:
-        taken = await queries.find_taken_emails(pool, [new.email for new in new_users])
+        taken = await queries.find_taken_emails(db, [new.email for new in new_users])
         conflicts = {email_key(email): email for email in taken} | repeated
         raise ProblemError(
             409,
             "Emails repeat or already exist; nothing was inserted",
             conflicts=[conflicts[key] for key in sorted(conflicts)],
         )
-    already = await queries.insert_users(pool, new_users)
+    already = await queries.insert_users(db, new_users)
     if already is not None:
         raise ProblemError(409, "Emails already exist; nothing was inserted", conflicts=already)
     return json_response(Inserted(inserted=len(new_users)), 201)
@@ -138,13 +138,13 @@ async def create_users(request: Request) -> Response:
 async def update_user(request: Request) -> Response:
     email = path_email(request)
     patch = await read_json(request, _decode_patch, settings_of(request).max_body_bytes)
-    user = await queries.update_user_name(pool_of(request), email=email, name=patch.name)
+    user = await queries.update_user_name(db_of(request), email=email, name=patch.name)
     if user is None:
         raise ProblemError(404, "No user has that email")
     return json_response(user)
 
 
 async def delete_user(request: Request) -> Response:
-    if not await queries.delete_user(pool_of(request), path_email(request)):
+    if not await queries.delete_user(db_of(request), path_email(request)):
         raise ProblemError(404, "No user has that email")
     return Response(status_code=204)

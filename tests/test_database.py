@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
+from msgspec.structs import replace
 
-from service.database import close_pool, open_pool
+from service.app import create_app
+from service.database import Database, close_pool, open_pool
 from service.settings import Settings
-from tests.conftest import connect
+from tests.conftest import assert_problem, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +117,24 @@ async def test_close_pool_terminates_a_connection_that_will_not_finish(
     assert time.monotonic() - started < 5
     with pytest.raises(asyncpg.PostgresConnectionError):
         await busy
+
+
+async def test_a_request_waits_at_most_the_pool_timeout_then_gets_503(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    app = create_app(replace(settings, db_pool_max=2, db_pool_timeout=0.3))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        app_db: Database = app.state.db
+        async with app_db.connection(), app_db.connection():
+            started = time.monotonic()
+            response = await client.get("/users")
+            waited = time.monotonic() - started
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "1"
+        assert 0.3 <= waited < 1.5
+        # Freed connections serve again at once.
+        assert (await client.get("/users")).status_code == 200

@@ -33,7 +33,7 @@ async def test_lookups_in_one_turn_share_one_query(db: asyncpg.Pool, database_ur
     conn.add_query_logger(lambda record: queries.append(record.query))
     try:
         # One connection cannot run two queries at once: only coalescing passes.
-        lookups = UserLookups(conn)  # type: ignore[arg-type]
+        lookups = UserLookups(conn)
         asked = [e.lower() for e in emails] + ["missing@example.com"]
         users = await asyncio.gather(*(lookups.find(email) for email in asked))
     finally:
