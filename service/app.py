@@ -16,7 +16,7 @@ from service import health, metrics, openapi, users
 from service.auth import BearerTokens
 from service.database import Database, close_pool, open_pool
 from service.logs import configure_logging
-from service.lookups import UserLookups
+from service.lookups import Reads
 from service.observe import ObserveRequests
 from service.problems import EXCEPTION_HANDLERS
 from service.settings import Settings, SettingsError
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.forget_dead_workers()
         app.state.pool = await open_pool(settings)
         app.state.db = Database(app.state.pool, settings.db_pool_timeout)
-        app.state.lookups = UserLookups(app.state.db)
+        app.state.reads = Reads(app.state.db)
         pool_watch = asyncio.create_task(metrics.watch_pool(app.state.pool))
         try:
             yield

@@ -1,36 +1,43 @@
-"""Lookups by email that arrive together, answered by one query."""
+"""Reads that arrive together, answered by one query for all of them."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
+from typing import Generic, TypeVar
 
 from service import queries
-from service.schemas import User, email_key
+from service.schemas import User
 
-# Keeps one query's parameter array and result small next to its round trip.
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# Keeps one query's parameter arrays and result small next to its round trip.
 MAX_BATCH = 500
 
 
-class UserLookups:
-    """Coalesces the lookups made in one event-loop turn into one query.
+class Batcher(Generic[K, V]):
+    """Coalesces the calls made in one event-loop turn into one query.
 
     Under load uvicorn starts many requests per turn of the loop. Instead of a
-    round trip each, they wait together for one `lower(email) = ANY($1)`
-    query, and each gets its own user (or None) back. A lookup never waits for
-    a query that started before it, so a read after a write sees the write.
+    round trip each, they wait together for one query over all their keys
+    (`answer` returns a value per key, in order), and each caller gets its own
+    value back; callers asking for the same key share it. A call never joins
+    a query already under way, so a read after a write sees the write.
     """
 
-    def __init__(self, db: queries.Executor) -> None:
-        self._db = db
-        self._waiting: dict[str, list[asyncio.Future[User | None]]] = {}
+    def __init__(self, answer: Callable[[list[K]], Awaitable[list[V]]]) -> None:
+        self._answer = answer
+        self._waiting: dict[K, list[asyncio.Future[V]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
 
-    async def find(self, email: str) -> User | None:
+    async def get(self, key: K) -> V:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[User | None] = loop.create_future()
+        future: asyncio.Future[V] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush)
-        self._waiting.setdefault(email_key(email), []).append(future)
+        self._waiting.setdefault(key, []).append(future)
         return await future
 
     def _flush(self) -> None:
@@ -38,23 +45,37 @@ class UserLookups:
         keys = list(waiting)
         for start in range(0, len(keys), MAX_BATCH):
             batch = {key: waiting[key] for key in keys[start : start + MAX_BATCH]}
-            task = asyncio.ensure_future(self._answer(batch))
+            task = asyncio.ensure_future(self._run(batch))
             # Held until done: the loop keeps only weak references to tasks.
             self._queries.add(task)
             task.add_done_callback(self._queries.discard)
 
-    async def _answer(self, batch: dict[str, list[asyncio.Future[User | None]]]) -> None:
+    async def _run(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         try:
-            users = await queries.find_users_by_keys(self._db, list(batch))
+            values = await self._answer(list(batch))
         except (Exception, asyncio.CancelledError) as exc:
-            # Every request waiting on this query fails with it, none hangs.
+            # Every caller waiting on this query fails with it; none hangs.
             for futures in batch.values():
                 for future in futures:
                     if not future.done():
                         future.set_exception(exc)
             return
-        found = {email_key(user.email): user for user in users}
-        for key, futures in batch.items():
+        for futures, value in zip(batch.values(), values, strict=True):
             for future in futures:
                 if not future.done():
-                    future.set_result(found.get(key))
+                    future.set_result(value)
+
+
+class Reads:
+    """The coalesced reads of the /users endpoints, over one database."""
+
+    def __init__(self, db: queries.Executor) -> None:
+        # By email_key: the identity of an email.
+        self.user: Batcher[str, User | None] = Batcher(partial(queries.find_users_by_keys, db))
+        # By (email_key of after, limit) and (limit, offset).
+        self.page_after: Batcher[tuple[str, int], list[User]] = Batcher(
+            partial(queries.list_pages_after, db)
+        )
+        self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(
+            partial(queries.list_pages_at, db)
+        )

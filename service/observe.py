@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +43,9 @@ class ObserveRequests:
         self.app = app
         self.slow_seconds = settings.slow_request_ms / 1000
         self.access_log = settings.access_log
+        # Labelled children by (method, route, status): labels() is a locked
+        # lookup each time, and the set of keys is small.
+        self.children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,8 +84,15 @@ class ObserveRequests:
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         route = route_template(scope)
         method = scope["method"]
-        metrics.REQUESTS.labels(method, route, status).inc()
-        metrics.LATENCY.labels(method, route, status).observe(seconds)
+        key = (method, route, status)
+        children = self.children.get(key)
+        if children is None:
+            children = self.children[key] = (
+                metrics.REQUESTS.labels(*key),
+                metrics.LATENCY.labels(*key),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if status >= 500:
             level = logging.ERROR
         elif seconds >= self.slow_seconds:

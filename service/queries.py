@@ -9,7 +9,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
-from service.schemas import NewUser, User
+from service.schemas import NewUser, User, email_key
 
 # Emails are one identity regardless of case: every lookup, conflict and order
 # goes through lower(email), which the unique index users_email_lower_key serves.
@@ -19,24 +19,32 @@ ON CONFLICT ((lower(email))) DO NOTHING
 RETURNING name, email, created_at
 """
 
-FIND_USER = "SELECT name, email, created_at FROM users WHERE lower(email) = lower($1)"
-
 # $1 holds emails already folded by email_key, which equals lower() here.
 FIND_USERS_BY_KEYS = """
 SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
 """
 
-LIST_USERS = """
-SELECT name, email, created_at FROM users
-ORDER BY lower(email)
-LIMIT $1 OFFSET $2
+# Many pages in one query: the subquery runs once per ($n[i]) row, through the
+# index, and the ordinality says which page a row belongs to.
+LIST_PAGES_AT = """
+SELECT page.number, u.name, u.email, u.created_at
+FROM unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS page(size, skip, number)
+CROSS JOIN LATERAL (
+    SELECT name, email, created_at FROM users
+    ORDER BY lower(email)
+    LIMIT page.size OFFSET page.skip
+) AS u
 """
 
-LIST_USERS_AFTER = """
-SELECT name, email, created_at FROM users
-WHERE lower(email) > lower($1)
-ORDER BY lower(email)
-LIMIT $2
+LIST_PAGES_AFTER = """
+SELECT page.number, u.name, u.email, u.created_at
+FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS page(after, size, number)
+CROSS JOIN LATERAL (
+    SELECT name, email, created_at FROM users
+    WHERE lower(email) > lower(page.after)
+    ORDER BY lower(email)
+    LIMIT page.size
+) AS u
 """
 
 UPDATE_USER_NAME = """
@@ -67,21 +75,30 @@ async def insert_user(db: Executor, *, name: str, email: str) -> User | None:
     return None if row is None else to_user(row)
 
 
-async def find_user_by_email(db: Executor, email: str) -> User | None:
-    row = await db.fetchrow(FIND_USER, email)
-    return None if row is None else to_user(row)
+async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]:
+    """The user of each key (an email_key), or None, in the order of the keys."""
+    rows = await db.fetch(FIND_USERS_BY_KEYS, keys)
+    found = {email_key(row["email"]): to_user(row) for row in rows}
+    return [found.get(key) for key in keys]
 
 
-async def find_users_by_keys(db: Executor, keys: Sequence[str]) -> list[User]:
-    return [to_user(row) for row in await db.fetch(FIND_USERS_BY_KEYS, keys)]
+async def list_pages_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
+    """For each (limit, offset), that page of users in email order."""
+    sizes, skips = zip(*pages, strict=True)
+    return to_pages(await db.fetch(LIST_PAGES_AT, sizes, skips), len(pages))
 
 
-async def list_users(db: Executor, *, limit: int, offset: int) -> list[User]:
-    return [to_user(row) for row in await db.fetch(LIST_USERS, limit, offset)]
+async def list_pages_after(db: Executor, pages: list[tuple[str, int]]) -> list[list[User]]:
+    """For each (email, limit), the users after that email in email order."""
+    afters, sizes = zip(*pages, strict=True)
+    return to_pages(await db.fetch(LIST_PAGES_AFTER, afters, sizes), len(pages))
 
 
-async def list_users_after(db: Executor, *, after: str, limit: int) -> list[User]:
-    return [to_user(row) for row in await db.fetch(LIST_USERS_AFTER, after, limit)]
+def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
+    pages: list[list[User]] = [[] for _ in range(count)]
+    for row in rows:  # in email order within each page, as the subquery gave them
+        pages[row["number"] - 1].append(to_user(row))
+    return pages
 
 
 async def update_user_name(db: Executor, *, email: str, name: str) -> User | None:

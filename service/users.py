@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service import queries
 from service.bodies import read_json
 from service.database import db_of
-from service.lookups import UserLookups
+from service.lookups import Reads
 from service.problems import ProblemError
 from service.schemas import Email, Inserted, NewUser, UserPatch, email_key
 from service.settings import Settings
@@ -38,9 +38,9 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-def lookups_of(request: Request) -> UserLookups:
-    lookups: UserLookups = request.app.state.lookups
-    return lookups
+def reads_of(request: Request) -> Reads:
+    reads: Reads = request.app.state.reads
+    return reads
 
 
 def path_email(request: Request) -> str:
@@ -67,7 +67,7 @@ async def create_user(request: Request) -> Response:
 
 
 async def get_user(request: Request) -> Response:
-    user = await lookups_of(request).find(path_email(request))
+    user = await reads_of(request).user.get(email_key(path_email(request)))
     if user is None:
         raise ProblemError(404, "No user has that email")
     return json_response(user)
@@ -86,10 +86,9 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
 async def list_users(request: Request) -> Response:
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = request.query_params.get("after")
-    db = db_of(request)
     if after is None:
         offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
-        users = await queries.list_users(db, limit=limit, offset=offset)
+        users = await reads_of(request).page_at.get((limit, offset))
     elif "offset" in request.query_params:
         raise ProblemError(422, "Use either after or offset, not both", field="offset")
     else:
@@ -97,7 +96,7 @@ async def list_users(request: Request) -> Response:
             after = msgspec.convert(after, Email)
         except msgspec.ValidationError:
             raise ProblemError(422, "after must be an email address", field="after") from None
-        users = await queries.list_users_after(db, after=after, limit=limit)
+        users = await reads_of(request).page_after.get((email_key(after), limit))
     headers = None
     if len(users) == limit:
         # Keyset paging: the next page starts after the last email of this one.

@@ -12,7 +12,7 @@ from msgspec.structs import replace
 from starlette.applications import Starlette
 
 from service.app import create_app
-from service.lookups import UserLookups
+from service.lookups import Reads
 from service.settings import Settings
 from tests.conftest import assert_problem, connect
 
@@ -33,13 +33,56 @@ async def test_lookups_in_one_turn_share_one_query(db: asyncpg.Pool, database_ur
     conn.add_query_logger(lambda record: queries.append(record.query))
     try:
         # One connection cannot run two queries at once: only coalescing passes.
-        lookups = UserLookups(conn)
+        reads = Reads(conn)
         asked = [e.lower() for e in emails] + ["missing@example.com"]
-        users = await asyncio.gather(*(lookups.find(email) for email in asked))
+        users = await asyncio.gather(*(reads.user.get(email) for email in asked))
     finally:
         await conn.close()
     assert len(queries) == 1
     assert [user.email if user else None for user in users] == [*emails, None]
+
+
+async def test_pages_in_one_turn_share_one_query_each_kind(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    emails = sorted(await seed(db, 40), key=str.lower)
+    conn = await connect(database_url)
+    queries: list[str] = []
+    conn.add_query_logger(lambda record: queries.append(record.query))
+    try:
+        reads = Reads(conn)
+        afters = [(emails[n].lower(), 5) for n in range(0, 40, 4)]
+        offsets = [(3, n) for n in range(0, 45, 5)]
+        # One connection cannot run two queries at once: each kind must coalesce,
+        # so the two kinds go one after the other.
+        after_pages = await asyncio.gather(*(reads.page_after.get(key) for key in afters))
+        offset_pages = await asyncio.gather(*(reads.page_at.get(key) for key in offsets))
+    finally:
+        await conn.close()
+    # asyncpg's own type introspection runs too; count the service's queries.
+    assert len([query for query in queries if "page.number" in query]) == 2
+    for (after, size), page in zip(afters, after_pages, strict=True):
+        start = [e.lower() for e in emails].index(after) + 1
+        assert [user.email for user in page] == emails[start : start + size]
+    for (size, skip), page in zip(offsets, offset_pages, strict=True):
+        assert [user.email for user in page] == emails[skip : skip + size]
+
+
+async def test_concurrent_page_requests_each_get_their_own_page(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    emails = sorted(await seed(db, 120), key=str.lower)
+    paths = [f"/users?limit={n % 7 + 1}&offset={n}" for n in range(60)]
+    paths += [f"/users?limit={n % 5 + 1}&after={emails[n]}" for n in range(60)]
+    paths += ["/users?limit=3"] * 20
+    responses = await asyncio.gather(*(client.get(path) for path in paths))
+    for path, response in zip(paths, responses, strict=True):
+        query = dict(part.split("=") for part in path.partition("?")[2].split("&"))
+        size = int(query["limit"])
+        start = int(query.get("offset", 0))
+        if "after" in query:
+            start = emails.index(query["after"]) + 1
+        assert [user["email"] for user in response.json()] == emails[start : start + size], path
 
 
 async def test_concurrent_requests_for_different_emails_each_get_their_own_user(
