@@ -47,11 +47,16 @@ def wrk_binary() -> str:
     return path
 
 
-def parse_summary(output: str) -> WrkSummary:
+def summary_line(output: str, prefix: str = SUMMARY_PREFIX) -> str:
+    """The JSON after prefix on the first line of wrk's output that starts with it."""
     for line in output.splitlines():
-        if line.startswith(SUMMARY_PREFIX):
-            return summary_decoder.decode(line.removeprefix(SUMMARY_PREFIX))
-    raise RuntimeError(f"wrk printed no summary line:\n{output}")
+        if line.startswith(prefix):
+            return line.removeprefix(prefix)
+    raise RuntimeError(f"wrk printed no {prefix.strip()} line:\n{output}")
+
+
+def parse_summary(output: str) -> WrkSummary:
+    return summary_decoder.decode(summary_line(output))
 
 
 def run_wrk(
@@ -64,6 +69,22 @@ def run_wrk(
     threads: int = 1,
 ) -> WrkSummary:
     """One wrk run against url; args reach the script's init() after wrk's --."""
+    output = wrk_output(
+        url, script, args, duration=duration, connections=connections, threads=threads
+    )
+    return parse_summary(output)
+
+
+def wrk_output(
+    url: str,
+    script: str,
+    args: Sequence[str],
+    *,
+    duration: int,
+    connections: int,
+    threads: int = 1,
+) -> str:
+    """wrk's standard output, for scripts that print more than the summary line."""
     command = [
         wrk_binary(),
         f"-t{threads}",
@@ -82,4 +103,4 @@ def run_wrk(
     )
     if completed.returncode != 0:
         raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stderr}")
-    return parse_summary(completed.stdout)
+    return completed.stdout

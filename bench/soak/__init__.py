@@ -1,0 +1,1 @@
+"""python -m bench.soak: a long mixed load on one running service, checked for drift."""
