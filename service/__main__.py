@@ -30,6 +30,8 @@ def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
     return [
         app,
         "--factory",
+        # httptools, with a size limit and a deadline on each request's head.
+        "--http", "service.protocol:GuardedHttpToolsProtocol",
         "--host", host,
         "--port", str(port),
         "--workers", str(workers),

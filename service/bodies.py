@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeVar
 
 import msgspec
@@ -19,7 +20,9 @@ def is_json(content_type: str) -> bool:
     )
 
 
-async def read_json(request: Request, decoder: msgspec.json.Decoder[T], limit: int) -> T:
+async def read_json(
+    request: Request, decoder: msgspec.json.Decoder[T], limit: int, seconds: float | None = None
+) -> T:
     """Decode the body, refusing it with 413 as soon as it is known to exceed `limit`.
 
     A missing Content-Type is read as JSON, as the original API did.
@@ -31,10 +34,18 @@ async def read_json(request: Request, decoder: msgspec.json.Decoder[T], limit: i
     if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise ProblemError(413, f"The body is larger than the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ProblemError(413, f"The body is larger than the limit of {limit} bytes")
+    try:
+        # uvicorn waits for a body without end; a client must not hold a request open.
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ProblemError(413, f"The body is larger than the limit of {limit} bytes")
+    except TimeoutError:
+        # Closing, as RFC 9110 asks: the rest of the body may still be on its way.
+        raise ProblemError(
+            408, f"The body did not arrive within {seconds:g} s", headers={"Connection": "close"}
+        ) from None
     try:
         return decoder.decode(body)
     except UnicodeDecodeError:

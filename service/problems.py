@@ -9,7 +9,7 @@ from http import HTTPStatus
 import asyncpg
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
@@ -136,6 +136,14 @@ async def handle_database(request: Request, exc: Exception) -> Response:
     return problem_response(ProblemError(500, "The request could not be completed"))
 
 
+async def handle_disconnect(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer: it is for the log line and the metrics, where a
+    # client that went away must not count as a failure of the service.
+    return problem_response(
+        ProblemError(400, "The client closed the connection before the whole body arrived")
+    )
+
+
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
     DB_ERRORS.labels(type(exc).__name__).inc()
     logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
@@ -164,6 +172,7 @@ EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     HTTPException: handle_http,
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,
+    ClientDisconnect: handle_disconnect,
     asyncpg.PostgresError: handle_database,
     **{error: handle_unavailable for error in UNAVAILABLE},
 }

@@ -9,13 +9,16 @@ import msgspec
 
 # C0 and C1 control characters (NUL included) and DEL, never allowed.
 _NO_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# Python's "$" also matches before a final newline, so "Ann\n" would pass
+# "^...$"; "(?!\n)" rules that out, and changes nothing in JSON Schema's regex.
+_END = r"$(?!\n)"
 
 Name = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
         max_length=200,
-        pattern=rf"^[^{_NO_CONTROL}]*$",
+        pattern=rf"^[^{_NO_CONTROL}]*{_END}",
         description="Display name: 1 to 200 characters, no control characters.",
     ),
 ]
@@ -28,7 +31,7 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=254,
-        pattern=rf"^[^@\s{_NO_CONTROL}]{{1,64}}@[^@\s/{_NO_CONTROL}]+$",
+        pattern=rf"^[^@\s{_NO_CONTROL}]{{1,64}}@[^@\s/{_NO_CONTROL}]+{_END}",
         description="Email address, unique regardless of letter case.",
         examples=["ann@example.com"],
     ),

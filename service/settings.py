@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_tokens: tuple[str, ...] = ()
     db_statement_cache_size: int = 100
     db_pool_timeout: float = 2.0
+    db_start_timeout: float = 30.0
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -63,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             api_tokens=read("API_TOKENS", tokens, ()),
             db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000), 100),
             db_pool_timeout=read("DB_POOL_TIMEOUT", seconds, 2.0),
+            db_start_timeout=read("DB_START_TIMEOUT", seconds, 30.0),
+            head_timeout=read("HEAD_TIMEOUT", seconds, 10.0),
+            body_timeout=read("BODY_TIMEOUT", seconds, 30.0),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(

@@ -59,7 +59,8 @@ def user_url(email: str) -> str:
 
 
 async def create_user(request: Request) -> Response:
-    new = await read_json(request, _decode_new_user, settings_of(request).max_body_bytes)
+    settings = settings_of(request)
+    new = await read_json(request, _decode_new_user, settings.max_body_bytes, settings.body_timeout)
     user = await queries.insert_user(db_of(request), name=new.name, email=new.email)
     if user is None:
         raise ProblemError(409, "A user with that email already exists", conflicts=[new.email])
@@ -106,7 +107,10 @@ async def list_users(request: Request) -> Response:
 
 
 async def create_users(request: Request) -> Response:
-    new_users = await read_json(request, _decode_new_users, settings_of(request).max_bulk_bytes)
+    settings = settings_of(request)
+    new_users = await read_json(
+        request, _decode_new_users, settings.max_bulk_bytes, settings.body_timeout
+    )
     if len(new_users) > MAX_BULK_USERS:
         raise ProblemError(413, f"At most {MAX_BULK_USERS} users can be created at once")
     if not new_users:
@@ -136,7 +140,8 @@ async def create_users(request: Request) -> Response:
 
 async def update_user(request: Request) -> Response:
     email = path_email(request)
-    patch = await read_json(request, _decode_patch, settings_of(request).max_body_bytes)
+    settings = settings_of(request)
+    patch = await read_json(request, _decode_patch, settings.max_body_bytes, settings.body_timeout)
     user = await queries.update_user_name(db_of(request), email=email, name=patch.name)
     if user is None:
         raise ProblemError(404, "No user has that email")

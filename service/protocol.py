@@ -1,0 +1,78 @@
+"""uvicorn's httptools protocol, with a size limit and a deadline on each request head."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import cache
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+# Far above a real client's request line and headers (browsers send a few
+# KiB), far below what matters to a worker's memory.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+@cache
+def head_timeout() -> float:
+    # Read at the first request, not at import: by then the app has started,
+    # and stopped the worker with one clear line if a setting is bad.
+    return Settings.from_env().head_timeout
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn keeps a request's line and headers in memory without limit and
+    waits for them without end, so one client could grow a worker without end,
+    or hold connections open forever with a byte now and then (slowloris).
+
+    Here a head must fit in MAX_HEAD_BYTES and arrive within HEAD_TIMEOUT seconds of
+    its first byte, and a connection that never sends one is closed after the
+    keep-alive timeout; otherwise uvicorn's own 400, or a close.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_bytes = 0
+        self.in_head = True
+        self.head_clock: asyncio.TimerHandle | None = None
+        # uvicorn starts its keep-alive clock only after a first response.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_head:
+            if self.head_clock is None:
+                self.head_clock = self.loop.call_later(head_timeout(), self.head_timed_out)
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.stop_head_clock()
+                self._unset_keepalive_if_required()
+                self.send_400_response("Request line and headers too large.")
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.stop_head_clock()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head = True
+        self.head_bytes = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_head_clock()
+        super().connection_lost(exc)
+
+    def head_timed_out(self) -> None:
+        self.head_clock = None
+        if self.in_head:
+            self.transport.close()
+
+    def stop_head_clock(self) -> None:
+        if self.head_clock is not None:
+            self.head_clock.cancel()
+            self.head_clock = None
