@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -20,9 +22,56 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Any fixed number, the same in every process: it names the migration lock.
 MIGRATION_LOCK_KEY = 7_262_100_001
 POOL_CLOSE_SECONDS = 5.0
+# Waits between attempts to reach the database at start: doubling from the
+# first, capped, and summing to DB_START_TIMEOUT.
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 5.0
+
+# A database that is down, starting, stopping or full may answer later; a
+# wrong password or database name will not, so those fail at once.
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class DatabaseUnreachable(Exception):
+    """The database did not answer within DB_START_TIMEOUT at start."""
 
 
 async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The pool, once the database answers: retried for about DB_START_TIMEOUT seconds.
+
+    A platform may start the service before its database, or restart the
+    database under it; a wait with a clear line beats a crash loop.
+    """
+    address = database_address(settings.database_url or "")
+    delays = retry_delays(settings.db_start_timeout)
+    attempts = len(delays) + 1
+    for attempt, delay in enumerate(delays, start=1):
+        try:
+            return await create_pool(settings)
+        except UNREACHABLE as exc:
+            logger.warning(
+                "database not reachable at %s (%s); retrying in %.1f s (attempt %d of %d)",
+                address, describe(exc), delay, attempt, attempts,
+            )  # fmt: skip
+        await asyncio.sleep(delay)
+    try:
+        return await create_pool(settings)
+    except UNREACHABLE as exc:
+        logger.error(
+            "database not reachable at %s (%s); giving up after %d attempts in %g s",
+            address, describe(exc), attempts, settings.db_start_timeout,
+        )  # fmt: skip
+        raise DatabaseUnreachable(f"database not reachable at {address}") from exc
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
@@ -37,6 +86,31 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+def retry_delays(total: float) -> list[float]:
+    """Waits that double from FIRST_RETRY_SECONDS up to MAX_RETRY_SECONDS and sum to `total`."""
+    delays: list[float] = []
+    delay, remaining = FIRST_RETRY_SECONDS, total
+    while remaining > 0:
+        delays.append(min(delay, remaining))
+        remaining -= delays[-1]
+        delay = min(delay * 2, MAX_RETRY_SECONDS)
+    return delays
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def database_address(url: str) -> str:
+    """The host:port of a database URL, for log lines: never its user or password."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = parts.netloc.rpartition("@")[2] or query.get("host", ["localhost"])[0]
+    if "port" in query:
+        return f"{host}:{query['port'][0]}"
+    return host if re.search(r":\d+$", host) else f"{host}:5432"
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -82,6 +156,11 @@ class Database:
             raise PoolBusy from None
         try:
             yield conn
+        except asyncpg.InternalClientError:
+            # A connection whose protocol lost its place must not go back to
+            # the pool: releasing skips the reset that would notice.
+            conn.terminate()
+            raise
         finally:
             await self.pool.release(conn)
 

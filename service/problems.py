@@ -35,6 +35,9 @@ UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    # asyncpg's protocol can fall out of step when the server ends a session
+    # between two messages (MagicStack/asyncpg#1069); the connection is gone.
+    asyncpg.InternalClientError,
 )
 
 

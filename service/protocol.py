@@ -35,6 +35,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.head_bytes = 0
         self.in_head = True
+        self.message_ended = False
         self.head_clock: asyncio.TimerHandle | None = None
         # uvicorn starts its keep-alive clock only after a first response.
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -42,16 +43,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        if self.in_head:
-            if self.head_clock is None:
-                self.head_clock = self.loop.call_later(head_timeout(), self.head_timed_out)
+        if self.in_head and self.head_clock is None:
+            self.head_clock = self.loop.call_later(head_timeout(), self.head_timed_out)
+        self.message_ended = False
+        super().data_received(data)
+        # Count what arrived while a head is still incomplete. A chunk that
+        # also ended a message (pipelining) is not counted: its bytes were
+        # mostly that message's body, and the next chunk is counted again.
+        if self.in_head and not self.message_ended and not self.transport.is_closing():
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.stop_head_clock()
-                self._unset_keepalive_if_required()
                 self.send_400_response("Request line and headers too large.")
-                return
-        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -62,6 +65,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self.in_head = True
         self.head_bytes = 0
+        self.message_ended = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_head_clock()

@@ -36,6 +36,9 @@ def test_every_variable_is_read() -> None:
             "API_TOKENS": "first-token-0123456789, second-token-0123456789",
             "DB_STATEMENT_CACHE_SIZE": "0",
             "DB_POOL_TIMEOUT": "0.5",
+            "DB_START_TIMEOUT": "5",
+            "HEAD_TIMEOUT": "3",
+            "BODY_TIMEOUT": "4",
         }
     )
     assert settings == Settings(
@@ -54,6 +57,9 @@ def test_every_variable_is_read() -> None:
         api_tokens=("first-token-0123456789", "second-token-0123456789"),
         db_statement_cache_size=0,
         db_pool_timeout=0.5,
+        db_start_timeout=5.0,
+        head_timeout=3.0,
+        body_timeout=4.0,
     )
 
 
