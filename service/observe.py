@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 
 from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute, Route
@@ -54,8 +54,9 @@ class ObserveRequests:
         started = time.perf_counter()
         given = next((value for key, value in scope["headers"] if key == b"x-request-id"), b"")
         rid = given.decode("latin-1")
-        if not REQUEST_ID.fullmatch(rid):
-            rid = uuid.uuid4().hex
+        if not (given and REQUEST_ID.fullmatch(rid)):
+            # Unique, not secret: the PRNG spares a getrandom() call per request.
+            rid = f"{random.getrandbits(128):032x}"
         request_id.set(rid)
         status = 500  # unless a response starts
         started_response = False
@@ -68,7 +69,7 @@ class ObserveRequests:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        metrics.IN_FLIGHT.inc()
+        metrics.requests_in_flight.value += 1
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -78,7 +79,7 @@ class ObserveRequests:
             response = problem_response(ProblemError(500, "An unexpected error occurred"))
             await response(scope, receive, send_with_id)
         finally:
-            metrics.IN_FLIGHT.dec()
+            metrics.requests_in_flight.value -= 1
             self.record(scope, status, time.perf_counter() - started)
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
