@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,18 +25,14 @@ FIND_USERS_BY_KEYS = """
 SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
 """
 
-# Many pages in one query: the subquery runs once per ($n[i]) row, through the
-# index, and the ordinality says which page a row belongs to.
-LIST_PAGES_AT = """
-SELECT page.number, u.name, u.email, u.created_at
-FROM unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS page(size, skip, number)
-CROSS JOIN LATERAL (
-    SELECT name, email, created_at FROM users
-    ORDER BY lower(email)
-    LIMIT page.size OFFSET page.skip
-) AS u
+LIST_PAGE_AT = """
+SELECT name, email, created_at FROM users
+ORDER BY lower(email)
+LIMIT $1 OFFSET $2
 """
 
+# Many pages in one query: the subquery runs once per ($n[i]) row, through the
+# index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
 SELECT page.number, u.name, u.email, u.created_at
 FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS page(after, size, number)
@@ -83,9 +80,13 @@ async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]
 
 
 async def list_pages_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
-    """For each (limit, offset), that page of users in email order."""
-    sizes, skips = zip(*pages, strict=True)
-    return to_pages(await db.fetch(LIST_PAGES_AT, sizes, skips), len(pages))
+    """For each (limit, offset), that page of users in email order.
+
+    A query each, run side by side: a deep offset walks the index up to it,
+    and one query walking for all of them would make each wait for the rest.
+    """
+    results = await asyncio.gather(*(db.fetch(LIST_PAGE_AT, size, skip) for size, skip in pages))
+    return [[to_user(row) for row in rows] for rows in results]
 
 
 async def list_pages_after(db: Executor, pages: list[tuple[str, int]]) -> list[list[User]]:
