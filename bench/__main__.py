@@ -197,14 +197,8 @@ def measure(options: Options, log_dir: Path) -> Run:
     return Run(results=results, service_rss=service_rss, postgres_version=postgres_version)
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    # SIGTERM would otherwise end Python without running the finally blocks that stop the
-    # servers and PostgreSQL; SystemExit runs them.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str]) -> int:
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGTERM, servers.exit_on_sigterm)
     options = parse_options(argv)
     wrk_binary()
     database = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"

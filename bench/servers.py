@@ -111,3 +111,9 @@ def running(
         for server in servers.values():
             wait_ready(server)
         yield servers
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM would otherwise end Python without running the finally blocks that stop the
+    # servers and PostgreSQL; SystemExit runs them.
+    raise SystemExit(128 + signum)

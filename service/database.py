@@ -1,4 +1,4 @@
-"""The database: the pool, its fair gate, and the schema migration."""
+"""The database: the pool, its bounded waits, and the schema migration."""
 
 from __future__ import annotations
 
@@ -27,15 +27,20 @@ POOL_CLOSE_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 5.0
 
-# A database that is down, starting, stopping or full may answer later; a
-# wrong password or database name will not, so those fail at once.
-UNREACHABLE = (
+# Failures of the connection rather than of the statement: a database that is
+# down, starting, stopping or full may answer later, so these are worth a
+# retry (a 503, or another attempt at start). A wrong password or database
+# name is not among them.
+UNAVAILABLE = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    # asyncpg's protocol can fall out of step when the server ends a session
+    # between two messages (MagicStack/asyncpg#1069); the connection is gone.
+    asyncpg.InternalClientError,
 )
 
 
@@ -55,7 +60,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     for attempt, delay in enumerate(delays, start=1):
         try:
             return await create_pool(settings)
-        except UNREACHABLE as exc:
+        except UNAVAILABLE as exc:
             logger.warning(
                 "database not reachable at %s (%s); retrying in %.1f s (attempt %d of %d)",
                 address, describe(exc), delay, attempt, attempts,
@@ -63,7 +68,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         await asyncio.sleep(delay)
     try:
         return await create_pool(settings)
-    except UNREACHABLE as exc:
+    except UNAVAILABLE as exc:
         logger.error(
             "database not reachable at %s (%s); giving up after %d attempts in %g s",
             address, describe(exc), attempts, settings.db_start_timeout,

@@ -7,8 +7,8 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.database import pool_of
-from service.problems import UNAVAILABLE, ProblemError
+from service.database import UNAVAILABLE, pool_of
+from service.problems import ProblemError
 
 READY_TIMEOUT_SECONDS = 1.0
 OK = b'{"status":"ok"}'

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
 
-from service.database import PoolBusy
+from service.database import UNAVAILABLE, PoolBusy
 from service.metrics import DB_ERRORS
 from service.schemas import Problem
 
@@ -26,19 +26,6 @@ RETRY_AFTER_SECONDS = "1"
 _encoder = msgspec.json.Encoder()
 # msgspec ends a validation message with the place it failed: "... - at `$.name`".
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
-
-# Failures of the database connection rather than of the request: worth a retry.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    # asyncpg's protocol can fall out of step when the server ends a session
-    # between two messages (MagicStack/asyncpg#1069); the connection is gone.
-    asyncpg.InternalClientError,
-)
 
 
 class ProblemError(Exception):

@@ -140,14 +140,8 @@ def settings_of(options: Options, database: str, rows_after: int) -> dict[str, s
     }
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    # SIGTERM would otherwise end Python without running the finally blocks that stop the
-    # service and PostgreSQL; SystemExit runs them.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str]) -> int:
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGTERM, servers.exit_on_sigterm)
     options = parse_options(argv)
     wrk_binary()
     database = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
