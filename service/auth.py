@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -11,12 +12,17 @@ from service.problems import ProblemError, problem_response
 PROTECTED_PREFIX = "/users"
 
 
+def digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
 class BearerTokens:
     """Answers 401 to a /users request without one of the configured tokens."""
 
     def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
         self.app = app
-        self.tokens = [token.encode() for token in tokens]
+        # Digests, so that comparing them cannot reveal a token's length.
+        self.digests = [digest(token.encode()) for token in tokens]
 
     def authorized(self, scope: Scope) -> bool:
         header = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
@@ -25,7 +31,8 @@ class BearerTokens:
             return False
         # Compare with every token, in constant time each, so neither the
         # match nor its position shows in the response time.
-        matches = [hmac.compare_digest(given.strip(), token) for token in self.tokens]
+        given_digest = digest(given.strip())
+        matches = [hmac.compare_digest(given_digest, known) for known in self.digests]
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

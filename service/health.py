@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.database import UNAVAILABLE, pool_of
-from service.problems import ProblemError
+from service.problems import RETRY_AFTER_SECONDS, ProblemError
 
 READY_TIMEOUT_SECONDS = 1.0
 OK = b'{"status":"ok"}'
@@ -26,6 +26,6 @@ async def readyz(request: Request) -> Response:
             await pool_of(request).fetchval("SELECT 1")
     except UNAVAILABLE:
         raise ProblemError(
-            503, "The database did not answer in time", headers={"Retry-After": "1"}
+            503, "The database did not answer in time", headers={"Retry-After": RETRY_AFTER_SECONDS}
         ) from None
     return Response(OK, media_type="application/json")

@@ -8,6 +8,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import msgspec
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
 from service.settings import Settings
 
@@ -17,6 +19,19 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # What a request's log line adds to the message, when present.
 REQUEST_FIELDS = ("method", "route", "status", "duration_ms")
 _encoder = msgspec.json.Encoder()
+
+
+def route_template(scope: Scope) -> str:
+    """The route of a request, as logs and metrics name it: "/users/{email}".
+
+    Never the raw path: it holds emails, which are personal data, and once
+    decoded it could forge lines of a text log. Starlette puts the matched
+    route in the scope; its template also keeps metric labels few.
+    """
+    route: BaseRoute | None = scope.get("route")
+    if isinstance(route, Route):
+        return route.path.replace(":path}", "}")
+    return "unmatched"
 
 
 class RequestIdFilter(logging.Filter):

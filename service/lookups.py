@@ -1,4 +1,4 @@
-"""Reads that arrive together, answered by one query for all of them."""
+"""Reads that arrive together, answered together."""
 
 from __future__ import annotations
 
@@ -21,14 +21,18 @@ class Batcher(Generic[K, V]):
     """Coalesces the calls made in one event-loop turn into one query.
 
     Under load uvicorn starts many requests per turn of the loop. Instead of a
-    round trip each, they wait together for one query over all their keys
-    (`answer` returns a value per key, in order), and each caller gets its own
-    value back; callers asking for the same key share it. A call never joins
-    a query already under way, so a read after a write sees the write.
+    round trip each, they wait together for one query over up to `batch`
+    distinct keys (`answer` returns a value per key, in order), and each
+    caller gets its own value back; callers asking for the same key share it.
+    A call never joins a query already under way, so a read after a write
+    sees the write.
     """
 
-    def __init__(self, answer: Callable[[list[K]], Awaitable[list[V]]]) -> None:
+    def __init__(
+        self, answer: Callable[[list[K]], Awaitable[list[V]]], batch: int = MAX_BATCH
+    ) -> None:
         self._answer = answer
+        self._batch = batch
         self._waiting: dict[K, list[asyncio.Future[V]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
 
@@ -43,8 +47,8 @@ class Batcher(Generic[K, V]):
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
         keys = list(waiting)
-        for start in range(0, len(keys), MAX_BATCH):
-            batch = {key: waiting[key] for key in keys[start : start + MAX_BATCH]}
+        for start in range(0, len(keys), self._batch):
+            batch = {key: waiting[key] for key in keys[start : start + self._batch]}
             task = asyncio.ensure_future(self._run(batch))
             # Held until done: the loop keeps only weak references to tasks.
             self._queries.add(task)
@@ -53,17 +57,27 @@ class Batcher(Generic[K, V]):
     async def _run(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         try:
             values = await self._answer(list(batch))
-        except (Exception, asyncio.CancelledError) as exc:
+            if len(values) != len(batch):
+                raise RuntimeError(f"{len(values)} answers for {len(batch)} keys")
+        except Exception as exc:
             # Every caller waiting on this query fails with it; none hangs.
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
+            self._fail(batch, exc)
             return
+        except asyncio.CancelledError:
+            # The service is stopping: its callers may retry elsewhere (503).
+            self._fail(batch, ConnectionAbortedError("the service is stopping"))
+            raise
         for futures, value in zip(batch.values(), values, strict=True):
             for future in futures:
                 if not future.done():
                     future.set_result(value)
+
+    @staticmethod
+    def _fail(batch: dict[K, list[asyncio.Future[V]]], exc: BaseException) -> None:
+        for futures in batch.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
 
 
 class Reads:
@@ -72,10 +86,14 @@ class Reads:
     def __init__(self, db: queries.Executor) -> None:
         # By email_key: the identity of an email.
         self.user: Batcher[str, User | None] = Batcher(partial(queries.find_users_by_keys, db))
-        # By (email_key of after, limit) and (limit, offset).
+        # By (email_key of after, limit): an index range scan each, cheap to
+        # run many of in one LATERAL query.
         self.page_after: Batcher[tuple[str, int], list[User]] = Batcher(
             partial(queries.list_pages_after, db)
         )
+        # By (limit, offset), one page a query: a deep offset walks the index
+        # up to it, and pages sharing a query would each wait for the slowest.
+        # Callers asking for the same page in one turn still share it.
         self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(
-            partial(queries.list_pages_at, db)
+            partial(queries.list_page_at, db), batch=1
         )

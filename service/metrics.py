@@ -20,6 +20,8 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.database import pool_of
+
 # Set by python -m service before uvicorn starts workers; prometheus_client
 # reads it at import, so each worker writes its values to files there.
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -96,7 +98,7 @@ def process_exists(pid: int) -> bool:
 
 async def metrics(request: Request) -> Response:
     """Every worker's metrics, whichever worker is asked."""
-    observe_gauges(request.app.state.pool)
+    observe_gauges(pool_of(request))
     if MULTIPROCESS_DIR is None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
     registry = CollectorRegistry()

@@ -8,11 +8,10 @@ import re
 import time
 
 from prometheus_client import Counter, Histogram
-from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.logs import request_id
+from service.logs import request_id, route_template
 from service.problems import ProblemError, problem_response
 from service.settings import Settings
 
@@ -21,15 +20,6 @@ logger = logging.getLogger("service.requests")
 # A caller's ID is kept when it looks like one (a UUID, a base64 token, ...).
 REQUEST_ID = re.compile(r"[A-Za-z0-9+/=-]{20,200}")
 PROBES = frozenset({"/livez", "/readyz"})
-
-
-def route_template(scope: Scope) -> str:
-    # Starlette puts the matched route in the scope; its template keeps the
-    # metric labels few ("/users/{email}"), whatever paths callers send.
-    route: BaseRoute | None = scope.get("route")
-    if isinstance(route, Route):
-        return route.path.replace(":path}", "}")
-    return "unmatched"
 
 
 class ObserveRequests:
@@ -73,7 +63,7 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            logger.exception("unexpected error on %s %s", scope["method"], route_template(scope))
             if started_response:  # too late for a problem response
                 raise
             response = problem_response(ProblemError(500, "An unexpected error occurred"))
@@ -111,4 +101,4 @@ class ObserveRequests:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
             }
-            logger.log(level, "%s %s %s", method, scope["path"], status, extra=fields)
+            logger.log(level, "%s %s %s", method, route, status, extra=fields)

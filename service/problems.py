@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
 
 from service.database import UNAVAILABLE, PoolBusy
+from service.logs import route_template
 from service.metrics import DB_ERRORS
 from service.schemas import Problem
 
@@ -122,7 +123,9 @@ async def handle_database(request: Request, exc: Exception) -> Response:
         return problem_response(ProblemError(409, "A user with that email already exists"))
     if isinstance(exc, asyncpg.CheckViolationError | asyncpg.DataError):
         return problem_response(ProblemError(422, "A value was refused by the database"))
-    logger.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error(
+        "database error on %s %s", request.method, route_template(request.scope), exc_info=exc
+    )
     return problem_response(ProblemError(500, "The request could not be completed"))
 
 
@@ -136,7 +139,9 @@ async def handle_disconnect(request: Request, exc: Exception) -> Response:
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
     DB_ERRORS.labels(type(exc).__name__).inc()
-    logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+    logger.warning(
+        "database unavailable on %s %s: %r", request.method, route_template(request.scope), exc
+    )
     return problem_response(
         ProblemError(
             503,

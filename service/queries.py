@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,13 +13,14 @@ from service.schemas import NewUser, User, email_key
 
 # Emails are one identity regardless of case: every lookup, conflict and order
 # goes through lower(email), which the unique index users_email_lower_key serves.
+# Email parameters are always keys, folded in Python by email_key: lower() of a
+# parameter would fold by the database's locale, not by the column's "C".
 INSERT_USER = """
 INSERT INTO users (name, email) VALUES ($1, $2)
 ON CONFLICT ((lower(email))) DO NOTHING
 RETURNING name, email, created_at
 """
 
-# $1 holds emails already folded by email_key, which equals lower() here.
 FIND_USERS_BY_KEYS = """
 SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
 """
@@ -38,22 +38,23 @@ SELECT page.number, u.name, u.email, u.created_at
 FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS page(after, size, number)
 CROSS JOIN LATERAL (
     SELECT name, email, created_at FROM users
-    WHERE lower(email) > lower(page.after)
+    WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size
 ) AS u
+ORDER BY page.number, lower(u.email)
 """
 
 UPDATE_USER_NAME = """
-UPDATE users SET name = $2 WHERE lower(email) = lower($1)
+UPDATE users SET name = $2 WHERE lower(email) = $1
 RETURNING name, email, created_at
 """
 
-DELETE_USER = "DELETE FROM users WHERE lower(email) = lower($1)"
+DELETE_USER = "DELETE FROM users WHERE lower(email) = $1"
 
 FIND_TAKEN_EMAILS = """
 SELECT email FROM users
-WHERE lower(email) IN (SELECT lower(wanted) FROM unnest($1::text[]) AS wanted)
+WHERE lower(email) = ANY($1::text[])
 ORDER BY lower(email)
 """
 
@@ -79,14 +80,10 @@ async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]
     return [found.get(key) for key in keys]
 
 
-async def list_pages_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
-    """For each (limit, offset), that page of users in email order.
-
-    A query each, run side by side: a deep offset walks the index up to it,
-    and one query walking for all of them would make each wait for the rest.
-    """
-    results = await asyncio.gather(*(db.fetch(LIST_PAGE_AT, size, skip) for size, skip in pages))
-    return [[to_user(row) for row in rows] for rows in results]
+async def list_page_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
+    """The page of users at (limit, offset), in email order; one page a call."""
+    [(size, skip)] = pages
+    return [[to_user(row) for row in await db.fetch(LIST_PAGE_AT, size, skip)]]
 
 
 async def list_pages_after(db: Executor, pages: list[tuple[str, int]]) -> list[list[User]]:
@@ -103,18 +100,19 @@ def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
 
 
 async def update_user_name(db: Executor, *, email: str, name: str) -> User | None:
-    row = await db.fetchrow(UPDATE_USER_NAME, email, name)
+    row = await db.fetchrow(UPDATE_USER_NAME, email_key(email), name)
     return None if row is None else to_user(row)
 
 
 async def delete_user(db: Executor, email: str) -> bool:
-    status: str = await db.execute(DELETE_USER, email)
+    status: str = await db.execute(DELETE_USER, email_key(email))
     return status == "DELETE 1"
 
 
 async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
     """The stored emails among these, as they were stored."""
-    return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, list(emails))]
+    keys = [email_key(email) for email in emails]
+    return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, keys)]
 
 
 async def insert_users(db: Database, users: Sequence[NewUser]) -> list[str] | None:
@@ -126,10 +124,8 @@ async def insert_users(db: Database, users: Sequence[NewUser]) -> list[str] | No
     records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
     async with db.connection() as conn:
         try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "users", records=records, columns=("name", "email")
-                )
+            # One COPY is one statement: all rows or none, no transaction needed.
+            await conn.copy_records_to_table("users", records=records, columns=("name", "email"))
         except asyncpg.UniqueViolationError:
             return await find_taken_emails(conn, [user.email for user in users])
     return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -41,34 +40,40 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+        defaults = {field.name: field.default for field in msgspec.structs.fields(cls)}
+
+        def read(name: str, parse: Callable[[str], T], *, secret: bool = False) -> T:
+            """The variable NAME, parsed, or the default of the field `name`."""
             raw = environ.get(name, "").strip()
             if not raw:
+                default: T = defaults[name.lower()]
                 return default
             try:
                 return parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+                # A URL may hold a password, and tokens are secrets: never echo them.
+                shown = "(value not shown)" if secret else repr(raw)
+                raise SettingsError(f"{name}={shown}: {exc}") from None
 
         settings = cls(
-            database_url=read("DATABASE_URL", parse_database_url, None),
-            port=read("PORT", integer(1, 65535), 8000),
-            web_concurrency=read("WEB_CONCURRENCY", integer(1, 64), 1),
-            db_pool_min=read("DB_POOL_MIN", integer(0, 1000), 1),
-            db_pool_max=read("DB_POOL_MAX", integer(1, 1000), 10),
-            db_command_timeout=read("DB_COMMAND_TIMEOUT", seconds, 10.0),
-            max_body_bytes=read("MAX_BODY_BYTES", integer(1, 2**31), 64 * 1024),
-            max_bulk_bytes=read("MAX_BULK_BYTES", integer(1, 2**31), 16 * 1024 * 1024),
-            log_level=read("LOG_LEVEL", log_level, "INFO"),
-            log_format=read("LOG_FORMAT", one_of("json", "text"), "text"),
-            access_log=read("ACCESS_LOG", boolean, False),
-            slow_request_ms=read("SLOW_REQUEST_MS", integer(0, 3_600_000), 500),
-            api_tokens=read("API_TOKENS", tokens, ()),
-            db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000), 100),
-            db_pool_timeout=read("DB_POOL_TIMEOUT", seconds, 2.0),
-            db_start_timeout=read("DB_START_TIMEOUT", seconds, 30.0),
-            head_timeout=read("HEAD_TIMEOUT", seconds, 10.0),
-            body_timeout=read("BODY_TIMEOUT", seconds, 30.0),
+            database_url=read("DATABASE_URL", parse_database_url, secret=True),
+            port=read("PORT", integer(1, 65535)),
+            web_concurrency=read("WEB_CONCURRENCY", integer(1, 64)),
+            db_pool_min=read("DB_POOL_MIN", integer(0, 1000)),
+            db_pool_max=read("DB_POOL_MAX", integer(1, 1000)),
+            db_command_timeout=read("DB_COMMAND_TIMEOUT", seconds),
+            max_body_bytes=read("MAX_BODY_BYTES", integer(1, 2**31)),
+            max_bulk_bytes=read("MAX_BULK_BYTES", integer(1, 2**31)),
+            log_level=read("LOG_LEVEL", log_level),
+            log_format=read("LOG_FORMAT", one_of("json", "text")),
+            access_log=read("ACCESS_LOG", boolean),
+            slow_request_ms=read("SLOW_REQUEST_MS", integer(0, 3_600_000)),
+            api_tokens=read("API_TOKENS", tokens, secret=True),
+            db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000)),
+            db_pool_timeout=read("DB_POOL_TIMEOUT", seconds),
+            db_start_timeout=read("DB_START_TIMEOUT", seconds),
+            head_timeout=read("HEAD_TIMEOUT", seconds),
+            body_timeout=read("BODY_TIMEOUT", seconds),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
@@ -126,11 +131,13 @@ def tokens(raw: str) -> tuple[str, ...]:
     return found
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in logging.getLevelNamesMapping():
-        raise ValueError("expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    return level
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return raw.upper()
 
 
 def parse_database_url(raw: str) -> str:

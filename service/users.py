@@ -78,7 +78,7 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    # isdigit alone admits other scripts' digits; length first keeps int() cheap.
+    # isdigit alone admits other scripts' digits; the length check keeps int() cheap.
     if raw.isascii() and raw.isdigit() and len(raw) <= 19 and low <= int(raw) <= high:
         return int(raw)
     raise ProblemError(422, f"{name} must be a whole number from {low} to {high}", field=name)

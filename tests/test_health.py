@@ -20,7 +20,7 @@ async def test_readyz_answers_200_when_the_database_answers(client: httpx.AsyncC
     assert response.json() == {"status": "ok"}
 
 
-async def test_readyz_is_503_when_the_database_does_not_answer_within_a_second(
+async def test_readyz_is_503_when_no_connection_answers_within_a_second(
     client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
     # Hold every connection of the pool, so the probe cannot get one.

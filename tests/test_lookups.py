@@ -11,8 +11,10 @@ import pytest
 from msgspec.structs import replace
 from starlette.applications import Starlette
 
+from service import queries
 from service.app import create_app
-from service.lookups import Reads
+from service.lookups import Batcher, Reads
+from service.schemas import User
 from service.settings import Settings
 from tests.conftest import assert_problem, connect
 
@@ -107,6 +109,37 @@ async def test_the_same_email_asked_many_times_at_once_answers_every_caller(
         *(client.get("/users/user0000@example.com") for _ in range(50))
     )
     assert {response.status_code for response in responses} == {200}
+
+
+async def test_a_read_after_a_write_does_not_join_a_query_already_under_way(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    conn = await connect(database_url)
+    answered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held_answer(keys: list[str]) -> list[User | None]:
+        # The real query, whose answer is then held back: a caller joining
+        # this batch late would get an answer from before its write.
+        users = await queries.find_users_by_keys(conn, keys)
+        answered.set()
+        await release.wait()
+        return users
+
+    try:
+        lookups = Batcher(held_answer)
+        before = asyncio.ensure_future(lookups.get("late@example.com"))
+        await answered.wait()
+        await db.execute("INSERT INTO users (name, email) VALUES ('n', 'Late@Example.com')")
+        after = asyncio.ensure_future(lookups.get("late@example.com"))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await before is None
+        user = await after
+    finally:
+        await conn.close()
+    assert user is not None
+    assert user.email == "Late@Example.com"
 
 
 async def test_a_read_after_a_create_sees_the_new_user(client: httpx.AsyncClient) -> None:

@@ -111,6 +111,10 @@ def test_metrics_add_up_across_workers_and_forget_dead_ones(
         int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", service.output())
     ]
     assert len(workers) == 2
+    # Both workers answered some of the requests: each wrote its own counts.
+    assert {int(path.stem.rpartition("_")[2]) for path in metrics_dir.glob("counter_*.db")} == set(
+        workers
+    )
     deadline = time.monotonic() + 10
     while value(scrape_http(service), "db_pool_connections") != 2:
         assert time.monotonic() < deadline, scrape_http(service)

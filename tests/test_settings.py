@@ -113,3 +113,23 @@ def test_pool_min_above_max_is_an_error() -> None:
 
 def test_blank_values_mean_the_default() -> None:
     assert Settings.from_env({"PORT": "", "LOG_LEVEL": "  "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://app:S3cretPw@db.internal/app"),
+        ("API_TOKENS", "tok-S3cret, short"),
+    ],
+)
+def test_an_error_never_echoes_a_secret(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    assert str(error.value).startswith(f"{name}=")
+    assert "S3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize("level", ["NOTSET", "WARN", "FATAL"])
+def test_only_the_five_documented_log_levels_are_accepted(level: str) -> None:
+    with pytest.raises(SettingsError, match="LOG_LEVEL"):
+        Settings.from_env({"LOG_LEVEL": level})

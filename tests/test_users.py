@@ -397,3 +397,26 @@ async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient)
     response = await client.put("/users/ann@example.com", json={"name": "x"})
     assert_problem(response, 405)
     assert "PATCH" in response.headers["allow"]
+
+
+async def test_non_ascii_emails_keep_their_identity_on_every_endpoint(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Case is folded for ASCII letters only, as the "C" collation's lower()
+    # does, whatever the database's locale: "Ä@x.io" and "ä@x.io" differ.
+    assert (await create(client, "Ä@X.io")).status_code == 201
+    assert (await create(client, "ä@x.io")).status_code == 201
+    assert (await client.get("/users/Ä@x.IO")).json()["email"] == "Ä@X.io"
+    patched = await client.patch("/users/Ä@x.io", json={"name": "Änne"})
+    assert patched.status_code == 200
+    assert patched.json()["email"] == "Ä@X.io"
+    bulk = [{"name": "n", "email": "Ä@x.IO"}, {"name": "n", "email": "é@x.io"}]
+    problem = assert_problem(await client.post("/users/bulk", json=bulk), 409)
+    assert problem["conflicts"] == ["Ä@X.io"]
+    await seed(client, ["É@x.io", "é@x.io"])
+    after = await client.get("/users", params={"after": "Ä@x.io", "limit": 10})
+    everyone = await client.get("/users", params={"limit": 10})
+    emails = [user["email"] for user in everyone.json()]
+    assert [user["email"] for user in after.json()] == emails[emails.index("Ä@X.io") + 1 :]
+    assert (await client.delete("/users/Ä@x.io")).status_code == 204
+    assert await count(db) == 3
