@@ -48,14 +48,12 @@ class ObserveRequests:
             # Unique, not secret: the PRNG spares a getrandom() call per request.
             rid = f"{random.getrandbits(128):032x}"
         request_id.set(rid)
-        status = 500  # unless a response starts
-        started_response = False
+        status: int | None = None  # until a response starts
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started_response
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                started_response = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
@@ -64,13 +62,14 @@ class ObserveRequests:
             await self.app(scope, receive, send_with_id)
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], route_template(scope))
-            if started_response:  # too late for a problem response
+            if status is not None:  # too late for a problem response
                 raise
             response = problem_response(ProblemError(500, "An unexpected error occurred"))
             await response(scope, receive, send_with_id)
         finally:
             metrics.requests_in_flight.value -= 1
-            self.record(scope, status, time.perf_counter() - started)
+            # No response at all (the task was cancelled) counts as a failure.
+            self.record(scope, status or 500, time.perf_counter() - started)
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         route = route_template(scope)
