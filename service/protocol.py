@@ -12,6 +12,11 @@ from service.settings import Settings
 # Far above a real client's request line and headers (browsers send a few
 # KiB), far below what matters to a worker's memory.
 MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = "Request line and headers too large."
+
+
+class HeadTooLarge(Exception):
+    """The request line and headers passed MAX_HEAD_BYTES."""
 
 
 @cache
@@ -29,11 +34,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     Here a head must fit in MAX_HEAD_BYTES and arrive within HEAD_TIMEOUT seconds of
     its first byte, and a connection that never sends one is closed after the
     keep-alive timeout; otherwise uvicorn's own 400, or a close.
+
+    The size is counted twice over, since neither count alone holds for every
+    segmentation: the bytes received while a head is incomplete (a head that
+    trickles in and never ends), and the URL and headers as the parser hands
+    them over (a whole head, or several pipelined ones, in a single read).
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.head_bytes = 0
+        self.parsed_head_bytes = 0
         self.in_head = True
         self.message_ended = False
         self.head_clock: asyncio.TimerHandle | None = None
@@ -54,7 +65,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.stop_head_clock()
-                self.send_400_response("Request line and headers too large.")
+                self.send_400_response(HEAD_TOO_LARGE)
+
+    def on_url(self, url: bytes) -> None:
+        self.count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def count_parsed(self, size: int) -> None:
+        self.parsed_head_bytes += size
+        if self.parsed_head_bytes > MAX_HEAD_BYTES:
+            # Raised inside a parser callback, this stops the parser, and
+            # uvicorn answers 400 through send_400_response below.
+            raise HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self.parsed_head_bytes > MAX_HEAD_BYTES:
+            msg = HEAD_TOO_LARGE
+        super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -65,6 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self.in_head = True
         self.head_bytes = 0
+        self.parsed_head_bytes = 0
         self.message_ended = True
 
     def connection_lost(self, exc: Exception | None) -> None:

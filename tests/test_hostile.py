@@ -277,6 +277,27 @@ def test_an_oversized_request_head_is_refused(conn: Connection, make: Callable[[
 
 
 @pytest.mark.parametrize(
+    "make",
+    [
+        lambda: request("GET", b"/livez", b"X-Big: " + b"a" * 100_000, CLOSE),
+        lambda: request("GET", b"/livez", *[b"X-Pad-%d: %s" % (n, b"a" * 990) for n in range(70)]),
+        # Two pipelined requests in one write, the second with the large head.
+        lambda: request("GET", b"/livez") + request("GET", b"/livez", b"X-Big: " + b"a" * 70_000),
+    ],
+    ids=["one 100 KB header", "70 KB of headers", "pipelined"],
+)
+def test_a_head_over_64_kib_is_refused_even_in_a_single_write(
+    conn: Connection, make: Callable[[], bytes]
+) -> None:
+    conn.sock.sendall(make())
+    conn.read_until_closed()
+    *served, (status, _, body) = responses(conn.received)
+    assert (status, body) == (400, b"Request line and headers too large.")
+    assert all(status == 200 for status, _, _ in served)
+    conn.assert_harmless()
+
+
+@pytest.mark.parametrize(
     "path",
     [
         b"/users/%2F",
