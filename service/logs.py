@@ -30,7 +30,7 @@ def route_template(scope: Scope) -> str:
     """
     route: BaseRoute | None = scope.get("route")
     if isinstance(route, Route):
-        return route.path.replace(":path}", "}")
+        return route.path_format
     return "unmatched"
 
 

@@ -86,9 +86,9 @@ class Reads:
     def __init__(self, db: queries.Executor) -> None:
         # By email_key: the identity of an email.
         self.user: Batcher[str, User | None] = Batcher(partial(queries.find_users_by_keys, db))
-        # By (email_key of after, limit): an index range scan each, cheap to
-        # run many of in one LATERAL query.
-        self.page_after: Batcher[tuple[str, int], list[User]] = Batcher(
+        # By (email_key of after, limit, offset): an index range scan each,
+        # cheap to run many of in one LATERAL query.
+        self.page_after: Batcher[tuple[str, int, int], list[User]] = Batcher(
             partial(queries.list_pages_after, db)
         )
         # By (limit, offset), one page a query: a deep offset walks the index

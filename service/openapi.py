@@ -12,7 +12,16 @@ from starlette.routing import BaseRoute, Route
 
 from service import health, metrics, users
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
-from service.schemas import Email, Inserted, NewUser, Problem, User, UserPatch
+from service.schemas import (
+    MAX_BULK_USERS,
+    Email,
+    Inserted,
+    NewUser,
+    NewUsers,
+    Problem,
+    User,
+    UserPatch,
+)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 JSON = "application/json"
@@ -20,16 +29,18 @@ REF_TEMPLATE = "#/components/schemas/{name}"
 
 # Rules the endpoints check by hand, named so that msgspec writes their
 # schemas as it writes those of the Structs.
-NewUsers = Annotated[list[NewUser], msgspec.Meta(max_length=users.MAX_BULK_USERS)]
 Limit = Annotated[
     int,
     msgspec.Meta(ge=1, le=users.MAX_LIMIT, extra_json_schema={"default": users.DEFAULT_LIMIT}),
 ]
-Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET, extra_json_schema={"default": 0})]
+# No declared default: a generated client would then always send offset=0.
+Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET)]
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class Status(msgspec.Struct):
+# Not "Status": openapi-python-client then names the model and its field alike,
+# and the generated code does not type-check.
+class Health(msgspec.Struct):
     """The body of the probes, health.OK."""
 
     status: Literal["ok"]
@@ -44,7 +55,7 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
 
 class Parameter(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    location: Literal["path", "query"]
+    location: Literal["path", "query", "header"]
     type: object
     description: str
 
@@ -58,8 +69,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
     operation_id: str
+    tag: Literal["users", "operations"]
     summary: str
-    description: str | None = None
+    description: str
     parameters: tuple[Parameter, ...] = ()
     body: object = None  # the type of the request body
     replies: dict[int, Reply]
@@ -80,6 +92,16 @@ WWW_AUTHENTICATE = Header(
     name="WWW-Authenticate", type=str, description='The scheme to use: `Bearer realm="users"`.'
 )
 PROBLEM_HEADERS = {401: (WWW_AUTHENTICATE,), 503: (RETRY_AFTER,)}
+# On every request and every response. Any value is accepted (one that is not
+# an ID is replaced), so the request's schema is any string.
+REQUEST_ID_DESCRIPTION = (
+    "The request's ID, in every log line of the request: the caller's when it is 20 to 200 "
+    "characters of `[A-Za-z0-9+/=-]`, otherwise a new one."
+)
+REQUEST_ID_PARAMETER = Parameter(
+    name="X-Request-ID", location="header", type=str, description=REQUEST_ID_DESCRIPTION
+)
+REQUEST_ID_HEADER = Header(name="X-Request-ID", type=str, description=REQUEST_ID_DESCRIPTION)
 
 EMAIL = Parameter(
     name="email",
@@ -94,13 +116,14 @@ LIST_PARAMETERS = (
         name="offset",
         location="query",
         type=Offset,
-        description="Users to skip. Costs more the deeper it goes; not with `after`.",
+        description="Users to skip, 0 when absent; with `after`, skipped after that email. "
+        "Costs more the deeper it goes, where `after` does not.",
     ),
     Parameter(
         name="after",
         location="query",
         type=Email,
-        description="Start after this email (keyset paging, as in `Link`); not with `offset`.",
+        description="Start after this email, in any letter case (keyset paging, as in `Link`).",
     ),
 )
 
@@ -108,82 +131,108 @@ BODY_PROBLEMS = {
     400: "Malformed JSON or invalid UTF-8.",
     413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
     415: "The body is not JSON.",
-    422: "The body breaks a rule; `field` names where (`$.email`).",
+    422: "The body breaks a rule; `field` is the JSON path of where (`$.email`).",
 }
 BEARER_AUTH = {
     "type": "http",
     "scheme": "bearer",
-    "description": "One of the tokens in API_TOKENS. The service requires a token only when "
-    "it is started with API_TOKENS set; without it /users is open and never answers 401.",
+    "description": "One of the tokens in the service's API_TOKENS.",
 }
+TAGS = [
+    {"name": "users", "description": "Create, look up, list, update and delete users."},
+    {"name": "operations", "description": "Probes, metrics and this document, for operators."},
+]
 
 _encoder = msgspec.json.Encoder()
 
 
 async def openapi_json(request: Request) -> Response:
-    """This document, built on the first request from the app's own routes."""
+    """This document, built on the first request from the app's own routes and settings."""
     state = request.app.state
     content: bytes | None = getattr(state, "openapi", None)
     if content is None:
-        content = state.openapi = _encoder.encode(build_document(request.app.routes))
+        document = build_document(request.app.routes, tokens=bool(state.settings.api_tokens))
+        content = state.openapi = _encoder.encode(document)
     return Response(content, media_type=JSON)
 
 
 OPERATIONS: dict[Endpoint, Operation] = {
     health.livez: Operation(
         operation_id="livez",
-        summary="The process serves requests; the database is not consulted",
-        replies={200: Reply(description="Alive.", body=Status)},
+        tag="operations",
+        summary="Liveness probe",
+        description="200 while the process serves requests; the database is not consulted.",
+        replies={200: Reply(description="Alive.", body=Health)},
     ),
     health.readyz: Operation(
         operation_id="readyz",
-        summary="The database answers a trivial query within a second",
-        replies={200: Reply(description="Ready.", body=Status)},
+        tag="operations",
+        summary="Readiness probe",
+        description="200 when the database answers a trivial query within a second.",
+        replies={200: Reply(description="Ready.", body=Health)},
         problems={503: "The database did not answer in time."},
     ),
     metrics.metrics: Operation(
         operation_id="metrics",
-        summary="Prometheus metrics of every worker",
+        tag="operations",
+        summary="Prometheus metrics",
+        description="Requests, latency, pool and database errors, summed over every worker.",
         replies={
             200: Reply(description="The text exposition format.", body=str, media_type="text/plain")
         },
     ),
     users.list_users: Operation(
         operation_id="listUsers",
-        summary="A page of users, ordered by email regardless of letter case",
+        tag="users",
+        summary="List users",
+        description="A page of users ordered by email regardless of letter case. A full page "
+        "links the next one in `Link`; following it stays fast at any depth. Also served at "
+        "`/users/`.",
         parameters=LIST_PARAMETERS,
         replies={200: Reply(description="The page.", body=list[User], headers=(LINK,))},
-        problems={422: "A bad parameter, or both `after` and `offset`; `field` names it."},
+        problems={422: "A bad parameter; `field` names it."},
         uses_database=True,
         needs_token=True,
     ),
     users.create_user: Operation(
         operation_id="createUser",
+        tag="users",
         summary="Create a user",
+        description="Creates a user whose email no user has in any letter case. Also served "
+        "at `/users/`.",
         body=NewUser,
         replies={201: Reply(description="Created.", body=User, headers=(LOCATION,))},
-        problems={**BODY_PROBLEMS, 409: "The email exists in some letter case; see `conflicts`."},
+        problems={
+            **BODY_PROBLEMS,
+            409: "The email exists in some letter case; `conflicts` holds it as sent.",
+        },
         uses_database=True,
         needs_token=True,
     ),
     users.create_users: Operation(
         operation_id="createUsers",
-        summary="Create many users: all of them, or none",
+        tag="users",
+        summary="Create many users",
+        description=f"Creates up to {MAX_BULK_USERS:,} users in one statement: all of them, "
+        "or none. Also served at `/users/bulk/`.",
         body=NewUsers,
         replies={201: Reply(description="All were created.", body=Inserted)},
         problems={
             **BODY_PROBLEMS,
-            409: "Emails exist or repeat; `conflicts` lists every one. Nothing was inserted.",
-            413: f"Over {users.MAX_BULK_USERS:,} users, or larger than MAX_BULK_BYTES "
-            "(16 MiB by default).",
-            422: "An item breaks a rule; `field` names the first (`$[3].email`).",
+            409: "Emails exist or repeat; `conflicts` lists every one as sent, in email order. "
+            "Nothing was inserted.",
+            413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
+            422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
+            "rule; `field` is the JSON path of the first (`$[3].email`).",
         },
         uses_database=True,
         needs_token=True,
     ),
     users.get_user: Operation(
         operation_id="getUser",
-        summary="The user with an email, in any letter case",
+        tag="users",
+        summary="Look up a user",
+        description="The user with an email, in any letter case.",
         parameters=(EMAIL,),
         replies={200: Reply(description="The user.", body=User)},
         problems={404: "No user has that email."},
@@ -192,7 +241,9 @@ OPERATIONS: dict[Endpoint, Operation] = {
     ),
     users.update_user: Operation(
         operation_id="updateUser",
+        tag="users",
         summary="Rename a user",
+        description="Sets the name of the user with an email, in any letter case.",
         parameters=(EMAIL,),
         body=UserPatch,
         replies={200: Reply(description="The renamed user.", body=User)},
@@ -202,7 +253,9 @@ OPERATIONS: dict[Endpoint, Operation] = {
     ),
     users.delete_user: Operation(
         operation_id="deleteUser",
+        tag="users",
         summary="Delete a user",
+        description="Deletes the user with an email, in any letter case.",
         parameters=(EMAIL,),
         replies={204: Reply(description="Deleted.")},
         problems={404: "No user has that email."},
@@ -211,7 +264,10 @@ OPERATIONS: dict[Endpoint, Operation] = {
     ),
     openapi_json: Operation(
         operation_id="openapi",
+        tag="operations",
         summary="This OpenAPI document",
+        description="The contract of this service as it runs: bearer tokens appear only when "
+        "it was started with API_TOKENS.",
         replies={200: Reply(description="OpenAPI 3.1.", body=dict[str, Any])},
     ),
 }
@@ -232,15 +288,16 @@ def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Ope
     return found
 
 
-def build_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+def build_document(routes: Iterable[BaseRoute], *, tokens: bool) -> dict[str, Any]:
+    """The document of these routes; `tokens`: the service requires bearer tokens."""
     documented = documented_routes(routes)
     types: list[object] = [Problem]
     for _, _, operation in documented:
         types += [operation.body] if operation.body is not None else []
-        types += [parameter.type for parameter in operation.parameters]
+        types += [parameter.type for parameter in (*operation.parameters, REQUEST_ID_PARAMETER)]
         for reply in operation.replies.values():
             types += [reply.body] if reply.body is not None else []
-            types += [header.type for header in reply.headers]
+            types += [header.type for header in (*reply.headers, REQUEST_ID_HEADER)]
     types += [header.type for headers in PROBLEM_HEADERS.values() for header in headers]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
@@ -248,12 +305,10 @@ def build_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for route, method, operation in documented:
-        # "/users/" is the same operation as "/users", kept for existing callers.
-        alias_of = route.path_format.rstrip("/") if route.path_format.endswith("/") else None
         paths.setdefault(route.path_format, {})[method.lower()] = operation_object(
-            operation, schema_of, method, alias_of
+            operation, schema_of, tokens=tokens
         )
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "users",
@@ -261,20 +316,26 @@ def build_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
             "description": "Creates, looks up, lists, updates and deletes users. Every error "
             "is an RFC 9457 problem (application/problem+json).",
         },
+        # Relative: the service answers wherever the caller reached it.
+        "servers": [{"url": "/", "description": "This service."}],
+        "tags": TAGS,
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": {"bearerAuth": BEARER_AUTH}},
+        "components": {"schemas": components},
     }
+    if tokens:
+        document["components"]["securitySchemes"] = {"bearerAuth": BEARER_AUTH}
+    return document
 
 
 def operation_object(
-    operation: Operation, schema_of: dict[object, Any], method: str, alias_of: str | None
+    operation: Operation, schema_of: dict[object, Any], *, tokens: bool
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {"operationId": operation.operation_id, "summary": operation.summary}
-    if alias_of is not None:
-        result["operationId"] += "TrailingSlash"
-        result["description"] = f"Same as {method} {alias_of}."
-    if operation.parameters:
-        result["parameters"] = [
+    result: dict[str, Any] = {
+        "operationId": operation.operation_id,
+        "tags": [operation.tag],
+        "summary": operation.summary,
+        "description": operation.description,
+        "parameters": [
             {
                 "name": parameter.name,
                 "in": parameter.location,
@@ -282,8 +343,9 @@ def operation_object(
                 "description": parameter.description,
                 "schema": schema_of[parameter.type],
             }
-            for parameter in operation.parameters
-        ]
+            for parameter in (*operation.parameters, REQUEST_ID_PARAMETER)
+        ],
+    }
     if operation.body is not None:
         result["requestBody"] = {
             "required": True,
@@ -291,9 +353,11 @@ def operation_object(
             "content": {JSON: {"schema": schema_of[operation.body]}},
         }
     problems = dict(operation.problems)
-    if operation.needs_token:
-        result["security"] = [{"bearerAuth": []}]
-        problems[401] = "API_TOKENS is set and the request has none of them."
+    # The running service's truth: open endpoints are marked open, and
+    # /users needs a token only when API_TOKENS is set.
+    result["security"] = [{"bearerAuth": []}] if tokens and operation.needs_token else []
+    if tokens and operation.needs_token:
+        problems[401] = "The request has none of the service's bearer tokens."
     if operation.uses_database:
         problems[503] = "The database is down or too slow; retry after Retry-After seconds."
     responses = {
@@ -319,16 +383,17 @@ def operation_object(
 
 
 def response_object(reply: Reply, schema_of: dict[object, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {"description": reply.description}
-    if reply.headers:
-        result["headers"] = {
+    result: dict[str, Any] = {
+        "description": reply.description,
+        "headers": {
             header.name: {
                 "description": header.description,
                 "required": header.required,
                 "schema": schema_of[header.type],
             }
-            for header in reply.headers
-        }
+            for header in (*reply.headers, REQUEST_ID_HEADER)
+        },
+    }
     if reply.body is not None:
         result["content"] = {reply.media_type: {"schema": schema_of[reply.body]}}
     return result

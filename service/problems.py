@@ -25,8 +25,11 @@ MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
 
 _encoder = msgspec.json.Encoder()
-# msgspec ends a validation message with the place it failed: "... - at `$.name`".
+# msgspec ends a validation message with the place it failed, "... - at `$[0]`",
+# or says nothing of the place when it is the whole body.
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
+# For a missing or unknown field, the place is the object: the field is named here.
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
 
 
 class ProblemError(Exception):
@@ -68,20 +71,24 @@ def problem_response(error: ProblemError) -> Response:
 
 
 def from_validation(exc: msgspec.ValidationError) -> ProblemError:
+    """A 422 whose `field` is the exact JSON path into the body that broke a rule."""
     message = str(exc)
     match = _AT_PATH.search(message)
-    field = match["path"] if match else None
+    field = match["path"] if match else "$"
     if match:
         message = message[: match.start()]
+    named = _NAMED_FIELD.match(message)
+    if named:
+        field += f".{named['name']}"
     if "matching regex" in message:
         # The raw pattern helps nobody; say what the rule is instead.
         message = (
             "Expected an email address: one '@', a local part of 1 to 64 characters "
             "and a domain, without whitespace or control characters"
-            if field is not None and field.endswith("email")
+            if field.endswith("email")
             else "Expected text without control characters"
         )
-    return ProblemError(422, f"{message} at {field}" if field else message, field=field)
+    return ProblemError(422, f"{message} at {field}", field=field)
 
 
 async def handle_problem(request: Request, exc: Exception) -> Response:
@@ -96,11 +103,15 @@ async def handle_http(request: Request, exc: Exception) -> Response:
         # Starlette names only the first route that matched the path; a path
         # here has one route per method, so gather them all.
         headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
+        if request.method == "OPTIONS":
+            # RFC 9110 §9.3.7: what the path allows, and no body.
+            return Response(status_code=204, headers=headers)
     return problem_response(ProblemError(exc.status_code, exc.detail, headers=headers))
 
 
 def allowed_methods(request: Request) -> set[str]:
-    methods: set[str] = set()
+    """The methods of every route whose path matches, OPTIONS included."""
+    methods = {"OPTIONS"}
     for route in request.app.routes:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE and isinstance(route, Route) and route.methods:

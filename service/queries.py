@@ -35,12 +35,12 @@ LIMIT $1 OFFSET $2
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
 SELECT page.number, u.name, u.email, u.created_at
-FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS page(after, size, number)
+FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
     SELECT name, email, created_at FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
-    LIMIT page.size
+    LIMIT page.size OFFSET page.skip
 ) AS u
 ORDER BY page.number, lower(u.email)
 """
@@ -86,10 +86,10 @@ async def list_page_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[
     return [[to_user(row) for row in await db.fetch(LIST_PAGE_AT, size, skip)]]
 
 
-async def list_pages_after(db: Executor, pages: list[tuple[str, int]]) -> list[list[User]]:
-    """For each (email, limit), the users after that email in email order."""
-    afters, sizes = zip(*pages, strict=True)
-    return to_pages(await db.fetch(LIST_PAGES_AFTER, afters, sizes), len(pages))
+async def list_pages_after(db: Executor, pages: list[tuple[str, int, int]]) -> list[list[User]]:
+    """For each (email key, limit, offset), the users after that email, in email order."""
+    afters, sizes, skips = zip(*pages, strict=True)
+    return to_pages(await db.fetch(LIST_PAGES_AFTER, afters, sizes, skips), len(pages))
 
 
 def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:

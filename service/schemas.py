@@ -50,6 +50,15 @@ class NewUser(Body):
     email: Email
 
 
+# One bulk request inserts at most this many users: one COPY, bounded in time
+# and memory. Decoding enforces it, so the document and the 422 say the same.
+MAX_BULK_USERS = 10_000
+NewUsers = Annotated[
+    list[NewUser],
+    msgspec.Meta(max_length=MAX_BULK_USERS, description="All of them are created, or none."),
+]
+
+
 class UserPatch(Body):
     name: Name
 
@@ -57,7 +66,8 @@ class UserPatch(Body):
 class User(msgspec.Struct, kw_only=True):
     name: str
     email: str
-    created_at: datetime
+    # tz=True: always with an offset, and "format: date-time" in the document.
+    created_at: Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Inserted(msgspec.Struct, kw_only=True):

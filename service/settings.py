@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_start_timeout: float = 30.0
     head_timeout: float = 10.0
     body_timeout: float = 30.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -74,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             db_start_timeout=read("DB_START_TIMEOUT", seconds),
             head_timeout=read("HEAD_TIMEOUT", seconds),
             body_timeout=read("BODY_TIMEOUT", seconds),
+            cors_origins=read("CORS_ORIGINS", origins),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
@@ -128,6 +130,20 @@ def tokens(raw: str) -> tuple[str, ...]:
         raise ValueError("expected a comma-separated list of tokens")
     if any(len(token) < 16 for token in found):
         raise ValueError("every token must be at least 16 characters")
+    return found
+
+
+def origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated origins as a browser sends them (https://host[:port]), or "*"."""
+    found = tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+    for origin in found:
+        parts = urlsplit(origin)
+        if origin != "*" and not (
+            parts.scheme in ("http", "https")
+            and parts.netloc
+            and origin == f"{parts.scheme}://{parts.netloc}"
+        ):
+            raise ValueError(f"expected origins like https://app.example.com, or *; got {origin!r}")
     return found
 
 

@@ -13,16 +13,15 @@ from service.bodies import read_json
 from service.database import db_of
 from service.lookups import Reads
 from service.problems import ProblemError
-from service.schemas import Email, Inserted, NewUser, UserPatch, email_key
+from service.schemas import Email, Inserted, NewUser, NewUsers, UserPatch, email_key
 from service.settings import Settings
 
-MAX_BULK_USERS = 10_000
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
 
 _decode_new_user = msgspec.json.Decoder(NewUser)
-_decode_new_users = msgspec.json.Decoder(list[NewUser])
+_decode_new_users = msgspec.json.Decoder(NewUsers)
 _decode_patch = msgspec.json.Decoder(UserPatch)
 _encoder = msgspec.json.Encoder()
 
@@ -45,9 +44,7 @@ def reads_of(request: Request) -> Reads:
 
 def path_email(request: Request) -> str:
     """The {email} of the path; one that cannot be valid names no user: 404."""
-    # The route captures the rest of the path so that "/" inside an email
-    # (encoded as %2F) reaches here; a single trailing "/" belongs to the path.
-    email: str = request.path_params["email"].removesuffix("/")
+    email: str = request.path_params["email"]
     try:
         return msgspec.convert(email, Email)
     except msgspec.ValidationError:
@@ -86,18 +83,16 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
 
 async def list_users(request: Request) -> Response:
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     after = request.query_params.get("after")
     if after is None:
-        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
         users = await reads_of(request).page_at.get((limit, offset))
-    elif "offset" in request.query_params:
-        raise ProblemError(422, "Use either after or offset, not both", field="offset")
     else:
         try:
             after = msgspec.convert(after, Email)
         except msgspec.ValidationError:
             raise ProblemError(422, "after must be an email address", field="after") from None
-        users = await reads_of(request).page_after.get((email_key(after), limit))
+        users = await reads_of(request).page_after.get((email_key(after), limit, offset))
     headers = None
     if len(users) == limit:
         # Keyset paging: the next page starts after the last email of this one.
@@ -111,31 +106,33 @@ async def create_users(request: Request) -> Response:
     new_users = await read_json(
         request, _decode_new_users, settings.max_bulk_bytes, settings.body_timeout
     )
-    if len(new_users) > MAX_BULK_USERS:
-        raise ProblemError(413, f"At most {MAX_BULK_USERS} users can be created at once")
     if not new_users:
         return json_response(Inserted(inserted=0), 201)
     db = db_of(request)
-    first_seen: dict[str, str] = {}
-    repeated: dict[str, str] = {}
+    spelt: dict[str, str] = {}  # email_key -> the email as the request first spelt it
+    repeated: set[str] = set()
     for new in new_users:
         key = email_key(new.email)
-        if key in first_seen:
-            repeated[key] = first_seen[key]
+        if key in spelt:
+            repeated.add(key)
         else:
-            first_seen[key] = new.email
+            spelt[key] = new.email
     if repeated:
-        taken = await queries.find_taken_emails(db, [new.email for new in new_users])
-        conflicts = {email_key(email): email for email in taken} | repeated
-        raise ProblemError(
-            409,
-            "Emails repeat or already exist; nothing was inserted",
-            conflicts=[conflicts[key] for key in sorted(conflicts)],
-        )
+        taken = await queries.find_taken_emails(db, list(spelt.values()))
+        raise conflict(spelt, repeated | {email_key(email) for email in taken})
     already = await queries.insert_users(db, new_users)
     if already is not None:
-        raise ProblemError(409, "Emails already exist; nothing was inserted", conflicts=already)
+        raise conflict(spelt, {email_key(email) for email in already})
     return json_response(Inserted(inserted=len(new_users)), 201)
+
+
+def conflict(spelt: dict[str, str], keys: set[str]) -> ProblemError:
+    """A 409 listing emails as the request spelt them, so a caller finds each in its payload."""
+    return ProblemError(
+        409,
+        "Emails repeat or already exist; nothing was inserted",
+        conflicts=[spelt[key] for key in sorted(keys)],
+    )
 
 
 async def update_user(request: Request) -> Response:

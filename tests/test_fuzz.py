@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -27,7 +30,7 @@ from service.bodies import read_json
 from service.problems import EXCEPTION_HANDLERS, MEDIA_TYPE
 from service.schemas import NewUser, UserPatch
 from service.settings import Settings
-from tests.conftest import assert_problem, connect
+from tests.conftest import Service, assert_problem, connect, statement_cache_size
 
 # Examples per test (and per operation and phase for schemathesis): a quick
 # pass by default, as CI runs it; raise it for a deeper run.
@@ -42,7 +45,9 @@ bounded_with_client = settings(
 # it is fetched from /openapi.json of an app with the routes alone: the
 # endpoint builds it from the route table without the lifespan.
 # test_the_fuzzed_document_is_the_one_the_service_serves holds it to the real one.
-schema = schemathesis.openapi.from_asgi("/openapi.json", Starlette(routes=routes))
+routes_alone = Starlette(routes=routes)
+routes_alone.state.settings = Settings()
+schema = schemathesis.openapi.from_asgi("/openapi.json", routes_alone)
 
 
 async def empty_table(database_url: str) -> None:
@@ -78,6 +83,41 @@ def test_no_server_errors_and_every_response_is_as_documented(
     case: schemathesis.Case[Any], fuzzed_app: Starlette
 ) -> None:
     case.call_and_validate(app=fuzzed_app, checks=[not_a_server_error, response_schema_conformance])
+
+
+# The CLI installed beside this Python, as requirements-dev.txt installs it.
+SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
+TOKEN = "a-token-of-16-characters-or-more"  # noqa: S105 - a test's own token
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["open", "with API_TOKENS"])
+def test_schemathesis_with_every_check_and_phase_finds_nothing(
+    tmp_path: Path, services: list[Service], database_url: str, tokens: bool
+) -> None:
+    """As a caller runs it: the CLI against `python -m service`, stateful phase included."""
+    asyncio.run(empty_table(database_url))
+    env = {"DATABASE_URL": database_url, "DB_STATEMENT_CACHE_SIZE": str(statement_cache_size())}
+    auth: list[str] = []
+    if tokens:
+        env["API_TOKENS"] = TOKEN
+        auth = ["--header", f"Authorization: Bearer {TOKEN}"]
+    service = Service(tmp_path, env)
+    services.append(service)
+    service.wait_ready()
+    run = subprocess.run(
+        [
+            *(SCHEMATHESIS, "run", f"{service.url}/openapi.json"),
+            *("--checks", "all", "--max-examples", str(min(EXAMPLES, 30))),
+            *("--generation-database", "none", "--no-color", *auth),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "No issues found" in run.stdout
 
 
 # What a valid user is, written out again without regular expressions, so that

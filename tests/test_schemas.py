@@ -120,3 +120,32 @@ def test_email_key_folds_ascii_letters_only() -> None:
 async def test_email_identity_matches_the_database(db: asyncpg.Pool) -> None:
     for email in ["Ann@Example.COM", "JÖRG@Bücher.DE", "İstanbul@x.tr"]:
         assert await db.fetchval('SELECT lower($1::text COLLATE "C")', email) == email_key(email)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/users", {"name": "x"}, "$.email"),
+        ("/users", {"email": "a@b.c"}, "$.name"),
+        ("/users", {"name": "x", "email": "a@b.c", "role": "admin"}, "$.role"),
+        ("/users", [], "$"),
+        ("/users/bulk", [{"name": "x"}], "$[0].email"),
+        (
+            "/users/bulk",
+            [{"name": "x", "email": "a@b.c"}, {"name": "y", "email": "c@d.e", "z": 1}],
+            "$[1].z",
+        ),
+        ("/users/bulk", {}, "$"),
+        ("/users/a@b.c", {"name": "x", "nickname": "y"}, "$.nickname"),
+        ("/users/a@b.c", {}, "$.name"),
+        ("/users/a@b.c", "x", "$"),
+    ],
+)
+async def test_every_422_about_the_body_names_the_exact_path(
+    client: httpx.AsyncClient, path: str, body: object, field: str
+) -> None:
+    await client.post("/users", json={"name": "A", "email": "a@b.c"})
+    method = "PATCH" if path.startswith("/users/a@") else "POST"
+    problem = assert_problem(await client.request(method, path, json=body), 422)
+    assert problem["field"] == field
+    assert problem["detail"].endswith(f" at {field}")

@@ -98,6 +98,9 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("API_TOKENS", "short"),
         ("DB_STATEMENT_CACHE_SIZE", "-1"),
         ("DB_POOL_TIMEOUT", "0"),
+        ("CORS_ORIGINS", "app.example.com"),
+        ("CORS_ORIGINS", "https://app.example.com/"),
+        ("CORS_ORIGINS", "https://a.example.com,ftp://b.example.com"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
@@ -133,3 +136,10 @@ def test_an_error_never_echoes_a_secret(name: str, value: str) -> None:
 def test_only_the_five_documented_log_levels_are_accepted(level: str) -> None:
     with pytest.raises(SettingsError, match="LOG_LEVEL"):
         Settings.from_env({"LOG_LEVEL": level})
+
+
+def test_cors_origins_are_a_list_of_origins() -> None:
+    settings = Settings.from_env({"CORS_ORIGINS": "https://a.example.com, http://b.test:8080"})
+    assert settings.cors_origins == ("https://a.example.com", "http://b.test:8080")
+    assert Settings.from_env({"CORS_ORIGINS": "*"}).cors_origins == ("*",)
+    assert Settings.from_env({}).cors_origins == ()

@@ -225,7 +225,7 @@ async def test_limit_of_1000_is_allowed(client: httpx.AsyncClient) -> None:
         ("offset=99999999999999999999", "offset"),
         ("after=not-an-email", "after"),
         ("after=a%00@b.c", "after"),
-        ("after=a@b.c&offset=1", "offset"),
+        ("after=a@b.c&offset=-1", "offset"),
     ],
 )
 async def test_bad_paging_parameters_are_422_naming_the_parameter(
@@ -233,6 +233,19 @@ async def test_bad_paging_parameters_are_422_naming_the_parameter(
 ) -> None:
     problem = assert_problem(await client.get(f"/users?{query}"), 422)
     assert problem["field"] == field
+
+
+async def test_offset_with_after_skips_users_after_that_email(client: httpx.AsyncClient) -> None:
+    await seed(client, ["a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io"])
+    # offset=0 is what a generated client sends by default alongside after=.
+    for offset, expected in [(0, ["b@x.io", "c@x.io"]), (2, ["d@x.io", "e@x.io"])]:
+        response = await client.get(
+            "/users", params={"after": "A@x.io", "limit": 2, "offset": offset}
+        )
+        assert response.status_code == 200
+        assert [user["email"] for user in response.json()] == expected
+        after = expected[-1].replace("@", "%40")
+        assert response.links["next"]["url"] == f"/users?after={after}&limit=2"
 
 
 async def test_largest_offset_is_an_empty_page(client: httpx.AsyncClient) -> None:
@@ -275,7 +288,8 @@ async def test_bulk_is_all_or_nothing_and_names_every_existing_email(
         {"name": "d", "email": "taken2@X.IO"},
     ]
     problem = assert_problem(await client.post("/users/bulk", json=users), 409)
-    assert problem["conflicts"] == ["taken1@x.io", "Taken2@x.io"]
+    # As the request spelt them, as a single create does.
+    assert problem["conflicts"] == ["TAKEN1@x.io", "taken2@X.IO"]
     assert await count(db) == 2
 
 
@@ -305,9 +319,13 @@ async def test_bulk_names_the_position_of_the_first_invalid_item(
     assert await count(db) == 0
 
 
-async def test_bulk_over_10000_users_is_413(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+async def test_bulk_over_10000_users_is_422_naming_the_limit(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
     users = [{"name": "a", "email": f"u{i}@x.io"} for i in range(10_001)]
-    assert_problem(await client.post("/users/bulk", json=users), 413)
+    problem = assert_problem(await client.post("/users/bulk", json=users), 422)
+    assert problem["field"] == "$"
+    assert "10000" in problem["detail"]
     assert await count(db) == 0
 
 
@@ -396,7 +414,57 @@ async def test_unknown_path_is_404_problem(client: httpx.AsyncClient) -> None:
 async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient) -> None:
     response = await client.put("/users/ann@example.com", json={"name": "x"})
     assert_problem(response, 405)
-    assert "PATCH" in response.headers["allow"]
+    assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/users/bulk", "OPTIONS, POST"),
+        ("PATCH", "/users/bulk", "OPTIONS, POST"),
+        ("DELETE", "/users/bulk/", "OPTIONS, POST"),
+        ("PUT", "/users/bulk", "OPTIONS, POST"),
+        ("DELETE", "/users/", "GET, HEAD, OPTIONS, POST"),
+        ("PATCH", "/users", "GET, HEAD, OPTIONS, POST"),
+        ("POST", "/users/ann@example.com/", "DELETE, GET, HEAD, OPTIONS, PATCH"),
+        ("POST", "/livez", "GET, HEAD, OPTIONS"),
+    ],
+)
+async def test_a_method_the_path_does_not_serve_is_405_listing_what_it_does(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path, json={"name": "x"})
+    assert_problem(response, 405)
+    assert response.headers["allow"] == allow
+    # Every method in Allow is served: none of them is a 405.
+    for listed in allow.split(", "):
+        if listed != "OPTIONS":
+            answer = await client.request(listed, path, json=[])
+            assert answer.status_code != 405, (listed, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/users", "GET, HEAD, OPTIONS, POST"),
+        ("/users/", "GET, HEAD, OPTIONS, POST"),
+        ("/users/bulk", "OPTIONS, POST"),
+        ("/users/ann@example.com", "DELETE, GET, HEAD, OPTIONS, PATCH"),
+        ("/openapi.json", "GET, HEAD, OPTIONS"),
+    ],
+)
+async def test_options_answers_204_with_allow_and_no_body(
+    client: httpx.AsyncClient, path: str, allow: str
+) -> None:
+    response = await client.options(path)
+    assert response.status_code == 204
+    assert response.headers["allow"] == allow
+    assert response.content == b""
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_options_on_an_unknown_path_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.options("/nothing-here"), 404)
 
 
 async def test_non_ascii_emails_keep_their_identity_on_every_endpoint(
@@ -412,7 +480,7 @@ async def test_non_ascii_emails_keep_their_identity_on_every_endpoint(
     assert patched.json()["email"] == "Ä@X.io"
     bulk = [{"name": "n", "email": "Ä@x.IO"}, {"name": "n", "email": "é@x.io"}]
     problem = assert_problem(await client.post("/users/bulk", json=bulk), 409)
-    assert problem["conflicts"] == ["Ä@X.io"]
+    assert problem["conflicts"] == ["Ä@x.IO"]
     await seed(client, ["É@x.io", "é@x.io"])
     after = await client.get("/users", params={"after": "Ä@x.io", "limit": 10})
     everyone = await client.get("/users", params={"limit": 10})
