@@ -1,1 +1,1 @@
-"""Load benchmark of the users service against a FastAPI baseline and a bare-ASGI ceiling."""
+"""Load benchmark of the users service against the tutorial, a peer, a floor and two limits."""

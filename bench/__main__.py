@@ -1,4 +1,4 @@
-"""python -m bench: seed, load the service, the baseline and the ceiling in turn, then report."""
+"""python -m bench: seed, load the service and its comparators in turn, then report."""
 
 from __future__ import annotations
 
@@ -16,17 +16,20 @@ from pathlib import Path
 
 import msgspec
 
-from bench import machine, postgres, report, seed, servers
+from bench import floor, machine, postgres, report, seed, servers
 from bench.bulk import run_bulk
+from bench.copy_limit import run_copy
 from bench.results import Sample, ScenarioResult, check_targets, summarize
-from bench.scenarios import SCENARIOS, Scenario, Variant
+from bench.scenarios import COPY, SCENARIOS, Scenario, Variant
 from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
+from service import queries
 
 BENCH_DIR = Path(__file__).resolve().parent
-APP_NAMES = tuple(servers.APPS)
+APP_NAMES = (*servers.APPS, COPY)
 EPILOG = f"""\
 Needs wrk on PATH. {INSTALL_HINT}
-Uses DATABASE_URL when set (its users table is emptied), otherwise an embedded PostgreSQL.
+Creates the databases {", ".join(seed.DATABASES.values())} afresh on the PostgreSQL server of
+DATABASE_URL when set (dropping any of those names there), otherwise on an embedded PostgreSQL.
 --smoke runs 1,000 users, 1 s per scenario and one round, and writes to a temporary directory."""
 
 
@@ -66,7 +69,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--apps",
         default=",".join(APP_NAMES),
-        help="comma-separated apps to run (service,baseline,ceiling)",
+        help=f"comma-separated apps to run ({','.join(APP_NAMES)})",
     )
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md and results.png")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
@@ -89,13 +92,15 @@ def parse_options(argv: Sequence[str]) -> Options:
 
 
 def run_variant(variant: Variant, url: str, options: Options, duration: int) -> Sample:
+    """One round of variant; url is its server's, or the COPY limit's database."""
     # A fresh nonce per run keeps the emails of POST scenarios unique across rounds.
     nonce = secrets.token_hex(4)
-    if variant.script is None:
-        bulk = run_bulk(url, duration=duration, nonce=nonce)
+    if variant.driver != "wrk":
+        run = run_bulk if variant.driver == "bulk" else run_copy
+        bulk = run(url, duration=duration, nonce=nonce)
         return Sample(
             rate=bulk.rows_per_second,
-            p99_ms=bulk.p99_us / 1000,
+            p99_ms=bulk.p99_seconds * 1000,
             requests=bulk.requests,
             non_2xx=bulk.non_2xx,
             socket_errors=0,
@@ -106,6 +111,7 @@ def run_variant(variant: Variant, url: str, options: Options, duration: int) -> 
         (str(options.users), nonce, *variant.args),
         duration=duration,
         connections=options.connections,
+        headers=variant.headers,
     )
     return Sample(
         rate=summary.rps,
@@ -116,18 +122,19 @@ def run_variant(variant: Variant, url: str, options: Options, duration: int) -> 
     )
 
 
-def run_scenario(
-    scenario: Scenario, running: dict[str, servers.Server], options: Options
-) -> ScenarioResult:
-    """Warm each variant up, then run the variants interleaved, A B A B, for every round."""
-    variants = [variant for variant in scenario.variants if variant.app in running]
+def run_scenario(scenario: Scenario, urls: dict[str, str], options: Options) -> ScenarioResult:
+    """Warm each variant up, then run the variants interleaved, A B A B, for every round.
+
+    urls maps each app of the run to its server's URL (or the COPY limit's database).
+    """
+    variants = [variant for variant in scenario.variants if variant.app in urls]
     if options.warmup:
         for variant in variants:
-            run_variant(variant, running[variant.app].url, options, options.warmup)
+            run_variant(variant, urls[variant.app], options, options.warmup)
     samples: dict[str, list[Sample]] = {variant.label: [] for variant in variants}
     for round_number in range(1, options.rounds + 1):
         for variant in variants:
-            sample = run_variant(variant, running[variant.app].url, options, options.duration)
+            sample = run_variant(variant, urls[variant.app], options, options.duration)
             samples[variant.label].append(sample)
             print(
                 f"  {scenario.title} | {variant.label} | round {round_number}/{options.rounds}:"
@@ -171,36 +178,48 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     postgres_version: str
 
 
+def databases_of(apps: Sequence[str]) -> set[str]:
+    """The keys of seed.DATABASES that these apps need."""
+    keys = {servers.APPS[app].database for app in apps if app in servers.APPS}
+    if COPY in apps:
+        keys.add(COPY)
+    return {key for key in keys if key is not None}
+
+
 def measure(options: Options, log_dir: Path) -> Run:
     """Everything that needs PostgreSQL and the servers; both are stopped before it returns."""
-    with postgres.database_url() as url:
-        if "service" in options.apps:
-            seed.migrate_service(url)
-        postgres_version = asyncio.run(
-            seed.seed(
-                url,
-                users=options.users,
-                service="service" in options.apps,
-                baseline="baseline" in options.apps,
-            )
-        )
+    with postgres.database_url() as server_url:
+        database_urls = seed.prepare(server_url, databases_of(options.apps), options.users)
+        postgres_version = asyncio.run(seed.server_version(server_url))
+        names = [app for app in options.apps if app in servers.APPS]
         with servers.running(
-            options.apps, database_url=url, workers=options.workers, log_dir=log_dir
+            names, database_urls=database_urls, workers=options.workers, log_dir=log_dir
         ) as running:
+            urls = {name: server.url for name, server in running.items()}
+            if COPY in options.apps:
+                urls[COPY] = database_urls[COPY]
             results = tuple(
-                run_scenario(scenario, running, options)
+                run_scenario(scenario, urls, options)
                 for scenario in SCENARIOS
-                if any(variant.app in running for variant in scenario.variants)
+                if any(variant.app in urls for variant in scenario.variants)
             )
             service = running.get("service")
             service_rss = None if service is None else servers.worker_rss(service)
     return Run(results=results, service_rss=service_rss, postgres_version=postgres_version)
 
 
+def floor_is_current() -> bool:
+    """Whether the floor still sends the service's lookup query, whitespace aside."""
+    return floor.FIND_USERS_BY_KEYS.split() == queries.FIND_USERS_BY_KEYS.split()
+
+
 def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, servers.exit_on_sigterm)
     options = parse_options(argv)
     wrk_binary()
+    if not floor_is_current():
+        print("bench/floor.py no longer sends service/queries.py's FIND_USERS_BY_KEYS: update it")
+        return 2
     database = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
     print(f"PostgreSQL: {database}; seeding {options.users:,} users", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
@@ -224,7 +243,7 @@ def main(argv: Sequence[str]) -> int:
         versions=machine.describe_versions(run.postgres_version),
         smoke=options.smoke,
     )
-    report.write_chart(options.out / "results.png", run.results)
+    report.write_chart(options.out / "results.png", run.results, checks)
     print(f"\nWrote {options.out / 'RESULTS.md'} and {options.out / 'results.png'}")
 
     broken = broken_variants(run.results)

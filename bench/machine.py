@@ -11,7 +11,10 @@ import psutil
 
 from bench.wrk import wrk_binary
 
-PACKAGES = ("uvicorn", "starlette", "asyncpg", "msgspec", "fastapi", "pydantic", "httpx")
+PACKAGES = (
+    "uvicorn", "uvloop", "httptools", "starlette", "asyncpg", "msgspec", "fastapi", "pydantic",
+    "litestar", "httpx",
+)  # fmt: skip
 
 
 def cpu_model() -> str:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
+
+from bench.servers import AUTH_TOKEN
 
 PAGE_LIMIT = "50"
 MISS_RATIO = "0.1"
+# Not a server: the COPY limit is measured from this process (bench/copy_limit.py).
+COPY = "copy"
+# The floor and the ceiling answer GET /users/{email} only.
+APPS_WITH_ALL_ENDPOINTS = ("service", "tutorial", "peer")
 
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True):
     label: str
+    # A key of servers.APPS, or COPY.
     app: str
-    # None drives POST /users/bulk from Python instead of wrk.
-    script: str | None
+    # wrk runs a Lua script; bulk posts 10,000-user bodies from httpx (bench/bulk.py);
+    # copy runs COPY from this process (bench/copy_limit.py).
+    driver: Literal["wrk", "bulk", "copy"] = "wrk"
+    script: str = ""
     args: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,12 +35,17 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     # Every request names an existing user or a fresh one, so anything but 2xx is a failure.
     hits_only: bool
     variants: tuple[Variant, ...]
+    # The label of the service's variant, which every other variant is compared with.
+    subject: str = "service"
 
 
-def wrk_variants(script: str, *args: str) -> tuple[Variant, ...]:
-    return (
-        Variant(label="service", app="service", script=script, args=args),
-        Variant(label="baseline", app="baseline", script=script, args=args),
+def wrk_variants(apps: tuple[str, ...], script: str, *args: str) -> tuple[Variant, ...]:
+    return tuple(Variant(label=app, app=app, script=script, args=args) for app in apps)
+
+
+def page_variant(app: str, mode: str) -> Variant:
+    return Variant(
+        label=f"{app} {mode}=", app=app, script="list_users.lua", args=(mode, PAGE_LIMIT)
     )
 
 
@@ -39,8 +56,14 @@ SCENARIOS = (
         unit="req/s",
         hits_only=True,
         variants=(
-            *wrk_variants("get_user.lua"),
-            Variant(label="ceiling", app="ceiling", script="get_user.lua"),
+            *wrk_variants(("service",), "get_user.lua"),
+            Variant(
+                label="service, auth on",
+                app="service-auth",
+                script="get_user.lua",
+                headers=(f"Authorization: Bearer {AUTH_TOKEN}",),
+            ),
+            *wrk_variants(("tutorial", "peer", "floor", "ceiling"), "get_user.lua"),
         ),
     ),
     Scenario(
@@ -48,39 +71,26 @@ SCENARIOS = (
         title="GET /users/{email}, 10% misses",
         unit="req/s",
         hits_only=False,
-        variants=wrk_variants("get_user.lua", MISS_RATIO),
+        variants=wrk_variants(("service", "tutorial"), "get_user.lua", MISS_RATIO),
     ),
     Scenario(
         key="first_page",
         title="GET /users first page",
         unit="req/s",
         hits_only=True,
-        variants=wrk_variants("list_users.lua", "first", PAGE_LIMIT),
+        variants=wrk_variants(APPS_WITH_ALL_ENDPOINTS, "list_users.lua", "first", PAGE_LIMIT),
     ),
     Scenario(
         key="deep_page",
         title="GET /users deep page (back half)",
         unit="req/s",
         hits_only=True,
+        subject="service after=",
         variants=(
-            Variant(
-                label="service after=",
-                app="service",
-                script="list_users.lua",
-                args=("after", PAGE_LIMIT),
-            ),
-            Variant(
-                label="baseline offset=",
-                app="baseline",
-                script="list_users.lua",
-                args=("offset", PAGE_LIMIT),
-            ),
-            Variant(
-                label="service offset=",
-                app="service",
-                script="list_users.lua",
-                args=("offset", PAGE_LIMIT),
-            ),
+            page_variant("service", "after"),
+            page_variant("tutorial", "offset"),
+            page_variant("peer", "after"),
+            page_variant("service", "offset"),
         ),
     ),
     Scenario(
@@ -88,16 +98,16 @@ SCENARIOS = (
         title="POST /users",
         unit="req/s",
         hits_only=True,
-        variants=wrk_variants("create_user.lua"),
+        variants=wrk_variants(APPS_WITH_ALL_ENDPOINTS, "create_user.lua"),
     ),
     Scenario(
         key="bulk",
-        title="POST /users/bulk, 10,000 rows each",
+        title="POST /users/bulk, 10,000 users each",
         unit="rows/s",
         hits_only=True,
         variants=(
-            Variant(label="service", app="service", script=None),
-            Variant(label="baseline", app="baseline", script=None),
+            *(Variant(label=app, app=app, driver="bulk") for app in APPS_WITH_ALL_ENDPOINTS),
+            Variant(label="COPY limit", app=COPY, driver="copy"),
         ),
     ),
 )

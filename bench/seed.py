@@ -1,28 +1,53 @@
-"""Both tables prepared for a run: schemas applied, emptied, filled by COPY, analyzed."""
+"""The run's databases: one per comparator on the same server, each created fresh and seeded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BASELINE_SCHEMA = Path(__file__).resolve().parent / "baseline" / "schema.sql"
+TUTORIAL_SCHEMA = Path(__file__).resolve().parent / "tutorial" / "schema.sql"
 
+# Each comparator gets its own database, so that the tutorial's table and the
+# service's can both be called users and their SQL stays as written.
+DATABASES = {
+    "service": "bench_service",
+    "tutorial": "bench_tutorial",
+    "peer": "bench_peer",
+    "copy": "bench_copy",
+}
+# These take the service's schema.sql; the tutorial takes its own.
+SERVICE_SCHEMA = ("service", "peer", "copy")
+# The COPY limit's table starts empty; the others get the seeded users.
+SEEDED = ("service", "tutorial", "peer")
+
+DROP_DATABASE = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+CREATE_DATABASE = 'CREATE DATABASE "{name}"'
 TRUNCATE_USERS = "TRUNCATE users RESTART IDENTITY"
 ANALYZE_USERS = "VACUUM ANALYZE users"
-ANALYZE_BASELINE_USERS = "VACUUM ANALYZE baseline_users"
 SELECT_SERVER_VERSION = "SHOW server_version"
-SEED_COLUMNS = ("name", "email", "created_at")
+SERVICE_COLUMNS = ("name", "email", "created_at")
+TUTORIAL_COLUMNS = ("name", "email")
 
 
 def seeded_email(index: int) -> str:
     """The email of seeded user number index, as the Lua scripts spell it."""
     return f"user{index:06d}@example.com"
+
+
+def database_url(server_url: str, database: str) -> str:
+    """server_url with its database name replaced by database."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + database))
 
 
 def migrate_service(url: str) -> None:
@@ -32,25 +57,72 @@ def migrate_service(url: str) -> None:
         cwd=REPO_ROOT,
         env={**os.environ, "DATABASE_URL": url},
         check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
-async def seed(url: str, *, users: int, service: bool, baseline: bool) -> str:
-    """Fill the chosen tables with the same users; returns the server's version."""
-    now = datetime.now(UTC)
-    rows = [(f"User {index}", seeded_email(index), now) for index in range(users)]
+async def server_version(url: str) -> str:
     conn = await asyncpg.connect(url)
     try:
-        if service:
-            await conn.execute(TRUNCATE_USERS)
-            await conn.copy_records_to_table("users", records=rows, columns=SEED_COLUMNS)
-            # Fresh statistics, so both tables get the plans they would have in production.
-            await conn.execute(ANALYZE_USERS)
-        if baseline:
-            await conn.execute(BASELINE_SCHEMA.read_text())
-            await conn.copy_records_to_table("baseline_users", records=rows, columns=SEED_COLUMNS)
-            await conn.execute(ANALYZE_BASELINE_USERS)
         version: str = await conn.fetchval(SELECT_SERVER_VERSION)
     finally:
         await conn.close()
     return version
+
+
+async def recreate_databases(server_url: str, names: Iterable[str]) -> None:
+    """Drop (ending any session left by an earlier run) and create each database."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        for name in names:
+            await conn.execute(DROP_DATABASE.format(name=name))
+            await conn.execute(CREATE_DATABASE.format(name=name))
+    finally:
+        await conn.close()
+
+
+async def copy_users(
+    url: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str], *, schema: str = ""
+) -> None:
+    """Empty users (after applying schema, if given), COPY rows in and analyze."""
+    conn = await asyncpg.connect(url)
+    try:
+        if schema:
+            await conn.execute(schema)
+        await conn.execute(TRUNCATE_USERS)
+        await conn.copy_records_to_table("users", records=rows, columns=columns)
+        # Fresh statistics, so every table gets the plans it would have in production.
+        await conn.execute(ANALYZE_USERS)
+    finally:
+        await conn.close()
+
+
+def seed_rows(users: int) -> list[tuple[str, str, datetime]]:
+    now = datetime.now(UTC)
+    return [(f"User {index}", seeded_email(index), now) for index in range(users)]
+
+
+async def seed_service(url: str, users: int) -> None:
+    """Fill a database that has the service's schema with the seeded users."""
+    await copy_users(url, seed_rows(users), SERVICE_COLUMNS)
+
+
+async def seed_tutorial(url: str, users: int) -> None:
+    """Create the tutorial's table and fill it with the same users, without created_at."""
+    rows = [(name, email) for name, email, _ in seed_rows(users)]
+    await copy_users(url, rows, TUTORIAL_COLUMNS, schema=TUTORIAL_SCHEMA.read_text())
+
+
+def prepare(server_url: str, keys: Iterable[str], users: int) -> dict[str, str]:
+    """Create a fresh database per key (of DATABASES), with its schema and users; their URLs."""
+    wanted = set(keys)
+    urls = {key: database_url(server_url, name) for key, name in DATABASES.items() if key in wanted}
+    asyncio.run(recreate_databases(server_url, [DATABASES[key] for key in urls]))
+    for key in urls:
+        if key in SERVICE_SCHEMA:
+            migrate_service(urls[key])
+        if key == "tutorial":
+            asyncio.run(seed_tutorial(urls[key], users))
+        elif key in SEEDED:
+            asyncio.run(seed_service(urls[key], users))
+    return urls

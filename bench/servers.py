@@ -1,14 +1,15 @@
-"""Uvicorn processes for the service, the baseline and the ceiling, with the Procfile's flags."""
+"""Uvicorn processes for the service and each comparator, all with the Procfile's flags."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -19,10 +20,26 @@ import psutil
 from bench.seed import REPO_ROOT
 from service.__main__ import uvicorn_args
 
+
+class App(msgspec.Struct, frozen=True, kw_only=True):
+    factory: str
+    # The key (in seed.DATABASES) of the database it serves; None for none.
+    database: str | None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+# A fresh bearer token per run, for the service with API_TOKENS set.
+AUTH_TOKEN = secrets.token_hex(16)
 APPS = {
-    "service": "service.app:create_app",
-    "baseline": "bench.baseline.app:create_app",
-    "ceiling": "bench.ceiling:create_app",
+    "service": App(factory="service.app:create_app", database="service"),
+    "service-auth": App(
+        factory="service.app:create_app", database="service", env=(("API_TOKENS", AUTH_TOKEN),)
+    ),
+    "tutorial": App(factory="bench.tutorial.app:create_app", database="tutorial"),
+    "peer": App(factory="bench.peer:create_app", database="peer"),
+    # The floor reads the service's own table.
+    "floor": App(factory="bench.floor:create_app", database="service"),
+    "ceiling": App(factory="bench.ceiling:create_app", database=None),
 }
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 25.0
@@ -50,12 +67,17 @@ def log_tail(server: Server, lines: int = 30) -> str:
     return "\n".join(server.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start(name: str, *, database_url: str, workers: int, log_dir: Path) -> Server:
+def start(name: str, *, database_url: str | None, workers: int, log_dir: Path) -> Server:
+    app = APPS[name]
     port = free_port()
     log = log_dir / f"{name}.log"
-    env = {**os.environ, "DATABASE_URL": database_url, "WEB_CONCURRENCY": str(workers)}
+    # Only the app's own env turns auth on, whatever the caller's environment says.
+    inherited = {key: value for key, value in os.environ.items() if key != "API_TOKENS"}
+    env = {**inherited, **dict(app.env), "WEB_CONCURRENCY": str(workers)}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     # The flags python -m service (the Procfile's web process) gives uvicorn.
-    args = uvicorn_args(APPS[name], host="127.0.0.1", port=port, workers=workers)
+    args = uvicorn_args(app.factory, host="127.0.0.1", port=port, workers=workers)
     command = [sys.executable, "-m", "uvicorn", *args]
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -99,12 +121,17 @@ def worker_rss(server: Server) -> int:
 
 @contextmanager
 def running(
-    names: Sequence[str], *, database_url: str, workers: int, log_dir: Path
+    names: Sequence[str], *, database_urls: Mapping[str, str], workers: int, log_dir: Path
 ) -> Iterator[dict[str, Server]]:
-    """Start every named server and wait for each; all are stopped on exit, whatever happens."""
+    """Start every named server and wait for each; all are stopped on exit, whatever happens.
+
+    database_urls maps the keys of seed.DATABASES to URLs.
+    """
     with ExitStack() as stack:
         servers: dict[str, Server] = {}
         for name in names:
+            database = APPS[name].database
+            database_url = None if database is None else database_urls[database]
             server = start(name, database_url=database_url, workers=workers, log_dir=log_dir)
             stack.callback(stop, server)
             servers[name] = server

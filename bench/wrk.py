@@ -67,10 +67,17 @@ def run_wrk(
     duration: int,
     connections: int,
     threads: int = 1,
+    headers: Sequence[str] = (),
 ) -> WrkSummary:
     """One wrk run against url; args reach the script's init() after wrk's --."""
     output = wrk_output(
-        url, script, args, duration=duration, connections=connections, threads=threads
+        url,
+        script,
+        args,
+        duration=duration,
+        connections=connections,
+        threads=threads,
+        headers=headers,
     )
     return parse_summary(output)
 
@@ -83,13 +90,18 @@ def wrk_output(
     duration: int,
     connections: int,
     threads: int = 1,
+    headers: Sequence[str] = (),
 ) -> str:
-    """wrk's standard output, for scripts that print more than the summary line."""
+    """wrk's standard output, for scripts that print more than the summary line.
+
+    headers ("Name: value") go on every request the script builds without its own.
+    """
     command = [
         wrk_binary(),
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",
+        *(flag for header in headers for flag in ("-H", header)),
         "--timeout",
         REQUEST_TIMEOUT,
         "-s",

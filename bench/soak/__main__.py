@@ -99,11 +99,10 @@ def soak(options: Options, log_dir: Path) -> Soak:
     windows, seconds = window_plan(options.duration, LONGEST_WINDOW)
     with postgres.database_url() as url:
         seed.migrate_service(url)
-        postgres_version = asyncio.run(
-            seed.seed(url, users=options.users, service=True, baseline=False)
-        )
+        asyncio.run(seed.seed_service(url, options.users))
+        postgres_version = asyncio.run(seed.server_version(url))
         with servers.running(
-            ["service"], database_url=url, workers=WORKERS, log_dir=log_dir
+            ["service"], database_urls={"service": url}, workers=WORKERS, log_dir=log_dir
         ) as running:
             service = running["service"]
             rss_before = servers.worker_rss(service)

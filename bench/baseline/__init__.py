@@ -1,1 +1,0 @@
-"""The baseline: the same endpoints written the way most tutorials write them."""

@@ -1,0 +1,1 @@
+"""The tutorial: the FastAPI service this one replaces, exactly as the tutorial designs it."""
