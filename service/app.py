@@ -1,4 +1,4 @@
-"""The Starlette app: route table, lifespan and error handling."""
+"""The app: its route table, and the lifespan that owns the pool."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from service import health, metrics, openapi, users
-from service.auth import BearerTokens
 from service.database import Database, close_pool, open_pool
+from service.dispatch import Dispatch
 from service.logs import configure_logging
 from service.lookups import Reads
-from service.observe import ObserveRequests
-from service.problems import EXCEPTION_HANDLERS
 from service.settings import Settings, SettingsError
 
 
@@ -44,12 +40,12 @@ class EmailConvertor(Convertor[str]):
 register_url_convertor("email", EmailConvertor())
 
 # The map of the API. Each path also answers with a trailing slash ("/users/")
-# without a redirect, as existing callers use it: TrailingSlash strips it
-# before routing. The router tries routes in order, so the busiest come first.
+# without a redirect, as existing callers use it: Dispatch strips it before
+# routing. Routes are tried in order, so the busiest come first.
 routes = [
+    Route("/users/{email:email}", users.get_user, methods=["GET"]),
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
-    Route("/users/{email:email}", users.get_user, methods=["GET"]),
     Route("/users/{email:email}", users.update_user, methods=["PATCH"]),
     Route("/users/{email:email}", users.delete_user, methods=["DELETE"]),
     Route("/users/bulk", users.create_users, methods=["POST"]),
@@ -60,17 +56,15 @@ routes = [
 ]
 
 
-class TrailingSlash:
-    """Routes "/users/" as "/users": one route, one operation and one metric label each."""
+class Service(Starlette):
+    """Starlette's app, serving its routes through Dispatch alone.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    Starlette's own stack (server errors, exceptions, the router's per-route
+    wrappers) is replaced by the one layer that does all of their work.
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if len(path) > 1 and path.endswith("/"):
-            scope["path"] = path[:-1]
-        await self.app(scope, receive, send)
+    def build_middleware_stack(self) -> ASGIApp:
+        return Dispatch(self, self.state.settings)
 
 
 def load_settings() -> Settings:
@@ -86,7 +80,7 @@ def load_settings() -> Settings:
     return settings
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> Service:
     """The app for uvicorn's --factory; settings come from the environment by default."""
     if settings is None:
         settings = load_settings()
@@ -106,32 +100,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await close_pool(app.state.pool)
             metrics.forget_this_worker()
 
-    middleware = [Middleware(TrailingSlash), Middleware(ObserveRequests, settings=settings)]
-    if settings.cors_origins:
-        # Outside the token check: a browser's preflight carries no token.
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origins,
-                allow_methods=CORS_METHODS,
-                allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=CORS_RESPONSE_HEADERS,
-            )
-        )
-    if settings.api_tokens:
-        middleware.append(Middleware(BearerTokens, tokens=settings.api_tokens))
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    app = Service(routes=routes, lifespan=lifespan)
     app.state.settings = settings
-    app.router.redirect_slashes = False
     return app
-
-
-# What a browser on an origin in CORS_ORIGINS may send and read.
-CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
-CORS_RESPONSE_HEADERS = ("Location", "Link", "Retry-After", "X-Request-ID")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from service.problems import ProblemError, problem_response
+from service.problems import ProblemError
 
 PROTECTED_PREFIX = "/users"
 
@@ -17,12 +17,19 @@ def digest(token: bytes) -> bytes:
 
 
 class BearerTokens:
-    """Answers 401 to a /users request without one of the configured tokens."""
+    """Refuses with 401 a /users request without one of the configured tokens."""
 
-    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
-        self.app = app
+    def __init__(self, tokens: tuple[str, ...]) -> None:
         # Digests, so that comparing them cannot reveal a token's length.
         self.digests = [digest(token.encode()) for token in tokens]
+
+    def check(self, scope: Scope) -> None:
+        if scope["path"].startswith(PROTECTED_PREFIX) and not self.authorized(scope):
+            raise ProblemError(
+                401,
+                "A valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="users"'},
+            )
 
     def authorized(self, scope: Scope) -> bool:
         header = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
@@ -34,20 +41,3 @@ class BearerTokens:
         given_digest = digest(given.strip())
         matches = [hmac.compare_digest(given_digest, known) for known in self.digests]
         return any(matches)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not scope["path"].startswith(PROTECTED_PREFIX)
-            or self.authorized(scope)
-        ):
-            await self.app(scope, receive, send)
-            return
-        response = problem_response(
-            ProblemError(
-                401,
-                "A valid bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="users"'},
-            )
-        )
-        await response(scope, receive, send)

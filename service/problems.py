@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import asyncpg
@@ -12,7 +13,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ExceptionHandler
 
 from service.database import UNAVAILABLE, PoolBusy
 from service.logs import route_template
@@ -172,7 +172,8 @@ async def handle_busy(request: Request, exc: Exception) -> Response:
     )
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     ProblemError: handle_problem,
     PoolBusy: handle_busy,
     HTTPException: handle_http,
@@ -182,3 +183,12 @@ EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     asyncpg.PostgresError: handle_database,
     **{error: handle_unavailable for error in UNAVAILABLE},
 }
+
+
+def handler_for(exc: Exception) -> Handler | None:
+    """The handler of the closest of the exception's classes that has one."""
+    for cls in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None

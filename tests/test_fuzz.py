@@ -7,9 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import msgspec
@@ -21,13 +21,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Message
 
 from service import users
 from service.app import create_app, routes
 from service.bodies import read_json
-from service.problems import EXCEPTION_HANDLERS, MEDIA_TYPE
+from service.problems import MEDIA_TYPE, handler_for
 from service.schemas import NewUser, UserPatch
 from service.settings import Settings
 from tests.conftest import Service, assert_problem, connect, statement_cache_size
@@ -221,9 +220,6 @@ TRAILING_NEWLINE_NAME = b'{"name": "Ann\\n", "email": "ann@example.com"}'
 TRAILING_NEWLINE_EMAIL = b'{"name": "Ann", "email": "ann@example.com\\n"}'
 
 
-HttpHandler = Callable[[Request, Exception], Awaitable[Response]]
-
-
 def request_of(body: bytes, chunk_size: int) -> Request:
     """A POST of `body` in chunks of `chunk_size`, as uvicorn hands it to the app."""
     chunks = [body[start : start + chunk_size] for start in range(0, len(body), chunk_size)]
@@ -246,11 +242,9 @@ async def read(
     try:
         return 200, await read_json(request, decoder, limit)
     except Exception as exc:
-        # Looked up as Starlette does, by the closest class that has a handler.
-        found = next((cls for cls in type(exc).__mro__ if cls in EXCEPTION_HANDLERS), None)
-        if found is None:
+        handler = handler_for(exc)
+        if handler is None:
             raise  # nothing maps it to a problem: the app would answer 500
-        handler = cast("HttpHandler", EXCEPTION_HANDLERS[found])
         response = await handler(request, exc)
         assert response.media_type == MEDIA_TYPE
         return response.status_code, None
