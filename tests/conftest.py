@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -170,11 +171,22 @@ class Service:
         return self.process.wait(30)
 
 
+def stop_services(started: list[Service]) -> None:
+    """Stop each service as a platform would, SIGTERM, so that it cleans up
+    after itself (its metrics folder); SIGKILL only one that will not stop."""
+    for service in started:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    for service in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)  # and anything it left running
+        service.process.wait()
+
+
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[list[Service]]:
     started: list[Service] = []
     yield started
-    for service in started:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait()
+    stop_services(started)

@@ -16,7 +16,7 @@ import pytest
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
-from tests.conftest import ROOT, Service, alive, free_port
+from tests.conftest import ROOT, Service, alive, free_port, stop_services
 
 
 def procfile() -> dict[str, str]:
@@ -159,3 +159,17 @@ def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(worke
     if workers == 1:
         # With workers, uvicorn's supervisor stops but exits 0 itself.
         assert result.returncode != 0
+
+
+def test_a_service_the_tests_stop_leaves_no_metrics_folder_behind(
+    tmp_path: Path, database_url: str
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "TMPDIR": str(temp)})
+    try:
+        service.wait_ready()
+        assert list(temp.glob("users-metrics-*")), service.output()  # there while it serves
+    finally:
+        stop_services([service])
+    assert list(temp.glob("users-metrics-*")) == [], service.output()
