@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
@@ -141,6 +142,22 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: 
     assert f"{name}=" in result.stderr
 
 
+def test_with_json_logs_a_bad_setting_stops_start_up_with_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, "PORT": "eighty", "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    error = json.loads(line)
+    assert error["level"] == "ERROR"
+    assert error["message"] == "configuration error: PORT='eighty': expected a whole number"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(workers: int) -> None:
     args = uvicorn_args(
@@ -173,3 +190,66 @@ def test_a_service_the_tests_stop_leaves_no_metrics_folder_behind(
     finally:
         stop_services([service])
     assert list(temp.glob("users-metrics-*")) == [], service.output()
+
+
+def start_without_a_database(
+    workers: int, log_format: str = "text"
+) -> subprocess.CompletedProcess[str]:
+    """python -m service on a port where no database listens, waiting for it 0.5 s."""
+    env = {
+        "DATABASE_URL": f"postgresql://users@127.0.0.1:{free_port()}/users",
+        "DB_START_TIMEOUT": "0.5",
+        "WEB_CONCURRENCY": str(workers),
+        "LOG_FORMAT": log_format,
+        "PORT": str(free_port()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_process_exits_non_zero_when_the_service_cannot_start(workers: int) -> None:
+    result = start_without_a_database(workers)
+    # uvicorn's code for a failed start, which its supervisor also stops on.
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+
+
+def not_json(output: str) -> list[str]:
+    lines = []
+    for line in output.splitlines():
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            lines.append(line)
+    return lines
+
+
+def test_with_workers_and_json_logs_every_line_is_json(
+    tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    env = {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "2", "LOG_FORMAT": "json"}
+    service = Service(tmp_path, env)
+    services.append(service)
+    service.wait_ready()
+    assert httpx.get(f"{service.url}/users/nobody@x.io").status_code == 404
+    assert service.stop(signal.SIGTERM) == 0
+    output = service.output()
+    assert not_json(output) == []
+    messages = [json.loads(line)["message"] for line in output.splitlines()]
+    assert any(message.startswith("Started parent process") for message in messages), output
+    assert any(message.startswith("Started server process") for message in messages), output
+    assert any(message.startswith("Stopping parent process") for message in messages), output
+
+
+def test_with_workers_and_json_logs_a_failed_start_is_json_too() -> None:
+    result = start_without_a_database(workers=2, log_format="json")
+    assert result.returncode != 0
+    assert not_json(result.stdout + result.stderr) == []
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    assert any("failed to start" in message for message in messages), result.stderr
