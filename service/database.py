@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -17,6 +19,7 @@ from starlette.requests import Request
 from service.settings import Settings
 
 logger = logging.getLogger("service")
+T = TypeVar("T")
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Any fixed number, the same in every process: it names the migration lock.
@@ -44,8 +47,16 @@ UNAVAILABLE = (
 )
 
 
-class DatabaseUnreachable(Exception):
+class CannotStart(Exception):
+    """The service cannot start on this database; the message says why, in one line."""
+
+
+class DatabaseUnreachable(CannotStart):
     """The database did not answer within DB_START_TIMEOUT at start."""
+
+
+class DatabaseRefused(CannotStart):
+    """The database answered, and refused the service: a setting to fix, not a wait."""
 
 
 async def open_pool(settings: Settings) -> asyncpg.Pool:
@@ -54,26 +65,64 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     A platform may start the service before its database, or restart the
     database under it; a wait with a clear line beats a crash loop.
     """
-    address = database_address(settings.database_url or "")
+    return await reach(lambda: create_pool(settings), settings.database_url or "", settings)
+
+
+async def reach(connect: Callable[[], Awaitable[T]], url: str, settings: Settings) -> T:
+    """`connect()`, tried again while the database at `url` is unreachable, for
+    about DB_START_TIMEOUT seconds, with a warning before each new attempt.
+
+    Raises DatabaseRefused at once when the database refuses the service, and
+    DatabaseUnreachable when the time is up.
+    """
+    address = database_address(url)
     delays = retry_delays(settings.db_start_timeout)
     attempts = len(delays) + 1
-    for attempt, delay in enumerate(delays, start=1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            return await create_pool(settings)
-        except UNAVAILABLE as exc:
+            return await connect()
+        except Exception as exc:
+            cause = refusal(exc, url)
+            if cause is not None:
+                raise DatabaseRefused(
+                    f"database at {address} refused the service: {cause} (check DATABASE_URL)"
+                ) from exc
+            if not isinstance(exc, UNAVAILABLE):
+                raise
+            if attempt == attempts:
+                raise DatabaseUnreachable(
+                    f"database not reachable at {address} ({describe(exc)}); "
+                    f"giving up after {attempts} attempts in {settings.db_start_timeout:g} s"
+                ) from exc
             logger.warning(
                 "database not reachable at %s (%s); retrying in %.1f s (attempt %d of %d)",
-                address, describe(exc), delay, attempt, attempts,
+                address, describe(exc), delays[attempt - 1], attempt, attempts,
             )  # fmt: skip
-        await asyncio.sleep(delay)
-    try:
-        return await create_pool(settings)
-    except UNAVAILABLE as exc:
-        logger.error(
-            "database not reachable at %s (%s); giving up after %d attempts in %g s",
-            address, describe(exc), attempts, settings.db_start_timeout,
-        )  # fmt: skip
-        raise DatabaseUnreachable(f"database not reachable at {address}") from exc
+        await asyncio.sleep(delays[attempt - 1])
+
+
+def refusal(exc: Exception, url: str) -> str | None:
+    """Why the database refused the service for good, or None if it may answer later.
+
+    Waiting does not change a refused TLS upgrade, an untrusted certificate, a
+    wrong password, a missing role or a missing database: those fail at once.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate failed verification ({exc})"
+    # asyncpg's error for a server with TLS off, where sslmode requires it; a
+    # plain ConnectionError otherwise means the connection broke, which may not last.
+    if type(exc) is ConnectionError and "rejected SSL upgrade" in str(exc):
+        modes = parse_qs(urlsplit(url).query).get("sslmode", ["require"])
+        return f"it does not accept TLS, which sslmode={modes[0]} asks for"
+    if isinstance(exc, UNAVAILABLE):
+        return None
+    # The server's own words: 'password authentication failed for user "app"',
+    # 'role "app" does not exist', 'database "app" does not exist', ...
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return str(exc)
+    return None
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:

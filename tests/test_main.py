@@ -17,7 +17,15 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
-from tests.conftest import ROOT, Service, alive, free_port, stop_services
+from tests.conftest import (
+    REFUSALS,
+    ROOT,
+    GuardedDatabase,
+    Service,
+    alive,
+    free_port,
+    stop_services,
+)
 
 
 def procfile() -> dict[str, str]:
@@ -253,3 +261,34 @@ def test_with_workers_and_json_logs_a_failed_start_is_json_too() -> None:
     assert not_json(result.stdout + result.stderr) == []
     messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
     assert any("failed to start" in message for message in messages), result.stderr
+
+
+@pytest.mark.parametrize(("cause", "workers"), [("TLS refused", 2), ("wrong password", 1)])
+def test_a_refusing_database_stops_start_up_at_once_with_one_line(
+    guarded_database: GuardedDatabase, cause: str, workers: int
+) -> None:
+    env = {
+        "DATABASE_URL": guarded_database.refused_url(cause),
+        "WEB_CONCURRENCY": str(workers),
+        "LOG_FORMAT": "json",
+        "PORT": str(free_port()),
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+    assert took < 15, result.stderr  # DB_START_TIMEOUT is 30 s: no waiting
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    errors = [line["message"] for line in lines if line["level"] == "ERROR"]
+    causes = [message for message in errors if "refused the service" in message]
+    assert 1 <= len(causes) <= workers, result.stderr  # one line from each worker that tried
+    assert all(REFUSALS[cause] in message for message in causes), result.stderr
+    assert not any("Traceback" in line["message"] or "exception" in line for line in lines)
+    assert not any("retrying" in line["message"] for line in lines)
