@@ -59,13 +59,39 @@ class DatabaseRefused(CannotStart):
     """The database answered, and refused the service: a setting to fix, not a wait."""
 
 
+class SchemaMissing(CannotStart):
+    """The database has no users table: `python -m service migrate` was never run on it."""
+
+
+# Whether the table the queries name resolves, by the same search_path: one
+# catalog lookup, cheap enough for the readiness probe too.
+HAS_USERS_TABLE = "SELECT to_regclass('users') IS NOT NULL"
+MIGRATE_HINT = "has no users table: run `python -m service migrate`"
+
+
 async def open_pool(settings: Settings) -> asyncpg.Pool:
     """The pool, once the database answers: retried for about DB_START_TIMEOUT seconds.
 
     A platform may start the service before its database, or restart the
-    database under it; a wait with a clear line beats a crash loop.
+    database under it; a wait with a clear line beats a crash loop. A database
+    without the schema is refused: every request would fail on it.
     """
-    return await reach(lambda: create_pool(settings), settings.database_url or "", settings)
+    return await reach(lambda: migrated_pool(settings), settings.database_url or "", settings)
+
+
+async def migrated_pool(settings: Settings) -> asyncpg.Pool:
+    """A new pool, on a database that has the schema."""
+    pool = await create_pool(settings)
+    try:
+        migrated = await pool.fetchval(HAS_USERS_TABLE)
+    except BaseException:
+        pool.terminate()
+        raise
+    if not migrated:
+        await close_pool(pool)
+        address = database_address(settings.database_url or "")
+        raise SchemaMissing(f"database at {address} {MIGRATE_HINT}")
+    return pool
 
 
 async def reach(connect: Callable[[], Awaitable[T]], url: str, settings: Settings) -> T:

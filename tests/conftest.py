@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -112,6 +113,23 @@ def guarded_database() -> Iterator[GuardedDatabase]:
             yield database
         finally:
             database.server.cleanup()
+
+
+@pytest.fixture
+async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    name = f"migrate_{uuid.uuid4().hex[:12]}"
+    admin = await connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        # Swap the database name (the URL's path) and keep everything else.
+        prefix, _, rest = database_url.partition("://")
+        authority, _, tail = rest.partition("/")
+        query = tail.partition("?")[2]
+        yield f"{prefix}://{authority}/{name}" + (f"?{query}" if query else "")
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def statement_cache_size() -> int:

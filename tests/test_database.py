@@ -8,8 +8,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -18,28 +16,18 @@ import pytest
 from msgspec.structs import replace
 
 from service.app import create_app
-from service.database import Database, DatabaseRefused, close_pool, open_pool, refusal
+from service.database import (
+    Database,
+    DatabaseRefused,
+    SchemaMissing,
+    close_pool,
+    open_pool,
+    refusal,
+)
 from service.settings import Settings
 from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
-    """A new, empty database on the test server, dropped afterwards."""
-    name = f"migrate_{uuid.uuid4().hex[:12]}"
-    admin = await connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        # Swap the database name (the URL's path) and keep everything else.
-        prefix, _, rest = database_url.partition("://")
-        authority, _, tail = rest.partition("/")
-        query = tail.partition("?")[2]
-        yield f"{prefix}://{authority}/{name}" + (f"?{query}" if query else "")
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def run_migrate(database_url: str) -> subprocess.Popen[str]:
@@ -179,3 +167,11 @@ def test_an_untrusted_certificate_is_a_refusal_and_a_refused_port_is_not() -> No
     assert "TLS certificate failed verification" in (refusal(untrusted, url) or "")
     assert refusal(ConnectionRefusedError(111, "Connect call failed"), url) is None
     assert refusal(ConnectionResetError(104, "Connection reset by peer"), url) is None
+
+
+async def test_start_up_refuses_a_database_without_the_users_table(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    with pytest.raises(SchemaMissing) as raised:
+        await open_pool(replace(settings, database_url=fresh_database_url))
+    assert str(raised.value).endswith(" has no users table: run `python -m service migrate`")

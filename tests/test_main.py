@@ -292,3 +292,18 @@ def test_a_refusing_database_stops_start_up_at_once_with_one_line(
     assert all(REFUSALS[cause] in message for message in causes), result.stderr
     assert not any("Traceback" in line["message"] or "exception" in line for line in lines)
     assert not any("retrying" in line["message"] for line in lines)
+
+
+def test_an_unmigrated_database_stops_start_up_with_one_line_saying_to_migrate(
+    tmp_path: Path, services: list[Service], fresh_database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": fresh_database_url})
+    services.append(service)
+    code = service.process.wait(30)
+    output = service.output()
+    assert code == STARTUP_FAILURE, output
+    said = [line for line in output.splitlines() if "migrate" in line]
+    assert len(said) == 1, output
+    assert said[0].startswith("ERROR    service: database at ")
+    assert said[0].endswith(" has no users table: run `python -m service migrate`")
+    assert "Traceback" not in output
