@@ -1,4 +1,4 @@
-"""uvicorn, run the service's way: its log lines, and an exit code that says whether it started."""
+"""How the service runs uvicorn: subclasses of its Config, Server and worker supervisor."""
 
 from __future__ import annotations
 
