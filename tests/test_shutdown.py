@@ -148,9 +148,10 @@ async def ctrl_c_twice_during_a_request(
 
 
 async def waits_on_the_lock(holder: asyncpg.Connection) -> bool:
+    # Not by application_name, which a pooler such as pgbouncer may not pass on.
     waiting: int = await holder.fetchval(
         "SELECT count(*) FROM pg_stat_activity"
-        " WHERE application_name = 'users-service' AND wait_event_type = 'Lock'"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     return waiting > 0
 
