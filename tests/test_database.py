@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,35 +16,25 @@ import pytest
 from msgspec.structs import replace
 
 from service.app import create_app
-from service.database import Database, close_pool, open_pool
+from service.database import (
+    Database,
+    DatabaseRefused,
+    SchemaMissing,
+    close_pool,
+    open_pool,
+    refusal,
+)
 from service.settings import Settings
-from tests.conftest import assert_problem, connect
+from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
-    """A new, empty database on the test server, dropped afterwards."""
-    name = f"migrate_{uuid.uuid4().hex[:12]}"
-    admin = await connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        # Swap the database name (the URL's path) and keep everything else.
-        prefix, _, rest = database_url.partition("://")
-        authority, _, tail = rest.partition("/")
-        query = tail.partition("?")[2]
-        yield f"{prefix}://{authority}/{name}" + (f"?{query}" if query else "")
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-def run_migrate(database_url: str) -> subprocess.Popen[str]:
+def run_migrate(database_url: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "service", "migrate"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, "DATABASE_URL": database_url, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -138,3 +127,81 @@ async def test_a_request_waits_at_most_the_pool_timeout_then_gets_503(
         assert 0.3 <= waited < 1.5
         # Freed connections serve again at once.
         assert (await client.get("/users")).status_code == 200
+
+
+@pytest.mark.parametrize("cause", REFUSALS)
+async def test_a_refusal_fails_start_up_at_once_with_one_line_naming_its_cause(
+    guarded_database: GuardedDatabase,
+    settings: Settings,
+    cause: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = replace(
+        settings, database_url=guarded_database.refused_url(cause), db_start_timeout=3
+    )
+    started = time.monotonic()
+    with pytest.raises(DatabaseRefused) as raised:
+        await open_pool(refused)
+    assert time.monotonic() - started < 1  # no attempt again
+    assert "retrying" not in caplog.text
+    line = str(raised.value)
+    assert line.startswith(f"database at 127.0.0.1:{guarded_database.port} refused the service: ")
+    assert REFUSALS[cause] in line
+    assert "\n" not in line
+    assert "password-" not in line  # neither the right password nor the wrong one
+
+
+async def test_the_database_that_refuses_those_serves_the_right_url(
+    guarded_database: GuardedDatabase, settings: Settings
+) -> None:
+    pool = await open_pool(replace(settings, database_url=guarded_database.url()))
+    try:
+        assert await pool.fetchval("SELECT count(*) FROM users") >= 0
+    finally:
+        await close_pool(pool)
+
+
+def test_an_untrusted_certificate_is_a_refusal_and_a_refused_port_is_not() -> None:
+    url = "postgresql://app@db.internal/app?sslmode=verify-full"
+    untrusted = ssl.SSLCertVerificationError("certificate verify failed: self-signed certificate")
+    assert "TLS certificate failed verification" in (refusal(untrusted, url) or "")
+    assert refusal(ConnectionRefusedError(111, "Connect call failed"), url) is None
+    assert refusal(ConnectionResetError(104, "Connection reset by peer"), url) is None
+
+
+async def test_start_up_refuses_a_database_without_the_users_table(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    with pytest.raises(SchemaMissing) as raised:
+        await open_pool(replace(settings, database_url=fresh_database_url))
+    assert str(raised.value).endswith(" has no users table: run `python -m service migrate`")
+
+
+@pytest.mark.parametrize("cause", REFUSALS)
+def test_migrate_fails_at_once_with_one_line_when_the_database_refuses(
+    guarded_database: GuardedDatabase, cause: str
+) -> None:
+    started = time.monotonic()
+    run = run_migrate(guarded_database.refused_url(cause), DB_START_TIMEOUT="3")
+    output = run.communicate(timeout=60)[0]
+    assert run.returncode == 1, output
+    assert time.monotonic() - started < 2.5, output  # no attempt again
+    [line] = output.splitlines()
+    assert line.startswith(f"ERROR    service: database at 127.0.0.1:{guarded_database.port} ")
+    assert REFUSALS[cause] in line
+
+
+def test_migrate_waits_for_an_unreachable_database_then_gives_up_with_one_line() -> None:
+    nobody = f"postgresql://users@127.0.0.1:{free_port()}/users"
+    started = time.monotonic()
+    run = run_migrate(nobody, DB_START_TIMEOUT="1.5")
+    output = run.communicate(timeout=60)[0]
+    took = time.monotonic() - started
+    assert run.returncode == 1, output
+    assert 1.5 <= took < 10, output
+    lines = output.splitlines()
+    assert len(lines) == 3, output
+    assert "retrying in 0.5 s (attempt 1 of 3)" in lines[0]
+    assert "retrying in 1.0 s (attempt 2 of 3)" in lines[1]
+    assert lines[2].startswith("ERROR    service: database not reachable at 127.0.0.1:")
+    assert lines[2].endswith("giving up after 3 attempts in 1.5 s")

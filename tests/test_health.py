@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 import httpx
+from msgspec.structs import replace
 
-from tests.conftest import assert_problem
+from service.database import migrate
+from service.settings import Settings
+from tests.conftest import assert_problem, client_of, connect
 
 
 async def test_livez_answers_200(client: httpx.AsyncClient) -> None:
@@ -43,3 +46,19 @@ async def test_livez_answers_even_when_the_database_does_not(
     finally:
         for conn in held:
             await db.release(conn)
+
+
+async def test_readyz_is_503_saying_to_migrate_when_the_users_table_is_gone(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    await migrate(fresh_database_url)
+    async with client_of(replace(settings, database_url=fresh_database_url)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        conn = await connect(fresh_database_url)
+        try:
+            await conn.execute("DROP TABLE users")
+        finally:
+            await conn.close()
+        response = await client.get("/readyz")
+    problem = assert_problem(response, 503)
+    assert problem["detail"] == "The database has no users table: run `python -m service migrate`"

@@ -13,10 +13,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
-from tests.conftest import ROOT, Service, alive, free_port
+from tests.conftest import (
+    REFUSALS,
+    ROOT,
+    GuardedDatabase,
+    Service,
+    alive,
+    free_port,
+    stop_services,
+)
 
 
 def procfile() -> dict[str, str]:
@@ -27,7 +36,7 @@ def procfile() -> dict[str, str]:
 def test_procfile_serves_and_migrates_through_python_m_service() -> None:
     assert procfile() == {
         "web": "LOG_FORMAT=${LOG_FORMAT:-json} exec python -m service",
-        "release": "python -m service migrate",
+        "release": "LOG_FORMAT=${LOG_FORMAT:-json} python -m service migrate",
     }
 
 
@@ -141,6 +150,22 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: 
     assert f"{name}=" in result.stderr
 
 
+def test_with_json_logs_a_bad_setting_stops_start_up_with_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, "PORT": "eighty", "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    error = json.loads(line)
+    assert error["level"] == "ERROR"
+    assert error["message"] == "configuration error: PORT='eighty': expected a whole number"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(workers: int) -> None:
     args = uvicorn_args(
@@ -159,3 +184,128 @@ def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(worke
     if workers == 1:
         # With workers, uvicorn's supervisor stops but exits 0 itself.
         assert result.returncode != 0
+
+
+def test_a_service_the_tests_stop_leaves_no_metrics_folder_behind(
+    tmp_path: Path, database_url: str
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "TMPDIR": str(temp)})
+    try:
+        service.wait_ready()
+        assert list(temp.glob("users-metrics-*")), service.output()  # there while it serves
+    finally:
+        stop_services([service])
+    assert list(temp.glob("users-metrics-*")) == [], service.output()
+
+
+def start_without_a_database(
+    workers: int, log_format: str = "text"
+) -> subprocess.CompletedProcess[str]:
+    """python -m service on a port where no database listens, waiting for it 0.5 s."""
+    env = {
+        "DATABASE_URL": f"postgresql://users@127.0.0.1:{free_port()}/users",
+        "DB_START_TIMEOUT": "0.5",
+        "WEB_CONCURRENCY": str(workers),
+        "LOG_FORMAT": log_format,
+        "PORT": str(free_port()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_process_exits_non_zero_when_the_service_cannot_start(workers: int) -> None:
+    result = start_without_a_database(workers)
+    # uvicorn's code for a failed start, which its supervisor also stops on.
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+
+
+def not_json(output: str) -> list[str]:
+    """The lines of `output` that are not a JSON object, as a log pipeline would drop them."""
+    return [line for line in output.splitlines() if not is_json_object(line)]
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_with_workers_and_json_logs_every_line_is_json(
+    tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    env = {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "2", "LOG_FORMAT": "json"}
+    service = Service(tmp_path, env)
+    services.append(service)
+    service.wait_ready()
+    assert httpx.get(f"{service.url}/users/nobody@x.io").status_code == 404
+    assert service.stop(signal.SIGTERM) == 0
+    output = service.output()
+    assert not_json(output) == []
+    messages = [json.loads(line)["message"] for line in output.splitlines()]
+    assert any(message.startswith("Started parent process") for message in messages), output
+    assert any(message.startswith("Started server process") for message in messages), output
+    assert any(message.startswith("Stopping parent process") for message in messages), output
+
+
+def test_with_workers_and_json_logs_a_failed_start_is_json_too() -> None:
+    result = start_without_a_database(workers=2, log_format="json")
+    assert result.returncode != 0
+    assert not_json(result.stdout + result.stderr) == []
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    assert any("failed to start" in message for message in messages), result.stderr
+
+
+@pytest.mark.parametrize(("cause", "workers"), [("TLS refused", 2), ("wrong password", 1)])
+def test_a_refusing_database_stops_start_up_at_once_with_one_line(
+    guarded_database: GuardedDatabase, cause: str, workers: int
+) -> None:
+    env = {
+        "DATABASE_URL": guarded_database.refused_url(cause),
+        "WEB_CONCURRENCY": str(workers),
+        "LOG_FORMAT": "json",
+        "PORT": str(free_port()),
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+    assert took < 15, result.stderr  # DB_START_TIMEOUT is 30 s: no waiting
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    errors = [line["message"] for line in lines if line["level"] == "ERROR"]
+    causes = [message for message in errors if "refused the service" in message]
+    assert 1 <= len(causes) <= workers, result.stderr  # one line from each worker that tried
+    assert all(REFUSALS[cause] in message for message in causes), result.stderr
+    assert not any("Traceback" in line["message"] or "exception" in line for line in lines)
+    assert not any("retrying" in line["message"] for line in lines)
+
+
+def test_an_unmigrated_database_stops_start_up_with_one_line_saying_to_migrate(
+    tmp_path: Path, services: list[Service], fresh_database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": fresh_database_url})
+    services.append(service)
+    code = service.process.wait(30)
+    output = service.output()
+    assert code == STARTUP_FAILURE, output
+    said = [line for line in output.splitlines() if "migrate" in line]
+    assert len(said) == 1, output
+    assert said[0].startswith("ERROR    service: database at ")
+    assert said[0].endswith(" has no users table: run `python -m service migrate`")
+    assert "Traceback" not in output

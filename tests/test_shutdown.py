@@ -1,4 +1,4 @@
-"""Graceful shutdown of the Procfile's web process, with workers, under writes."""
+"""Graceful shutdown of the web process: with workers, under writes, and hurried."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
 
-from tests.conftest import ROOT, alive, connect, free_port
+from tests.conftest import ROOT, Service, alive, connect, free_port
 
 
 def test_sigterm_during_a_burst_of_writes_loses_no_acknowledged_write(
@@ -102,3 +105,64 @@ async def write_through_a_sigterm(
         await asyncio.gather(*writers)
         await asyncio.to_thread(process.wait, 40)
         return acknowledged, server_errors, time.monotonic() - signalled
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_ctrl_c_hurries_the_stop_but_still_closes_the_pool(
+    tmp_path: Path, services: list[Service], database_url: str, workers: int
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "WEB_CONCURRENCY": str(workers)})
+    services.append(service)
+    service.wait_ready()
+    response, seconds = asyncio.run(ctrl_c_twice_during_a_request(service, database_url))
+    output = service.output()
+
+    assert service.process.returncode == 0, output
+    assert seconds < 10, output  # not the 20 s a request gets after one Ctrl-C
+    assert "Traceback" not in output
+    # Each worker shut its app down, closing its pool: the one with the request
+    # in flight too, without waiting for it, so that the request got a 503.
+    assert output.count("Application shutdown complete.") == workers, output
+    assert response.status_code == 503, output
+
+
+async def ctrl_c_twice_during_a_request(
+    service: Service, database_url: str
+) -> tuple[httpx.Response, float]:
+    """Ctrl-C, and Ctrl-C again, while a request waits on a lock this test holds."""
+    holder = await connect(database_url)
+    try:
+        async with holder.transaction(), httpx.AsyncClient(base_url=service.url) as client:
+            await holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            request = asyncio.create_task(client.get("/users?limit=1", timeout=30))
+            await until(lambda: waits_on_the_lock(holder))
+            os.killpg(service.process.pid, signal.SIGINT)  # as a terminal sends Ctrl-C
+            await until(lambda: said(service, "Waiting for connections to close"))
+            os.killpg(service.process.pid, signal.SIGINT)
+            hurried = time.monotonic()
+            response = await request
+            await asyncio.to_thread(service.process.wait, 30)
+            return response, time.monotonic() - hurried
+    finally:
+        await holder.close()
+
+
+async def waits_on_the_lock(holder: asyncpg.Connection) -> bool:
+    # Not by application_name, which a pooler such as pgbouncer may not pass on.
+    waiting: int = await holder.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0
+
+
+async def said(service: Service, text: str) -> bool:
+    return text in service.output()
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(300):  # 15 s
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
