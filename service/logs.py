@@ -91,9 +91,15 @@ def configure_logging(settings: Settings) -> None:
     # Replace only a handler of ours, so that a test runner's capture stays.
     root.handlers = [h for h in root.handlers if not isinstance(h, ServiceHandler)] + [handler]
     root.setLevel(settings.log_level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
-    # The service writes its own access lines (ACCESS_LOG=1), with the request ID.
-    logging.getLogger("uvicorn.access").disabled = True
+    # The service writes its own access lines (ACCESS_LOG=1), with the request
+    # ID. uvicorn builds its access line's arguments (quoting the path among
+    # them) whenever this logger has a handler, even a disabled one's: with
+    # none, and not propagating, it skips them (~1.5% of a lookup's CPU).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+    access.disabled = True
