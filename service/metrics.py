@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from bisect import bisect_left
+from collections import Counter as Occurrences
 from pathlib import Path
 
 import asyncpg
@@ -56,6 +58,51 @@ class Tally:
 
 requests_in_flight = Tally()
 
+RequestKey = tuple[str, str, int]  # method, route template, status
+
+
+class RequestTally:
+    """Requests counted and timed in plain numbers, written to the metrics once a loop turn.
+
+    In multiprocess mode every Counter.inc and Histogram.observe takes a lock
+    and writes to a memory-mapped file: about 4 us a request, 5-10% of a
+    lookup's CPU under load, when one loop turn answers dozens of requests.
+    Here a request appends its duration, and the end of the turn writes each
+    (method, route, status) once: its count, its sum and each bucket's count,
+    into the histogram's own values, as observe() would one at a time.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[RequestKey, list[float]] = {}
+        # labels() is a locked lookup each time, and the set of keys is small.
+        self.children: dict[RequestKey, tuple[Counter, Histogram]] = {}
+
+    def add(self, key: RequestKey, seconds: float) -> None:
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.write)
+        durations = self.pending.get(key)
+        if durations is None:
+            self.pending[key] = [seconds]
+        else:
+            durations.append(seconds)
+
+    def write(self) -> None:
+        pending, self.pending = self.pending, {}
+        for key, durations in pending.items():
+            children = self.children.get(key)
+            if children is None:
+                children = self.children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
+            count, histogram = children
+            count.inc(len(durations))
+            histogram._sum.inc(sum(durations))
+            # observe()'s bucket: the first whose upper bound is >= the duration.
+            bounds = histogram._upper_bounds
+            for index, times in Occurrences(bisect_left(bounds, d) for d in durations).items():
+                histogram._buckets[index].inc(times)
+
+
+request_tally = RequestTally()
+
 
 def observe_gauges(pool: asyncpg.Pool) -> None:
     IN_FLIGHT.set(requests_in_flight.value)
@@ -98,6 +145,7 @@ def process_exists(pid: int) -> bool:
 
 async def metrics(request: Request) -> Response:
     """Every worker's metrics, whichever worker is asked."""
+    request_tally.write()  # this worker's requests of the current loop turn, too
     observe_gauges(pool_of(request))
     if MULTIPROCESS_DIR is None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

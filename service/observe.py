@@ -6,7 +6,6 @@ import logging
 import random
 import re
 
-from prometheus_client import Counter, Histogram
 from starlette.types import Scope
 
 from service import metrics
@@ -38,22 +37,11 @@ class Observer:
     def __init__(self, settings: Settings) -> None:
         self.slow_seconds = settings.slow_request_ms / 1000
         self.access_log = settings.access_log
-        # Labelled children by (method, route, status): labels() is a locked
-        # lookup each time, and the set of keys is small.
-        self.children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         route = route_template(scope)
         method = scope["method"]
-        key = (method, route, status)
-        children = self.children.get(key)
-        if children is None:
-            children = self.children[key] = (
-                metrics.REQUESTS.labels(*key),
-                metrics.LATENCY.labels(*key),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        metrics.request_tally.add((method, route, status), seconds)
         if status >= 500:
             level = logging.ERROR
         elif seconds >= self.slow_seconds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -53,6 +54,27 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         == 3
     )
     assert "nobody" not in after
+
+
+async def test_requests_answered_together_fill_count_sum_and_buckets_alike(
+    client: httpx.AsyncClient,
+) -> None:
+    labels = {"method": "GET", "route": "/users/{email}", "status": "404"}
+    name = "http_request_duration_seconds"
+    before = samples(await scrape(client))
+    await asyncio.gather(*(client.get(f"/users/nobody{n}@x.io") for n in range(50)))
+    after = samples(await scrape(client))
+
+    def grown(sample: str, **extra: str) -> float:
+        key = (sample, frozenset({**labels, **extra}.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grown("http_requests_total") == grown(f"{name}_count") == 50
+    assert grown(f"{name}_bucket", le="+Inf") == 50
+    assert grown(f"{name}_sum") > 0
+    bounds = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0"]
+    cumulative = [grown(f"{name}_bucket", le=bound) for bound in [*bounds, "+Inf"]]
+    assert cumulative == sorted(cumulative)
 
 
 async def test_unknown_paths_share_one_label(client: httpx.AsyncClient) -> None:
