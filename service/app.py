@@ -18,7 +18,7 @@ from service import health, metrics, openapi, users
 from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
 from service.logs import configure_logging
-from service.lookups import Reads
+from service.lookups import Creates, Reads
 from service.settings import Settings, SettingsError
 
 logger = logging.getLogger("service")
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Service:
             raise
         app.state.db = Database(app.state.pool, settings.db_pool_timeout)
         app.state.reads = Reads(app.state.db)
+        app.state.creates = Creates(app.state.db)
         gauge_watch = asyncio.create_task(metrics.watch_gauges(app.state.pool))
         try:
             yield

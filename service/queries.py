@@ -15,8 +15,12 @@ from service.schemas import NewUser, User, email_key
 # goes through lower(email), which the unique index users_email_lower_key serves.
 # Email parameters are always keys, folded in Python by email_key: lower() of a
 # parameter would fold by the database's locale, not by the column's "C".
-INSERT_USER = """
-INSERT INTO users (name, email) VALUES ($1, $2)
+# Single creates that arrive together, in one statement and so one commit.
+# Their emails are distinct keys (insert_each sees to it); each row is
+# inserted unless its email is taken, and RETURNING lists those inserted.
+INSERT_EACH = """
+INSERT INTO users (name, email)
+SELECT name, email FROM unnest($1::text[], $2::text[]) AS new(name, email)
 ON CONFLICT ((lower(email))) DO NOTHING
 RETURNING name, email, created_at
 """
@@ -67,10 +71,24 @@ def to_user(row: asyncpg.Record) -> User:
     return User(name=row["name"], email=row["email"], created_at=row["created_at"])
 
 
-async def insert_user(db: Executor, *, name: str, email: str) -> User | None:
-    """The stored user, or None when the email is taken."""
-    row = await db.fetchrow(INSERT_USER, name, email)
-    return None if row is None else to_user(row)
+async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[User | None]:
+    """For each (number, name, email), the user created, or None when the email was taken.
+
+    Of several creates of one email, in any letter case, the first in the
+    list is tried and the rest get None, as they would one after another.
+    """
+    first_of: dict[str, int] = {}
+    for index, (_, _, email) in enumerate(creates):
+        first_of.setdefault(email_key(email), index)
+    tried = [creates[index] for index in first_of.values()]
+    rows = await db.fetch(
+        INSERT_EACH, [name for _, name, _ in tried], [email for _, _, email in tried]
+    )
+    created = {email_key(row["email"]): to_user(row) for row in rows}
+    return [
+        created.get(key) if first_of[key] == index else None
+        for index, key in enumerate(email_key(email) for _, _, email in creates)
+    ]
 
 
 async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service import queries
 from service.bodies import read_json
 from service.database import db_of
-from service.lookups import Reads
+from service.lookups import Creates, Reads
 from service.problems import ProblemError
 from service.schemas import Email, Inserted, NewUser, NewUsers, UserPatch, email_key
 from service.settings import Settings
@@ -42,6 +42,11 @@ def reads_of(request: Request) -> Reads:
     return reads
 
 
+def creates_of(request: Request) -> Creates:
+    creates: Creates = request.app.state.creates
+    return creates
+
+
 def path_email(request: Request) -> str:
     """The {email} of the path; one that cannot be valid names no user: 404."""
     email: str = request.path_params["email"]
@@ -58,7 +63,7 @@ def user_url(email: str) -> str:
 async def create_user(request: Request) -> Response:
     settings = settings_of(request)
     new = await read_json(request, _decode_new_user, settings.max_body_bytes, settings.body_timeout)
-    user = await queries.insert_user(db_of(request), name=new.name, email=new.email)
+    user = await creates_of(request).create(name=new.name, email=new.email)
     if user is None:
         raise ProblemError(409, "A user with that email already exists", conflicts=[new.email])
     return json_response(user, 201, {"Location": user_url(user.email)})

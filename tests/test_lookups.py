@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from service import queries
 from service.app import create_app
-from service.lookups import Batcher, Reads
+from service.lookups import Batcher, Creates, Reads
 from service.schemas import User
 from service.settings import Settings
 from tests.conftest import assert_problem, connect
@@ -141,6 +141,50 @@ async def test_a_read_after_a_write_does_not_join_a_query_already_under_way(
         await conn.close()
     assert user is not None
     assert user.email == "Late@Example.com"
+
+
+async def test_creates_in_one_turn_share_one_statement_and_each_get_their_answer(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    await seed(db, 1)  # User0000@Example.com
+    conn = await connect(database_url)
+    statements: list[str] = []
+    conn.add_query_logger(lambda record: statements.append(record.query))
+    try:
+        creates = Creates(conn)
+        # One connection cannot run two statements at once: only coalescing passes.
+        asked = ["a@x.io", "b@x.io", "A@X.IO", "user0000@example.com", "c@x.io", "b@x.io"]
+        users = await asyncio.gather(
+            *(creates.create(name=f"n{n}", email=email) for n, email in enumerate(asked))
+        )
+    finally:
+        await conn.close()
+    assert len([query for query in statements if "INSERT INTO users" in query]) == 1
+    # The first create of an email wins, later ones in any case get None (a 409),
+    # and an email already stored is None too.
+    assert [user and (user.name, user.email) for user in users] == [
+        ("n0", "a@x.io"),
+        ("n1", "b@x.io"),
+        None,
+        None,
+        ("n4", "c@x.io"),
+        None,
+    ]
+    assert await db.fetchval("SELECT count(*) FROM users") == 4
+
+
+async def test_concurrent_creates_of_different_emails_are_all_created(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    emails = [f"new{n}@example.com" for n in range(60)]
+    responses = await asyncio.gather(
+        *(client.post("/users", json={"name": f"n{n}", "email": e}) for n, e in enumerate(emails))
+    )
+    for n, (email, response) in enumerate(zip(emails, responses, strict=True)):
+        assert response.status_code == 201, response.text
+        assert response.json()["name"] == f"n{n}"
+        assert response.headers["location"] == f"/users/{email}"
+    assert await db.fetchval("SELECT count(*) FROM users") == 60
 
 
 async def test_a_read_after_a_create_sees_the_new_user(client: httpx.AsyncClient) -> None:
