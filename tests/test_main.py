@@ -135,14 +135,7 @@ def test_with_database_url_it_serves_that_database(
     [("PORT", "eighty"), ("DB_POOL_MAX", "lots"), ("DATABASE_URL", "mysql://h/db")],
 )
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env={**os.environ, name: value},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_service({name: value}, timeout=30)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         next(line for line in result.stderr.splitlines() if line.startswith("configuration error"))
@@ -151,14 +144,7 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(name: str, value: 
 
 
 def test_with_json_logs_a_bad_setting_stops_start_up_with_one_json_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env={**os.environ, "PORT": "eighty", "LOG_FORMAT": "json"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_service({"PORT": "eighty", "LOG_FORMAT": "json"}, timeout=30)
     assert result.returncode != 0
     [line] = result.stderr.splitlines()
     error = json.loads(line)
@@ -211,13 +197,18 @@ def start_without_a_database(
         "LOG_FORMAT": log_format,
         "PORT": str(free_port()),
     }
+    return run_service(env, timeout=60)
+
+
+def run_service(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """python -m service to its end, with `env` on top of this environment."""
     return subprocess.run(
         [sys.executable, "-m", "service"],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -276,14 +267,7 @@ def test_a_refusing_database_stops_start_up_at_once_with_one_line(
         "PORT": str(free_port()),
     }
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    result = run_service(env, timeout=90)
     took = time.monotonic() - started
     assert result.returncode == STARTUP_FAILURE, result.stderr
     assert took < 15, result.stderr  # DB_START_TIMEOUT is 30 s: no waiting
