@@ -114,7 +114,7 @@ async def create_users(request: Request) -> Response:
     if not new_users:
         return json_response(Inserted(inserted=0), 201)
     # The unique index refuses emails that exist or repeat in the payload, so
-    # the repeats are looked for only when it did: ~5 ms of a 10,000-user load.
+    # the repeats are looked for only when it did (1.6 ms of a 10,000-user load).
     taken = await queries.insert_users(db_of(request), new_users)
     if taken is None:
         return json_response(Inserted(inserted=len(new_users)), 201)
