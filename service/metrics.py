@@ -94,6 +94,8 @@ class RequestTally:
                 children = self.children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
             count, histogram = children
             count.inc(len(durations))
+            # Histogram has no observe-many; these are its own values (prometheus-client
+            # is pinned, and test_metrics checks count, sum and buckets agree).
             histogram._sum.inc(sum(durations))
             # observe()'s bucket: the first whose upper bound is >= the duration.
             bounds = histogram._upper_bounds
