@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
-from service.schemas import NewUser, User, email_key
+from service.schemas import NewUser, Stored, User, email_key
 
 # Emails are one identity regardless of case: every lookup, conflict and order
 # goes through lower(email), which the unique index users_email_lower_key serves.
@@ -22,15 +23,23 @@ INSERT_EACH = """
 INSERT INTO users (name, email)
 SELECT name, email FROM unnest($1::text[], $2::text[]) AS new(name, email)
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING name, email, created_at
+RETURNING public_id, name, email, created_at, updated_at, version
 """
 
 FIND_USERS_BY_KEYS = """
-SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
+SELECT public_id, name, email, created_at, updated_at, version
+FROM users WHERE lower(email) = ANY($1::text[])
+"""
+
+# A user by email key ($1) or by id ($2), the other being null: one
+# statement, each arm served by its unique index.
+FIND_USER = """
+SELECT public_id, name, email, created_at, updated_at, version
+FROM users WHERE lower(email) = $1 OR public_id = $2
 """
 
 LIST_PAGE_AT = """
-SELECT name, email, created_at FROM users
+SELECT public_id, name, email, created_at, updated_at FROM users
 ORDER BY lower(email)
 LIMIT $1 OFFSET $2
 """
@@ -38,10 +47,10 @@ LIMIT $1 OFFSET $2
 # Many pages in one query: the subquery runs once per ($n[i]) row, through the
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
-SELECT page.number, u.name, u.email, u.created_at
+SELECT page.number, u.public_id, u.name, u.email, u.created_at, u.updated_at
 FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
-    SELECT name, email, created_at FROM users
+    SELECT public_id, name, email, created_at, updated_at FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size OFFSET page.skip
@@ -49,12 +58,23 @@ CROSS JOIN LATERAL (
 ORDER BY page.number, lower(u.email)
 """
 
-UPDATE_USER_NAME = """
-UPDATE users SET name = $2 WHERE lower(email) = $1
-RETURNING name, email, created_at
+# The If-Match condition of a write, in the write's own statement so that no
+# other write slips between check and change: $3 true for none (or "*"),
+# else the row's (id, version) must be one of the pairs in $4 and $5.
+UPDATE_USER = """
+UPDATE users
+SET name = coalesce($6, name), email = coalesce($7, email),
+    updated_at = now(), version = version + 1
+WHERE (lower(email) = $1 OR public_id = $2)
+  AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+RETURNING public_id, name, email, created_at, updated_at, version
 """
 
-DELETE_USER = "DELETE FROM users WHERE lower(email) = $1"
+DELETE_USER = """
+DELETE FROM users
+WHERE (lower(email) = $1 OR public_id = $2)
+  AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+"""
 
 FIND_TAKEN_EMAILS = """
 SELECT email FROM users
@@ -67,11 +87,38 @@ ORDER BY lower(email)
 Executor = Database | asyncpg.Connection | PoolConnectionProxy
 
 
+class UserKey(NamedTuple):
+    """Who a request names: an email key or an id, the other None."""
+
+    email: str | None
+    id: UUID | None
+
+
+# The (id, version) pairs a write may find, or None for any.
+Condition = list[tuple[UUID, int]] | None
+
+
 def to_user(row: asyncpg.Record) -> User:
-    return User(name=row["name"], email=row["email"], created_at=row["created_at"])
+    return User(
+        id=row["public_id"],
+        name=row["name"],
+        email=row["email"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[User | None]:
+def to_stored(row: asyncpg.Record) -> Stored:
+    return Stored(to_user(row), row["version"])
+
+
+def condition_arguments(condition: Condition) -> tuple[bool, list[UUID], list[int]]:
+    if condition is None:
+        return True, [], []
+    return False, [id for id, _ in condition], [version for _, version in condition]
+
+
+async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[Stored | None]:
     """For each (number, name, email), the user created, or None when the email was taken.
 
     Of several creates of one email, in any letter case, the first in the
@@ -84,18 +131,23 @@ async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list
     rows = await db.fetch(
         INSERT_EACH, [name for _, name, _ in tried], [email for _, _, email in tried]
     )
-    created = {email_key(row["email"]): to_user(row) for row in rows}
+    created = {email_key(row["email"]): to_stored(row) for row in rows}
     return [
         created.get(key) if first_of[key] == index else None
         for index, key in enumerate(email_key(email) for _, _, email in creates)
     ]
 
 
-async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]:
+async def find_users_by_keys(db: Executor, keys: list[str]) -> list[Stored | None]:
     """The user of each key (an email_key), or None, in the order of the keys."""
     rows = await db.fetch(FIND_USERS_BY_KEYS, keys)
-    found = {email_key(row["email"]): to_user(row) for row in rows}
+    found = {email_key(row["email"]): to_stored(row) for row in rows}
     return [found.get(key) for key in keys]
+
+
+async def find_user(db: Executor, key: UserKey) -> Stored | None:
+    row = await db.fetchrow(FIND_USER, key.email, key.id)
+    return None if row is None else to_stored(row)
 
 
 async def list_page_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
@@ -117,13 +169,20 @@ def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
     return pages
 
 
-async def update_user_name(db: Executor, *, email: str, name: str) -> User | None:
-    row = await db.fetchrow(UPDATE_USER_NAME, email_key(email), name)
-    return None if row is None else to_user(row)
+async def update_user(
+    db: Executor, key: UserKey, condition: Condition, *, name: str | None, email: str | None
+) -> Stored | None:
+    """The user changed, or None when no user has the key or the condition failed.
+
+    A new email that another user has raises UniqueViolationError.
+    """
+    row = await db.fetchrow(UPDATE_USER, *key, *condition_arguments(condition), name, email)
+    return None if row is None else to_stored(row)
 
 
-async def delete_user(db: Executor, email: str) -> bool:
-    status: str = await db.execute(DELETE_USER, email_key(email))
+async def delete_user(db: Executor, key: UserKey, condition: Condition) -> bool:
+    """Whether a user was deleted: False when none has the key or the condition failed."""
+    status: str = await db.execute(DELETE_USER, *key, *condition_arguments(condition))
     return status == "DELETE 1"
 
 

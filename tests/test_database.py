@@ -97,6 +97,7 @@ async def test_migrate_brings_a_first_release_table_up_to_date_keeping_every_use
             "INSERT INTO users (name, email) VALUES ('A', 'a@x.io') "
             "RETURNING public_id, updated_at, version"
         )
+        assert made is not None
         assert made["public_id"] is not None
         assert made["version"] == 1
     finally:
