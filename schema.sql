@@ -43,3 +43,23 @@ ALTER TABLE users
     ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1;
 
 CREATE UNIQUE INDEX IF NOT EXISTS users_public_id_key ON users (public_id);
+
+-- The answers to POSTs sent with an Idempotency-Key, each written in the
+-- same transaction as its write, replayed to retries until expires_at.
+-- caller is the sha256 of the bearer token ("" without API_TOKENS), so
+-- callers never see each other's keys.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    caller      text NOT NULL,
+    key         text NOT NULL,
+    route       text NOT NULL,
+    fingerprint bytea NOT NULL,  -- sha256 of the request body
+    status      int NOT NULL,
+    headers     jsonb NOT NULL,  -- [[name, value], ...]
+    body        bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (caller, key)
+);
+
+-- Serves the purge of expired keys.
+CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);

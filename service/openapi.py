@@ -15,6 +15,7 @@ from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.schemas import (
     MAX_BULK_USERS,
     Email,
+    IdempotencyKey,
     Inserted,
     NewUser,
     NewUsers,
@@ -87,6 +88,12 @@ ETAG = Header(
     type=str,
     description="The user's strong entity tag: it changes whenever the user does, and only then.",
 )
+REPLAYED = Header(
+    name="Idempotent-Replayed",
+    type=str,
+    required=False,
+    description="`true` on an answer replayed for a repeated Idempotency-Key.",
+)
 CONTENT_LOCATION = Header(
     name="Content-Location",
     type=str,
@@ -136,6 +143,22 @@ IF_MATCH = Parameter(
     "the user's current ETag, else 412. Weak ETags never match. Required, else 428, when the "
     "service runs with REQUIRE_IF_MATCH=1.",
 )
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    location="header",
+    type=IdempotencyKey,
+    description="The answer is stored with the write; "
+    "a retry with the same key and body gets it again, byte for byte, with "
+    "`Idempotent-Replayed: true`, and nothing is written twice. Keys are per bearer token "
+    "and expire after IDEMPOTENCY_TTL seconds (a day by default).",
+)
+KEY_PROBLEMS = {
+    400: "Malformed JSON, invalid UTF-8, or an Idempotency-Key that is not 1 to 255 "
+    "printable ASCII characters.",
+    422: "The body breaks a rule (`field` is the JSON path of where), or the "
+    "Idempotency-Key was used with another body or path.",
+}
+IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
 CONDITION_PROBLEMS = {
     412: "If-Match names none of the user's current ETags; nothing changed.",
     428: "The service requires If-Match (REQUIRE_IF_MATCH=1), and the request has none.",
@@ -230,11 +253,14 @@ OPERATIONS: dict[Endpoint, Operation] = {
         summary="Create a user",
         description="Creates a user whose email no user has in any letter case. Also served "
         "at `/users/`.",
+        parameters=(IDEMPOTENCY_KEY,),
         body=NewUser,
-        replies={201: Reply(description="Created.", body=User, headers=(LOCATION, ETAG))},
+        replies={201: Reply(description="Created.", body=User, headers=(LOCATION, ETAG, REPLAYED))},
         problems={
             **BODY_PROBLEMS,
-            409: "The email exists in some letter case; `conflicts` holds it as sent.",
+            **KEY_PROBLEMS,
+            409: "The email exists in some letter case; `conflicts` holds it as sent."
+            + IN_PROGRESS,
         },
         uses_database=True,
         needs_token=True,
@@ -245,15 +271,18 @@ OPERATIONS: dict[Endpoint, Operation] = {
         summary="Create many users",
         description=f"Creates up to {MAX_BULK_USERS:,} users in one statement: all of them, "
         "or none. Also served at `/users/bulk/`.",
+        parameters=(IDEMPOTENCY_KEY,),
         body=NewUsers,
-        replies={201: Reply(description="All were created.", body=Inserted)},
+        replies={201: Reply(description="All were created.", body=Inserted, headers=(REPLAYED,))},
         problems={
             **BODY_PROBLEMS,
+            **KEY_PROBLEMS,
             409: "Emails exist or repeat; `conflicts` lists every one as sent, in email order. "
-            "Nothing was inserted.",
+            "Nothing was inserted." + IN_PROGRESS,
             413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
             422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
-            "rule; `field` is the JSON path of the first (`$[3].email`).",
+            "rule (`field` is the JSON path of the first, `$[3].email`), or the "
+            "Idempotency-Key was used with another body or path.",
         },
         uses_database=True,
         needs_token=True,

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
+import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
@@ -80,6 +81,37 @@ FIND_TAKEN_EMAILS = """
 SELECT email FROM users
 WHERE lower(email) = ANY($1::text[])
 ORDER BY lower(email)
+"""
+
+# Requests with one Idempotency-Key take turns without waiting: a transaction
+# that does not get the key's lock answers 409 at once. A lock rather than
+# the key row itself: inserting a row another transaction has inserted but
+# not committed would wait for that transaction.
+LOCK_IDEMPOTENCY_KEY = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))"
+
+FIND_STORED_ANSWER = """
+SELECT route, fingerprint, status, headers::text, body FROM idempotency_keys
+WHERE caller = $1 AND key = $2 AND expires_at > now()
+"""
+
+# An expired row of the same key, not yet purged, is replaced.
+STORE_ANSWER = """
+INSERT INTO idempotency_keys (caller, key, route, fingerprint, status, headers, body, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8))
+ON CONFLICT (caller, key) DO UPDATE SET
+    route = excluded.route, fingerprint = excluded.fingerprint, status = excluded.status,
+    headers = excluded.headers, body = excluded.body, created_at = now(),
+    expires_at = excluded.expires_at
+"""
+
+# At most PURGE_BATCH expired keys a keyed write, skipping rows another
+# purge holds: bounded work, and no waits.
+PURGE_BATCH = 100
+PURGE_EXPIRED_KEYS = """
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE expires_at < now()
+    LIMIT $1 FOR UPDATE SKIP LOCKED
+))
 """
 
 # The Database runs each query on whichever connection is free; a connection
@@ -192,17 +224,63 @@ async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
     return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, keys)]
 
 
-async def insert_users(db: Database, users: Sequence[NewUser]) -> list[str] | None:
+async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> list[str] | None:
     """Insert all users or none: None on success, else the emails already taken.
 
-    COPY is the fastest way in; the unique index makes it fail whole when any
-    email exists, and only then is the conflict list worth a second query.
+    The connection may be in a transaction of its caller's. COPY is the
+    fastest way in; the unique index makes it fail whole when any email
+    exists, and only then is the conflict list worth a second query.
     """
     records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
-    async with db.connection() as conn:
-        try:
-            # One COPY is one statement: all rows or none, no transaction needed.
-            await conn.copy_records_to_table("users", records=records, columns=("name", "email"))
-        except asyncpg.UniqueViolationError:
-            return await find_taken_emails(conn, [user.email for user in users])
+    try:
+        # One COPY is one statement: all rows or none. In a caller's
+        # transaction, a savepoint keeps that transaction usable after a refusal.
+        if conn.is_in_transaction():
+            async with conn.transaction():
+                await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+        else:
+            await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        return await find_taken_emails(conn, [user.email for user in users])
     return None
+
+
+COPY_COLUMNS = ("name", "email")
+
+
+class StoredAnswer(NamedTuple):
+    route: str
+    fingerprint: bytes
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+async def lock_idempotency_key(conn: PoolConnectionProxy, caller: str, key: str) -> bool:
+    """Whether this transaction holds the key now; False while another does."""
+    locked: bool = await conn.fetchval(LOCK_IDEMPOTENCY_KEY, caller, key)
+    return locked
+
+
+async def find_stored_answer(
+    conn: PoolConnectionProxy, caller: str, key: str
+) -> StoredAnswer | None:
+    row = await conn.fetchrow(FIND_STORED_ANSWER, caller, key)
+    if row is None:
+        return None
+    headers = [(name, value) for name, value in msgspec.json.decode(row["headers"])]
+    return StoredAnswer(row["route"], row["fingerprint"], row["status"], headers, row["body"])
+
+
+async def store_answer(
+    conn: PoolConnectionProxy, caller: str, key: str, answer: StoredAnswer, ttl: int
+) -> None:
+    headers = msgspec.json.encode(answer.headers).decode()
+    await conn.execute(
+        STORE_ANSWER, caller, key, answer.route, answer.fingerprint, answer.status, headers,
+        answer.body, float(ttl),
+    )  # fmt: skip
+
+
+async def purge_expired_keys(conn: PoolConnectionProxy) -> None:
+    await conn.execute(PURGE_EXPIRED_KEYS, PURGE_BATCH)

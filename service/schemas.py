@@ -52,6 +52,19 @@ UserHandle = Annotated[
     ),
 ]
 
+# What Idempotency-Key accepts; checked by hand (idempotency.key_of), named
+# here so that the document says the same.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+IdempotencyKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+        pattern=rf"^[ -~]+{_END}",
+        description="1 to 255 printable ASCII characters.",
+    ),
+]
+
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of request bodies."""

@@ -100,6 +100,7 @@ async def test_migrate_brings_a_first_release_table_up_to_date_keeping_every_use
         assert made is not None
         assert made["public_id"] is not None
         assert made["version"] == 1
+        assert await conn.fetchval("SELECT to_regclass('idempotency_keys') IS NOT NULL")
     finally:
         await conn.close()
 

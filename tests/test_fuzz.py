@@ -52,7 +52,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", routes_alone)
 async def empty_table(database_url: str) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users RESTART IDENTITY")
+        await conn.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
     finally:
         await conn.close()
 

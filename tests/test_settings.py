@@ -40,6 +40,7 @@ def test_every_variable_is_read() -> None:
             "HEAD_TIMEOUT": "3",
             "BODY_TIMEOUT": "4",
             "REQUIRE_IF_MATCH": "1",
+            "IDEMPOTENCY_TTL": "3600",
         }
     )
     assert settings == Settings(
@@ -60,6 +61,7 @@ def test_every_variable_is_read() -> None:
         db_pool_timeout=0.5,
         db_start_timeout=5.0,
         require_if_match=True,
+        idempotency_ttl=3600,
         head_timeout=3.0,
         body_timeout=4.0,
     )
@@ -96,6 +98,7 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("LOG_FORMAT", "xml"),
         ("ACCESS_LOG", "maybe"),
         ("REQUIRE_IF_MATCH", "maybe"),
+        ("IDEMPOTENCY_TTL", "0"),
         ("SLOW_REQUEST_MS", "fast"),
         ("API_TOKENS", ",,"),
         ("API_TOKENS", "short"),
