@@ -56,12 +56,17 @@ NO_USER = "No user has that email or id"
 
 
 def path_user(request: Request) -> UserKey:
-    """The {user} of the path, an email or an id; an email that cannot be valid names no user."""
+    """The {user} of the path, an email or an id."""
     user: str = request.path_params["user"]
     if "@" not in user:
         return UserKey(None, UUID(user))  # the route's pattern admits canonical UUIDs only
+    return UserKey(path_email_key(user), None)
+
+
+def path_email_key(email: str) -> str:
+    """The email_key of a path's email; one that cannot be valid names no user: 404."""
     try:
-        return UserKey(email_key(msgspec.convert(user, Email)), None)
+        return email_key(msgspec.convert(email, Email))
     except msgspec.ValidationError:
         raise ProblemError(404, NO_USER) from None
 
@@ -104,11 +109,11 @@ def created(stored: Stored | None, new: NewUser) -> Response:
 
 
 async def get_user(request: Request) -> Response:
-    key = path_user(request)
-    if key.email is not None:
-        stored = await reads_of(request).user.get(key.email)
+    user: str = request.path_params["user"]
+    if "@" in user:  # by email, the hot path: without a UserKey, ~0.3 µs
+        stored = await reads_of(request).user.get(path_email_key(user))
     else:
-        stored = await queries.find_user(db_of(request), key)
+        stored = await queries.find_user(db_of(request), path_user(request))
     if stored is None:
         raise ProblemError(404, NO_USER)
     # The raw headers, not request.headers: ~1 µs a lookup on the hot path.
