@@ -20,19 +20,20 @@ from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
 from service.logs import configure_logging
 from service.lookups import Creates, Reads
+from service.schemas import UUID_PATTERN
 from service.settings import Settings, SettingsError
 
 logger = logging.getLogger("service")
 
 
-class EmailConvertor(Convertor[str]):
-    """A path segment that can only be an email: it holds an "@".
+class UserConvertor(Convertor[str]):
+    """A path segment naming a user: an email, which holds an "@", or an id, a UUID.
 
-    So "/users/bulk" is never taken for an email, and a wrong method there is
+    So "/users/bulk" is never taken for a user, and a wrong method there is
     a 405 rather than "no such user". "/" may appear, as %2F in a local part.
     """
 
-    regex = ".*@.*"
+    regex = ".*@.*|" + UUID_PATTERN
 
     def convert(self, value: str) -> str:
         return value
@@ -41,17 +42,17 @@ class EmailConvertor(Convertor[str]):
         return value
 
 
-register_url_convertor("email", EmailConvertor())
+register_url_convertor("user", UserConvertor())
 
 # The map of the API. Each path also answers with a trailing slash ("/users/")
 # without a redirect, as existing callers use it: Dispatch strips it before
 # routing. Routes are tried in order, so the busiest come first.
 routes = [
-    Route("/users/{email:email}", users.get_user, methods=["GET"]),
+    Route("/users/{user:user}", users.get_user, methods=["GET"]),
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
-    Route("/users/{email:email}", users.update_user, methods=["PATCH"]),
-    Route("/users/{email:email}", users.delete_user, methods=["DELETE"]),
+    Route("/users/{user:user}", users.update_user, methods=["PATCH"]),
+    Route("/users/{user:user}", users.delete_user, methods=["DELETE"]),
     Route("/users/bulk", users.create_users, methods=["POST"]),
     Route("/livez", health.livez, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),

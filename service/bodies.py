@@ -27,6 +27,11 @@ async def read_json(
 
     A missing Content-Type is read as JSON, as the original API did.
     """
+    return decode(decoder, await read_body(request, limit, seconds))
+
+
+async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytearray:
+    """The raw body of a JSON request, with read_json's checks of type, size and time."""
     content_type = request.headers.get("content-type")
     if content_type is not None and not is_json(content_type):
         raise ProblemError(415, f"Expected a JSON body (application/json), got {content_type!r}")
@@ -46,6 +51,10 @@ async def read_json(
         raise ProblemError(
             408, f"The body did not arrive within {seconds:g} s", headers={"Connection": "close"}
         ) from None
+    return body
+
+
+def decode(decoder: msgspec.json.Decoder[T], body: bytes | bytearray) -> T:
     try:
         return decoder.decode(body)
     except UnicodeDecodeError:

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Generic, TypeVar
 
 from service import queries
-from service.schemas import User
+from service.schemas import Stored, User
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -86,7 +86,7 @@ class Reads:
 
     def __init__(self, db: queries.Executor) -> None:
         # By email_key: the identity of an email.
-        self.user: Batcher[str, User | None] = Batcher(partial(queries.find_users_by_keys, db))
+        self.user: Batcher[str, Stored | None] = Batcher(partial(queries.find_users_by_keys, db))
         # By (email_key of after, limit, offset): an index range scan each,
         # cheap to run many of in one LATERAL query.
         self.page_after: Batcher[tuple[str, int, int], list[User]] = Batcher(
@@ -110,13 +110,13 @@ class Creates:
     """
 
     def __init__(self, db: queries.Executor) -> None:
-        self._batcher: Batcher[tuple[int, str, str], User | None] = Batcher(
+        self._batcher: Batcher[tuple[int, str, str], Stored | None] = Batcher(
             partial(queries.insert_each, db)
         )
         # A number makes each create its own key: two creates of one email in
         # a turn must not share an answer, since one is a 201 and one a 409.
         self._numbers = itertools.count()
 
-    async def create(self, *, name: str, email: str) -> User | None:
+    async def create(self, *, name: str, email: str) -> Stored | None:
         """The user created, or None when the email is taken."""
         return await self._batcher.get((next(self._numbers), name, email))

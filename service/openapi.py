@@ -15,12 +15,14 @@ from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.schemas import (
     MAX_BULK_USERS,
     Email,
+    IdempotencyKey,
     Inserted,
     NewUser,
     NewUsers,
+    Patch,
     Problem,
     User,
-    UserPatch,
+    UserHandle,
 )
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -81,6 +83,22 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 LOCATION = Header(name="Location", type=str, description="The path of the new user.")
+ETAG = Header(
+    name="ETag",
+    type=str,
+    description="The user's strong entity tag: it changes whenever the user does, and only then.",
+)
+REPLAYED = Header(
+    name="Idempotent-Replayed",
+    type=str,
+    required=False,
+    description="`true` on an answer replayed for a repeated Idempotency-Key.",
+)
+CONTENT_LOCATION = Header(
+    name="Content-Location",
+    type=str,
+    description="The user's path by its email, which the patch may have changed.",
+)
 LINK = Header(
     name="Link",
     type=str,
@@ -103,13 +121,48 @@ REQUEST_ID_PARAMETER = Parameter(
 )
 REQUEST_ID_HEADER = Header(name="X-Request-ID", type=str, description=REQUEST_ID_DESCRIPTION)
 
-EMAIL = Parameter(
-    name="email",
+USER = Parameter(
+    name="user",
     location="path",
-    type=Email,
-    description="The user's email in any letter case, percent-encoded. One that cannot be "
-    "an email names no user: 404.",
+    type=UserHandle,
+    description="The user's email in any letter case, percent-encoded, or its `id`. One "
+    "that cannot be either names no user: 404.",
 )
+IF_NONE_MATCH = Parameter(
+    name="If-None-Match",
+    location="header",
+    type=str,
+    description="ETags, comma-separated, or `*`: when one is the user's (weak ones compared "
+    "weakly), the answer is 304 without a body.",
+)
+IF_MATCH = Parameter(
+    name="If-Match",
+    location="header",
+    type=str,
+    description="ETags, comma-separated, or `*` for any: the write happens only when one is "
+    "the user's current ETag, else 412. Weak ETags never match. Required, else 428, when the "
+    "service runs with REQUIRE_IF_MATCH=1.",
+)
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    location="header",
+    type=IdempotencyKey,
+    description="The answer is stored with the write; "
+    "a retry with the same key and body gets it again, byte for byte, with "
+    "`Idempotent-Replayed: true`, and nothing is written twice. Keys are per bearer token "
+    "and expire after IDEMPOTENCY_TTL seconds (a day by default).",
+)
+KEY_PROBLEMS = {
+    400: "Malformed JSON, invalid UTF-8, or an Idempotency-Key that is not 1 to 255 "
+    "printable ASCII characters.",
+    422: "The body breaks a rule (`field` is the JSON path of where), or the "
+    "Idempotency-Key was used with another body or path.",
+}
+IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
+CONDITION_PROBLEMS = {
+    412: "If-Match names none of the user's current ETags; nothing changed.",
+    428: "The service requires If-Match (REQUIRE_IF_MATCH=1), and the request has none.",
+}
 LIST_PARAMETERS = (
     Parameter(name="limit", location="query", type=Limit, description="Users per page."),
     Parameter(
@@ -200,11 +253,14 @@ OPERATIONS: dict[Endpoint, Operation] = {
         summary="Create a user",
         description="Creates a user whose email no user has in any letter case. Also served "
         "at `/users/`.",
+        parameters=(IDEMPOTENCY_KEY,),
         body=NewUser,
-        replies={201: Reply(description="Created.", body=User, headers=(LOCATION,))},
+        replies={201: Reply(description="Created.", body=User, headers=(LOCATION, ETAG, REPLAYED))},
         problems={
             **BODY_PROBLEMS,
-            409: "The email exists in some letter case; `conflicts` holds it as sent.",
+            **KEY_PROBLEMS,
+            409: "The email exists in some letter case; `conflicts` holds it as sent."
+            + IN_PROGRESS,
         },
         uses_database=True,
         needs_token=True,
@@ -215,15 +271,18 @@ OPERATIONS: dict[Endpoint, Operation] = {
         summary="Create many users",
         description=f"Creates up to {MAX_BULK_USERS:,} users in one statement: all of them, "
         "or none. Also served at `/users/bulk/`.",
+        parameters=(IDEMPOTENCY_KEY,),
         body=NewUsers,
-        replies={201: Reply(description="All were created.", body=Inserted)},
+        replies={201: Reply(description="All were created.", body=Inserted, headers=(REPLAYED,))},
         problems={
             **BODY_PROBLEMS,
+            **KEY_PROBLEMS,
             409: "Emails exist or repeat; `conflicts` lists every one as sent, in email order. "
-            "Nothing was inserted.",
+            "Nothing was inserted." + IN_PROGRESS,
             413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
             422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
-            "rule; `field` is the JSON path of the first (`$[3].email`).",
+            "rule (`field` is the JSON path of the first, `$[3].email`), or the "
+            "Idempotency-Key was used with another body or path.",
         },
         uses_database=True,
         needs_token=True,
@@ -232,22 +291,35 @@ OPERATIONS: dict[Endpoint, Operation] = {
         operation_id="getUser",
         tag="users",
         summary="Look up a user",
-        description="The user with an email, in any letter case.",
-        parameters=(EMAIL,),
-        replies={200: Reply(description="The user.", body=User)},
-        problems={404: "No user has that email."},
+        description="The user with an email, in any letter case, or with an id.",
+        parameters=(USER, IF_NONE_MATCH),
+        replies={
+            200: Reply(description="The user.", body=User, headers=(ETAG,)),
+            304: Reply(description="If-None-Match names the user's ETag.", headers=(ETAG,)),
+        },
+        problems={404: "No user has that email or id."},
         uses_database=True,
         needs_token=True,
     ),
     users.update_user: Operation(
         operation_id="updateUser",
         tag="users",
-        summary="Rename a user",
-        description="Sets the name of the user with an email, in any letter case.",
-        parameters=(EMAIL,),
-        body=UserPatch,
-        replies={200: Reply(description="The renamed user.", body=User)},
-        problems={**BODY_PROBLEMS, 404: "No user has that email."},
+        summary="Change a user",
+        description="Sets the name, the email or both of the user with an email, in any "
+        "letter case, or with an id. The id and `created_at` stay.",
+        parameters=(USER, IF_MATCH),
+        body=Patch,
+        replies={
+            200: Reply(description="The changed user.", body=User, headers=(ETAG, CONTENT_LOCATION))
+        },
+        problems={
+            **BODY_PROBLEMS,
+            404: "No user has that email or id.",
+            409: "Another user has the new email, in some letter case; nothing changed.",
+            422: "The body breaks a rule, or has neither field; `field` is the JSON path of "
+            "where (`$.email`, `$`).",
+            **CONDITION_PROBLEMS,
+        },
         uses_database=True,
         needs_token=True,
     ),
@@ -255,10 +327,10 @@ OPERATIONS: dict[Endpoint, Operation] = {
         operation_id="deleteUser",
         tag="users",
         summary="Delete a user",
-        description="Deletes the user with an email, in any letter case.",
-        parameters=(EMAIL,),
+        description="Deletes the user with an email, in any letter case, or with an id.",
+        parameters=(USER, IF_MATCH),
         replies={204: Reply(description="Deleted.")},
-        problems={404: "No user has that email."},
+        problems={404: "No user has that email or id.", **CONDITION_PROBLEMS},
         uses_database=True,
         needs_token=True,
     ),

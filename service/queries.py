@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 import asyncpg
+import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
-from service.schemas import NewUser, User, email_key
+from service.schemas import NewUser, Stored, User, email_key
 
 # Emails are one identity regardless of case: every lookup, conflict and order
 # goes through lower(email), which the unique index users_email_lower_key serves.
@@ -22,15 +24,23 @@ INSERT_EACH = """
 INSERT INTO users (name, email)
 SELECT name, email FROM unnest($1::text[], $2::text[]) AS new(name, email)
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING name, email, created_at
+RETURNING public_id, name, email, created_at, updated_at, version
 """
 
 FIND_USERS_BY_KEYS = """
-SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
+SELECT public_id, name, email, created_at, updated_at, version
+FROM users WHERE lower(email) = ANY($1::text[])
+"""
+
+# A user by email key ($1) or by id ($2), the other being null: one
+# statement, each arm served by its unique index.
+FIND_USER = """
+SELECT public_id, name, email, created_at, updated_at, version
+FROM users WHERE lower(email) = $1 OR public_id = $2
 """
 
 LIST_PAGE_AT = """
-SELECT name, email, created_at FROM users
+SELECT public_id, name, email, created_at, updated_at FROM users
 ORDER BY lower(email)
 LIMIT $1 OFFSET $2
 """
@@ -38,10 +48,10 @@ LIMIT $1 OFFSET $2
 # Many pages in one query: the subquery runs once per ($n[i]) row, through the
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
-SELECT page.number, u.name, u.email, u.created_at
+SELECT page.number, u.public_id, u.name, u.email, u.created_at, u.updated_at
 FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
-    SELECT name, email, created_at FROM users
+    SELECT public_id, name, email, created_at, updated_at FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size OFFSET page.skip
@@ -49,12 +59,23 @@ CROSS JOIN LATERAL (
 ORDER BY page.number, lower(u.email)
 """
 
-UPDATE_USER_NAME = """
-UPDATE users SET name = $2 WHERE lower(email) = $1
-RETURNING name, email, created_at
+# The If-Match condition of a write, in the write's own statement so that no
+# other write slips between check and change: $3 true for none (or "*"),
+# else the row's (id, version) must be one of the pairs in $4 and $5.
+UPDATE_USER = """
+UPDATE users
+SET name = coalesce($6, name), email = coalesce($7, email),
+    updated_at = now(), version = version + 1
+WHERE (lower(email) = $1 OR public_id = $2)
+  AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+RETURNING public_id, name, email, created_at, updated_at, version
 """
 
-DELETE_USER = "DELETE FROM users WHERE lower(email) = $1"
+DELETE_USER = """
+DELETE FROM users
+WHERE (lower(email) = $1 OR public_id = $2)
+  AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+"""
 
 FIND_TAKEN_EMAILS = """
 SELECT email FROM users
@@ -62,16 +83,74 @@ WHERE lower(email) = ANY($1::text[])
 ORDER BY lower(email)
 """
 
+# Requests with one Idempotency-Key take turns without waiting: a transaction
+# that does not get the key's lock answers 409 at once. A lock rather than
+# the key row itself: inserting a row another transaction has inserted but
+# not committed would wait for that transaction.
+LOCK_IDEMPOTENCY_KEY = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))"
+
+FIND_STORED_ANSWER = """
+SELECT route, fingerprint, status, headers::text, body FROM idempotency_keys
+WHERE caller = $1 AND key = $2 AND expires_at > now()
+"""
+
+# An expired row of the same key, not yet purged, is replaced.
+STORE_ANSWER = """
+INSERT INTO idempotency_keys (caller, key, route, fingerprint, status, headers, body, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8))
+ON CONFLICT (caller, key) DO UPDATE SET
+    route = excluded.route, fingerprint = excluded.fingerprint, status = excluded.status,
+    headers = excluded.headers, body = excluded.body, created_at = now(),
+    expires_at = excluded.expires_at
+"""
+
+# At most PURGE_BATCH expired keys a keyed write, skipping rows another
+# purge holds: bounded work, and no waits.
+PURGE_BATCH = 100
+PURGE_EXPIRED_KEYS = """
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE expires_at < now()
+    LIMIT $1 FOR UPDATE SKIP LOCKED
+))
+"""
+
 # The Database runs each query on whichever connection is free; a connection
 # keeps a caller's transaction.
 Executor = Database | asyncpg.Connection | PoolConnectionProxy
 
 
+class UserKey(NamedTuple):
+    """Who a request names: an email key or an id, the other None."""
+
+    email: str | None
+    id: UUID | None
+
+
+# The (id, version) pairs a write may find, or None for any.
+Condition = list[tuple[UUID, int]] | None
+
+
 def to_user(row: asyncpg.Record) -> User:
-    return User(name=row["name"], email=row["email"], created_at=row["created_at"])
+    return User(
+        id=row["public_id"],
+        name=row["name"],
+        email=row["email"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[User | None]:
+def to_stored(row: asyncpg.Record) -> Stored:
+    return Stored(to_user(row), row["version"])
+
+
+def condition_arguments(condition: Condition) -> tuple[bool, list[UUID], list[int]]:
+    if condition is None:
+        return True, [], []
+    return False, [id for id, _ in condition], [version for _, version in condition]
+
+
+async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[Stored | None]:
     """For each (number, name, email), the user created, or None when the email was taken.
 
     Of several creates of one email, in any letter case, the first in the
@@ -84,18 +163,23 @@ async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list
     rows = await db.fetch(
         INSERT_EACH, [name for _, name, _ in tried], [email for _, _, email in tried]
     )
-    created = {email_key(row["email"]): to_user(row) for row in rows}
+    created = {email_key(row["email"]): to_stored(row) for row in rows}
     return [
         created.get(key) if first_of[key] == index else None
         for index, key in enumerate(email_key(email) for _, _, email in creates)
     ]
 
 
-async def find_users_by_keys(db: Executor, keys: list[str]) -> list[User | None]:
+async def find_users_by_keys(db: Executor, keys: list[str]) -> list[Stored | None]:
     """The user of each key (an email_key), or None, in the order of the keys."""
     rows = await db.fetch(FIND_USERS_BY_KEYS, keys)
-    found = {email_key(row["email"]): to_user(row) for row in rows}
+    found = {email_key(row["email"]): to_stored(row) for row in rows}
     return [found.get(key) for key in keys]
+
+
+async def find_user(db: Executor, key: UserKey) -> Stored | None:
+    row = await db.fetchrow(FIND_USER, key.email, key.id)
+    return None if row is None else to_stored(row)
 
 
 async def list_page_at(db: Executor, pages: list[tuple[int, int]]) -> list[list[User]]:
@@ -117,13 +201,20 @@ def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
     return pages
 
 
-async def update_user_name(db: Executor, *, email: str, name: str) -> User | None:
-    row = await db.fetchrow(UPDATE_USER_NAME, email_key(email), name)
-    return None if row is None else to_user(row)
+async def update_user(
+    db: Executor, key: UserKey, condition: Condition, *, name: str | None, email: str | None
+) -> Stored | None:
+    """The user changed, or None when no user has the key or the condition failed.
+
+    A new email that another user has raises UniqueViolationError.
+    """
+    row = await db.fetchrow(UPDATE_USER, *key, *condition_arguments(condition), name, email)
+    return None if row is None else to_stored(row)
 
 
-async def delete_user(db: Executor, email: str) -> bool:
-    status: str = await db.execute(DELETE_USER, email_key(email))
+async def delete_user(db: Executor, key: UserKey, condition: Condition) -> bool:
+    """Whether a user was deleted: False when none has the key or the condition failed."""
+    status: str = await db.execute(DELETE_USER, *key, *condition_arguments(condition))
     return status == "DELETE 1"
 
 
@@ -133,17 +224,63 @@ async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
     return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, keys)]
 
 
-async def insert_users(db: Database, users: Sequence[NewUser]) -> list[str] | None:
+async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> list[str] | None:
     """Insert all users or none: None on success, else the emails already taken.
 
-    COPY is the fastest way in; the unique index makes it fail whole when any
-    email exists, and only then is the conflict list worth a second query.
+    The connection may be in a transaction of its caller's. COPY is the
+    fastest way in; the unique index makes it fail whole when any email
+    exists, and only then is the conflict list worth a second query.
     """
     records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
-    async with db.connection() as conn:
-        try:
-            # One COPY is one statement: all rows or none, no transaction needed.
-            await conn.copy_records_to_table("users", records=records, columns=("name", "email"))
-        except asyncpg.UniqueViolationError:
-            return await find_taken_emails(conn, [user.email for user in users])
+    try:
+        # One COPY is one statement: all rows or none. In a caller's
+        # transaction, a savepoint keeps that transaction usable after a refusal.
+        if conn.is_in_transaction():
+            async with conn.transaction():
+                await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+        else:
+            await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        return await find_taken_emails(conn, [user.email for user in users])
     return None
+
+
+COPY_COLUMNS = ("name", "email")
+
+
+class StoredAnswer(NamedTuple):
+    route: str
+    fingerprint: bytes
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+async def lock_idempotency_key(conn: PoolConnectionProxy, caller: str, key: str) -> bool:
+    """Whether this transaction holds the key now; False while another does."""
+    locked: bool = await conn.fetchval(LOCK_IDEMPOTENCY_KEY, caller, key)
+    return locked
+
+
+async def find_stored_answer(
+    conn: PoolConnectionProxy, caller: str, key: str
+) -> StoredAnswer | None:
+    row = await conn.fetchrow(FIND_STORED_ANSWER, caller, key)
+    if row is None:
+        return None
+    headers = [(name, value) for name, value in msgspec.json.decode(row["headers"])]
+    return StoredAnswer(row["route"], row["fingerprint"], row["status"], headers, row["body"])
+
+
+async def store_answer(
+    conn: PoolConnectionProxy, caller: str, key: str, answer: StoredAnswer, ttl: int
+) -> None:
+    headers = msgspec.json.encode(answer.headers).decode()
+    await conn.execute(
+        STORE_ANSWER, caller, key, answer.route, answer.fingerprint, answer.status, headers,
+        answer.body, float(ttl),
+    )  # fmt: skip
+
+
+async def purge_expired_keys(conn: PoolConnectionProxy) -> None:
+    await conn.execute(PURGE_EXPIRED_KEYS, PURGE_BATCH)

@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     head_timeout: float = 10.0
     body_timeout: float = 30.0
     cors_origins: tuple[str, ...] = ()
+    require_if_match: bool = False
+    idempotency_ttl: int = 86400
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -76,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             head_timeout=read("HEAD_TIMEOUT", seconds),
             body_timeout=read("BODY_TIMEOUT", seconds),
             cors_origins=read("CORS_ORIGINS", origins),
+            require_if_match=read("REQUIRE_IF_MATCH", boolean),
+            idempotency_ttl=read("IDEMPOTENCY_TTL", integer(1, 366 * 86400)),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(

@@ -157,7 +157,7 @@ def settings(database_url: str) -> Settings:
 async def app(settings: Settings) -> AsyncIterator[Starlette]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.pool.execute("TRUNCATE users RESTART IDENTITY")
+        await app.state.pool.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
         yield app
 
 

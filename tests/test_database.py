@@ -56,6 +56,55 @@ async def test_migrate_runs_twice_and_keeps_the_data(fresh_database_url: str) ->
         await conn.close()
 
 
+async def test_migrate_brings_a_first_release_table_up_to_date_keeping_every_user(
+    fresh_database_url: str,
+) -> None:
+    conn = await connect(fresh_database_url)
+    try:
+        await conn.execute((ROOT / "tests" / "fixtures" / "schema_v1.sql").read_text())
+        await conn.execute(
+            "INSERT INTO users (name, email, created_at) SELECT 'User ' || n, "
+            "'User' || n || '@Example.com', now() - n * interval '1 day' "
+            "FROM generate_series(1, 2000) AS n"
+        )
+        before = await conn.fetch("SELECT id, name, email, created_at FROM users ORDER BY id")
+        for _ in range(2):
+            run = run_migrate(fresh_database_url)
+            assert run.wait(60) == 0, run.communicate()[0]
+        after = await conn.fetch(
+            "SELECT id, name, email, created_at, public_id, updated_at, version FROM users "
+            "ORDER BY id"
+        )
+        assert [tuple(row)[:4] for row in after] == [tuple(row) for row in before]
+        assert len({row["public_id"] for row in after}) == len(before)
+        assert all(row["updated_at"] is not None and row["version"] == 1 for row in after)
+        # The constraints: a unique, required id made by the database, and the
+        # first release's rules, which still hold.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO users (name, email, public_id) VALUES ('A', 'a@x.io', $1)",
+                after[0]["public_id"],
+            )
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute(
+                "INSERT INTO users (name, email, public_id) VALUES ('A', 'a@x', null)"
+            )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("INSERT INTO users (name, email) VALUES ('A', 'USER1@example.com')")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO users (name, email) VALUES ('A', 'no-at-sign')")
+        made = await conn.fetchrow(
+            "INSERT INTO users (name, email) VALUES ('A', 'a@x.io') "
+            "RETURNING public_id, updated_at, version"
+        )
+        assert made is not None
+        assert made["public_id"] is not None
+        assert made["version"] == 1
+        assert await conn.fetchval("SELECT to_regclass('idempotency_keys') IS NOT NULL")
+    finally:
+        await conn.close()
+
+
 async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> None:
     runs = [run_migrate(fresh_database_url) for _ in range(3)]
     for run in runs:
@@ -63,7 +112,7 @@ async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> No
     conn = await connect(fresh_database_url)
     try:
         indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'users'")
-        assert indexes == 2  # the primary key and the unique lower(email) index
+        assert indexes == 3  # the primary key, and the unique lower(email) and id indexes
     finally:
         await conn.close()
 

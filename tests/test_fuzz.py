@@ -29,7 +29,7 @@ from service.bodies import read_json
 from service.problems import MEDIA_TYPE, handler_for
 from service.schemas import NewUser, UserPatch
 from service.settings import Settings
-from tests.conftest import Service, assert_problem, connect, statement_cache_size
+from tests.conftest import ROOT, Service, assert_problem, connect, statement_cache_size
 
 # Examples per test (and per operation and phase for schemathesis): a quick
 # pass by default, as CI runs it; raise it for a deeper run.
@@ -52,7 +52,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", routes_alone)
 async def empty_table(database_url: str) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users RESTART IDENTITY")
+        await conn.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
     finally:
         await conn.close()
 
@@ -105,7 +105,8 @@ def test_schemathesis_with_every_check_and_phase_finds_nothing(
     service.wait_ready()
     run = subprocess.run(
         [
-            *(SCHEMATHESIS, "run", f"{service.url}/openapi.json"),
+            *(SCHEMATHESIS, "--config-file", str(ROOT / "tests" / "schemathesis.toml")),
+            *("run", f"{service.url}/openapi.json"),
             *("--checks", "all", "--max-examples", str(min(EXAMPLES, 30))),
             *("--generation-database", "none", "--no-color", *auth),
         ],
@@ -190,6 +191,7 @@ new_users = st.one_of(
 patches = st.one_of(
     st.fixed_dictionaries({"name": plain_text}),
     st.fixed_dictionaries({"name": names}, optional={"email": emails}),
+    st.fixed_dictionaries({"email": emails}),
     other_objects,
 )
 
@@ -296,13 +298,17 @@ async def test_the_bulk_decoder_gives_valid_users_or_a_4xx(
 @given(body=patch_bodies, limit=limits, chunk_size=chunk_sizes)
 @example(body=b'{"name": "Ann\\n"}', limit=64 * 1024, chunk_size=3)
 @bounded
-async def test_the_patch_decoder_gives_a_valid_name_or_a_4xx(
+async def test_the_patch_decoder_gives_a_valid_patch_or_a_4xx(
     body: bytes, limit: int, chunk_size: int
 ) -> None:
     status, value = await read(users._decode_patch, body, limit, chunk_size)
 
     def valid(patch: UserPatch) -> bool:
-        return is_valid_name(patch.name)
+        name, email = patch.name, patch.email
+        return (name, email) != (msgspec.UNSET, msgspec.UNSET) and (
+            (name is msgspec.UNSET or is_valid_name(name))
+            and (email is msgspec.UNSET or is_valid_email(email))
+        )
 
     assert_read_is_valid_or_4xx(status, body, limit, valid, value)
 
@@ -371,7 +377,9 @@ async def test_patch_answers_any_body_with_a_valid_user_or_a_4xx_problem(
     if response.status_code == 200:
         user = response.json()
         assert is_valid_name(user["name"])
-        assert user["name"] == json.loads(body)["name"]
+        assert is_valid_email(user["email"])
+        patch = json.loads(body)
+        assert {field: user[field] for field in patch} == patch
     else:
         assert_4xx_problem(response, content_type)
 

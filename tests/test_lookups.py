@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from service import queries
 from service.app import create_app
 from service.lookups import Batcher, Creates, Reads
-from service.schemas import User
+from service.schemas import Stored
 from service.settings import Settings
 from tests.conftest import assert_problem, connect
 
@@ -41,7 +41,7 @@ async def test_lookups_in_one_turn_share_one_query(db: asyncpg.Pool, database_ur
     finally:
         await conn.close()
     assert len(queries) == 1
-    assert [user.email if user else None for user in users] == [*emails, None]
+    assert [found.user.email if found else None for found in users] == [*emails, None]
 
 
 async def test_pages_after_emails_in_one_turn_share_one_query(
@@ -119,7 +119,7 @@ async def test_a_read_after_a_write_does_not_join_a_query_already_under_way(
     answered = asyncio.Event()
     release = asyncio.Event()
 
-    async def held_answer(keys: list[str]) -> list[User | None]:
+    async def held_answer(keys: list[str]) -> list[Stored | None]:
         # The real query, whose answer is then held back: a caller joining
         # this batch late would get an answer from before its write.
         users = await queries.find_users_by_keys(conn, keys)
@@ -140,7 +140,7 @@ async def test_a_read_after_a_write_does_not_join_a_query_already_under_way(
     finally:
         await conn.close()
     assert user is not None
-    assert user.email == "Late@Example.com"
+    assert user.user.email == "Late@Example.com"
 
 
 async def test_creates_in_one_turn_share_one_statement_and_each_get_their_answer(
@@ -162,7 +162,7 @@ async def test_creates_in_one_turn_share_one_statement_and_each_get_their_answer
     assert len([query for query in statements if "INSERT INTO users" in query]) == 1
     # The first create of an email wins, later ones in any case get None (a 409),
     # and an email already stored is None too.
-    assert [user and (user.name, user.email) for user in users] == [
+    assert [found and (found.user.name, found.user.email) for found in users] == [
         ("n0", "a@x.io"),
         ("n1", "b@x.io"),
         None,

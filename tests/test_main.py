@@ -66,7 +66,7 @@ def test_procfile_web_command_logs_json_lines(tmp_path: Path, database_url: str)
     warning = next(line for line in lines if "API_TOKENS" in line["message"])
     assert warning["level"] == "WARNING"
     miss = next(line for line in lines if line.get("status") == 404)
-    assert miss["route"] == "/users/{email}"
+    assert miss["route"] == "/users/{user}"
     assert len(miss["request_id"]) == 32
 
 

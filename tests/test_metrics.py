@@ -38,7 +38,7 @@ async def scrape(client: httpx.AsyncClient) -> str:
 async def test_requests_are_counted_by_route_template_method_and_status(
     client: httpx.AsyncClient,
 ) -> None:
-    labels = {"method": "GET", "route": "/users/{email}", "status": "404"}
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404"}
     before = await scrape(client)
     for n in range(3):
         await client.get(f"/users/nobody{n}@x.io")
@@ -59,7 +59,7 @@ async def test_requests_are_counted_by_route_template_method_and_status(
 async def test_requests_answered_together_fill_count_sum_and_buckets_alike(
     client: httpx.AsyncClient,
 ) -> None:
-    labels = {"method": "GET", "route": "/users/{email}", "status": "404"}
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404"}
     name = "http_request_duration_seconds"
     before = samples(await scrape(client))
     await asyncio.gather(*(client.get(f"/users/nobody{n}@x.io") for n in range(50)))
@@ -122,7 +122,7 @@ def test_metrics_add_up_across_workers_and_forget_dead_ones(
     service = Service(tmp_path, env)
     services.append(service)
     service.wait_ready()
-    labels = {"method": "GET", "route": "/users/{email}", "status": "404"}
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404"}
     for n in range(40):  # a connection each, so both workers answer some
         assert httpx.get(f"{service.url}/users/nobody{n}@x.io").status_code == 404
     # Whichever worker answers the scrape, it reports both workers' counts.

@@ -50,7 +50,7 @@ async def test_an_error_is_logged_with_method_route_status_duration_and_request_
     [line] = request_lines(caplog)
     assert line.levelno == logging.INFO
     assert line.method == "GET"  # type: ignore[attr-defined]
-    assert line.route == "/users/{email}"  # type: ignore[attr-defined]
+    assert line.route == "/users/{user}"  # type: ignore[attr-defined]
     assert line.status == 404  # type: ignore[attr-defined]
     assert line.duration_ms >= 0  # type: ignore[attr-defined]
     assert line.request_id == given  # type: ignore[attr-defined]

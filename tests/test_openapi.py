@@ -79,7 +79,7 @@ async def test_every_route_and_method_is_documented_and_nothing_else(
     }
     documented = {(path, method) for path, method, _ in operations(document)}
     assert documented == routed
-    assert ("/users/{email}", "patch") in documented
+    assert ("/users/{user}", "patch") in documented
 
 
 async def test_operation_ids_are_unique(client: httpx.AsyncClient) -> None:
@@ -239,6 +239,9 @@ async def test_a_route_without_operation_metadata_is_refused() -> None:
         openapi.build_document([Route("/undocumented", undocumented)], tokens=False)
 
 
+STALE = {"If-Match": '"7-0b9d8a525c1e4d8e9a0a6f1f1d2b3c4d"'}
+
+
 async def test_success_responses_conform_to_the_document(client: httpx.AsyncClient) -> None:
     document = await fetch_document(client)
     new = {"name": "Ann", "email": "ann@example.com"}
@@ -246,17 +249,22 @@ async def test_success_responses_conform_to_the_document(client: httpx.AsyncClie
     answers = [
         ("/users", await client.post("/users", json=new), 201),
         ("/users", await client.post("/users/", json={**new, "email": "bo@example.com"}), 201),
-        ("/users/{email}", await client.get("/users/ANN@example.com"), 200),
+        ("/users/{user}", await client.get("/users/ANN@example.com"), 200),
         ("/users/bulk", await client.post("/users/bulk", json=many), 201),
         ("/users/bulk", await client.post("/users/bulk", json=[]), 201),
         ("/users", await client.get("/users", params={"limit": 2}), 200),
         ("/users", await client.get("/users", params={"after": "bo@example.com"}), 200),
-        ("/users/{email}", await client.patch("/users/ann@example.com", json={"name": "An"}), 200),
-        ("/users/{email}", await client.delete("/users/ann@example.com"), 204),
+        ("/users/{user}", await client.patch("/users/ann@example.com", json={"name": "An"}), 200),
+        ("/users/{user}", await client.delete("/users/ann@example.com"), 204),
         ("/livez", await client.get("/livez"), 200),
         ("/readyz", await client.get("/readyz"), 200),
         ("/openapi.json", await client.get("/openapi.json"), 200),
     ]
+    created = await client.post("/users", json=new)
+    unchanged = {"If-None-Match": created.headers["etag"]}
+    answers.append(
+        ("/users/{user}", await client.get("/users/ann@example.com", headers=unchanged), 304)
+    )
     for path, response, status in answers:
         assert_conforms(document, path, response, status)
     assert "link" in answers[5][1].headers
@@ -276,9 +284,10 @@ async def test_problem_responses_conform_to_the_document(client: httpx.AsyncClie
         ("/users/bulk", await client.post("/users/bulk", json=[new, new]), 409),
         ("/users/bulk", await client.post("/users/bulk", json=[{"name": ""}]), 422),
         ("/users", await client.get("/users", params={"limit": 0}), 422),
-        ("/users/{email}", await client.get("/users/bo@example.com"), 404),
-        ("/users/{email}", await client.patch("/users/ann@example.com", json={}), 422),
-        ("/users/{email}", await client.delete("/users/bo@example.com"), 404),
+        ("/users/{user}", await client.get("/users/bo@example.com"), 404),
+        ("/users/{user}", await client.patch("/users/ann@example.com", json={}), 422),
+        ("/users/{user}", await client.delete("/users/bo@example.com"), 404),
+        ("/users/{user}", await client.delete("/users/ann@example.com", headers=STALE), 412),
     ]
     for path, response, status in answers:
         assert_conforms(document, path, response, status)
@@ -310,5 +319,12 @@ async def test_the_conformance_check_refuses_a_body_that_breaks_the_schema(
     # Were references left unresolved, the check would raise rather than judge.
     document = await fetch_document(client)
     schema = {"$ref": "#/components/schemas/User", "components": document["components"]}
-    assert OAS31Validator(schema).is_valid({"name": "Ann", "email": "a@b", "created_at": "now"})
+    user = {
+        "id": "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d",
+        "name": "Ann",
+        "email": "a@b",
+        "created_at": "now",
+        "updated_at": "now",
+    }
+    assert OAS31Validator(schema).is_valid(user)
     assert not OAS31Validator(schema).is_valid({"name": "Ann"})

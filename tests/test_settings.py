@@ -39,6 +39,8 @@ def test_every_variable_is_read() -> None:
             "DB_START_TIMEOUT": "5",
             "HEAD_TIMEOUT": "3",
             "BODY_TIMEOUT": "4",
+            "REQUIRE_IF_MATCH": "1",
+            "IDEMPOTENCY_TTL": "3600",
         }
     )
     assert settings == Settings(
@@ -58,6 +60,8 @@ def test_every_variable_is_read() -> None:
         db_statement_cache_size=0,
         db_pool_timeout=0.5,
         db_start_timeout=5.0,
+        require_if_match=True,
+        idempotency_ttl=3600,
         head_timeout=3.0,
         body_timeout=4.0,
     )
@@ -93,6 +97,8 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("LOG_LEVEL", "loud"),
         ("LOG_FORMAT", "xml"),
         ("ACCESS_LOG", "maybe"),
+        ("REQUIRE_IF_MATCH", "maybe"),
+        ("IDEMPOTENCY_TTL", "0"),
         ("SLOW_REQUEST_MS", "fast"),
         ("API_TOKENS", ",,"),
         ("API_TOKENS", "short"),

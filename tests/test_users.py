@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import httpx
 import pytest
+from msgspec.structs import replace
 
-from tests.conftest import assert_problem
+from service.settings import Settings
+from tests.conftest import assert_problem, client_of
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:
@@ -365,7 +368,7 @@ async def test_patch_missing_user_is_404(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"name": ""}, {"name": 5}, {"name": "a", "email": "b@x.io"}, ["a"]]
+    "body", [{}, {"name": ""}, {"name": 5}, {"name": "a", "nick": "b"}, {"email": "b"}, ["a"]]
 )
 async def test_patch_with_an_invalid_body_is_422_and_changes_nothing(
     client: httpx.AsyncClient, body: object
@@ -488,3 +491,220 @@ async def test_non_ascii_emails_keep_their_identity_on_every_endpoint(
     assert [user["email"] for user in after.json()] == emails[emails.index("Ä@X.io") + 1 :]
     assert (await client.delete("/users/Ä@x.io")).status_code == 204
     assert await count(db) == 3
+
+
+# Stable ids and email changes
+
+
+async def test_every_answer_with_a_user_carries_its_id_and_updated_at(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (await create(client, "ann@example.com")).json()
+    assert uuid.UUID(created["id"])
+    assert created["updated_at"] == created["created_at"]
+    assert (await client.get("/users/ann@example.com")).json() == created
+    assert (await client.get("/users")).json() == [created]
+    assert (await client.get("/users", params={"after": "a@a.a"})).json() == [created]
+
+
+async def test_get_patch_and_delete_work_by_id(client: httpx.AsyncClient) -> None:
+    id = (await create(client, "ann@example.com")).json()["id"]
+    assert (await client.get(f"/users/{id}")).json()["email"] == "ann@example.com"
+    assert (await client.get(f"/users/{id.upper()}")).json()["id"] == id
+    patched = await client.patch(f"/users/{id}", json={"name": "Annie"})
+    assert patched.status_code == 200
+    assert patched.json()["name"] == "Annie"
+    assert (await client.delete(f"/users/{id}")).status_code == 204
+    assert_problem(await client.get(f"/users/{id}"), 404)
+    assert_problem(await client.patch(f"/users/{id}", json={"name": "A"}), 404)
+    assert_problem(await client.delete(f"/users/{id}"), 404)
+
+
+@pytest.mark.parametrize("path", ["/users/not-an-id", "/users/0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4"])
+async def test_a_path_that_is_neither_an_email_nor_an_id_is_404(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    assert_problem(await client.get(path), 404)
+
+
+async def test_an_email_change_keeps_the_id_and_created_at_and_moves_the_user(
+    client: httpx.AsyncClient,
+) -> None:
+    before = (await create(client, "ann@example.com")).json()
+    response = await client.patch("/users/ann@example.com", json={"email": "Ann@New.example"})
+    assert response.status_code == 200
+    assert response.headers["content-location"] == "/users/Ann@New.example"
+    after = response.json()
+    assert after["email"] == "Ann@New.example"
+    assert (after["id"], after["created_at"], after["name"]) == (
+        before["id"],
+        before["created_at"],
+        before["name"],
+    )
+    assert after["updated_at"] > before["updated_at"]
+    assert_problem(await client.get("/users/ann@example.com"), 404)
+    assert (await client.get("/users/ann@new.example")).json() == after
+
+
+async def test_a_patch_of_name_and_email_changes_both(client: httpx.AsyncClient) -> None:
+    await create(client, "ann@example.com")
+    response = await client.patch(
+        "/users/ann@example.com", json={"name": "Bo", "email": "bo@example.com"}
+    )
+    assert (response.json()["name"], response.json()["email"]) == ("Bo", "bo@example.com")
+
+
+async def test_an_email_another_user_has_in_any_case_is_409_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    await create(client, "ann@example.com")
+    bo = (await create(client, "bo@example.com", name="Bo")).json()
+    response = await client.patch("/users/bo@example.com", json={"name": "X", "email": "ANN@x"})
+    assert response.status_code == 200  # a free email: the control for the next one
+    response = await client.patch("/users/ANN@x", json={"name": "Y", "email": "ANN@example.COM"})
+    assert_problem(response, 409)
+    still = (await client.get(f"/users/{bo['id']}")).json()
+    assert (still["name"], still["email"]) == ("X", "ANN@x")
+
+
+async def test_changing_only_the_letter_case_of_ones_own_email_is_allowed(
+    client: httpx.AsyncClient,
+) -> None:
+    await create(client, "ann@example.com")
+    response = await client.patch("/users/ann@example.com", json={"email": "ANN@Example.com"})
+    assert response.status_code == 200
+    assert response.json()["email"] == "ANN@Example.com"
+
+
+@pytest.mark.parametrize(("body", "field"), [({}, "$"), ({"name": "A", "role": "x"}, "$.role")])
+async def test_an_empty_patch_or_an_unknown_field_is_422_naming_it(
+    client: httpx.AsyncClient, body: object, field: str
+) -> None:
+    await create(client, "ann@example.com")
+    problem = assert_problem(await client.patch("/users/ann@example.com", json=body), 422)
+    assert problem["field"] == field
+
+
+async def test_every_change_sets_updated_at(client: httpx.AsyncClient) -> None:
+    created = (await create(client, "ann@example.com")).json()
+    renamed = (await client.patch("/users/ann@example.com", json={"name": "B"})).json()
+    moved = (await client.patch("/users/ann@example.com", json={"email": "b@x.io"})).json()
+    assert created["updated_at"] < renamed["updated_at"] < moved["updated_at"]
+    assert created["created_at"] == renamed["created_at"] == moved["created_at"]
+
+
+# Conditional requests
+
+
+async def test_the_etag_changes_when_the_user_changes_and_only_then(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (await create(client, "ann@example.com")).headers["etag"]
+    assert created.startswith('"')
+    assert created.endswith('"')
+    assert (await client.get("/users/ann@example.com")).headers["etag"] == created
+    assert (await client.get("/users/ANN@example.com")).headers["etag"] == created
+    patched = (await client.patch("/users/ann@example.com", json={"name": "B"})).headers["etag"]
+    assert patched != created
+    assert (await client.get("/users/ann@example.com")).headers["etag"] == patched
+
+
+async def test_a_user_made_again_with_the_same_email_has_another_etag(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await create(client, "ann@example.com")).headers["etag"]
+    await client.delete("/users/ann@example.com")
+    assert (await create(client, "ann@example.com")).headers["etag"] != first
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["{etag}", '"1-x", {etag}', "W/{etag}", "*", '"nope" ,W/{etag} '],
+    ids=["exact", "in a list", "weak", "star", "weak in a list"],
+)
+async def test_if_none_match_naming_the_etag_is_304_with_the_etag_and_no_body(
+    client: httpx.AsyncClient, condition: str
+) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    response = await client.get(
+        "/users/ann@example.com", headers={"If-None-Match": condition.format(etag=etag)}
+    )
+    assert response.status_code == 304
+    assert response.headers["etag"] == etag
+    assert response.content == b""
+
+
+async def test_if_none_match_with_another_etag_gives_the_user(client: httpx.AsyncClient) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    await client.patch("/users/ann@example.com", json={"name": "B"})
+    response = await client.get("/users/ann@example.com", headers={"If-None-Match": etag})
+    assert response.status_code == 200
+    assert response.json()["name"] == "B"
+
+
+async def test_if_none_match_star_on_a_missing_user_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/users/no@x.io", headers={"If-None-Match": "*"}), 404)
+
+
+@pytest.mark.parametrize("condition", ["{etag}", '"1-x", {etag}', "*"])
+async def test_if_match_naming_the_current_etag_lets_the_write_happen(
+    client: httpx.AsyncClient, condition: str
+) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    headers = {"If-Match": condition.format(etag=etag)}
+    response = await client.patch("/users/ann@example.com", json={"name": "B"}, headers=headers)
+    assert response.status_code == 200
+    etag = response.headers["etag"]
+    headers = {"If-Match": condition.format(etag=etag)}
+    assert (await client.delete("/users/ann@example.com", headers=headers)).status_code == 204
+
+
+@pytest.mark.parametrize("weak", [False, True], ids=["stale", "weak"])
+async def test_if_match_without_the_current_strong_etag_is_412_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool, weak: bool
+) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    if weak:
+        condition = "W/" + etag
+    else:
+        condition = etag
+        etag = (await client.patch("/users/ann@example.com", json={"name": "B"})).headers["etag"]
+    headers = {"If-Match": condition}
+    patch = await client.patch("/users/ann@example.com", json={"name": "C"}, headers=headers)
+    assert_problem(patch, 412)
+    assert_problem(await client.delete("/users/ann@example.com", headers=headers), 412)
+    assert (await client.get("/users/ann@example.com")).headers["etag"] == etag
+    assert await count(db) == 1
+
+
+async def test_if_match_on_a_missing_user_is_404(client: httpx.AsyncClient) -> None:
+    headers = {"If-Match": "*"}
+    assert_problem(await client.patch("/users/no@x.io", json={"name": "B"}, headers=headers), 404)
+    assert_problem(await client.delete("/users/no@x.io", headers=headers), 404)
+
+
+async def test_of_two_writers_with_one_etag_exactly_one_wins(client: httpx.AsyncClient) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    responses = await asyncio.gather(
+        *(
+            client.patch(
+                "/users/ann@example.com", json={"name": f"N{n}"}, headers={"If-Match": etag}
+            )
+            for n in range(10)
+        )
+    )
+    assert sorted(response.status_code for response in responses) == [200] + [412] * 9
+    [winner] = [response for response in responses if response.status_code == 200]
+    assert (await client.get("/users/ann@example.com")).json() == winner.json()
+
+
+async def test_require_if_match_makes_it_428_to_write_without_one(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with client_of(replace(settings, require_if_match=True)) as client:
+        etag = (await create(client, "ann@example.com")).headers["etag"]
+        assert_problem(await client.patch("/users/ann@example.com", json={"name": "B"}), 428)
+        assert_problem(await client.delete("/users/ann@example.com"), 428)
+        assert (await client.get("/users/ann@example.com")).headers["etag"] == etag
+        headers = {"If-Match": etag}
+        assert (await client.delete("/users/ann@example.com", headers=headers)).status_code == 204

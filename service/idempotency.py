@@ -1,0 +1,95 @@
+"""Idempotency-Key on POSTs: each answer stored with its write, replayed to retries."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+
+from asyncpg.pool import PoolConnectionProxy
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import queries
+from service.database import db_of
+from service.problems import ProblemError, problem_response
+from service.queries import StoredAnswer
+from service.schemas import MAX_IDEMPOTENCY_KEY_LENGTH
+
+# The headers of an answer that a replay repeats; the rest are the request's own.
+STORED_HEADERS = frozenset({"location", "etag", "content-type"})
+REPLAYED = ("Idempotent-Replayed", "true")
+
+Write = Callable[[PoolConnectionProxy], Awaitable[Response]]
+
+
+def key_of(request: Request) -> str | None:
+    """The Idempotency-Key, or None; not 1 to 255 printable ASCII characters, a 400."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not (1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and key.isascii() and key.isprintable()):
+        raise ProblemError(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+        )
+    return key
+
+
+def caller_of(request: Request) -> str:
+    """Whose keys these are: the bearer token's digest, or "" when the service has no tokens."""
+    if not request.app.state.settings.api_tokens:
+        return ""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def answer_once(
+    request: Request, key: str, body: bytes | bytearray, write: Write
+) -> Response:
+    """The stored answer to this key, or `write`'s, stored in the write's own transaction.
+
+    A ProblemError from `write` is an answer the database's state gave (a
+    409), so it is stored too; any other error rolls back write and key alike.
+    """
+    caller, route = caller_of(request), request.scope["route"].path
+    fingerprint = hashlib.sha256(body).digest()
+    ttl: int = request.app.state.settings.idempotency_ttl
+    async with db_of(request).connection() as conn, conn.transaction():
+        if not await queries.lock_idempotency_key(conn, caller, key):
+            raise ProblemError(
+                409,
+                "A request with this Idempotency-Key is still in progress; retry later",
+                headers={"Retry-After": "1"},
+            )
+        stored = await queries.find_stored_answer(conn, caller, key)
+        if stored is not None:
+            if (stored.route, stored.fingerprint) != (route, fingerprint):
+                raise ProblemError(
+                    422, "This Idempotency-Key was used with another request body or path"
+                )
+            return replay(stored)
+        try:
+            response = await write(conn)
+        except ProblemError as error:
+            response = problem_response(error)
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in response.raw_headers
+            if name.decode("latin-1") in STORED_HEADERS
+        ]
+        answer = StoredAnswer(
+            route, fingerprint, response.status_code, headers, bytes(response.body)
+        )
+        await queries.store_answer(conn, caller, key, answer, ttl)
+        await queries.purge_expired_keys(conn)
+    return response
+
+
+def replay(stored: StoredAnswer) -> Response:
+    response = Response(stored.body, stored.status)
+    # Response set a Content-Length of its own; the stored headers say the rest.
+    response.raw_headers += [
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in (*stored.headers, REPLAYED)
+    ]
+    return response
