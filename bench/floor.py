@@ -20,7 +20,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 # The service's lookup query, word for word; python -m bench checks that it still is.
 FIND_USERS_BY_KEYS = """
-SELECT name, email, created_at FROM users WHERE lower(email) = ANY($1::text[])
+SELECT public_id, name, email, created_at, updated_at, version
+FROM users WHERE lower(email) = ANY($1::text[])
 """
 # The service's bound on the keys of one query.
 MAX_BATCH = 500
@@ -81,7 +82,11 @@ class Lookups:
             return
         found = {
             email_key(row["email"]): User(
-                name=row["name"], email=row["email"], created_at=row["created_at"]
+                id=row["public_id"],
+                name=row["name"],
+                email=row["email"],
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
             )
             for row in rows
         }

@@ -17,18 +17,21 @@ from service.schemas import Inserted, NewUser, User, email_key
 
 # The service's schema and semantics: emails are one identity regardless of case
 # and pages are in email order; one query per request.
-SELECT_USER = "SELECT name, email, created_at FROM users WHERE lower(email) = $1"
+SELECT_USER = """
+SELECT public_id, name, email, created_at, updated_at FROM users WHERE lower(email) = $1
+"""
 SELECT_PAGE_AT = """
-SELECT name, email, created_at FROM users ORDER BY lower(email) LIMIT $1 OFFSET $2
+SELECT public_id, name, email, created_at, updated_at FROM users
+ORDER BY lower(email) LIMIT $1 OFFSET $2
 """
 SELECT_PAGE_AFTER = """
-SELECT name, email, created_at FROM users
+SELECT public_id, name, email, created_at, updated_at FROM users
 WHERE lower(email) > $1 ORDER BY lower(email) LIMIT $2
 """
 INSERT_USER = """
 INSERT INTO users (name, email) VALUES ($1, $2)
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING name, email, created_at
+RETURNING public_id, name, email, created_at, updated_at
 """
 INSERT_USER_ROW = "INSERT INTO users (name, email) VALUES ($1, $2)"
 
@@ -39,7 +42,13 @@ def pool_of(state: State) -> asyncpg.Pool:
 
 
 def to_user(row: asyncpg.Record) -> User:
-    return User(name=row["name"], email=row["email"], created_at=row["created_at"])
+    return User(
+        id=row["public_id"],
+        name=row["name"],
+        email=row["email"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 @get("/users/{email:str}")
