@@ -21,8 +21,10 @@ LOAD_SECONDS = 6.0
 PROBE_SECONDS = 0.5
 # Light requests a second, after the load, as a share of before: other work on
 # the machine (PostgreSQL's autovacuum after the bulk inserts, other tests)
-# makes the figure noisy, so the bar is below 1.
-RECOVERED = 0.7
+# makes the figure noisy, so the bar is below 1. Seen on this shared machine,
+# before and after the same code: 0.67 to 1.06; a service still stuck in its
+# overload would be far below half.
+RECOVERED = 0.5
 SEEDED = 100_000
 BULK = 10_000
 # Above the worker's RSS once warmed up. In flight at once: 8 requests, each
