@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import Parameter
 
+from service.queries import to_user
 from service.schemas import Inserted, NewUser, User, email_key
 
 # The service's schema and semantics: emails are one identity regardless of case
@@ -39,16 +40,6 @@ INSERT_USER_ROW = "INSERT INTO users (name, email) VALUES ($1, $2)"
 def pool_of(state: State) -> asyncpg.Pool:
     pool: asyncpg.Pool = state.pool
     return pool
-
-
-def to_user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["public_id"],
-        name=row["name"],
-        email=row["email"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 @get("/users/{email:str}")
