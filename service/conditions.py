@@ -10,7 +10,7 @@ from service.schemas import Stored
 
 def etag(stored: Stored) -> str:
     """A user's strong ETag: its version, then its id, so a new user of one email has another."""
-    return f'"{stored.version}-{stored.user.id.hex}"'
+    return f'"{stored.version}-{stored.user.id}"'
 
 
 def tags(header: str) -> list[str]:

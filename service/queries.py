@@ -17,6 +17,11 @@ from service.schemas import NewUser, Stored, User, email_key
 # goes through lower(email), which the unique index users_email_lower_key serves.
 # Email parameters are always keys, folded in Python by email_key: lower() of a
 # parameter would fold by the database's locale, not by the column's "C".
+#
+# Users leave the database as the API shows them: the id as text and times
+# through schema.sql's rfc3339, so no UUID or datetime is made per row only
+# to be encoded again (asyncpg's timestamptz decode was ~1 µs a value).
+
 # Single creates that arrive together, in one statement and so one commit.
 # Their emails are distinct keys (insert_each sees to it); each row is
 # inserted unless its email is taken, and RETURNING lists those inserted.
@@ -24,23 +29,28 @@ INSERT_EACH = """
 INSERT INTO users (name, email)
 SELECT name, email FROM unnest($1::text[], $2::text[]) AS new(name, email)
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING public_id, name, email, created_at, updated_at, version
+RETURNING public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version
 """
 
 FIND_USERS_BY_KEYS = """
-SELECT public_id, name, email, created_at, updated_at, version
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version
 FROM users WHERE lower(email) = ANY($1::text[])
 """
 
 # A user by email key ($1) or by id ($2), the other being null: one
 # statement, each arm served by its unique index.
 FIND_USER = """
-SELECT public_id, name, email, created_at, updated_at, version
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version
 FROM users WHERE lower(email) = $1 OR public_id = $2
 """
 
 LIST_PAGE_AT = """
-SELECT public_id, name, email, created_at, updated_at FROM users
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at
+FROM users
 ORDER BY lower(email)
 LIMIT $1 OFFSET $2
 """
@@ -48,10 +58,12 @@ LIMIT $1 OFFSET $2
 # Many pages in one query: the subquery runs once per ($n[i]) row, through the
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
-SELECT page.number, u.public_id, u.name, u.email, u.created_at, u.updated_at
+SELECT page.number, u.id, u.name, u.email, u.created_at, u.updated_at
 FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
-    SELECT public_id, name, email, created_at, updated_at FROM users
+    SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+        rfc3339(updated_at) AS updated_at
+    FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size OFFSET page.skip
@@ -68,7 +80,8 @@ SET name = coalesce($6, name), email = coalesce($7, email),
     updated_at = now(), version = version + 1
 WHERE (lower(email) = $1 OR public_id = $2)
   AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-RETURNING public_id, name, email, created_at, updated_at, version
+RETURNING public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version
 """
 
 DELETE_USER = """
@@ -132,7 +145,7 @@ Condition = list[tuple[UUID, int]] | None
 
 def to_user(row: asyncpg.Record) -> User:
     return User(
-        id=row["public_id"],
+        id=row["id"],
         name=row["name"],
         email=row["email"],
         created_at=row["created_at"],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
-from uuid import UUID
 
 import msgspec
 
@@ -102,12 +100,18 @@ class UserPatch(Body):
 # The body PATCH decodes, and the document shows: at least one field.
 Patch = Annotated[UserPatch, msgspec.Meta(extra_json_schema={"minProperties": 1})]
 
-# tz=True: always with an offset, and "format: date-time" in the document.
-Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+# Text as the database writes it (queries.USER_COLUMNS): RFC 3339 in UTC.
+Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
 class User(msgspec.Struct, kw_only=True):
-    id: Annotated[UUID, msgspec.Meta(description="Made by the service; never changes.")]
+    id: Annotated[
+        str,
+        msgspec.Meta(
+            description="Made by the service; never changes.",
+            extra_json_schema={"format": "uuid"},
+        ),
+    ]
     name: str
     email: str
     created_at: Timestamp
