@@ -155,3 +155,24 @@ async def test_expired_keys_are_purged_in_bounded_batches_by_keyed_writes(
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1 + 50
     assert (await client.post("/users/bulk", json=[], headers=keyed("new 2"))).status_code == 201
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'old%'") == 0
+
+
+async def test_a_503_is_not_stored_and_the_retry_runs_for_real(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    # A lock on the table holds the keyed write past DB_COMMAND_TIMEOUT: a 503
+    # with nothing written, as when the database goes away mid-request.
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        async with client_of(replace(settings, db_command_timeout=0.5)) as client:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+                first = await client.post("/users", json=ANN, headers=keyed("k1"))
+            assert_problem(first, 503)
+            assert "retry-after" in first.headers
+            again = await client.post("/users", json=ANN, headers=keyed("k1"))
+            assert again.status_code == 201
+            assert "idempotent-replayed" not in again.headers
+            assert await count(db) == 1
+    finally:
+        await blocker.close()
