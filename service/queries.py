@@ -47,23 +47,27 @@ SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
 FROM users WHERE lower(email) = $1 OR public_id = $2
 """
 
+# The text columns are made in the outer query, for the page's rows alone:
+# made in the inner one, they would be made for every row OFFSET skips.
 LIST_PAGE_AT = """
 SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
     rfc3339(updated_at) AS updated_at
-FROM users
+FROM (
+    SELECT public_id, name, email, created_at, updated_at FROM users
+    ORDER BY lower(email)
+    LIMIT $1 OFFSET $2
+) AS page
 ORDER BY lower(email)
-LIMIT $1 OFFSET $2
 """
 
 # Many pages in one query: the subquery runs once per ($n[i]) row, through the
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
-SELECT page.number, u.id, u.name, u.email, u.created_at, u.updated_at
+SELECT page.number, u.public_id::text AS id, u.name, u.email,
+    rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at
 FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
-    SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-        rfc3339(updated_at) AS updated_at
-    FROM users
+    SELECT public_id, name, email, created_at, updated_at FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size OFFSET page.skip
