@@ -196,7 +196,12 @@ class Replicas:
         """Measure every `interval` seconds, for as long as the service runs."""
         while True:
             began = time.monotonic()
-            await self.measure()
+            try:
+                await self.measure()
+            except Exception:
+                # Unmeasured replicas cannot be trusted: the primary serves every read.
+                logger.exception("lag monitor failed; reading from the primary")
+                self.in_use = []
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
 
     async def measure(self) -> None:

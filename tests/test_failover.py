@@ -105,7 +105,8 @@ def test_a_failover_loses_no_acknowledged_write_and_writes_resume_within_5_s(
         f"lost: {len(lost)}, 5xx other than 503: "
         f"{sum(a.response is not None and a.response.status_code > 503 for a in answers)}, "
         f"writes back {run.recovered_at - run.promoted_at:.3f} s after the promotion "
-        f"({run.recovered_at - run.killed_at:.3f} s after the primary died), "
+        f"({run.recovered_at - run.killed_at:.3f} s after the primary died; the promotion "
+        f"took {run.promoted_at - run.promoting_at:.3f} s), "
         f"slowest answer: {max(a.seconds for a in answers):.3f} s"
     )
     output = service.output()
@@ -201,6 +202,7 @@ async def trap(standby: Node) -> None:
         await execute(standby, "SELECT pg_reload_conf()")
         retried = await client.post("/users", json=body, headers=key)
         unkeyed = await client.post("/users", json=body)
+    print(f"\nthe write waiting for a missing standby answered 503 after {took:.3f} s")
     assert_problem(first, 503)
     assert first.headers["retry-after"] == "1"
     assert took < 1.0 + 1
