@@ -306,6 +306,13 @@ class Node:
     def running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists()
 
+    async def execute(self, statement: str) -> None:
+        conn = await connect(self.url())
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
     def configure(self, settings: dict[str, str]) -> None:
         """Settings appended to postgresql.conf, read at the next start or reload."""
         lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())

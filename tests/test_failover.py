@@ -15,7 +15,6 @@ import pytest
 
 from service.settings import Settings
 from tests.conftest import Cluster, Node, Service, alive, assert_problem, client_of, connect
-from tests.test_replicas import execute
 
 pytestmark = pytest.mark.replication
 
@@ -47,8 +46,8 @@ def failover_url(primary: Node, standby: Node) -> str:
 async def promote(standby: Node) -> None:
     """The orchestrator's step: the standby stops waiting for a standby of its
     own, which it would otherwise do for every commit, then is promoted."""
-    await execute(standby, "ALTER SYSTEM SET synchronous_standby_names = ''")
-    await execute(standby, "SELECT pg_reload_conf()")
+    await standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+    await standby.execute("SELECT pg_reload_conf()")
     await asyncio.to_thread(standby.pg_ctl, "promote")
 
 
@@ -198,8 +197,8 @@ async def trap(standby: Node) -> None:
         took = time.monotonic() - started
         committed = "ann@x.io" in await stored_emails(standby)
         # The orchestrator's missed step, done late.
-        await execute(standby, "ALTER SYSTEM SET synchronous_standby_names = ''")
-        await execute(standby, "SELECT pg_reload_conf()")
+        await standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        await standby.execute("SELECT pg_reload_conf()")
         retried = await client.post("/users", json=body, headers=key)
         unkeyed = await client.post("/users", json=body)
     print(f"\nthe write waiting for a missing standby answered 503 after {took:.3f} s")

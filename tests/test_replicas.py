@@ -42,12 +42,12 @@ async def replicated(cluster: Cluster) -> AsyncIterator[Cluster]:
     for standby in cluster.standbys:
         if not standby.running():
             await asyncio.to_thread(standby.start)
-    await execute(cluster.primary, "TRUNCATE users, idempotency_keys")
+    await cluster.primary.execute("TRUNCATE users, idempotency_keys")
     await caught_up(cluster)
     yield cluster
     for standby in cluster.standbys:
         if standby.running():
-            await execute(standby, "SELECT pg_wal_replay_resume()")
+            await standby.execute("SELECT pg_wal_replay_resume()")
 
 
 def settings_of(cluster: Cluster, max_lag: float, **changes: Any) -> Settings:
@@ -57,14 +57,6 @@ def settings_of(cluster: Cluster, max_lag: float, **changes: Any) -> Settings:
         db_read_max_lag=max_lag,
         **changes,
     )
-
-
-async def execute(node: Node, statement: str) -> None:
-    conn = await connect(node.url())
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 async def caught_up(cluster: Cluster) -> None:
@@ -87,13 +79,13 @@ async def caught_up(cluster: Cluster) -> None:
             await conn.close()
 
 
-async def service_connections(node: Node) -> int:
+async def backends(node: Node) -> set[int]:
     conn = await connect(node.url())
     try:
-        count: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'users-service'"
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'users-service'"
         )
-        return count
+        return {row["pid"] for row in rows}
     finally:
         await conn.close()
 
@@ -130,7 +122,7 @@ async def test_reads_are_spread_over_the_replicas_and_writes_stay_on_the_primary
             assert [user["email"] for user in (await client.get("/users")).json()] == ["ann@x.io"]
         after = await scrape(client)
         ready = await client.get("/readyz")
-        connections = [await service_connections(standby) for standby in replicated.standbys]
+        connections = [len(await backends(standby)) for standby in replicated.standbys]
 
     for standby in replicated.standbys:
         assert reads(after, standby) - reads(before, standby) >= 10
@@ -151,7 +143,7 @@ async def test_a_read_right_after_a_create_finds_the_user_on_a_replica_that_is_b
 ) -> None:
     async with client_of(settings_of(replicated, LONG_LAG)) as client:
         for standby in replicated.standbys:
-            await execute(standby, "SELECT pg_wal_replay_pause()")
+            await standby.execute("SELECT pg_wal_replay_pause()")
         ann = await create(client, "Ann@X.io")
         by_email = await client.get("/users/ann@x.io")
         by_id = await client.get(f"/users/{ann['id']}")
@@ -175,7 +167,7 @@ async def test_paused_replay_moves_reads_to_the_primary_within_the_bound_and_bac
     async with client_of(settings_of(replicated, SHORT_LAG)) as client:
         assert await replica_states(client) == ["in use", "in use"]
         for standby in replicated.standbys:
-            await execute(standby, "SELECT pg_wal_replay_pause()")
+            await standby.execute("SELECT pg_wal_replay_pause()")
         await create(client, "ann@x.io")
         written = time.monotonic()
         # Reads may see the replicas' older data for the bound and a measuring
@@ -192,7 +184,7 @@ async def test_paused_replay_moves_reads_to_the_primary_within_the_bound_and_bac
         during = await scrape(client)
 
         for standby in replicated.standbys:
-            await execute(standby, "SELECT pg_wal_replay_resume()")
+            await standby.execute("SELECT pg_wal_replay_resume()")
         resumed = time.monotonic()
         for _ in range(100):  # 5 s
             if await replica_states(client) == ["in use", "in use"]:
@@ -292,14 +284,3 @@ async def test_a_write_on_a_server_that_refuses_writes_is_a_503_and_its_connecti
         assert_problem(answer, 503)
         assert answer.headers["retry-after"] == "1"
     assert ready.status_code == 200
-
-
-async def backends(node: Node) -> set[int]:
-    conn = await connect(node.url())
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'users-service'"
-        )
-        return {row["pid"] for row in rows}
-    finally:
-        await conn.close()
