@@ -294,16 +294,21 @@ async def migrate(database_url: str, start_timeout: float = 0) -> None:
     """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
 
     The lock is transaction-scoped, so it also holds through a pooler such as
-    pgbouncer in transaction mode. An unreachable database is waited for, as
-    at start-up, for about `start_timeout` seconds.
+    pgbouncer in transaction mode. An unreachable database, or one that does
+    not take writes yet, is waited for, as at start-up, for about
+    `start_timeout` seconds.
     """
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    conn = await reach(
-        lambda: asyncpg.connect(database_url, statement_cache_size=0), database_url, start_timeout
-    )
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await conn.execute(schema)
-    finally:
-        await conn.close()
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(database_url, statement_cache_size=0)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+                await conn.execute(schema)
+        finally:
+            await conn.close()
+
+    # The whole of it is retried: it is one transaction, and a server that
+    # refuses writes (a standby not yet promoted) is waited for like one that is down.
+    await reach(apply, database_url, start_timeout)

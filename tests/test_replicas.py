@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.database import database_address
+from service.database import DatabaseUnreachable, database_address, migrate
 from service.settings import Settings
 from tests.conftest import Cluster, Node, assert_problem, client_of, connect
 from tests.test_metrics import scrape, value
@@ -50,12 +50,11 @@ async def replicated(cluster: Cluster) -> AsyncIterator[Cluster]:
             await standby.execute("SELECT pg_wal_replay_resume()")
 
 
-def settings_of(cluster: Cluster, max_lag: float, **changes: Any) -> Settings:
+def settings_of(cluster: Cluster, max_lag: float) -> Settings:
     return Settings(
         database_url=cluster.primary.url(),
         database_read_urls=tuple(standby.url() for standby in cluster.standbys),
         db_read_max_lag=max_lag,
-        **changes,
     )
 
 
@@ -284,3 +283,12 @@ async def test_a_write_on_a_server_that_refuses_writes_is_a_503_and_its_connecti
         assert_problem(answer, 503)
         assert answer.headers["retry-after"] == "1"
     assert ready.status_code == 200
+
+
+async def test_migrate_waits_for_a_server_that_refuses_writes_then_says_why(
+    replicated: Cluster,
+) -> None:
+    with pytest.raises(DatabaseUnreachable) as error:
+        await migrate(replicated.standbys[0].url(), 1.5)
+    assert "ReadOnlySQLTransactionError" in str(error.value)
+    assert "giving up after 3 attempts in 1.5 s" in str(error.value)
