@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -20,6 +21,7 @@ from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
 from service.logs import configure_logging
 from service.lookups import Creates, Reads
+from service.replicas import open_replicas
 from service.schemas import UUID_PATTERN
 from service.settings import Settings, SettingsError
 
@@ -100,7 +102,11 @@ def create_app(settings: Settings | None = None) -> Service:
             logger.error("%s", exc)  # the one line that says why; no traceback is needed
             raise
         app.state.db = Database(app.state.pool, settings.db_pool_timeout)
-        app.state.reads = Reads(app.state.db)
+        replicas = None
+        if settings.database_read_urls:
+            replicas = await open_replicas(settings, app.state.db)
+        app.state.replicas = replicas
+        app.state.reads = Reads(app.state.db, replicas)
         app.state.creates = Creates(app.state.db)
         # What start-up made lives as long as the worker: moved out of the
         # collector's reach, it is not walked again by every full collection,
@@ -108,10 +114,17 @@ def create_app(settings: Settings | None = None) -> Service:
         gc.collect()
         gc.freeze()
         gauge_watch = asyncio.create_task(metrics.watch_gauges(app.state.pool))
+        lag_watch = None if replicas is None else asyncio.create_task(replicas.watch())
         try:
             yield
         finally:
             gauge_watch.cancel()
+            if replicas is not None:
+                assert lag_watch is not None
+                lag_watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lag_watch
+                await replicas.close()
             await close_pool(app.state.pool)
             metrics.forget_this_worker()
 

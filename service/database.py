@@ -43,7 +43,12 @@ UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     # asyncpg's protocol can fall out of step when the server ends a session
     # between two messages (MagicStack/asyncpg#1069); the connection is gone.
+    # Its subclass TargetServerAttributeNotMatched: no host of a multi-host
+    # DATABASE_URL accepts writes yet, as while a standby is being promoted.
     asyncpg.InternalClientError,
+    # A server that refuses writes: a standby, or a demoted primary still
+    # reached at the old address. Another server takes the writes shortly.
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 
@@ -152,10 +157,13 @@ def refusal(exc: Exception, url: str) -> str | None:
     return None
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, url: str | None = None, *, min_size: int | None = None
+) -> asyncpg.Pool:
+    """A pool on DATABASE_URL, or on `url` (a replica), sized by the settings."""
     pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=settings.db_pool_min,
+        url or settings.database_url,
+        min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_command_timeout,  # to connect, too
@@ -185,13 +193,19 @@ def describe(exc: BaseException) -> str:
 
 
 def database_address(url: str) -> str:
-    """The host:port of a database URL, for log lines: never its user or password."""
+    """The host:port of a database URL, for log lines and metrics: never its user
+    or password. Several hosts, as libpq allows, are listed: "h1:5432,h2:5433"."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    host = parts.netloc.rpartition("@")[2] or query.get("host", ["localhost"])[0]
-    if "port" in query:
-        return f"{host}:{query['port'][0]}"
-    return host if re.search(r":\d+$", host) else f"{host}:5432"
+    hosts = parts.netloc.rpartition("@")[2] or query.get("host", ["localhost"])[0]
+    ports = query["port"][0].split(",") if "port" in query else []
+    addresses = []
+    for index, host in enumerate(hosts.split(",")):
+        if ports:
+            addresses.append(f"{host}:{ports[min(index, len(ports) - 1)]}")
+        else:
+            addresses.append(host if re.search(r":\d+$", host) else f"{host}:5432")
+    return ",".join(addresses)
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -242,6 +256,14 @@ class Database:
             # the pool: releasing skips the reset that would notice.
             conn.terminate()
             raise
+        except asyncpg.ReadOnlySQLTransactionError:
+            # Connected to a server that no longer takes writes (a demoted
+            # primary): this connection, and the pool's others, which are
+            # likely on the same server, are replaced by new ones, which
+            # DATABASE_URL's hosts and target_session_attrs lead to the primary.
+            conn.terminate()
+            await self.pool.expire_connections()
+            raise
         finally:
             await self.pool.release(conn)
 
@@ -272,16 +294,21 @@ async def migrate(database_url: str, start_timeout: float = 0) -> None:
     """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
 
     The lock is transaction-scoped, so it also holds through a pooler such as
-    pgbouncer in transaction mode. An unreachable database is waited for, as
-    at start-up, for about `start_timeout` seconds.
+    pgbouncer in transaction mode. An unreachable database, or one that does
+    not take writes yet, is waited for, as at start-up, for about
+    `start_timeout` seconds.
     """
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    conn = await reach(
-        lambda: asyncpg.connect(database_url, statement_cache_size=0), database_url, start_timeout
-    )
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await conn.execute(schema)
-    finally:
-        await conn.close()
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(database_url, statement_cache_size=0)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+                await conn.execute(schema)
+        finally:
+            await conn.close()
+
+    # The whole of it is retried: it is one transaction, and a server that
+    # refuses writes (a standby not yet promoted) is waited for like one that is down.
+    await reach(apply, database_url, start_timeout)

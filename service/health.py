@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from typing import Literal
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.database import HAS_USERS_TABLE, MIGRATE_HINT, UNAVAILABLE, pool_of
 from service.problems import RETRY_AFTER_SECONDS, ProblemError
+from service.replicas import Replicas, State
 
 READY_TIMEOUT_SECONDS = 1.0
 OK = b'{"status":"ok"}'
+
+
+class ReplicaHealth(msgspec.Struct):
+    """A read replica as the lag monitor last found it."""
+
+    address: str
+    state: State
+    # Seconds behind the primary; null when it did not answer.
+    lag_seconds: float | None
+
+
+# Not "Status": openapi-python-client then names the model and its field alike,
+# and the generated code does not type-check.
+class Health(msgspec.Struct, omit_defaults=True):
+    """The body of the probes: OK, and with DATABASE_READ_URLS set, each replica's state."""
+
+    status: Literal["ok"]
+    replicas: list[ReplicaHealth] | msgspec.UnsetType = msgspec.UNSET
+
+
+_encoder = msgspec.json.Encoder()
 
 
 async def livez(request: Request) -> Response:
@@ -20,7 +45,11 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """The database answers within a second, and still has the users table."""
+    """The primary answers within a second, and still has the users table.
+
+    Replicas are reported, never waited for: reads go to the primary when none
+    qualifies, so a replica that is down or behind leaves the service ready.
+    """
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             migrated = await pool_of(request).fetchval(HAS_USERS_TABLE)
@@ -30,4 +59,13 @@ async def readyz(request: Request) -> Response:
         ) from None
     if not migrated:
         raise ProblemError(503, f"The database {MIGRATE_HINT}")
-    return Response(OK, media_type="application/json")
+    replicas: Replicas | None = request.app.state.replicas
+    if replicas is None:
+        return Response(OK, media_type="application/json")
+    states = [
+        ReplicaHealth(
+            replica.address, replica.state, None if math.isinf(replica.lag) else replica.lag
+        )
+        for replica in replicas.replicas
+    ]
+    return Response(_encoder.encode(Health("ok", states)), media_type="application/json")

@@ -9,6 +9,8 @@ from functools import partial
 from typing import Generic, TypeVar
 
 from service import queries
+from service.queries import UserKey
+from service.replicas import Replicas
 from service.schemas import Stored, User
 
 K = TypeVar("K", bound=Hashable)
@@ -82,22 +84,33 @@ class Batcher(Generic[K, V]):
 
 
 class Reads:
-    """The coalesced reads of the /users endpoints, over one database."""
+    """The reads of the /users endpoints, coalesced, on the primary or on replicas."""
 
-    def __init__(self, db: queries.Executor) -> None:
+    def __init__(self, db: queries.Executor, replicas: Replicas | None = None) -> None:
+        # Where each query runs is settled here, once: without replicas a read
+        # is the query on `db`, with no per-request choice.
+        find_users: Callable[[list[str]], Awaitable[list[Stored | None]]]
+        if replicas is None:
+            find_users = partial(queries.find_users_by_keys, db)
+            pages_after = partial(queries.list_pages_after, db)
+            page_at = partial(queries.list_page_at, db)
+            self.find_user: Callable[[UserKey], Awaitable[Stored | None]] = partial(
+                queries.find_user, db
+            )
+        else:
+            find_users = replicas.find_users_by_keys
+            pages_after = partial(replicas.read, queries.list_pages_after)
+            page_at = partial(replicas.read, queries.list_page_at)
+            self.find_user = replicas.find_user
         # By email_key: the identity of an email.
-        self.user: Batcher[str, Stored | None] = Batcher(partial(queries.find_users_by_keys, db))
+        self.user: Batcher[str, Stored | None] = Batcher(find_users)
         # By (email_key of after, limit, offset): an index range scan each,
         # cheap to run many of in one LATERAL query.
-        self.page_after: Batcher[tuple[str, int, int], list[User]] = Batcher(
-            partial(queries.list_pages_after, db)
-        )
+        self.page_after: Batcher[tuple[str, int, int], list[User]] = Batcher(pages_after)
         # By (limit, offset), one page a query: a deep offset walks the index
         # up to it, and pages sharing a query would each wait for the slowest.
         # Callers asking for the same page in one turn still share it.
-        self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(
-            partial(queries.list_page_at, db), batch=1
-        )
+        self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(page_at, batch=1)
 
 
 class Creates:

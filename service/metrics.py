@@ -43,6 +43,21 @@ POOL_IDLE = Gauge(
     "db_pool_idle_connections", "Open connections not in use", multiprocess_mode="livesum"
 )
 DB_ERRORS = Counter("db_errors_total", "Database errors by class", ["error"])
+# Only with DATABASE_READ_URLS set; a replica is named by its host:port alone.
+DB_READS = Counter(
+    "db_reads_total", "Read queries by the server that ran them: primary or a replica", ["target"]
+)
+REPLICA_LAG = Gauge(
+    "db_replica_lag_seconds",
+    "Replay lag of each replica as last measured (+Inf when it does not answer)",
+    ["replica"],
+    multiprocess_mode="livemax",
+)
+REPLICAS_IN_USE = Gauge(
+    "db_replicas_in_use",
+    "Replicas within DB_READ_MAX_LAG, taking reads",
+    multiprocess_mode="livemin",
+)
 
 
 class Tally:

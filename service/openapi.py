@@ -40,14 +40,6 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET)]
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
 
 
-# Not "Status": openapi-python-client then names the model and its field alike,
-# and the generated code does not type-check.
-class Health(msgspec.Struct):
-    """The body of the probes, health.OK."""
-
-    status: Literal["ok"]
-
-
 class Header(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     type: object
@@ -215,14 +207,18 @@ OPERATIONS: dict[Endpoint, Operation] = {
         tag="operations",
         summary="Liveness probe",
         description="200 while the process serves requests; the database is not consulted.",
-        replies={200: Reply(description="Alive.", body=Health)},
+        replies={200: Reply(description="Alive.", body=health.Health)},
     ),
     health.readyz: Operation(
         operation_id="readyz",
         tag="operations",
         summary="Readiness probe",
-        description="200 when the database answers a trivial query within a second.",
-        replies={200: Reply(description="Ready.", body=Health)},
+        description=(
+            "200 when the primary answers a trivial query within a second and has the users"
+            " table. With read replicas, the body reports each replica's state; a replica"
+            " never makes the service unready."
+        ),
+        replies={200: Reply(description="Ready.", body=health.Health)},
         problems={503: "The database did not answer in time."},
     ),
     metrics.metrics: Operation(

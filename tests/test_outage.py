@@ -327,6 +327,12 @@ def test_start_up_gives_up_after_db_start_timeout_with_a_clear_line(
         ("postgresql://u:secret@[::1]:6000/app", "[::1]:6000"),
         ("postgresql://postgres:secret@/postgres?host=/var/run/pg", "/var/run/pg:5432"),
         ("postgresql://u:secret@/app?host=/run/pg&port=5433", "/run/pg:5433"),
+        (
+            "postgresql://u:secret@h1:5450,h2:5451/app?target_session_attrs=read-write",
+            "h1:5450,h2:5451",
+        ),
+        ("postgresql://u:secret@h1,h2:6000/app", "h1:5432,h2:6000"),
+        ("postgresql://u:secret@/app?host=h1,h2&port=5450,5451", "h1:5450,h2:5451"),
     ],
 )
 def test_log_lines_name_the_database_by_its_address_alone(url: str, address: str) -> None:

@@ -41,6 +41,8 @@ def test_every_variable_is_read() -> None:
             "BODY_TIMEOUT": "4",
             "REQUIRE_IF_MATCH": "1",
             "IDEMPOTENCY_TTL": "3600",
+            "DATABASE_READ_URLS": "postgresql://u:p@r1.internal/app, postgres://u:p@r2.internal/app",
+            "DB_READ_MAX_LAG": "0.5",
         }
     )
     assert settings == Settings(
@@ -64,6 +66,8 @@ def test_every_variable_is_read() -> None:
         idempotency_ttl=3600,
         head_timeout=3.0,
         body_timeout=4.0,
+        database_read_urls=("postgresql://u:p@r1.internal/app", "postgres://u:p@r2.internal/app"),
+        db_read_max_lag=0.5,
     )
 
 
@@ -80,6 +84,12 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("DATABASE_URL", "mysql://localhost/app"),
         ("DATABASE_URL", "localhost:5432"),
         ("DATABASE_URL", "postgres://h/db?sslmode=sometimes"),
+        ("DATABASE_URL", "postgres://h1,h2/db?target_session_attrs=writable"),
+        ("DATABASE_READ_URLS", "mysql://r1/app"),
+        ("DATABASE_READ_URLS", "postgresql://r1/app,mysql://r2/app"),
+        ("DATABASE_READ_URLS", "postgresql://r1/app?sslmode=sometimes"),
+        ("DB_READ_MAX_LAG", "0"),
+        ("DB_READ_MAX_LAG", "soon"),
         ("PORT", "eighty"),
         ("PORT", "0"),
         ("PORT", "70000"),
@@ -128,6 +138,7 @@ def test_blank_values_mean_the_default() -> None:
     ("name", "value"),
     [
         ("DATABASE_URL", "mysql://app:S3cretPw@db.internal/app"),
+        ("DATABASE_READ_URLS", "postgresql://app:S3cretPw@r1/app,mysql://app:S3cretPw@r2/app"),
         ("API_TOKENS", "tok-S3cret, short"),
     ],
 )
@@ -149,3 +160,16 @@ def test_cors_origins_are_a_list_of_origins() -> None:
     assert settings.cors_origins == ("https://a.example.com", "http://b.test:8080")
     assert Settings.from_env({"CORS_ORIGINS": "*"}).cors_origins == ("*",)
     assert Settings.from_env({}).cors_origins == ()
+
+
+def test_several_hosts_in_a_url_stay_one_url() -> None:
+    primary = "postgresql://u@h1:5432,h2:5433/app?target_session_attrs=read-write"
+    replicas = "postgresql://u@r1:5432,r2:5432/app?target_session_attrs=standby,postgres://u@r3/app"
+    settings = Settings.from_env({"DATABASE_URL": primary, "DATABASE_READ_URLS": replicas})
+    assert settings.database_url == primary
+    assert settings.database_read_urls == (
+        "postgresql://u@r1:5432,r2:5432/app?target_session_attrs=standby",
+        "postgres://u@r3/app",
+    )
+    assert Settings.from_env({}).database_read_urls == ()
+    assert Settings.from_env({}).db_read_max_lag == 1.0

@@ -1,0 +1,212 @@
+"""A primary that dies and its synchronous standby promoted, under a real service process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from tests.conftest import Cluster, Node, Service, alive, assert_problem, client_of, connect
+
+pytestmark = pytest.mark.replication
+
+COMMAND_TIMEOUT = 2.0  # DB_COMMAND_TIMEOUT of the service under test
+WRITERS = 8
+# How long the orchestrator takes to see the primary gone and act.
+DETECTION_SECONDS = 1.0
+WRITES_BACK_SECONDS = 5.0
+SYNCHRONOUS = {"synchronous_standby_names": "*", "synchronous_commit": "on"}
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A primary and one synchronous standby, built afresh: the test kills the primary."""
+    with tempfile.TemporaryDirectory(prefix="users-failover-") as folder:
+        cluster = Cluster(Path(folder), standbys=1, primary_settings=SYNCHRONOUS)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def failover_url(primary: Node, standby: Node) -> str:
+    """DATABASE_URL naming both servers, as libpq allows: the one taking writes is used."""
+    hosts = f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
+    return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+
+async def promote(standby: Node) -> None:
+    """The orchestrator's step: the standby stops waiting for a standby of its
+    own, which it would otherwise do for every commit, then is promoted."""
+    await standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+    await standby.execute("SELECT pg_reload_conf()")
+    await asyncio.to_thread(standby.pg_ctl, "promote")
+
+
+async def stored_emails(node: Node) -> set[str]:
+    conn = await connect(node.url())
+    try:
+        return {row["email"] for row in await conn.fetch("SELECT email FROM users")}
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Answer:
+    started: float
+    seconds: float
+    response: httpx.Response | None  # None: no HTTP answer at all
+
+
+@dataclass
+class FailoverRun:
+    answers: list[Answer]
+    killed_at: float
+    promoting_at: float  # when the orchestrator began its step: up to here no server took writes
+    promoted_at: float  # when pg_ctl promote returned: the standby takes writes
+    recovered_at: float  # the first 201 after that
+
+
+def test_a_failover_loses_no_acknowledged_write_and_writes_resume_within_5_s(
+    tmp_path: Path, cluster: Cluster, services: list[Service]
+) -> None:
+    primary, standby = cluster.primary, cluster.standbys[0]
+    service = Service(
+        tmp_path,
+        {
+            "DATABASE_URL": failover_url(primary, standby),
+            "DB_COMMAND_TIMEOUT": str(COMMAND_TIMEOUT),
+        },
+    )
+    services.append(service)
+    service.wait_ready()
+
+    run = asyncio.run(write_through_a_failover(service.url, primary, standby))
+
+    answers = run.answers
+    acknowledged = {
+        a.response.json()["email"] for a in answers if a.response and a.response.status_code == 201
+    }
+    lost = acknowledged - asyncio.run(stored_emails(standby))
+    during = [a for a in answers if run.killed_at <= a.started < run.promoting_at]
+    after = [a for a in answers if a.started >= run.recovered_at]
+    unavailable = [a for a in answers if a.response and a.response.status_code == 503]
+    print(
+        f"\nwrites: {len(answers)}, acknowledged: {len(acknowledged)}, 503s: {len(unavailable)}, "
+        f"lost: {len(lost)}, 5xx other than 503: "
+        f"{sum(a.response is not None and a.response.status_code > 503 for a in answers)}, "
+        f"writes back {run.recovered_at - run.promoted_at:.3f} s after the promotion "
+        f"({run.recovered_at - run.killed_at:.3f} s after the primary died; the promotion "
+        f"took {run.promoted_at - run.promoting_at:.3f} s), "
+        f"slowest answer: {max(a.seconds for a in answers):.3f} s"
+    )
+    output = service.output()
+    assert alive(service.process.pid), output
+    assert all(a.response is not None for a in answers), output
+    assert max(a.seconds for a in answers) <= COMMAND_TIMEOUT + 1
+    for answer in answers:
+        assert answer.response is not None
+        assert answer.response.status_code in (201, 503), answer.response.text
+        if answer.response.status_code == 503:
+            assert_problem(answer.response, 503)
+            assert answer.response.headers["retry-after"] == "1"
+    assert len(during) >= WRITERS
+    assert all(a.response and a.response.status_code == 503 for a in during)
+    assert run.recovered_at - run.promoted_at <= WRITES_BACK_SECONDS
+    assert len(after) >= WRITERS
+    assert [a.response.status_code for a in after if a.response] == [201] * len(after)
+    assert len(acknowledged) > 100
+    assert lost == set()
+    assert "unexpected error" not in output
+
+
+async def write_through_a_failover(url: str, primary: Node, standby: Node) -> FailoverRun:
+    """8 writers; the primary killed a second in, the standby promoted a second
+    later; writing goes on for 2 s after writes succeed again."""
+    async with httpx.AsyncClient(base_url=url, timeout=COMMAND_TIMEOUT + 5) as client:
+        done = asyncio.Event()
+        recovered = asyncio.Event()
+        promoted_at = recovered_at = float("inf")
+        answers: list[Answer] = []
+
+        async def writer(number: int) -> None:
+            nonlocal recovered_at
+            for n in range(100_000):  # bounded; ends at `done`
+                if done.is_set():
+                    return
+                began = time.monotonic()
+                try:
+                    response: httpx.Response | None = await client.post(
+                        "/users", json={"name": "n", "email": f"w{number}-{n}@example.com"}
+                    )
+                except httpx.TransportError:
+                    response = None
+                answers.append(Answer(began, time.monotonic() - began, response))
+                if response is not None and response.status_code == 201:
+                    if began > promoted_at and not recovered.is_set():
+                        recovered_at = time.monotonic()
+                        recovered.set()
+                else:
+                    await asyncio.sleep(0.05)  # a client's short pause before retrying
+
+        writers = [asyncio.create_task(writer(number)) for number in range(WRITERS)]
+        await asyncio.sleep(1)
+        # As a crash would: no shutdown checkpoint, sessions cut mid-commit.
+        await asyncio.to_thread(primary.stop, "immediate")
+        killed_at = time.monotonic()
+        await asyncio.sleep(DETECTION_SECONDS)
+        promoting_at = time.monotonic()
+        await promote(standby)
+        promoted_at = time.monotonic()
+        with contextlib.suppress(TimeoutError):  # the assertion on recovered_at tells
+            await asyncio.wait_for(recovered.wait(), WRITES_BACK_SECONDS + 5)
+        await asyncio.sleep(2)
+        done.set()
+        await asyncio.gather(*writers)
+        return FailoverRun(answers, killed_at, promoting_at, promoted_at, recovered_at)
+
+
+def test_a_commit_left_waiting_for_a_missing_standby_is_a_503_that_a_keyed_retry_resolves(
+    cluster: Cluster,
+) -> None:
+    """The trap of a standby promoted with synchronous_standby_names still set:
+    each commit waits for a standby it does not have. PostgreSQL commits it
+    locally; the caller gets a 503 after DB_COMMAND_TIMEOUT, never a hang, and
+    a retry with the same Idempotency-Key gets the 201 that was stored with it."""
+    standby = cluster.standbys[0]
+    asyncio.run(asyncio.to_thread(cluster.primary.stop, "immediate"))
+    asyncio.run(asyncio.to_thread(standby.pg_ctl, "promote"))
+    asyncio.run(trap(standby))
+
+
+async def trap(standby: Node) -> None:
+    settings = Settings(database_url=standby.url(), db_command_timeout=1.0)
+    body = {"name": "Ann", "email": "ann@x.io"}
+    key = {"Idempotency-Key": "create-ann"}
+    async with client_of(settings) as client:
+        started = time.monotonic()
+        first = await client.post("/users", json=body, headers=key)
+        took = time.monotonic() - started
+        committed = "ann@x.io" in await stored_emails(standby)
+        # The orchestrator's missed step, done late.
+        await standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        await standby.execute("SELECT pg_reload_conf()")
+        retried = await client.post("/users", json=body, headers=key)
+        unkeyed = await client.post("/users", json=body)
+    print(f"\nthe write waiting for a missing standby answered 503 after {took:.3f} s")
+    assert_problem(first, 503)
+    assert first.headers["retry-after"] == "1"
+    assert took < 1.0 + 1
+    assert committed
+    assert retried.status_code == 201
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert retried.json()["email"] == "ann@x.io"
+    assert_problem(unkeyed, 409)
