@@ -63,3 +63,23 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 -- Serves the purge of expired keys.
 CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);
+
+-- Search by part of an email or name (GET /users?q=) uses pg_trgm, a trusted
+-- extension since PostgreSQL 13: the database owner may create it.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+-- concurrently: the statements below build indexes on a table that may be
+-- live. `python -m service migrate` runs each on its own, outside any
+-- transaction (CREATE INDEX CONCURRENTLY cannot run in one), after everything
+-- above has committed, and first drops an index of the same name that an
+-- interrupted build left INVALID. Each is one CREATE INDEX CONCURRENTLY IF
+-- NOT EXISTS statement ending in ";".
+
+-- Serves q: trigrams of the email and the name, letters folded as email
+-- identity folds them ("C": ASCII only). E'\x01' joins the two: neither it
+-- nor q may hold a control character, so no match spans both.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS users_search_trgm ON users
+    USING gin (lower((email || E'\x01' || name) COLLATE "C") gin_trgm_ops);
+
+-- Serves created_after and created_before when the range is narrow.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS users_created_at ON users (created_at);

