@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -59,6 +61,35 @@ CROSS JOIN LATERAL (
 ORDER BY page.number, lower(u.email)
 """
 
+# Filtered pages (GET /users?q=&created_after=&created_before=), and their
+# counts, are composed of these: the WHERE clause holds the filters given.
+# SEARCH_TEXT is the expression of the users_search_trgm index, which serves
+# q; the order and the after= key stay those of every page.
+SEARCH_TEXT = """lower((email || E'\\x01' || name) COLLATE "C")"""
+MATCHES = SEARCH_TEXT + " LIKE ${}"
+CREATED_AFTER = "created_at > ${}"
+CREATED_BEFORE = "created_at < ${}"
+AFTER_EMAIL = "lower(email) > ${}"
+SEARCH_PAGE = """
+SELECT public_id, name, email, created_at, updated_at FROM users
+WHERE {where}
+ORDER BY lower(email)
+LIMIT ${limit} OFFSET ${offset}
+"""
+COUNT_USERS = "SELECT count(*) FROM users{where}"
+# Counted exactly up to ESTIMATE_EXACT_BELOW, a bounded cost; at that many,
+# the planner's estimate of the rows the filters match.
+ESTIMATE_EXACT_BELOW = 1000
+COUNT_USERS_UP_TO = "SELECT count(*) FROM (SELECT FROM users{where} LIMIT {bound}) AS hit"
+PLAN_USERS = "EXPLAIN (FORMAT JSON) SELECT FROM users{where}"
+
+# Each statement of a search is planned for its own values: a plan cached for
+# any q would suit none, since "gmail" matches a third of the users (best
+# read in email order, stopping at the page's end) and "okafor" a few
+# (best found through the trigram index, then sorted). Local to the transaction.
+PLAN_FOR_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 # The If-Match condition of a write, in the write's own statement so that no
 # other write slips between check and change: $3 true for none (or "*"),
 # else the row's (id, version) must be one of the pairs in $4 and $5.
@@ -113,6 +144,40 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
     LIMIT $1 FOR UPDATE SKIP LOCKED
 ))
 """
+
+
+class Filters(NamedTuple):
+    """What GET /users narrows its users to; None for a filter not given."""
+
+    q: str | None  # an email_key: ASCII letters folded
+    created_after: datetime | None
+    created_before: datetime | None
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching text anywhere, every character of it literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[object]]:
+    """The WHERE conditions of the filters given, numbered from $first, and their arguments."""
+    clauses: list[str] = []
+    arguments: list[object] = []
+    for clause, value in (
+        (MATCHES, None if filters.q is None else like_pattern(filters.q)),
+        (CREATED_AFTER, filters.created_after),
+        (CREATED_BEFORE, filters.created_before),
+    ):
+        if value is not None:
+            arguments.append(value)
+            clauses.append(clause.format(first + len(arguments) - 1))
+    return clauses, arguments
+
+
+def where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
 
 # The Database runs each query on whichever connection is free; a connection
 # keeps a caller's transaction.
@@ -284,3 +349,51 @@ async def store_answer(
 
 async def purge_expired_keys(conn: PoolConnectionProxy) -> None:
     await conn.execute(PURGE_EXPIRED_KEYS, PURGE_BATCH)
+
+
+@asynccontextmanager
+async def searching(db: Database) -> AsyncIterator[PoolConnectionProxy]:
+    """A connection in a read-only transaction whose statements are planned for their values.
+
+    Repeatable read: a page and its count see the same users.
+    """
+    async with (
+        db.connection() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        await conn.execute(PLAN_FOR_EACH_CALL)
+        yield conn
+
+
+async def search_users(
+    conn: PoolConnectionProxy, filters: Filters, *, after: str | None, limit: int, offset: int
+) -> list[User]:
+    """The page of users that match the filters, in email order, after an email key if given."""
+    clauses, arguments = filter_clauses(filters)
+    if after is not None:
+        arguments.append(after)
+        clauses.append(AFTER_EMAIL.format(len(arguments)))
+    query = SEARCH_PAGE.format(
+        where=" AND ".join(clauses), limit=len(arguments) + 1, offset=len(arguments) + 2
+    )
+    return [to_user(row) for row in await conn.fetch(query, *arguments, limit, offset)]
+
+
+async def count_users(conn: PoolConnectionProxy, filters: Filters) -> int:
+    """How many users match the filters, counted."""
+    clauses, arguments = filter_clauses(filters)
+    total: int = await conn.fetchval(COUNT_USERS.format(where=where(clauses)), *arguments)
+    return total
+
+
+async def estimate_users(conn: PoolConnectionProxy, filters: Filters) -> int:
+    """How many users match the filters: counted when fewer than ESTIMATE_EXACT_BELOW,
+    else the planner's estimate from the table's statistics, at least that bound."""
+    clauses, arguments = filter_clauses(filters)
+    bounded = COUNT_USERS_UP_TO.format(where=where(clauses), bound=ESTIMATE_EXACT_BELOW)
+    counted: int = await conn.fetchval(bounded, *arguments)
+    if counted < ESTIMATE_EXACT_BELOW:
+        return counted
+    plan = await conn.fetchval(PLAN_USERS.format(where=where(clauses)), *arguments)
+    [explained] = msgspec.json.decode(plan)
+    return max(int(explained["Plan"]["Plan Rows"]), ESTIMATE_EXACT_BELOW)

@@ -52,6 +52,20 @@ UserHandle = Annotated[
     ),
 ]
 
+# What GET /users?q= searches for: part of an email or a name. Three
+# characters make a trigram, the least the index can look up.
+MIN_SEARCH_LENGTH = 3
+MAX_SEARCH_LENGTH = 100
+SearchText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=MIN_SEARCH_LENGTH,
+        max_length=MAX_SEARCH_LENGTH,
+        pattern=rf"^[^{_NO_CONTROL}]*{_END}",
+        description="3 to 100 characters, no control characters.",
+    ),
+]
+
 # What Idempotency-Key accepts; checked by hand (idempotency.key_of), named
 # here so that the document says the same.
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
