@@ -35,17 +35,26 @@ DROP_INDEX = "DROP INDEX CONCURRENTLY IF EXISTS {name}"
 
 
 class Schema:
-    """schema.sql in its two parts: DDL for one transaction, and concurrent index builds."""
+    """schema.sql in its two parts: DDL for one transaction, then statements run one by one."""
 
     def __init__(self, text: str) -> None:
         marker = CONCURRENT_MARKER.search(text)
         self.transactional = text if marker is None else text[: marker.start()]
         rest = "" if marker is None else text[marker.start() :]
-        self.indexes: list[tuple[str, str]] = []  # (name, statement)
-        for statement in rest.split(";"):
-            found = INDEX_NAME.search(statement)
-            if found:
-                self.indexes.append((found[1], statement[statement.index("CREATE") :].strip()))
+        # Each statement, and the index it builds concurrently if any. Comments
+        # go first, so that a ";" in one splits nothing.
+        code = "\n".join(line for line in rest.splitlines() if not line.lstrip().startswith("--"))
+        self.alone: list[tuple[str, str | None]] = []
+        for chunk in code.split(";"):
+            statement = chunk.strip()
+            if statement:
+                found = INDEX_NAME.match(statement)
+                self.alone.append((statement, found[1] if found else None))
+
+    @property
+    def indexes(self) -> list[str]:
+        """The indexes built concurrently, by name."""
+        return [index for _, index in self.alone if index is not None]
 
 
 async def migrate(database_url: str, start_timeout: float = 0) -> None:
@@ -70,8 +79,11 @@ async def migrate(database_url: str, start_timeout: float = 0) -> None:
             try:
                 async with conn.transaction():
                     await conn.execute(schema.transactional)
-                for name, statement in schema.indexes:
-                    await build_index(conn, name, statement)
+                for statement, index in schema.alone:
+                    if index is None:
+                        await conn.execute(statement)
+                    else:
+                        await build_index(conn, index, statement)
             finally:
                 await conn.close()
         finally:

@@ -77,8 +77,9 @@ ORDER BY lower(email)
 LIMIT ${limit} OFFSET ${offset}
 """
 COUNT_USERS = "SELECT count(*) FROM users{where}"
-# Counted exactly up to ESTIMATE_EXACT_BELOW, a bounded cost; at that many,
-# the planner's estimate of the rows the filters match.
+# The planner's estimate of the rows the filters match; below
+# ESTIMATE_EXACT_BELOW, where an estimate is least reliable (it never says
+# fewer than 0.01% of the table), counted instead, up to that bound.
 ESTIMATE_EXACT_BELOW = 1000
 COUNT_USERS_UP_TO = "SELECT count(*) FROM (SELECT FROM users{where} LIMIT {bound}) AS hit"
 PLAN_USERS = "EXPLAIN (FORMAT JSON) SELECT FROM users{where}"
@@ -387,13 +388,15 @@ async def count_users(conn: PoolConnectionProxy, filters: Filters) -> int:
 
 
 async def estimate_users(conn: PoolConnectionProxy, filters: Filters) -> int:
-    """How many users match the filters: counted when fewer than ESTIMATE_EXACT_BELOW,
-    else the planner's estimate from the table's statistics, at least that bound."""
+    """How many users match the filters, as the planner estimates from the table's
+    statistics; counted instead when it estimates fewer than ESTIMATE_EXACT_BELOW."""
     clauses, arguments = filter_clauses(filters)
-    bounded = COUNT_USERS_UP_TO.format(where=where(clauses), bound=ESTIMATE_EXACT_BELOW)
-    counted: int = await conn.fetchval(bounded, *arguments)
-    if counted < ESTIMATE_EXACT_BELOW:
-        return counted
     plan = await conn.fetchval(PLAN_USERS.format(where=where(clauses)), *arguments)
     [explained] = msgspec.json.decode(plan)
-    return max(int(explained["Plan"]["Plan Rows"]), ESTIMATE_EXACT_BELOW)
+    estimate = int(explained["Plan"]["Plan Rows"])
+    if estimate >= ESTIMATE_EXACT_BELOW:
+        return estimate
+    # Bounded: an estimate far too low costs at most this many rows' reading.
+    bounded = COUNT_USERS_UP_TO.format(where=where(clauses), bound=ESTIMATE_EXACT_BELOW)
+    counted: int = await conn.fetchval(bounded, *arguments)
+    return counted if counted < ESTIMATE_EXACT_BELOW else max(estimate, counted)

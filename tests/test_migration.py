@@ -24,7 +24,7 @@ async def indexes(conn: asyncpg.Connection) -> list[tuple[str, int, bool, bool]]
 
 def test_schema_builds_its_search_indexes_outside_the_transaction() -> None:
     schema = Schema(SCHEMA_PATH.read_text(encoding="utf-8"))
-    assert [name for name, _ in schema.indexes] == SEARCH_INDEXES
+    assert schema.indexes == SEARCH_INDEXES
     assert "CONCURRENTLY" not in schema.transactional.replace("-- ", "").split("concurrently:")[0]
     assert "CREATE EXTENSION IF NOT EXISTS pg_trgm" in schema.transactional
 
