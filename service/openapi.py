@@ -213,9 +213,9 @@ LIST_PARAMETERS = (
         location="header",
         type=str,
         description="`count=exact` or `count=estimated` (RFC 7240) asks for `X-Total-Count`. "
-        "Estimated: counted when under "
-        f"{ESTIMATE_EXACT_BELOW:,} users match, else the planner's estimate "
-        "from the table's statistics, fast at any size. Other preferences are ignored.",
+        "Estimated: PostgreSQL's planner's estimate from the table's statistics, fast at any "
+        f"size; counted instead when it estimates fewer than {ESTIMATE_EXACT_BELOW:,}. Other "
+        "preferences are ignored.",
     ),
 )
 TOTAL_COUNT = Header(
