@@ -349,6 +349,22 @@ async def test_search_results_page_through_after_with_no_gaps_or_repeats(
     assert pages == sorted(matching, key=str.lower)
 
 
+async def test_a_rare_q_on_an_analysed_table_pages_the_same_way(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Few matches among many: the page is then found through the index and sorted.
+    matching = [f"Okafor{n:02d}@x.io" if n % 2 else f"okafor{n:02d}@X.io" for n in range(13)]
+    await seed(client, matching + [f"user{n:04d}@x.io" for n in range(2000)])
+    await db.execute("ANALYZE users")
+    pages: list[str] = []
+    next_url: str | None = "/users?q=OKAF&limit=4"
+    while next_url:
+        page = await client.get(next_url)
+        pages += [user["email"] for user in page.json()]
+        next_url = page.links.get("next", {}).get("url")
+    assert pages == sorted(matching, key=str.lower)
+
+
 async def test_next_link_carries_the_filters_as_given(
     client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
