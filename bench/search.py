@@ -124,7 +124,7 @@ async def describe_data(url: str) -> tuple[dict[str, int], dict[str, str], str]:
 
 
 async def explain(url: str, fragment: str) -> str:
-    """EXPLAIN ANALYZE of the first page's query for the fragment, as the service plans it."""
+    """EXPLAIN ANALYZE of the fragment's first page, planned as the service plans it."""
     conn = await asyncpg.connect(url)
     try:
         clauses, arguments = queries.filter_clauses(
@@ -135,6 +135,7 @@ async def explain(url: str, fragment: str) -> str:
         )
         async with conn.transaction():
             await conn.execute(queries.PLAN_FOR_EACH_CALL)
+            await queries.choose_plan(conn, clauses, arguments, rows=LIMIT)
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + page, *arguments, LIMIT, 0)
     finally:
         await conn.close()

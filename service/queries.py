@@ -193,6 +193,7 @@ def where(clauses: list[str]) -> str:
 # The Database runs each query on whichever connection is free; a connection
 # keeps a caller's transaction.
 Executor = Database | asyncpg.Connection | PoolConnectionProxy
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 class UserKey(NamedTuple):
@@ -381,10 +382,7 @@ async def search_users(
 ) -> list[User]:
     """The page of users that match the filters, in email order, after an email key if given."""
     clauses, arguments = filter_clauses(filters)
-    matches = await planned_rows(conn, clauses, arguments)
-    table: float = await conn.fetchval(TABLE_ROWS)  # -1 before the first ANALYZE
-    if MATCH_VISITS * matches * matches < (limit + offset) * table:
-        await conn.execute(FETCH_MATCHES_FIRST)
+    await choose_plan(conn, clauses, arguments, rows=limit + offset)
     if after is not None:
         arguments.append(after)
         clauses.append(AFTER_EMAIL.format(len(arguments)))
@@ -394,9 +392,18 @@ async def search_users(
     return [to_user(row) for row in await conn.fetch(query, *arguments, limit, offset)]
 
 
-async def planned_rows(
-    conn: PoolConnectionProxy, clauses: list[str], arguments: list[object]
-) -> int:
+async def choose_plan(
+    conn: Connection, clauses: list[str], arguments: list[object], *, rows: int
+) -> None:
+    """Fetch every match first, for the rest of the transaction, when that is the
+    cheaper way to the first `rows` users in email order (see MATCH_VISITS)."""
+    matches = await planned_rows(conn, clauses, arguments)
+    table: float = await conn.fetchval(TABLE_ROWS)  # -1 before the first ANALYZE
+    if MATCH_VISITS * matches * matches < rows * table:
+        await conn.execute(FETCH_MATCHES_FIRST)
+
+
+async def planned_rows(conn: Connection, clauses: list[str], arguments: list[object]) -> int:
     """How many users the planner expects these conditions to match."""
     plan = await conn.fetchval(PLAN_USERS.format(where=where(clauses)), *arguments)
     [explained] = msgspec.json.decode(plan)
