@@ -228,7 +228,7 @@ def list_query(request: Request) -> ListQuery:
 
 
 def count_preference(request: Request) -> str | None:
-    """ "exact" or "estimated" when the request prefers a count (Prefer: count=…), else None."""
+    """The count the request prefers (Prefer: count=exact or count=estimated), else None."""
     if "prefer" not in request.headers:
         return None
     count = preferences(request.headers.getlist("prefer")).get("count", "").lower()
