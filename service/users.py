@@ -229,9 +229,14 @@ def list_query(request: Request) -> ListQuery:
 
 def count_preference(request: Request) -> str | None:
     """The count the request prefers (Prefer: count=exact or count=estimated), else None."""
-    if "prefer" not in request.headers:
+    # The raw headers, not request.headers, which a list without Prefer never
+    # needs otherwise: ~1 µs a page.
+    prefer = [
+        value.decode("latin-1") for name, value in request.scope["headers"] if name == b"prefer"
+    ]
+    if not prefer:
         return None
-    count = preferences(request.headers.getlist("prefer")).get("count", "").lower()
+    count = preferences(prefer).get("count", "").lower()
     return count if count in COUNTS else None
 
 
