@@ -16,8 +16,9 @@ from pathlib import Path
 from types import FrameType
 
 from service import server
-from service.database import CannotStart, migrate
+from service.database import CannotStart
 from service.logs import configure_logging
+from service.migration import migrate
 from service.settings import Settings, SettingsError
 
 APP = "service.app:create_app"

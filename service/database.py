@@ -1,4 +1,4 @@
-"""The database: the pool, its bounded waits, and the schema migration."""
+"""The database: the pool and its bounded waits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,9 +20,6 @@ from service.settings import Settings
 logger = logging.getLogger("service")
 T = TypeVar("T")
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-# Any fixed number, the same in every process: it names the migration lock.
-MIGRATION_LOCK_KEY = 7_262_100_001
 POOL_CLOSE_SECONDS = 5.0
 # Waits between attempts to reach the database at start: doubling from the
 # first, capped, and summing to DB_START_TIMEOUT.
@@ -288,27 +284,3 @@ def pool_of(request: Request) -> asyncpg.Pool:
 def db_of(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
-
-
-async def migrate(database_url: str, start_timeout: float = 0) -> None:
-    """Apply schema.sql; concurrent runs wait for each other on an advisory lock.
-
-    The lock is transaction-scoped, so it also holds through a pooler such as
-    pgbouncer in transaction mode. An unreachable database, or one that does
-    not take writes yet, is waited for, as at start-up, for about
-    `start_timeout` seconds.
-    """
-    schema = SCHEMA_PATH.read_text(encoding="utf-8")
-
-    async def apply() -> None:
-        conn = await asyncpg.connect(database_url, statement_cache_size=0)
-        try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-                await conn.execute(schema)
-        finally:
-            await conn.close()
-
-    # The whole of it is retried: it is one transaction, and a server that
-    # refuses writes (a standby not yet promoted) is waited for like one that is down.
-    await reach(apply, database_url, start_timeout)

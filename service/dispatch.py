@@ -29,11 +29,12 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # What a browser on an origin in CORS_ORIGINS may send and read.
 CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
 CORS_REQUEST_HEADERS = (
-    "Authorization", "Content-Type", "X-Request-ID", "If-Match", "If-None-Match", "Idempotency-Key"
+    "Authorization", "Content-Type", "X-Request-ID", "If-Match", "If-None-Match", "Idempotency-Key",
+    "Prefer",
 )  # fmt: skip
 CORS_RESPONSE_HEADERS = (
     "Location", "Link", "Retry-After", "X-Request-ID", "ETag", "Content-Location",
-    "Idempotent-Replayed",
+    "Idempotent-Replayed", "X-Total-Count", "Preference-Applied",
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from service import health, metrics, users
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
+from service.queries import ESTIMATE_EXACT_BELOW
 from service.schemas import (
     MAX_BULK_USERS,
     Email,
@@ -21,6 +22,8 @@ from service.schemas import (
     NewUsers,
     Patch,
     Problem,
+    SearchText,
+    Timestamp,
     User,
     UserHandle,
 )
@@ -155,21 +158,69 @@ CONDITION_PROBLEMS = {
     412: "If-Match names none of the user's current ETags; nothing changed.",
     428: "The service requires If-Match (REQUIRE_IF_MATCH=1), and the request has none.",
 }
+QUERY_PARAMETERS = {
+    parameter.name: parameter
+    for parameter in (
+        Parameter(name="limit", location="query", type=Limit, description="Users per page."),
+        Parameter(
+            name="offset",
+            location="query",
+            type=Offset,
+            description="Users to skip, 0 when absent; with `after`, skipped after that email. "
+            "Costs more the deeper it goes, where `after` does not.",
+        ),
+        Parameter(
+            name="after",
+            location="query",
+            type=Email,
+            description="Start after this email, in any letter case (keyset paging, as in `Link`).",
+        ),
+        Parameter(
+            name="q",
+            location="query",
+            type=SearchText,
+            description="Only users whose email or name contains this text, ASCII letters in "
+            "any case (as emails compare); `%` and `_` are plain characters.",
+        ),
+        Parameter(
+            name="created_after",
+            location="query",
+            type=Timestamp,
+            description="Only users created after this instant (exclusive): RFC 3339 with an "
+            "offset, `2026-11-01T00:00:00Z`.",
+        ),
+        Parameter(
+            name="created_before",
+            location="query",
+            type=Timestamp,
+            description="Only users created before this instant (exclusive), as `created_after`.",
+        ),
+    )
+}
+# users.list_users names the parameters it takes; each must have its entry above.
 LIST_PARAMETERS = (
-    Parameter(name="limit", location="query", type=Limit, description="Users per page."),
+    *(QUERY_PARAMETERS[name] for name in users.LIST_PARAMETERS),
     Parameter(
-        name="offset",
-        location="query",
-        type=Offset,
-        description="Users to skip, 0 when absent; with `after`, skipped after that email. "
-        "Costs more the deeper it goes, where `after` does not.",
+        name="Prefer",
+        location="header",
+        type=str,
+        description="`count=exact` or `count=estimated` (RFC 7240) asks for `X-Total-Count`. "
+        "Estimated: PostgreSQL's planner's estimate from the table's statistics, fast at any "
+        f"size; counted instead when it estimates fewer than {ESTIMATE_EXACT_BELOW:,}. Other "
+        "preferences are ignored.",
     ),
-    Parameter(
-        name="after",
-        location="query",
-        type=Email,
-        description="Start after this email, in any letter case (keyset paging, as in `Link`).",
-    ),
+)
+TOTAL_COUNT = Header(
+    name="X-Total-Count",
+    type=Annotated[int, msgspec.Meta(ge=0)],
+    required=False,
+    description="With `Prefer: count=…`: how many users match the filters, whatever the page.",
+)
+PREFERENCE_APPLIED = Header(
+    name="Preference-Applied",
+    type=str,
+    required=False,
+    description="`count=exact` or `count=estimated`, the count given in `X-Total-Count`.",
 )
 
 BODY_PROBLEMS = {
@@ -234,12 +285,21 @@ OPERATIONS: dict[Endpoint, Operation] = {
         operation_id="listUsers",
         tag="users",
         summary="List users",
-        description="A page of users ordered by email regardless of letter case. A full page "
-        "links the next one in `Link`; following it stays fast at any depth. Also served at "
-        "`/users/`.",
+        description="A page of users ordered by email regardless of letter case, optionally "
+        "only those that match `q`, `created_after` and `created_before`. A full page links "
+        "the next one in `Link`, with the same filters; following it stays fast at any depth. "
+        "Also served at `/users/`.",
         parameters=LIST_PARAMETERS,
-        replies={200: Reply(description="The page.", body=list[User], headers=(LINK,))},
-        problems={422: "A bad parameter; `field` names it."},
+        replies={
+            200: Reply(
+                description="The page.",
+                body=list[User],
+                headers=(LINK, TOTAL_COUNT, PREFERENCE_APPLIED),
+            )
+        },
+        problems={
+            422: "A parameter that is unknown, given twice or breaks its rule; `field` names it."
+        },
         uses_database=True,
         needs_token=True,
     ),

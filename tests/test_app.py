@@ -44,6 +44,12 @@ async def test_a_configured_origin_gets_cors_headers_and_its_preflight_needs_no_
         exposed = created.headers["access-control-expose-headers"].lower()
         assert {"location", "x-request-id"} <= set(exposed.replace(" ", "").split(","))
 
+        listed = await client.get("/users", headers={**auth, "Prefer": "count=exact"})
+        exposed = listed.headers["access-control-expose-headers"].lower()
+        assert {"link", "x-total-count", "preference-applied"} <= set(
+            exposed.replace(" ", "").split(",")
+        )
+
 
 async def test_an_origin_not_configured_gets_no_cors_headers(
     settings: Settings, db: object

@@ -112,7 +112,8 @@ async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> No
     conn = await connect(fresh_database_url)
     try:
         indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'users'")
-        assert indexes == 3  # the primary key, and the unique lower(email) and id indexes
+        # The primary key, the unique lower(email) and id indexes, search and created_at.
+        assert indexes == 5
     finally:
         await conn.close()
 

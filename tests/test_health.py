@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 from msgspec.structs import replace
 
-from service.database import migrate
+from service.migration import migrate
 from service.settings import Settings
 from tests.conftest import assert_problem, client_of, connect
 

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from service import openapi
 from service.app import create_app
-from service.schemas import Email
+from service.schemas import Email, SearchText
 from service.settings import Settings
 from tests.conftest import client_of
 
@@ -165,11 +165,29 @@ async def test_list_parameters_state_their_ranges(client: httpx.AsyncClient) -> 
         "maximum": 2**63 - 1,
     }
     assert parameters["after"]["schema"] == msgspec.json.schema(Email)
+    assert parameters["q"]["schema"] == msgspec.json.schema(SearchText)
+    assert parameters["q"]["schema"]["minLength"] == 3
+    assert parameters["q"]["schema"]["maxLength"] == 100
+    for bound in ("created_after", "created_before"):
+        assert parameters[bound]["schema"] == {"type": "string", "format": "date-time"}
+    assert parameters["Prefer"]["in"] == "header"
     assert {name for name, parameter in parameters.items() if parameter["in"] == "query"} == {
         "limit",
         "offset",
         "after",
+        "q",
+        "created_after",
+        "created_before",
     }
+
+
+async def test_list_documents_its_count_headers_and_422(client: httpx.AsyncClient) -> None:
+    responses = (await fetch_document(client))["paths"]["/users"]["get"]["responses"]
+    headers = responses["200"]["headers"]
+    assert headers["X-Total-Count"]["schema"] == {"type": "integer", "minimum": 0}
+    assert not headers["X-Total-Count"]["required"]
+    assert not headers["Preference-Applied"]["required"]
+    assert "unknown" in responses["422"]["description"]
 
 
 async def test_every_failure_is_a_problem_json_body(client: httpx.AsyncClient) -> None:

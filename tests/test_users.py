@@ -258,6 +258,276 @@ async def test_largest_offset_is_an_empty_page(client: httpx.AsyncClient) -> Non
     assert response.json() == []
 
 
+# Search, date filters and counts
+
+
+async def add(db: asyncpg.Pool, *users: tuple[str, str, str]) -> None:
+    """Insert (name, email, created_at as RFC 3339) directly, to choose created_at."""
+    await db.executemany(
+        "INSERT INTO users (name, email, created_at) VALUES ($1, $2, $3::text::timestamptz)",
+        users,
+    )
+
+
+async def emails_of(client: httpx.AsyncClient, url: str, **params: str | int) -> list[str]:
+    # httpx drops the url's own query when given params, even none.
+    response = await client.get(url, params=params) if params else await client.get(url)
+    assert response.status_code == 200, response.text
+    return [user["email"] for user in response.json()]
+
+
+async def test_q_matches_part_of_an_email_or_a_name_in_any_letter_case(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(
+        db,
+        ("Ann Smith", "ann@acme.io", "2026-01-01T00:00:00Z"),
+        ("Bo", "BO@ACME.IO", "2026-01-01T00:00:00Z"),
+        ("Cy ACMEson", "cy@other.io", "2026-01-01T00:00:00Z"),
+        ("Di", "di@other.io", "2026-01-01T00:00:00Z"),
+    )
+    assert await emails_of(client, "/users", q="Acme") == [
+        "ann@acme.io",
+        "BO@ACME.IO",
+        "cy@other.io",
+    ]
+    assert await emails_of(client, "/users/", q="SMITH") == ["ann@acme.io"]
+    assert await emails_of(client, "/users", q="zzz") == []
+
+
+async def test_q_folds_ascii_letters_only_as_email_identity_does(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(db, ("Ünal Émile", "u@x.io", "2026-01-01T00:00:00Z"))
+    assert await emails_of(client, "/users", q="ÜNAL") == ["u@x.io"]
+    assert await emails_of(client, "/users", q="ÉMILE") == ["u@x.io"]
+    assert await emails_of(client, "/users", q="ünal") == []  # Ü is not folded, as in emails
+
+
+async def test_q_never_matches_across_the_end_of_the_email_and_the_name(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(db, ("Bob", "ann@x.io", "2026-01-01T00:00:00Z"))
+    assert await emails_of(client, "/users", q=".iobob") == []
+    assert await emails_of(client, "/users", q="x.io bob") == []
+    assert await emails_of(client, "/users", q="x.io") == ["ann@x.io"]
+
+
+async def test_percent_underscore_and_backslash_in_q_match_only_themselves(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(
+        db,
+        ("Half", "a_b@x.io", "2026-01-01T00:00:00Z"),
+        ("Full", "axb@x.io", "2026-01-01T00:00:00Z"),
+        ("50% off", "c@x.io", "2026-01-01T00:00:00Z"),
+        ("500 off", "d@x.io", "2026-01-01T00:00:00Z"),
+        ("Back", "e\\f@x.io", "2026-01-01T00:00:00Z"),
+        ("Plain", "ef@x.io", "2026-01-01T00:00:00Z"),
+    )
+    assert await emails_of(client, "/users", q="a_b") == ["a_b@x.io"]
+    assert await emails_of(client, "/users", q="50%") == ["c@x.io"]
+    assert await emails_of(client, "/users", q="%%%") == []
+    assert await emails_of(client, "/users", q="___") == []
+    assert await emails_of(client, "/users", q="e\\f") == ["e\\f@x.io"]
+
+
+async def test_search_results_page_through_after_with_no_gaps_or_repeats(
+    client: httpx.AsyncClient,
+) -> None:
+    matching = [f"Acme{n:02d}@x.io" if n % 2 else f"acme{n:02d}@X.io" for n in range(23)]
+    await seed(client, matching + [f"other{n:02d}@x.io" for n in range(30)])
+    pages: list[str] = []
+    next_url: str | None = "/users?q=ACME&limit=5"
+    while next_url:
+        page = await client.get(next_url)
+        assert page.status_code == 200
+        pages += [user["email"] for user in page.json()]
+        next_url = page.links.get("next", {}).get("url")
+        if next_url:
+            assert "q=ACME" in next_url
+    assert pages == sorted(matching, key=str.lower)
+
+
+async def test_a_rare_q_on_an_analysed_table_pages_the_same_way(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Few matches among many: the page is then found through the index and sorted.
+    matching = [f"Okafor{n:02d}@x.io" if n % 2 else f"okafor{n:02d}@X.io" for n in range(13)]
+    await seed(client, matching + [f"user{n:04d}@x.io" for n in range(2000)])
+    await db.execute("ANALYZE users")
+    pages: list[str] = []
+    next_url: str | None = "/users?q=OKAF&limit=4"
+    while next_url:
+        page = await client.get(next_url)
+        pages += [user["email"] for user in page.json()]
+        next_url = page.links.get("next", {}).get("url")
+    assert pages == sorted(matching, key=str.lower)
+
+
+async def test_next_link_carries_the_filters_as_given(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(
+        db,
+        ("A", "a+b1@x.io", "2026-01-02T00:00:00Z"),
+        ("A", "a+b2@x.io", "2026-01-03T00:00:00Z"),
+    )
+    response = await client.get(
+        "/users",
+        params={
+            "q": "a+b",
+            "created_after": "2026-01-01T00:00:00+01:00",
+            "created_before": "2027-01-01T00:00:00Z",
+            "limit": 1,
+        },
+    )
+    assert response.links["next"]["url"] == (
+        "/users?q=a%2Bb&created_after=2026-01-01T00%3A00%3A00%2B01%3A00"
+        "&created_before=2027-01-01T00%3A00%3A00Z&after=a%2Bb1%40x.io&limit=1"
+    )
+    assert await emails_of(client, response.links["next"]["url"]) == ["a+b2@x.io"]
+
+
+async def test_created_after_and_created_before_are_exclusive_bounds(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(
+        db,
+        ("A", "a@x.io", "2026-11-01T00:00:00Z"),
+        ("B", "b@x.io", "2026-11-02T00:00:00Z"),
+        ("C", "c@x.io", "2026-11-03T00:00:00Z"),
+    )
+    assert await emails_of(client, "/users", created_after="2026-11-01T00:00:00Z") == [
+        "b@x.io",
+        "c@x.io",
+    ]
+    assert await emails_of(client, "/users", created_before="2026-11-03T00:00:00Z") == [
+        "a@x.io",
+        "b@x.io",
+    ]
+    # The same instant in another offset.
+    both = {
+        "created_after": "2026-11-01T01:00:00+01:00",
+        "created_before": "2026-11-02T19:00:00-05:00",
+    }
+    assert await emails_of(client, "/users", **both) == ["b@x.io"]
+
+
+async def test_filters_combine_with_each_other_and_with_paging(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await add(
+        db,
+        *[(f"Team {n}", f"t{n:02d}@acme.io", f"2026-11-{n + 1:02d}T00:00:00Z") for n in range(20)],
+        ("Team old", "old@acme.io", "2025-01-01T00:00:00Z"),
+        ("Other", "o@else.io", "2026-11-05T00:00:00Z"),
+    )
+    filters = {"q": "acme", "created_after": "2026-11-03T12:00:00Z"}
+    expected = [f"t{n:02d}@acme.io" for n in range(3, 20)]
+    assert await emails_of(client, "/users", **filters, limit=100) == expected
+    assert await emails_of(client, "/users", **filters, limit=3, offset=2) == expected[2:5]
+    assert await emails_of(client, "/users", **filters, after="T10@acme.io", limit=2) == [
+        "t11@acme.io",
+        "t12@acme.io",
+    ]
+
+
+async def test_without_prefer_no_count_is_given(client: httpx.AsyncClient) -> None:
+    await seed(client, ["a@x.io"])
+    response = await client.get("/users", params={"q": "x.io"})
+    assert "x-total-count" not in response.headers
+    assert "preference-applied" not in response.headers
+    assert response.headers["vary"] == "Prefer"
+
+
+@pytest.mark.parametrize("count", ["exact", "estimated"])
+async def test_a_count_is_every_matching_user_whatever_the_page(
+    client: httpx.AsyncClient, count: str
+) -> None:
+    await seed(client, [f"acme{n}@x.io" for n in range(7)] + [f"other{n}@x.io" for n in range(5)])
+    prefer = {"Prefer": f"count={count}"}
+    cases: list[tuple[dict[str, str | int], int]] = [
+        ({"limit": 2}, 12),
+        ({"limit": 2, "offset": 3, "after": "b@x.io"}, 12),
+        ({"q": "acme", "limit": 2, "after": "acme3@x.io"}, 7),
+        ({"q": "acme", "created_before": "2000-01-01T00:00:00Z"}, 0),
+    ]
+    for params, total in cases:
+        response = await client.get("/users", params=params, headers=prefer)
+        assert response.status_code == 200
+        assert response.headers["x-total-count"] == str(total), params
+        assert response.headers["preference-applied"] == f"count={count}"
+
+
+async def test_an_estimated_count_of_many_users_is_the_planners(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed(client, [f"user{n}@x.io" for n in range(1500)])
+    await db.execute("ANALYZE users")
+    response = await client.get("/users", headers={"Prefer": "count=estimated"})
+    assert response.headers["preference-applied"] == "count=estimated"
+    assert 1000 <= int(response.headers["x-total-count"]) <= 3000
+
+
+@pytest.mark.parametrize(
+    ("prefer", "applied"),
+    [
+        (["COUNT=Exact"], "count=exact"),
+        (["return=minimal, count=estimated; foo=bar"], "count=estimated"),
+        (['respond-async, count="exact"'], "count=exact"),
+        (["wait=10", "count=exact"], "count=exact"),
+        (["count=exact, count=estimated"], "count=exact"),
+        (["count=planned"], None),
+        (["count"], None),
+        (["return=representation"], None),
+        ([",,;="], None),
+    ],
+)
+async def test_prefer_is_read_as_rfc_7240_says(
+    client: httpx.AsyncClient, prefer: list[str], applied: str | None
+) -> None:
+    await seed(client, ["a@x.io", "b@x.io"])
+    headers = [("Prefer", value) for value in prefer]
+    response = await client.get("/users", headers=headers)
+    assert response.status_code == 200
+    assert response.headers.get("preference-applied") == applied
+    assert ("x-total-count" in response.headers) == (applied is not None)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("q=ab", "q"),
+        ("q=", "q"),
+        ("q=" + "x" * 101, "q"),
+        ("q=ab%00c", "q"),
+        ("q=abc%0A", "q"),
+        ("q=a%C2%85bc", "q"),  # NEL, a C1 control character
+        ("q=abc&q=def", "q"),
+        ("created_after=2026-11-01T00:00:00", "created_after"),
+        ("created_after=2026-11-01", "created_after"),
+        ("created_after=yesterday", "created_after"),
+        ("created_after=2026-13-01T00:00:00Z", "created_after"),
+        ("created_before=2026-11-01T00:00:00+01:00", "created_before"),  # + sent unencoded
+        ("created_before=", "created_before"),
+        ("emial=ann@x.io", "emial"),
+        ("q=abc&Q=abc", "Q"),
+        ("limit=5&limit=6", "limit"),
+    ],
+)
+async def test_bad_unknown_or_repeated_filters_are_422_naming_the_parameter(
+    client: httpx.AsyncClient, query: str, field: str
+) -> None:
+    problem = assert_problem(await client.get(f"/users?{query}"), 422)
+    assert problem["field"] == field
+    assert field in problem["detail"]
+
+
+async def test_a_long_q_of_100_characters_is_allowed(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/users", params={"q": "é" * 100})).status_code == 200
+
+
 # Bulk
 
 

@@ -1,0 +1,83 @@
+"""The migration's concurrent index builds: made once, valid, and used by search."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+import pytest
+
+from service import queries
+from service.migration import SCHEMA_PATH, Schema, migrate
+from tests.conftest import connect
+
+SEARCH_INDEXES = ["users_search_trgm", "users_created_at"]
+INDEXES = """
+SELECT c.relname, c.oid, i.indisvalid, i.indisunique FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = ANY($1::text[]) ORDER BY c.relname
+"""
+
+
+async def indexes(conn: asyncpg.Connection) -> list[tuple[str, int, bool, bool]]:
+    return [tuple(row) for row in await conn.fetch(INDEXES, SEARCH_INDEXES)]
+
+
+def test_schema_builds_its_search_indexes_outside_the_transaction() -> None:
+    schema = Schema(SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert schema.indexes == SEARCH_INDEXES
+    assert "CONCURRENTLY" not in schema.transactional.replace("-- ", "").split("concurrently:")[0]
+    assert "CREATE EXTENSION IF NOT EXISTS pg_trgm" in schema.transactional
+
+
+async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
+    fresh_database_url: str,
+) -> None:
+    await migrate(fresh_database_url)
+    conn = await connect(fresh_database_url)
+    try:
+        built = await indexes(conn)
+        assert [(name, valid) for name, _, valid, _ in built] == [
+            ("users_created_at", True),
+            ("users_search_trgm", True),
+        ]
+        await migrate(fresh_database_url)
+        assert await indexes(conn) == built  # the same indexes, not rebuilt
+    finally:
+        await conn.close()
+
+
+async def test_migrate_rebuilds_an_index_an_interrupted_build_left_invalid(
+    fresh_database_url: str,
+) -> None:
+    await migrate(fresh_database_url)
+    conn = await connect(fresh_database_url)
+    try:
+        # A concurrent build that fails leaves its index behind, INVALID.
+        await conn.execute("DROP INDEX users_created_at")
+        await conn.execute(
+            "INSERT INTO users (name, email, created_at) VALUES "
+            "('A', 'a@x.io', '2026-01-01Z'), ('B', 'b@x.io', '2026-01-01Z')"
+        )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY users_created_at ON users (created_at)"
+            )
+        [(_, _, valid, unique), _] = await indexes(conn)
+        assert (valid, unique) == (False, True)
+
+        await migrate(fresh_database_url)
+        [(_, _, valid, unique), _] = await indexes(conn)
+        assert (valid, unique) == (True, False)
+    finally:
+        await conn.close()
+
+
+async def test_the_search_filter_can_use_the_trigram_index(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        # On a small table a scan is cheaper; this asks whether the index serves at all.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        clauses, arguments = queries.filter_clauses(queries.Filters("okafor", None, None))
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT FROM users" + queries.where(clauses), *arguments
+        )
+    assert "users_search_trgm" in msgspec.json.encode(msgspec.json.decode(plan)).decode()
