@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
 
+from asyncpg.pool import PoolConnectionProxy
+
 from service import queries
+from service.database import Database
 from service.queries import UserKey
 from service.replicas import Replicas
 from service.schemas import Stored, User
@@ -102,6 +105,8 @@ class Reads:
             pages_after = partial(replicas.read, queries.list_pages_after)
             page_at = partial(replicas.read, queries.list_page_at)
             self.find_user = replicas.find_user
+        self._db = db
+        self._replicas = replicas
         # By email_key: the identity of an email.
         self.user: Batcher[str, Stored | None] = Batcher(find_users)
         # By (email_key of after, limit, offset): an index range scan each,
@@ -111,6 +116,21 @@ class Reads:
         # up to it, and pages sharing a query would each wait for the slowest.
         # Callers asking for the same page in one turn still share it.
         self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(page_at, batch=1)
+
+    async def in_snapshot(self, work: Callable[[PoolConnectionProxy], Awaitable[V]]) -> V:
+        """`work` (a filtered page, a count) in a read-only snapshot of its own
+        (queries.searching), on a replica in use, else on the primary."""
+
+        async def run(db: queries.Executor, _: list[None]) -> list[V]:
+            assert isinstance(db, Database)  # the app's primary, or a replica's
+            async with queries.searching(db) as conn:
+                return [await work(conn)]
+
+        if self._replicas is None:
+            [value] = await run(self._db, [None])
+        else:
+            [value] = await self._replicas.read(run, [None])
+        return value
 
 
 class Creates:

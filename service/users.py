@@ -32,6 +32,7 @@ from service.schemas import (
     SearchText,
     Stored,
     Timestamp,
+    User,
     email_key,
 )
 from service.settings import Settings
@@ -244,22 +245,25 @@ async def list_users(request: Request) -> Response:
     query = list_query(request)
     count = count_preference(request)
     total = None
-    if query.filters is None:
-        reads = reads_of(request)
+    reads = reads_of(request)
+    filters = query.filters
+    if filters is None:
         if query.after is None:
             users = await reads.page_at.get((query.limit, query.offset))
         else:
             users = await reads.page_after.get((query.after, query.limit, query.offset))
         if count is not None:
-            async with queries.searching(db_of(request)) as conn:
-                total = await COUNTS[count](conn, NO_FILTERS)
+            total = await reads.in_snapshot(partial(COUNTS[count], filters=NO_FILTERS))
     else:
-        async with queries.searching(db_of(request)) as conn:
-            users = await queries.search_users(
-                conn, query.filters, after=query.after, limit=query.limit, offset=query.offset
+
+        async def search(conn: PoolConnectionProxy) -> tuple[list[User], int | None]:
+            # One snapshot: the page and its count see the same users.
+            page = await queries.search_users(
+                conn, filters, after=query.after, limit=query.limit, offset=query.offset
             )
-            if count is not None:
-                total = await COUNTS[count](conn, query.filters)
+            return page, None if count is None else await COUNTS[count](conn, filters)
+
+        users, total = await reads.in_snapshot(search)
     headers = {"Vary": "Prefer"}
     if total is not None:
         headers["X-Total-Count"] = str(total)
