@@ -114,10 +114,13 @@ LIMITS: dict[str, str] = {
         "the peer across this machine's runs."
     ),
     "POST /users req/s vs the tutorial": (
-        "Met at 3.35x in the run of 2026-11-25 13:41 UTC, before users carried an id, "
-        "updated_at and an ETag; each create now also returns and encodes those. This run "
-        "was on a slower machine throughout (its ceiling and COPY limit well below that "
-        "run's), and the cause of the drop to this ratio has not been profiled."
+        "Met at 3.35x in the run of 2026-11-25 13:41 UTC. Since then each new user also "
+        "goes into the trigram index that serves q= searches, about 30 GIN entries a row, "
+        "which the tutorial's table does not have: measured side by side (python -m bench "
+        "--apps service,floor --duration 5 --rounds 3, the code before the index and after "
+        "it), POST /users went from 12,675 to 10,221 req/s. Searching by part of an email "
+        "or name needs that index; tuning its pending list (gin_pending_list_limit) is not "
+        "tried yet."
     ),
     "Deep page: after= req/s vs the tutorial's offset=": (
         "The tutorial's offset= page has no ORDER BY: PostgreSQL skips rows in whatever order "
