@@ -145,6 +145,18 @@ async def connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url, statement_cache_size=statement_cache_size())
 
 
+async def service_backends(url: str) -> set[int]:
+    """The server processes serving the service's pooled connections."""
+    conn = await connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'users-service'"
+        )
+        return {row["pid"] for row in rows}
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(

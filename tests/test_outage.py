@@ -22,7 +22,15 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service.database import database_address, retry_delays
 from service.migration import migrate
-from tests.conftest import ROOT, Service, alive, assert_problem, connect, free_port
+from tests.conftest import (
+    ROOT,
+    Service,
+    alive,
+    assert_problem,
+    connect,
+    free_port,
+    service_backends,
+)
 
 COMMAND_TIMEOUT = 2.0  # DB_COMMAND_TIMEOUT of the service under test
 WRITERS = 8
@@ -86,18 +94,6 @@ async def execute(url: str, statement: str) -> None:
     conn = await connect(url)
     try:
         await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-async def service_backends(url: str) -> set[int]:
-    """The server processes serving the service's pooled connections."""
-    conn = await connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'users-service'"
-        )
-        return {row["pid"] for row in rows}
     finally:
         await conn.close()
 

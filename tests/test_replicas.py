@@ -15,7 +15,14 @@ import pytest
 from service.database import DatabaseUnreachable, database_address
 from service.migration import migrate
 from service.settings import Settings
-from tests.conftest import Cluster, Node, assert_problem, client_of, connect
+from tests.conftest import (
+    Cluster,
+    Node,
+    assert_problem,
+    client_of,
+    connect,
+    service_backends,
+)
 from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.replication
@@ -79,17 +86,6 @@ async def caught_up(cluster: Cluster) -> None:
             await conn.close()
 
 
-async def backends(node: Node) -> set[int]:
-    conn = await connect(node.url())
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'users-service'"
-        )
-        return {row["pid"] for row in rows}
-    finally:
-        await conn.close()
-
-
 def reads(metrics: str, node: Node | None) -> float:
     """Read queries run on `node`, or on the primary for None, by the service's metrics."""
     target = "primary" if node is None else database_address(node.url())
@@ -126,7 +122,9 @@ async def test_reads_are_spread_over_the_replicas_and_writes_stay_on_the_primary
             assert found.headers["x-total-count"] == "1"
         after = await scrape(client)
         ready = await client.get("/readyz")
-        connections = [len(await backends(standby)) for standby in replicated.standbys]
+        connections = [
+            len(await service_backends(standby.url())) for standby in replicated.standbys
+        ]
 
     for standby in replicated.standbys:
         assert reads(after, standby) - reads(before, standby) >= 20
@@ -268,7 +266,7 @@ async def test_a_write_on_a_server_that_refuses_writes_is_a_503_and_its_connecti
     async with client_of(settings) as client:
         answers = []
         for n in range(3):
-            before = await backends(standby)
+            before = await service_backends(standby.url())
             answers.append(await client.post("/users", json={"name": "A", "email": f"{n}@x.io"}))
             answers.append(
                 await client.post(
@@ -279,10 +277,10 @@ async def test_a_write_on_a_server_that_refuses_writes_is_a_503_and_its_connecti
             )
             # The connections that met the refusal are gone, not back in the pool.
             for _ in range(40):  # 2 s
-                if not before & await backends(standby):
+                if not before & await service_backends(standby.url()):
                     break
                 await asyncio.sleep(0.05)
-            assert not before & await backends(standby)
+            assert not before & await service_backends(standby.url())
         ready = await client.get("/readyz")
     for answer in answers:
         assert_problem(answer, 503)
