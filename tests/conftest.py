@@ -14,8 +14,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,76 @@ def statement_cache_size() -> int:
 async def connect(url: str) -> asyncpg.Connection:
     """A connection of a test's own, with the statement cache the app's pool uses."""
     return await asyncpg.connect(url, statement_cache_size=statement_cache_size())
+
+
+async def stored_emails(url: str) -> set[str]:
+    conn = await connect(url)
+    try:
+        return {row["email"] for row in await conn.fetch("SELECT email FROM users")}
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Answer:
+    started: float
+    seconds: float
+    response: httpx.Response | None  # None: no HTTP answer at all
+
+    @property
+    def created(self) -> bool:
+        return self.response is not None and self.response.status_code == 201
+
+
+class Writers:
+    """Clients creating users through a real service until stopped, each
+    pausing briefly after a failure, as a client would before retrying."""
+
+    def __init__(self, client: httpx.AsyncClient, count: int) -> None:
+        self.client = client
+        self.answers: list[Answer] = []
+        self.done = asyncio.Event()
+        self.a_created = asyncio.Event()
+        self.tasks = [asyncio.create_task(self.write(number)) for number in range(count)]
+
+    async def write(self, number: int) -> None:
+        for n in range(100_000):  # bounded; ends at stop()
+            if self.done.is_set():
+                return
+            began = time.monotonic()
+            try:
+                response: httpx.Response | None = await self.client.post(
+                    "/users", json={"name": "n", "email": f"w{number}-{n}@example.com"}
+                )
+            except httpx.TransportError:
+                response = None
+            answer = Answer(began, time.monotonic() - began, response)
+            self.answers.append(answer)
+            if answer.created:
+                self.a_created.set()
+            else:
+                # A short pause (not Retry-After's whole second, which would
+                # blur the recovery time).
+                await asyncio.sleep(0.05)
+
+    async def first_created(self, counts: Callable[[Answer], bool], within: float) -> float:
+        """When the first 201 that `counts` accepts was answered, waiting up to
+        `within` seconds for one; infinity when none came."""
+        deadline = time.monotonic() + within
+        while True:
+            self.a_created.clear()
+            found = [a.started + a.seconds for a in self.answers if a.created and counts(a)]
+            if found:
+                return min(found)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.a_created.wait(), deadline - time.monotonic())
+            if time.monotonic() >= deadline:
+                return float("inf")
+
+    async def stop(self) -> list[Answer]:
+        self.done.set()
+        await asyncio.gather(*self.tasks)
+        return self.answers
 
 
 async def service_backends(url: str) -> set[int]:

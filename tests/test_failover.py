@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,7 +13,17 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import Cluster, Node, Service, alive, assert_problem, client_of, connect
+from tests.conftest import (
+    Answer,
+    Cluster,
+    Node,
+    Service,
+    Writers,
+    alive,
+    assert_problem,
+    client_of,
+    stored_emails,
+)
 
 pytestmark = pytest.mark.replication
 
@@ -51,21 +60,6 @@ async def promote(standby: Node) -> None:
     await asyncio.to_thread(standby.pg_ctl, "promote")
 
 
-async def stored_emails(node: Node) -> set[str]:
-    conn = await connect(node.url())
-    try:
-        return {row["email"] for row in await conn.fetch("SELECT email FROM users")}
-    finally:
-        await conn.close()
-
-
-@dataclass
-class Answer:
-    started: float
-    seconds: float
-    response: httpx.Response | None  # None: no HTTP answer at all
-
-
 @dataclass
 class FailoverRun:
     answers: list[Answer]
@@ -95,7 +89,7 @@ def test_a_failover_loses_no_acknowledged_write_and_writes_resume_within_5_s(
     acknowledged = {
         a.response.json()["email"] for a in answers if a.response and a.response.status_code == 201
     }
-    lost = acknowledged - asyncio.run(stored_emails(standby))
+    lost = acknowledged - asyncio.run(stored_emails(standby.url()))
     during = [a for a in answers if run.killed_at <= a.started < run.promoting_at]
     after = [a for a in answers if a.started >= run.recovered_at]
     unavailable = [a for a in answers if a.response and a.response.status_code == 503]
@@ -132,32 +126,7 @@ async def write_through_a_failover(url: str, primary: Node, standby: Node) -> Fa
     """8 writers; the primary killed a second in, the standby promoted a second
     later; writing goes on for 2 s after writes succeed again."""
     async with httpx.AsyncClient(base_url=url, timeout=COMMAND_TIMEOUT + 5) as client:
-        done = asyncio.Event()
-        recovered = asyncio.Event()
-        promoted_at = recovered_at = float("inf")
-        answers: list[Answer] = []
-
-        async def writer(number: int) -> None:
-            nonlocal recovered_at
-            for n in range(100_000):  # bounded; ends at `done`
-                if done.is_set():
-                    return
-                began = time.monotonic()
-                try:
-                    response: httpx.Response | None = await client.post(
-                        "/users", json={"name": "n", "email": f"w{number}-{n}@example.com"}
-                    )
-                except httpx.TransportError:
-                    response = None
-                answers.append(Answer(began, time.monotonic() - began, response))
-                if response is not None and response.status_code == 201:
-                    if began > promoted_at and not recovered.is_set():
-                        recovered_at = time.monotonic()
-                        recovered.set()
-                else:
-                    await asyncio.sleep(0.05)  # a client's short pause before retrying
-
-        writers = [asyncio.create_task(writer(number)) for number in range(WRITERS)]
+        writers = Writers(client, WRITERS)
         await asyncio.sleep(1)
         # As a crash would: no shutdown checkpoint, sessions cut mid-commit.
         await asyncio.to_thread(primary.stop, "immediate")
@@ -166,11 +135,12 @@ async def write_through_a_failover(url: str, primary: Node, standby: Node) -> Fa
         promoting_at = time.monotonic()
         await promote(standby)
         promoted_at = time.monotonic()
-        with contextlib.suppress(TimeoutError):  # the assertion on recovered_at tells
-            await asyncio.wait_for(recovered.wait(), WRITES_BACK_SECONDS + 5)
+        # The first 201 to a write sent after the promotion; the assertion on it tells.
+        recovered_at = await writers.first_created(
+            lambda answer: answer.started > promoted_at, WRITES_BACK_SECONDS + 5
+        )
         await asyncio.sleep(2)
-        done.set()
-        await asyncio.gather(*writers)
+        answers = await writers.stop()
         return FailoverRun(answers, killed_at, promoting_at, promoted_at, recovered_at)
 
 
@@ -195,7 +165,7 @@ async def trap(standby: Node) -> None:
         started = time.monotonic()
         first = await client.post("/users", json=body, headers=key)
         took = time.monotonic() - started
-        committed = "ann@x.io" in await stored_emails(standby)
+        committed = "ann@x.io" in await stored_emails(standby.url())
         # The orchestrator's missed step, done late.
         await standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
         await standby.execute("SELECT pg_reload_conf()")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import subprocess
@@ -24,12 +23,15 @@ from service.database import database_address, retry_delays
 from service.migration import migrate
 from tests.conftest import (
     ROOT,
+    Answer,
     Service,
+    Writers,
     alive,
     assert_problem,
     connect,
     free_port,
     service_backends,
+    stored_emails,
 )
 
 COMMAND_TIMEOUT = 2.0  # DB_COMMAND_TIMEOUT of the service under test
@@ -98,21 +100,6 @@ async def execute(url: str, statement: str) -> None:
         await conn.close()
 
 
-async def stored_emails(url: str) -> set[str]:
-    conn = await connect(url)
-    try:
-        return {row["email"] for row in await conn.fetch("SELECT email FROM users")}
-    finally:
-        await conn.close()
-
-
-@dataclass
-class Answer:
-    started: float
-    seconds: float
-    response: httpx.Response | None  # None: no HTTP answer at all
-
-
 def test_writes_get_503_during_an_outage_and_succeed_again_after_it(
     tmp_path: Path, fresh: StoppableDatabase, services: list[Service]
 ) -> None:
@@ -124,7 +111,7 @@ def test_writes_get_503_during_an_outage_and_succeed_again_after_it(
 
     run = asyncio.run(write_through_an_outage(service.url, fresh))
 
-    answers = [answer for writer in run.writes for answer in writer]
+    answers = run.answers
     during = [a for a in answers if run.stopped_at <= a.started < run.restarting_at]
     print(
         f"\nwrites: {len(answers)}, during the outage: {len(during)}, "
@@ -173,7 +160,7 @@ def test_writes_get_503_during_an_outage_and_succeed_again_after_it(
 
 @dataclass
 class OutageRun:
-    writes: list[list[Answer]]
+    answers: list[Answer]
     ready_during: list[int]
     broken: set[int]  # backends of the pooled connections that the stop ended
     pooled_after: set[int]
@@ -187,36 +174,7 @@ class OutageRun:
 async def write_through_an_outage(url: str, database: StoppableDatabase) -> OutageRun:
     """8 writers run through a 5 s stop of the database, until 2 s after writes succeed again."""
     async with httpx.AsyncClient(base_url=url, timeout=COMMAND_TIMEOUT + 5) as client:
-        done = asyncio.Event()
-        recovered = asyncio.Event()
-        started_at = float("inf")
-        recovered_at = float("inf")
-
-        async def writer(number: int) -> list[Answer]:
-            nonlocal recovered_at
-            answers: list[Answer] = []
-            for n in range(100_000):  # bounded; ends at `done`
-                if done.is_set():
-                    break
-                began = time.monotonic()
-                try:
-                    response: httpx.Response | None = await client.post(
-                        "/users", json={"name": "n", "email": f"w{number}-{n}@example.com"}
-                    )
-                except httpx.TransportError:
-                    response = None
-                answers.append(Answer(began, time.monotonic() - began, response))
-                if response is not None and response.status_code == 201:
-                    if time.monotonic() > started_at and not recovered.is_set():
-                        recovered_at = time.monotonic()
-                        recovered.set()
-                else:
-                    # A client's short pause before retrying (not Retry-After's
-                    # whole second, which would blur the recovery time).
-                    await asyncio.sleep(0.05)
-            return answers
-
-        writers = [asyncio.create_task(writer(number)) for number in range(WRITERS)]
+        writers = Writers(client, WRITERS)
         await asyncio.sleep(1)
         broken = await service_backends(database.url)  # the stop ends them all
         stopping_at = time.monotonic()
@@ -232,15 +190,16 @@ async def write_through_an_outage(url: str, database: StoppableDatabase) -> Outa
         restarting_at = time.monotonic()
         await asyncio.to_thread(database.start)
         started_at = time.monotonic()
-        with contextlib.suppress(TimeoutError):  # the assertion on recovered_at tells
-            await asyncio.wait_for(recovered.wait(), RECOVERY_SECONDS + 5)
+        # The first 201 answered once the database was back; the assertion on it tells.
+        recovered_at = await writers.first_created(
+            lambda answer: answer.started + answer.seconds > started_at, RECOVERY_SECONDS + 5
+        )
         await asyncio.sleep(2)  # writes go on a while on the new connections
         pooled_after = await service_backends(database.url)
-        done.set()
-        writes = await asyncio.gather(*writers)
+        answers = await writers.stop()
         assert (await client.get("/readyz")).status_code == 200
         return OutageRun(
-            writes,
+            answers,
             ready_during,
             broken,
             pooled_after,
