@@ -19,6 +19,7 @@ import msgspec
 from bench import floor, machine, postgres, report, seed, servers
 from bench.bulk import run_bulk
 from bench.copy_limit import run_copy
+from bench.options import at_least
 from bench.results import Sample, ScenarioResult, check_targets, summarize
 from bench.scenarios import COPY, SCENARIOS, Scenario, Variant
 from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
@@ -45,13 +46,6 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     smoke: bool
 
 
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {raw}")
-    return value
-
-
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -59,13 +53,13 @@ def parse_options(argv: Sequence[str]) -> Options:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--users", type=positive, help="users to seed (100000; smoke 1000)")
-    parser.add_argument("--duration", type=positive, help="seconds per round (10; smoke 1)")
-    parser.add_argument("--connections", type=positive, default=64, help="wrk connections (64)")
+    parser.add_argument("--users", type=at_least(1), help="users to seed (100000; smoke 1000)")
+    parser.add_argument("--duration", type=at_least(1), help="seconds per round (10; smoke 1)")
+    parser.add_argument("--connections", type=at_least(1), default=64, help="wrk connections (64)")
     parser.add_argument(
-        "--workers", type=positive, default=1, help="WEB_CONCURRENCY of each app (1)"
+        "--workers", type=at_least(1), default=1, help="WEB_CONCURRENCY of each app (1)"
     )
-    parser.add_argument("--rounds", type=positive, help="rounds per variant (3; smoke 1)")
+    parser.add_argument("--rounds", type=at_least(1), help="rounds per variant (3; smoke 1)")
     parser.add_argument(
         "--apps",
         default=",".join(APP_NAMES),

@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 
 from bench import machine, postgres, seed, servers
+from bench.options import at_least
 from bench.people import people
 from bench.report import bullet_list, markdown_table
 from service import queries
@@ -59,9 +60,11 @@ class Timing(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__)
-    parser.add_argument("--users", type=int, help="users to seed (1000000; smoke 2000)")
+    parser.add_argument("--users", type=at_least(1), help="users to seed (1000000; smoke 2000)")
     parser.add_argument(
-        "--requests", type=int, help="single requests per fragment and variant (300; smoke 3)"
+        "--requests",
+        type=at_least(1),
+        help="single requests per fragment and variant (300; smoke 3)",
     )
     parser.add_argument("--out", type=Path, help="the markdown file to write (bench/SEARCH.md)")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")

@@ -10,13 +10,14 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 import msgspec
 
 from bench import machine, postgres, seed, servers
+from bench.options import at_least
 from bench.soak import report
 from bench.soak.checks import check_soak, harness_failures
 from bench.soak.load import BULK_SIZE, MIX, PAGE_LIMIT, Window, run_windows, window_plan
@@ -41,18 +42,6 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     connections: int
     out: Path
     smoke: bool
-
-
-def at_least(low: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if value < low:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number of at least {low}, got {raw}"
-            )
-        return value
-
-    return parse
 
 
 def parse_options(argv: Sequence[str]) -> Options:
