@@ -187,7 +187,7 @@ QUERY_PARAMETERS = {
             location="query",
             type=Timestamp,
             description="Only users created after this instant (exclusive): RFC 3339 with an "
-            "offset, `2026-11-01T00:00:00Z`.",
+            f"offset, `2026-11-01T00:00:00Z`, {users.TIMESTAMP_RANGE}.",
         ),
         Parameter(
             name="created_before",

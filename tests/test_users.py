@@ -524,6 +524,39 @@ async def test_bad_unknown_or_repeated_filters_are_422_naming_the_parameter(
     assert field in problem["detail"]
 
 
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [
+        ("created_after", "9999-12-31T23:59:59-23:59"),
+        ("created_before", "0001-01-01T00:00:00+14:00"),
+        ("created_after", "9999-12-31T23:59:59.999999-00:01"),
+        ("created_before", "0001-01-01T00:00:59+00:01"),
+    ],
+)
+async def test_a_date_outside_years_1_to_9999_in_utc_is_422_naming_the_parameter(
+    client: httpx.AsyncClient, name: str, instant: str
+) -> None:
+    problem = assert_problem(await client.get("/users", params={name: instant}), 422)
+    assert problem["field"] == name
+    assert problem["detail"] == (
+        f"{name} must be an instant from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z "
+        "once in UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    "instant",
+    ["0001-01-01T00:00:00Z", "0001-01-01T00:01:00+00:01", "9999-12-31T23:59:59.999999Z"],
+)
+async def test_dates_at_the_ends_of_the_range_are_allowed(
+    client: httpx.AsyncClient, instant: str
+) -> None:
+    for name in ("created_after", "created_before"):
+        response = await client.get("/users", params={name: instant})
+        assert response.status_code == 200, response.text
+        assert response.json() == []
+
+
 async def test_a_long_q_of_100_characters_is_allowed(client: httpx.AsyncClient) -> None:
     assert (await client.get("/users", params={"q": "é" * 100})).status_code == 200
 
