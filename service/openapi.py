@@ -366,12 +366,18 @@ OPERATIONS: dict[Endpoint, Operation] = {
         parameters=(USER, IF_MATCH),
         body=Patch,
         replies={
-            200: Reply(description="The changed user.", body=User, headers=(ETAG, CONTENT_LOCATION))
+            200: Reply(
+                description="The changed user; the user as it is, unchanged and with the "
+                "same ETag, when the patch changes nothing.",
+                body=User,
+                headers=(ETAG, CONTENT_LOCATION),
+            )
         },
         problems={
             **BODY_PROBLEMS,
             404: "No user has that email or id.",
-            409: "Another user has the new email, in some letter case; nothing changed.",
+            409: "Another user has the new email, in some letter case; `conflicts` holds it "
+            "as sent. Nothing changed.",
             422: "The body breaks a rule, or has neither field; `field` is the JSON path of "
             "where (`$.email`, `$`).",
             **CONDITION_PROBLEMS,

@@ -17,6 +17,7 @@ from starlette.routing import Match, Route
 from service.database import UNAVAILABLE, PoolBusy
 from service.logs import route_template
 from service.metrics import DB_ERRORS
+from service.queries import Contended
 from service.schemas import Problem
 
 logger = logging.getLogger("service")
@@ -172,10 +173,21 @@ async def handle_busy(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_contended(request: Request, exc: Exception) -> Response:
+    return problem_response(
+        ProblemError(
+            503,
+            "Other requests keep changing this user; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    )
+
+
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     ProblemError: handle_problem,
     PoolBusy: handle_busy,
+    Contended: handle_contended,
     HTTPException: handle_http,
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,

@@ -348,13 +348,18 @@ async def update_user(request: Request) -> Response:
     condition = write_condition(request)
     settings = settings_of(request)
     patch = await read_json(request, _decode_patch, settings.max_body_bytes, settings.body_timeout)
-    stored = await queries.update_user(
-        db_of(request),
-        key,
-        condition,
-        name=None if patch.name is msgspec.UNSET else patch.name,
-        email=None if patch.email is msgspec.UNSET else patch.email,
-    )
+    email = None if patch.email is msgspec.UNSET else patch.email
+    try:
+        stored = await queries.update_user(
+            db_of(request),
+            key,
+            condition,
+            name=None if patch.name is msgspec.UNSET else patch.name,
+            email=email,
+        )
+    except queries.EmailTaken:
+        message = "Another user has that email, in some letter case; nothing changed"
+        raise ProblemError(409, message, conflicts=[email] if email else None) from None
     if stored is None:
         raise await failed_write(request, key)
     # The user's address, which an email change has just moved.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -11,7 +12,7 @@ import pytest
 from msgspec.structs import replace
 
 from service.settings import Settings
-from tests.conftest import assert_problem, client_of
+from tests.conftest import assert_problem, client_of, connect
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:
@@ -26,6 +27,20 @@ async def seed(client: httpx.AsyncClient, emails: list[str]) -> None:
 async def count(db: asyncpg.Pool) -> int:
     total: int = await db.fetchval("SELECT count(*) FROM users")
     return total
+
+
+async def until_waiting_on_locks(db: asyncpg.Pool, statements: int) -> None:
+    """Return once this many of the service's statements wait on a lock; fail after 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'users-service' AND wait_event_type = 'Lock'"
+        )
+        if waiting == statements:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{statements} statements did not come to wait on a lock")
 
 
 # Create
@@ -865,7 +880,8 @@ async def test_an_email_another_user_has_in_any_case_is_409_and_changes_nothing(
     response = await client.patch("/users/bo@example.com", json={"name": "X", "email": "ANN@x"})
     assert response.status_code == 200  # a free email: the control for the next one
     response = await client.patch("/users/ANN@x", json={"name": "Y", "email": "ANN@example.COM"})
-    assert_problem(response, 409)
+    problem = assert_problem(response, 409)
+    assert problem["conflicts"] == ["ANN@example.COM"]
     still = (await client.get(f"/users/{bo['id']}")).json()
     assert (still["name"], still["email"]) == ("X", "ANN@x")
 
@@ -877,6 +893,72 @@ async def test_changing_only_the_letter_case_of_ones_own_email_is_allowed(
     response = await client.patch("/users/ann@example.com", json={"email": "ANN@Example.com"})
     assert response.status_code == 200
     assert response.json()["email"] == "ANN@Example.com"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"name": "Ann"}, {"email": "Ann@x.io"}, {"name": "Ann", "email": "Ann@x.io"}],
+    ids=["name", "email", "both"],
+)
+async def test_a_patch_that_changes_nothing_answers_the_user_as_it_was_and_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool, body: dict[str, str]
+) -> None:
+    created = await create(client, "Ann@x.io")
+    before = await db.fetchrow("SELECT xmin::text AS xmin, ctid::text AS ctid FROM users")
+    for headers in ({}, {"If-Match": created.headers["etag"]}):
+        response = await client.patch("/users/ann@x.io", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == created.json()
+        assert response.headers["etag"] == created.headers["etag"]
+        assert response.headers["content-location"] == "/users/Ann@x.io"
+    # No new row version: the row was not written at all.
+    assert await db.fetchrow("SELECT xmin::text AS xmin, ctid::text AS ctid FROM users") == before
+    assert (await client.get("/users/ann@x.io")).headers["etag"] == created.headers["etag"]
+
+
+async def test_a_patch_that_changes_nothing_with_a_stale_if_match_is_still_412(
+    client: httpx.AsyncClient,
+) -> None:
+    stale = (await create(client, "ann@x.io")).headers["etag"]
+    current = await client.patch("/users/ann@x.io", json={"name": "Bo"})
+    response = await client.patch(
+        "/users/ann@x.io", json={"name": "Bo"}, headers={"If-Match": stale}
+    )
+    assert_problem(response, 412)
+    assert (await client.get("/users/ann@x.io")).json() == current.json()
+
+
+async def test_a_patch_that_a_write_it_waited_for_made_a_no_op_answers_that_write(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    await create(client, "ann@x.io", name="Q")
+    assert settings.database_url is not None
+    writer = await connect(settings.database_url)
+    try:
+        async with writer.transaction():
+            await writer.execute("UPDATE users SET name = 'P', version = version + 1")
+            # The patch saw Q, so it waits for this transaction's row lock.
+            patch = asyncio.create_task(client.patch("/users/ann@x.io", json={"name": "P"}))
+            await until_waiting_on_locks(db, 1)
+        response = await patch
+    finally:
+        await writer.close()
+    assert response.status_code == 200, response.text
+    current = await client.get("/users/ann@x.io")
+    assert response.json() == current.json()
+    assert response.json()["name"] == "P"
+    assert response.headers["etag"] == current.headers["etag"]
+
+
+async def test_changing_the_letter_case_of_the_email_alone_is_a_change(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await create(client, "Ann@x.io")
+    response = await client.patch("/users/ann@x.io", json={"email": "ann@x.io"})
+    assert response.status_code == 200
+    assert response.json()["email"] == "ann@x.io"
+    assert response.headers["etag"] != created.headers["etag"]
+    assert response.json()["updated_at"] > created.json()["updated_at"]
 
 
 @pytest.mark.parametrize(("body", "field"), [({}, "$"), ({"name": "A", "role": "x"}, "$.role")])
