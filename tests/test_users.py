@@ -1083,6 +1083,43 @@ async def test_of_two_writers_with_one_etag_exactly_one_wins(client: httpx.Async
     assert (await client.get("/users/ann@example.com")).json() == winner.json()
 
 
+async def test_a_patch_and_a_delete_with_one_etag_never_both_succeed(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    assert settings.database_url is not None
+    holder = await connect(settings.database_url)
+    try:
+        for round in range(8):
+            etag = (await create(client, "ann@x.io")).headers["etag"]
+            headers = {"If-Match": etag}
+            bodies = {"PATCH": {"name": f"N{round}"}, "DELETE": None}
+            order = ["PATCH", "DELETE"] if round % 2 == 0 else ["DELETE", "PATCH"]
+            # A row lock held here makes both wait, in this order, each past
+            # whatever it does before its write; then they race for the row.
+            async with holder.transaction():
+                await holder.execute("SELECT FROM users FOR UPDATE")
+                tasks = {}
+                for waiting, method in enumerate(order, start=1):
+                    write = client.request(
+                        method, "/users/ann@x.io", json=bodies[method], headers=headers
+                    )
+                    tasks[method] = asyncio.create_task(write)
+                    await until_waiting_on_locks(db, waiting)
+            patch, delete = await asyncio.gather(tasks["PATCH"], tasks["DELETE"])
+            statuses = (patch.status_code, delete.status_code)
+            current = await client.get("/users/ann@x.io")
+            if patch.status_code == 200:
+                assert statuses == (200, 412), (order, statuses)
+                assert current.json() == patch.json()
+                assert current.headers["etag"] == patch.headers["etag"]
+                await client.delete("/users/ann@x.io")
+            else:
+                assert statuses == (404, 204), (order, statuses)
+                assert_problem(current, 404)
+    finally:
+        await holder.close()
+
+
 async def test_require_if_match_makes_it_428_to_write_without_one(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
