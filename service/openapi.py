@@ -159,6 +159,7 @@ KEY_PROBLEMS = {
     "Idempotency-Key was used with another body or path.",
 }
 IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
+UNAVAILABLE = "The database is down or too slow; retry after Retry-After seconds."
 PRECONDITION_FAILED = "If-Match names none of the user's current ETags; nothing changed."
 PRECONDITION_REQUIRED = "The service requires If-Match (REQUIRE_IF_MATCH=1); the request has none."
 QUERY_PARAMETERS = {
@@ -386,6 +387,8 @@ OPERATIONS: dict[Endpoint, Operation] = {
             404: "No user has that email or id.",
             409: "Another user has the new email, in some letter case; `conflicts` holds it "
             "as sent. Nothing changed.",
+            503: "The database is down or too slow, or other writes to the user kept coming "
+            "between this one's read and its change; retry after Retry-After seconds.",
             422: "The body breaks a rule, or has neither field; `field` is the JSON path of "
             "where (`$.email`, `$`).",
         },
@@ -513,7 +516,7 @@ def operation_object(
     if tokens and operation.needs_token:
         problems[401] = "The request has none of the service's bearer tokens."
     if operation.uses_database:
-        problems[503] = "The database is down or too slow; retry after Retry-After seconds."
+        problems.setdefault(503, UNAVAILABLE)
     responses = {
         str(status): response_object(reply, schema_of)
         for status, reply in operation.replies.items()
