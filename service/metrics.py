@@ -42,6 +42,7 @@ POOL_SIZE = Gauge(
 POOL_IDLE = Gauge(
     "db_pool_idle_connections", "Open connections not in use", multiprocess_mode="livesum"
 )
+# Faults only: a constraint refusing a caller's value is that caller's 409 or 422.
 DB_ERRORS = Counter("db_errors_total", "Database errors by class", ["error"])
 # Only with DATABASE_READ_URLS set; a replica is named by its host:port alone.
 DB_READS = Counter(

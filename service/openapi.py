@@ -55,6 +55,7 @@ class Parameter(msgspec.Struct, frozen=True, kw_only=True):
     location: Literal["path", "query", "header"]
     type: object
     description: str
+    required: bool = False  # a path's parameters always are
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +76,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     problems: dict[int, str] = {}
     uses_database: bool = False  # adds 503
     needs_token: bool = False  # adds bearerAuth and 401
+    conditional: bool = False  # adds If-Match and 412; with REQUIRE_IF_MATCH, required and 428
 
 
 LOCATION = Header(name="Location", type=str, description="The path of the new user.")
@@ -135,8 +137,11 @@ IF_MATCH = Parameter(
     location="header",
     type=str,
     description="ETags, comma-separated, or `*` for any: the write happens only when one is "
-    "the user's current ETag, else 412. Weak ETags never match. Required, else 428, when the "
-    "service runs with REQUIRE_IF_MATCH=1.",
+    "the user's current ETag, else 412. Weak ETags never match.",
+)
+# The service runs with REQUIRE_IF_MATCH=1.
+REQUIRED_IF_MATCH = msgspec.structs.replace(
+    IF_MATCH, required=True, description=IF_MATCH.description + " Required: without it, 428."
 )
 IDEMPOTENCY_KEY = Parameter(
     name="Idempotency-Key",
@@ -154,10 +159,9 @@ KEY_PROBLEMS = {
     "Idempotency-Key was used with another body or path.",
 }
 IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
-CONDITION_PROBLEMS = {
-    412: "If-Match names none of the user's current ETags; nothing changed.",
-    428: "The service requires If-Match (REQUIRE_IF_MATCH=1), and the request has none.",
-}
+UNAVAILABLE = "The database is down or too slow; retry after Retry-After seconds."
+PRECONDITION_FAILED = "If-Match names none of the user's current ETags; nothing changed."
+PRECONDITION_REQUIRED = "The service requires If-Match (REQUIRE_IF_MATCH=1); the request has none."
 QUERY_PARAMETERS = {
     parameter.name: parameter
     for parameter in (
@@ -187,7 +191,7 @@ QUERY_PARAMETERS = {
             location="query",
             type=Timestamp,
             description="Only users created after this instant (exclusive): RFC 3339 with an "
-            "offset, `2026-11-01T00:00:00Z`.",
+            f"offset, `2026-11-01T00:00:00Z`, {users.TIMESTAMP_RANGE}.",
         ),
         Parameter(
             name="created_before",
@@ -247,7 +251,12 @@ async def openapi_json(request: Request) -> Response:
     state = request.app.state
     content: bytes | None = getattr(state, "openapi", None)
     if content is None:
-        document = build_document(request.app.routes, tokens=bool(state.settings.api_tokens))
+        settings = state.settings
+        document = build_document(
+            request.app.routes,
+            tokens=bool(settings.api_tokens),
+            require_if_match=settings.require_if_match,
+        )
         content = state.openapi = _encoder.encode(document)
     return Response(content, media_type=JSON)
 
@@ -363,39 +372,49 @@ OPERATIONS: dict[Endpoint, Operation] = {
         summary="Change a user",
         description="Sets the name, the email or both of the user with an email, in any "
         "letter case, or with an id. The id and `created_at` stay.",
-        parameters=(USER, IF_MATCH),
+        parameters=(USER,),
         body=Patch,
         replies={
-            200: Reply(description="The changed user.", body=User, headers=(ETAG, CONTENT_LOCATION))
+            200: Reply(
+                description="The changed user; the user as it is, unchanged and with the "
+                "same ETag, when the patch changes nothing.",
+                body=User,
+                headers=(ETAG, CONTENT_LOCATION),
+            )
         },
         problems={
             **BODY_PROBLEMS,
             404: "No user has that email or id.",
-            409: "Another user has the new email, in some letter case; nothing changed.",
+            409: "Another user has the new email, in some letter case; `conflicts` holds it "
+            "as sent. Nothing changed.",
+            503: "The database is down or too slow, or other writes to the user kept coming "
+            "between this one's read and its change; retry after Retry-After seconds.",
             422: "The body breaks a rule, or has neither field; `field` is the JSON path of "
             "where (`$.email`, `$`).",
-            **CONDITION_PROBLEMS,
         },
         uses_database=True,
         needs_token=True,
+        conditional=True,
     ),
     users.delete_user: Operation(
         operation_id="deleteUser",
         tag="users",
         summary="Delete a user",
         description="Deletes the user with an email, in any letter case, or with an id.",
-        parameters=(USER, IF_MATCH),
+        parameters=(USER,),
         replies={204: Reply(description="Deleted.")},
-        problems={404: "No user has that email or id.", **CONDITION_PROBLEMS},
+        problems={404: "No user has that email or id."},
         uses_database=True,
         needs_token=True,
+        conditional=True,
     ),
     openapi_json: Operation(
         operation_id="openapi",
         tag="operations",
         summary="This OpenAPI document",
         description="The contract of this service as it runs: bearer tokens appear only when "
-        "it was started with API_TOKENS.",
+        "it was started with API_TOKENS, and a required If-Match (and its 428) only with "
+        "REQUIRE_IF_MATCH=1.",
         replies={200: Reply(description="OpenAPI 3.1.", body=dict[str, Any])},
     ),
 }
@@ -416,10 +435,13 @@ def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Ope
     return found
 
 
-def build_document(routes: Iterable[BaseRoute], *, tokens: bool) -> dict[str, Any]:
-    """The document of these routes; `tokens`: the service requires bearer tokens."""
+def build_document(
+    routes: Iterable[BaseRoute], *, tokens: bool, require_if_match: bool
+) -> dict[str, Any]:
+    """The document of these routes, true to the settings that change the contract:
+    `tokens`, bearer tokens are required; `require_if_match`, so is If-Match on writes."""
     documented = documented_routes(routes)
-    types: list[object] = [Problem]
+    types: list[object] = [Problem, IF_MATCH.type]
     for _, _, operation in documented:
         types += [operation.body] if operation.body is not None else []
         types += [parameter.type for parameter in (*operation.parameters, REQUEST_ID_PARAMETER)]
@@ -434,7 +456,7 @@ def build_document(routes: Iterable[BaseRoute], *, tokens: bool) -> dict[str, An
     paths: dict[str, dict[str, Any]] = {}
     for route, method, operation in documented:
         paths.setdefault(route.path_format, {})[method.lower()] = operation_object(
-            operation, schema_of, tokens=tokens
+            operation, schema_of, tokens=tokens, require_if_match=require_if_match
         )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -456,8 +478,16 @@ def build_document(routes: Iterable[BaseRoute], *, tokens: bool) -> dict[str, An
 
 
 def operation_object(
-    operation: Operation, schema_of: dict[object, Any], *, tokens: bool
+    operation: Operation, schema_of: dict[object, Any], *, tokens: bool, require_if_match: bool
 ) -> dict[str, Any]:
+    parameters = list(operation.parameters)
+    problems = dict(operation.problems)
+    if operation.conditional:
+        # The running service's truth, as for tokens below.
+        parameters.append(REQUIRED_IF_MATCH if require_if_match else IF_MATCH)
+        problems[412] = PRECONDITION_FAILED
+        if require_if_match:
+            problems[428] = PRECONDITION_REQUIRED
     result: dict[str, Any] = {
         "operationId": operation.operation_id,
         "tags": [operation.tag],
@@ -467,11 +497,11 @@ def operation_object(
             {
                 "name": parameter.name,
                 "in": parameter.location,
-                "required": parameter.location == "path",
+                "required": parameter.required or parameter.location == "path",
                 "description": parameter.description,
                 "schema": schema_of[parameter.type],
             }
-            for parameter in (*operation.parameters, REQUEST_ID_PARAMETER)
+            for parameter in (*parameters, REQUEST_ID_PARAMETER)
         ],
     }
     if operation.body is not None:
@@ -480,14 +510,13 @@ def operation_object(
             "description": "JSON: application/json, any application/*+json, or no Content-Type.",
             "content": {JSON: {"schema": schema_of[operation.body]}},
         }
-    problems = dict(operation.problems)
     # The running service's truth: open endpoints are marked open, and
     # /users needs a token only when API_TOKENS is set.
     result["security"] = [{"bearerAuth": []}] if tokens and operation.needs_token else []
     if tokens and operation.needs_token:
         problems[401] = "The request has none of the service's bearer tokens."
     if operation.uses_database:
-        problems[503] = "The database is down or too slow; retry after Retry-After seconds."
+        problems.setdefault(503, UNAVAILABLE)
     responses = {
         str(status): response_object(reply, schema_of)
         for status, reply in operation.replies.items()

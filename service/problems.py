@@ -17,6 +17,7 @@ from starlette.routing import Match, Route
 from service.database import UNAVAILABLE, PoolBusy
 from service.logs import route_template
 from service.metrics import DB_ERRORS
+from service.queries import Contended
 from service.schemas import Problem
 
 logger = logging.getLogger("service")
@@ -129,15 +130,28 @@ async def handle_decode(request: Request, exc: Exception) -> Response:
 
 
 async def handle_database(request: Request, exc: Exception) -> Response:
-    DB_ERRORS.labels(type(exc).__name__).inc()
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return problem_response(ProblemError(409, "A user with that email already exists"))
-    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.DataError):
+    # A constraint that answers for the caller is the caller's error, not a
+    # fault of the database: it is not counted in db_errors_total, where it
+    # would page someone for a duplicate email. Every path checks its input
+    # (and catches its own unique violations), so one that reaches here is a
+    # gap in that checking: worth a warning, not an alert.
+    if isinstance(exc, CALLER_ERRORS):
+        logger.warning(
+            "the database refused a value on %s %s: %s",
+            request.method, route_template(request.scope), exc,
+        )  # fmt: skip
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            return problem_response(ProblemError(409, "A user with that email already exists"))
         return problem_response(ProblemError(422, "A value was refused by the database"))
+    DB_ERRORS.labels(type(exc).__name__).inc()
     logger.error(
         "database error on %s %s", request.method, route_template(request.scope), exc_info=exc
     )
     return problem_response(ProblemError(500, "The request could not be completed"))
+
+
+# Refusals of a value by a constraint or a type: 409 or 422, never counted as faults.
+CALLER_ERRORS = (asyncpg.UniqueViolationError, asyncpg.CheckViolationError, asyncpg.DataError)
 
 
 async def handle_disconnect(request: Request, exc: Exception) -> Response:
@@ -172,10 +186,21 @@ async def handle_busy(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_contended(request: Request, exc: Exception) -> Response:
+    return problem_response(
+        ProblemError(
+            503,
+            "Other requests keep changing this user; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    )
+
+
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     ProblemError: handle_problem,
     PoolBusy: handle_busy,
+    Contended: handle_contended,
     HTTPException: handle_http,
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,

@@ -125,14 +125,32 @@ PLAN_FOR_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 # The If-Match condition of a write, in the write's own statement so that no
 # other write slips between check and change: $3 true for none (or "*"),
 # else the row's (id, version) must be one of the pairs in $4 and $5.
+#
+# A patch that changes nothing writes nothing (the version moves exactly when
+# the user changes): the UPDATE skips the row, and the SELECT after it returns
+# the row as the statement's snapshot has it. Its `unchanged` is false only
+# when the row needed a change that the UPDATE did not make: another write
+# committed after the snapshot, and the statement is worth running again.
 UPDATE_USER = """
-UPDATE users
-SET name = coalesce($6, name), email = coalesce($7, email),
-    updated_at = now(), version = version + 1
-WHERE (lower(email) = $1 OR public_id = $2)
+WITH changed AS (
+    UPDATE users
+    SET name = coalesce($6, name), email = coalesce($7, email),
+        updated_at = now(), version = version + 1
+    WHERE (lower(email) = $1 OR public_id = $2)
+      AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+      AND (name, email) IS DISTINCT FROM (coalesce($6, name), coalesce($7, email))
+    RETURNING public_id, name, email, created_at, updated_at, version
+)
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version, true AS unchanged
+FROM changed
+UNION ALL
+SELECT public_id::text, name, email, rfc3339(created_at), rfc3339(updated_at), version,
+    (name, email) IS NOT DISTINCT FROM (coalesce($6, name), coalesce($7, email))
+FROM users
+WHERE NOT EXISTS (SELECT FROM changed)
+  AND (lower(email) = $1 OR public_id = $2)
   AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-RETURNING public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at, version
 """
 
 DELETE_USER = """
@@ -300,15 +318,33 @@ def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
     return pages
 
 
+class EmailTaken(Exception):
+    """An update's new email is another user's, in some letter case."""
+
+
+class Contended(Exception):
+    """Other writes to a user kept coming between an update's snapshot and its change."""
+
+
 async def update_user(
     db: Executor, key: UserKey, condition: Condition, *, name: str | None, email: str | None
 ) -> Stored | None:
-    """The user changed, or None when no user has the key or the condition failed.
+    """The user changed, or as it is when the patch changes nothing; None when no
+    user has the key or the condition failed. Raises EmailTaken or Contended."""
+    arguments = (*key, *condition_arguments(condition), name, email)
+    for _ in range(UPDATE_ATTEMPTS):
+        try:
+            row = await db.fetchrow(UPDATE_USER, *arguments)
+        except asyncpg.UniqueViolationError:
+            raise EmailTaken from None
+        if row is None or row["unchanged"]:
+            return None if row is None else to_stored(row)
+    raise Contended
 
-    A new email that another user has raises UniqueViolationError.
-    """
-    row = await db.fetchrow(UPDATE_USER, *key, *condition_arguments(condition), name, email)
-    return None if row is None else to_stored(row)
+
+# Each attempt after the first follows a write to the same user that committed
+# while the previous one ran; with If-Match, that write fails the next attempt.
+UPDATE_ATTEMPTS = 3
 
 
 async def delete_user(db: Executor, key: UserKey, condition: Condition) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import NamedTuple
 from urllib.parse import quote, urlencode
@@ -45,6 +45,13 @@ COUNTS = {"exact": queries.count_users, "estimated": queries.estimate_users}
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
+# The instants a date filter may name: Python's datetime range, in UTC. asyncpg
+# converts each to UTC before sending it, and one outside it overflows there.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
+    *(instant.isoformat().replace("+00:00", "Z") for instant in (EARLIEST, LATEST))
+)
 
 _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
@@ -170,7 +177,7 @@ def query_timestamp(params: dict[str, str], name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        return msgspec.convert(raw, Timestamp)
+        instant = msgspec.convert(raw, Timestamp)
     except msgspec.ValidationError:
         raise ProblemError(
             422,
@@ -178,6 +185,11 @@ def query_timestamp(params: dict[str, str], name: str) -> datetime | None:
             "(a + in the offset is sent as %2B)",
             field=name,
         ) from None
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:
+        detail = f"{name} must be an instant {TIMESTAMP_RANGE}"
+        raise ProblemError(422, detail, field=name) from None
 
 
 def query_search(params: dict[str, str]) -> str | None:
@@ -336,13 +348,18 @@ async def update_user(request: Request) -> Response:
     condition = write_condition(request)
     settings = settings_of(request)
     patch = await read_json(request, _decode_patch, settings.max_body_bytes, settings.body_timeout)
-    stored = await queries.update_user(
-        db_of(request),
-        key,
-        condition,
-        name=None if patch.name is msgspec.UNSET else patch.name,
-        email=None if patch.email is msgspec.UNSET else patch.email,
-    )
+    email = None if patch.email is msgspec.UNSET else patch.email
+    try:
+        stored = await queries.update_user(
+            db_of(request),
+            key,
+            condition,
+            name=None if patch.name is msgspec.UNSET else patch.name,
+            email=email,
+        )
+    except queries.EmailTaken:
+        message = "Another user has that email, in some letter case; nothing changed"
+        raise ProblemError(409, message, conflicts=[email] if email else None) from None
     if stored is None:
         raise await failed_write(request, key)
     # The user's address, which an email change has just moved.

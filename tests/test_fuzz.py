@@ -89,17 +89,24 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 TOKEN = "a-token-of-16-characters-or-more"  # noqa: S105 - a test's own token
 
 
-@pytest.mark.parametrize("tokens", [False, True], ids=["open", "with API_TOKENS"])
+@pytest.mark.parametrize(
+    "setting",
+    [None, "API_TOKENS", "REQUIRE_IF_MATCH"],
+    ids=["open", "API_TOKENS", "REQUIRE_IF_MATCH"],
+)
 def test_schemathesis_with_every_check_and_phase_finds_nothing(
-    tmp_path: Path, services: list[Service], database_url: str, tokens: bool
+    tmp_path: Path, services: list[Service], database_url: str, setting: str | None
 ) -> None:
-    """As a caller runs it: the CLI against `python -m service`, stateful phase included."""
+    """As a caller runs it: the CLI against `python -m service`, stateful phase included,
+    with each setting that changes the document."""
     asyncio.run(empty_table(database_url))
     env = {"DATABASE_URL": database_url, "DB_STATEMENT_CACHE_SIZE": str(statement_cache_size())}
     auth: list[str] = []
-    if tokens:
+    if setting == "API_TOKENS":
         env["API_TOKENS"] = TOKEN
         auth = ["--header", f"Authorization: Bearer {TOKEN}"]
+    if setting == "REQUIRE_IF_MATCH":
+        env["REQUIRE_IF_MATCH"] = "1"
     service = Service(tmp_path, env)
     services.append(service)
     service.wait_ready()

@@ -105,6 +105,28 @@ async def test_database_errors_are_counted_by_class(
     assert after - before == 1
 
 
+async def test_a_caller_error_that_a_constraint_answers_is_not_a_database_error(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    before = samples(await scrape(client))
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    await client.post("/users", json={"name": "Bo", "email": "bo@x.io"})
+    taken = await client.patch("/users/bo@x.io", json={"email": "ANN@x.io"})
+    assert taken.status_code == 409
+    dated = await client.get("/users", params={"created_after": "9999-12-31T23:59:59-23:59"})
+    assert dated.status_code == 422
+    # A rule of the database's that the service does not check itself.
+    await db.execute("ALTER TABLE users ADD CONSTRAINT no_zed CHECK (name <> 'Zed') NOT VALID")
+    try:
+        refused = await client.post("/users", json={"name": "Zed", "email": "zed@x.io"})
+    finally:
+        await db.execute("ALTER TABLE users DROP CONSTRAINT no_zed")
+    assert refused.status_code == 422
+    after = samples(await scrape(client))
+    grown = {key: after[key] - before.get(key, 0.0) for key in after if key[0] == "db_errors_total"}
+    assert not any(grown.values()), grown
+
+
 def scrape_http(service: Service) -> str:
     return httpx.get(f"{service.url}/metrics", timeout=5).text
 

@@ -222,6 +222,38 @@ async def test_with_api_tokens_only_users_operations_need_a_bearer_token(
             assert "401" not in operation["responses"]
 
 
+async def test_without_require_if_match_if_match_is_optional_on_writes_and_no_428(
+    client: httpx.AsyncClient,
+) -> None:
+    item = (await fetch_document(client))["paths"]["/users/{user}"]
+    for method in ("patch", "delete"):
+        [if_match] = [p for p in item[method]["parameters"] if p["name"] == "If-Match"]
+        assert (if_match["in"], if_match["required"]) == ("header", False)
+        assert "428" not in item[method]["responses"]
+        assert "412" in item[method]["responses"]
+    assert not [p for p in item["get"]["parameters"] if p["name"] == "If-Match"]
+
+
+async def test_with_require_if_match_if_match_is_required_on_writes_with_a_428(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with client_of(msgspec.structs.replace(settings, require_if_match=True)) as client:
+        document = await fetch_document(client)
+        validate(document)
+        item = document["paths"]["/users/{user}"]
+        for method in ("patch", "delete"):
+            [if_match] = [p for p in item[method]["parameters"] if p["name"] == "If-Match"]
+            assert (if_match["in"], if_match["required"]) == ("header", True)
+            assert {"412", "428"} <= item[method]["responses"].keys()
+            assert item[method]["responses"]["428"]["content"] == PROBLEM_CONTENT
+        assert not [p for p in item["get"]["parameters"] if p["name"] == "If-Match"]
+        await client.post("/users", json={"name": "Ann", "email": "ann@example.com"})
+        path = "/users/{user}"
+        assert_conforms(document, path, await client.delete("/users/ann@example.com"), 428)
+        patch = await client.patch("/users/ann@example.com", json={"name": "Bo"})
+        assert_conforms(document, path, patch, 428)
+
+
 async def test_database_operations_declare_503_with_retry_after(
     client: httpx.AsyncClient,
 ) -> None:
@@ -238,9 +270,9 @@ async def test_document_is_built_once_per_app(
     builds = []
     build = openapi.build_document
 
-    def counted(routes: Any, *, tokens: bool) -> Document:
+    def counted(routes: Any, *, tokens: bool, require_if_match: bool) -> Document:
         builds.append(routes)
-        return build(routes, tokens=tokens)
+        return build(routes, tokens=tokens, require_if_match=require_if_match)
 
     monkeypatch.setattr(openapi, "build_document", counted)
     first = await client.get("/openapi.json")
@@ -254,7 +286,9 @@ async def test_a_route_without_operation_metadata_is_refused() -> None:
         return Response()
 
     with pytest.raises(LookupError, match="/undocumented"):
-        openapi.build_document([Route("/undocumented", undocumented)], tokens=False)
+        openapi.build_document(
+            [Route("/undocumented", undocumented)], tokens=False, require_if_match=False
+        )
 
 
 STALE = {"If-Match": '"7-0b9d8a525c1e4d8e9a0a6f1f1d2b3c4d"'}

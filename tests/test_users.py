@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -11,7 +12,7 @@ import pytest
 from msgspec.structs import replace
 
 from service.settings import Settings
-from tests.conftest import assert_problem, client_of
+from tests.conftest import assert_problem, client_of, connect
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:
@@ -26,6 +27,20 @@ async def seed(client: httpx.AsyncClient, emails: list[str]) -> None:
 async def count(db: asyncpg.Pool) -> int:
     total: int = await db.fetchval("SELECT count(*) FROM users")
     return total
+
+
+async def until_waiting_on_locks(db: asyncpg.Pool, statements: int) -> None:
+    """Return once this many of the service's statements wait on a lock; fail after 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'users-service' AND wait_event_type = 'Lock'"
+        )
+        if waiting == statements:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{statements} statements did not come to wait on a lock")
 
 
 # Create
@@ -524,6 +539,39 @@ async def test_bad_unknown_or_repeated_filters_are_422_naming_the_parameter(
     assert field in problem["detail"]
 
 
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [
+        ("created_after", "9999-12-31T23:59:59-23:59"),
+        ("created_before", "0001-01-01T00:00:00+14:00"),
+        ("created_after", "9999-12-31T23:59:59.999999-00:01"),
+        ("created_before", "0001-01-01T00:00:59+00:01"),
+    ],
+)
+async def test_a_date_outside_years_1_to_9999_in_utc_is_422_naming_the_parameter(
+    client: httpx.AsyncClient, name: str, instant: str
+) -> None:
+    problem = assert_problem(await client.get("/users", params={name: instant}), 422)
+    assert problem["field"] == name
+    assert problem["detail"] == (
+        f"{name} must be an instant from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z "
+        "once in UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    "instant",
+    ["0001-01-01T00:00:00Z", "0001-01-01T00:01:00+00:01", "9999-12-31T23:59:59.999999Z"],
+)
+async def test_dates_at_the_ends_of_the_range_are_allowed(
+    client: httpx.AsyncClient, instant: str
+) -> None:
+    for name in ("created_after", "created_before"):
+        response = await client.get("/users", params={name: instant})
+        assert response.status_code == 200, response.text
+        assert response.json() == []
+
+
 async def test_a_long_q_of_100_characters_is_allowed(client: httpx.AsyncClient) -> None:
     assert (await client.get("/users", params={"q": "é" * 100})).status_code == 200
 
@@ -832,7 +880,8 @@ async def test_an_email_another_user_has_in_any_case_is_409_and_changes_nothing(
     response = await client.patch("/users/bo@example.com", json={"name": "X", "email": "ANN@x"})
     assert response.status_code == 200  # a free email: the control for the next one
     response = await client.patch("/users/ANN@x", json={"name": "Y", "email": "ANN@example.COM"})
-    assert_problem(response, 409)
+    problem = assert_problem(response, 409)
+    assert problem["conflicts"] == ["ANN@example.COM"]
     still = (await client.get(f"/users/{bo['id']}")).json()
     assert (still["name"], still["email"]) == ("X", "ANN@x")
 
@@ -844,6 +893,72 @@ async def test_changing_only_the_letter_case_of_ones_own_email_is_allowed(
     response = await client.patch("/users/ann@example.com", json={"email": "ANN@Example.com"})
     assert response.status_code == 200
     assert response.json()["email"] == "ANN@Example.com"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"name": "Ann"}, {"email": "Ann@x.io"}, {"name": "Ann", "email": "Ann@x.io"}],
+    ids=["name", "email", "both"],
+)
+async def test_a_patch_that_changes_nothing_answers_the_user_as_it_was_and_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool, body: dict[str, str]
+) -> None:
+    created = await create(client, "Ann@x.io")
+    before = await db.fetchrow("SELECT xmin::text AS xmin, ctid::text AS ctid FROM users")
+    for headers in ({}, {"If-Match": created.headers["etag"]}):
+        response = await client.patch("/users/ann@x.io", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == created.json()
+        assert response.headers["etag"] == created.headers["etag"]
+        assert response.headers["content-location"] == "/users/Ann@x.io"
+    # No new row version: the row was not written at all.
+    assert await db.fetchrow("SELECT xmin::text AS xmin, ctid::text AS ctid FROM users") == before
+    assert (await client.get("/users/ann@x.io")).headers["etag"] == created.headers["etag"]
+
+
+async def test_a_patch_that_changes_nothing_with_a_stale_if_match_is_still_412(
+    client: httpx.AsyncClient,
+) -> None:
+    stale = (await create(client, "ann@x.io")).headers["etag"]
+    current = await client.patch("/users/ann@x.io", json={"name": "Bo"})
+    response = await client.patch(
+        "/users/ann@x.io", json={"name": "Bo"}, headers={"If-Match": stale}
+    )
+    assert_problem(response, 412)
+    assert (await client.get("/users/ann@x.io")).json() == current.json()
+
+
+async def test_a_patch_that_a_write_it_waited_for_made_a_no_op_answers_that_write(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    await create(client, "ann@x.io", name="Q")
+    assert settings.database_url is not None
+    writer = await connect(settings.database_url)
+    try:
+        async with writer.transaction():
+            await writer.execute("UPDATE users SET name = 'P', version = version + 1")
+            # The patch saw Q, so it waits for this transaction's row lock.
+            patch = asyncio.create_task(client.patch("/users/ann@x.io", json={"name": "P"}))
+            await until_waiting_on_locks(db, 1)
+        response = await patch
+    finally:
+        await writer.close()
+    assert response.status_code == 200, response.text
+    current = await client.get("/users/ann@x.io")
+    assert response.json() == current.json()
+    assert response.json()["name"] == "P"
+    assert response.headers["etag"] == current.headers["etag"]
+
+
+async def test_changing_the_letter_case_of_the_email_alone_is_a_change(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await create(client, "Ann@x.io")
+    response = await client.patch("/users/ann@x.io", json={"email": "ann@x.io"})
+    assert response.status_code == 200
+    assert response.json()["email"] == "ann@x.io"
+    assert response.headers["etag"] != created.headers["etag"]
+    assert response.json()["updated_at"] > created.json()["updated_at"]
 
 
 @pytest.mark.parametrize(("body", "field"), [({}, "$"), ({"name": "A", "role": "x"}, "$.role")])
@@ -966,6 +1081,43 @@ async def test_of_two_writers_with_one_etag_exactly_one_wins(client: httpx.Async
     assert sorted(response.status_code for response in responses) == [200] + [412] * 9
     [winner] = [response for response in responses if response.status_code == 200]
     assert (await client.get("/users/ann@example.com")).json() == winner.json()
+
+
+async def test_a_patch_and_a_delete_with_one_etag_never_both_succeed(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    assert settings.database_url is not None
+    holder = await connect(settings.database_url)
+    try:
+        for round in range(8):
+            etag = (await create(client, "ann@x.io")).headers["etag"]
+            headers = {"If-Match": etag}
+            bodies = {"PATCH": {"name": f"N{round}"}, "DELETE": None}
+            order = ["PATCH", "DELETE"] if round % 2 == 0 else ["DELETE", "PATCH"]
+            # A row lock held here makes both wait, in this order, each past
+            # whatever it does before its write; then they race for the row.
+            async with holder.transaction():
+                await holder.execute("SELECT FROM users FOR UPDATE")
+                tasks = {}
+                for waiting, method in enumerate(order, start=1):
+                    write = client.request(
+                        method, "/users/ann@x.io", json=bodies[method], headers=headers
+                    )
+                    tasks[method] = asyncio.create_task(write)
+                    await until_waiting_on_locks(db, waiting)
+            patch, delete = await asyncio.gather(tasks["PATCH"], tasks["DELETE"])
+            statuses = (patch.status_code, delete.status_code)
+            current = await client.get("/users/ann@x.io")
+            if patch.status_code == 200:
+                assert statuses == (200, 412), (order, statuses)
+                assert current.json() == patch.json()
+                assert current.headers["etag"] == patch.headers["etag"]
+                await client.delete("/users/ann@x.io")
+            else:
+                assert statuses == (404, 204), (order, statuses)
+                assert_problem(current, 404)
+    finally:
+        await holder.close()
 
 
 async def test_require_if_match_makes_it_428_to_write_without_one(
