@@ -316,12 +316,13 @@ def conflict(spelt: dict[str, str], keys: set[str]) -> ProblemError:
 
 def write_condition(request: Request) -> Condition:
     """The If-Match of a PATCH or DELETE; 428 without one when REQUIRE_IF_MATCH is set."""
-    header = request.headers.get("if-match")
-    if header is None:
+    # Field lines sent more than once are one comma-separated list (RFC 9110 §5.3).
+    lines = request.headers.getlist("if-match")
+    if not lines:
         if settings_of(request).require_if_match:
             raise ProblemError(428, "This service requires If-Match with the user's ETag")
         return None
-    return match_condition(header)
+    return match_condition(", ".join(lines))
 
 
 async def failed_write(request: Request, key: UserKey) -> ProblemError:
