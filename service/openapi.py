@@ -149,7 +149,7 @@ IDEMPOTENCY_KEY = Parameter(
 )
 KEY_PROBLEMS = {
     400: "Malformed JSON, invalid UTF-8, or an Idempotency-Key that is not 1 to 255 "
-    "printable ASCII characters.",
+    "printable ASCII characters or is sent on more than one line.",
     422: "The body breaks a rule (`field` is the JSON path of where), or the "
     "Idempotency-Key was used with another body or path.",
 }
