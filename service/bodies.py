@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
@@ -21,13 +23,17 @@ def is_json(content_type: str) -> bool:
 
 
 async def read_json(
-    request: Request, decoder: msgspec.json.Decoder[T], limit: int, seconds: float | None = None
+    request: Request,
+    decoder: msgspec.json.Decoder[T],
+    keys: Callable[[T], int],
+    limit: int,
+    seconds: float | None = None,
 ) -> T:
     """Decode the body, refusing it with 413 as soon as it is known to exceed `limit`.
 
     A missing Content-Type is read as JSON, as the original API did.
     """
-    return decode(decoder, await read_body(request, limit, seconds))
+    return decode(decoder, keys, await read_body(request, limit, seconds))
 
 
 async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytearray:
@@ -54,8 +60,51 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
     return body
 
 
-def decode(decoder: msgspec.json.Decoder[T], body: bytes | bytearray) -> T:
+def decode(
+    decoder: msgspec.json.Decoder[T], keys: Callable[[T], int], body: bytes | bytearray
+) -> T:
+    """The body decoded; a key repeated in an object, which msgspec lets the last win, a 422.
+
+    `keys` counts the keys of the JSON objects that made a decoded value.
+    """
     try:
-        return decoder.decode(body)
+        value = decoder.decode(body)
     except UnicodeDecodeError:
         raise ProblemError(400, "Malformed JSON: the body is not valid UTF-8") from None
+    # Every ":" follows a key or is inside a string, so no more of them than
+    # the keys the value holds proves that none repeats: 0.4 ms for 10,000
+    # users, where reading each object's keys costs 7 ms, paid only when a
+    # string holds a ":".
+    if body.count(b":") > keys(value):
+        repeated = repeated_key(body)
+        if repeated is not None:
+            raise ProblemError(
+                422, f"Object has a key more than once at {repeated}", field=repeated
+            )
+    return value
+
+
+class _Object(list[tuple[str, object]]):
+    """A JSON object as its keys and values, in order, repeats kept."""
+
+
+def repeated_key(body: bytes | bytearray) -> str | None:
+    """The JSON path of the first key repeated in an object of a valid JSON body, or None."""
+    return repeated_in(json.loads(body, object_pairs_hook=_Object), "$")
+
+
+def repeated_in(value: object, path: str) -> str | None:
+    # Bodies that decoded are a few levels deep at most: recursion is bounded.
+    if isinstance(value, _Object):
+        seen: set[str] = set()
+        for key, item in value:
+            if key in seen:
+                return f"{path}.{key}"
+            seen.add(key)
+            if isinstance(item, list) and (found := repeated_in(item, f"{path}.{key}")):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, list) and (found := repeated_in(item, f"{path}[{index}]")):
+                return found
+    return None

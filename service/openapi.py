@@ -150,7 +150,7 @@ IDEMPOTENCY_KEY = Parameter(
 KEY_PROBLEMS = {
     400: "Malformed JSON, invalid UTF-8, or an Idempotency-Key that is not 1 to 255 "
     "printable ASCII characters or is sent on more than one line.",
-    422: "The body breaks a rule (`field` is the JSON path of where), or the "
+    422: "The body breaks a rule or repeats a key (`field` is the JSON path of where), or the "
     "Idempotency-Key was used with another body or path.",
 }
 IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
@@ -227,7 +227,7 @@ BODY_PROBLEMS = {
     400: "Malformed JSON or invalid UTF-8.",
     413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
     415: "The body is not JSON.",
-    422: "The body breaks a rule; `field` is the JSON path of where (`$.email`).",
+    422: "The body breaks a rule or repeats a key; `field` is the JSON path of where (`$.email`).",
 }
 BEARER_AUTH = {
     "type": "http",
@@ -337,7 +337,7 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "Nothing was inserted." + IN_PROGRESS,
             413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
             422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
-            "rule (`field` is the JSON path of the first, `$[3].email`), or the "
+            "rule or repeats a key (`field` is the JSON path of the first, `$[3].email`), or the "
             "Idempotency-Key was used with another body or path.",
         },
         uses_database=True,
