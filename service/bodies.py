@@ -36,11 +36,54 @@ async def read_json(
     return decode(decoder, keys, await read_body(request, limit, seconds))
 
 
+def charsets(content_type: str) -> list[str]:
+    """The charset parameters of a media type, unquoted and in lower case."""
+    found = []
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' == value[-1]:
+                value = value[1:-1]
+            found.append(value.lower())
+    return found
+
+
+def check_framing(request: Request) -> None:
+    """Refuse a body the service cannot read as it is: not JSON, not UTF-8, encoded, unframed."""
+    headers = request.headers
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        if not is_json(content_type):
+            raise ProblemError(
+                415, f"Expected a JSON body (application/json), got {content_type!r}"
+            )
+        if any(charset != "utf-8" for charset in charsets(content_type)):
+            raise ProblemError(
+                415, f"JSON bodies are UTF-8, so charset=utf-8 or none: got {content_type!r}"
+            )
+    codings = [
+        coding.strip().lower()
+        for line in headers.getlist("content-encoding")
+        for coding in line.split(",")
+        if coding.strip()
+    ]
+    if any(coding != "identity" for coding in codings):
+        # RFC 9110 §15.5.16: say which codings the service reads.
+        raise ProblemError(
+            415,
+            "Content-Encoding is not supported: send the body as it is",
+            headers={"Accept-Encoding": "identity"},
+        )
+    if request.scope.get("http_version") == "1.0" and "content-length" not in headers:
+        # HTTP/1.0 has no chunked framing: without a length, the body cannot be told
+        # from the end of the connection, and uvicorn reads it as empty.
+        raise ProblemError(411, "An HTTP/1.0 request body needs a Content-Length")
+
+
 async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytearray:
     """The raw body of a JSON request, with read_json's checks of type, size and time."""
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not is_json(content_type):
-        raise ProblemError(415, f"Expected a JSON body (application/json), got {content_type!r}")
+    check_framing(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise ProblemError(413, f"The body is larger than the limit of {limit} bytes")

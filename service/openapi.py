@@ -226,7 +226,9 @@ PREFERENCE_APPLIED = Header(
 BODY_PROBLEMS = {
     400: "Malformed JSON or invalid UTF-8.",
     413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
-    415: "The body is not JSON.",
+    411: "An HTTP/1.0 request has a body but no Content-Length.",
+    415: "The body is not JSON, names a charset other than UTF-8, or has a Content-Encoding "
+    "other than identity (the answer then has `Accept-Encoding: identity`).",
     422: "The body breaks a rule or repeats a key; `field` is the JSON path of where (`$.email`).",
 }
 BEARER_AUTH = {

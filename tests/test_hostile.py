@@ -422,3 +422,28 @@ def test_a_path_with_a_final_newline_is_no_route(
     body = {b"/users%0A": USER, b"/users/bulk%0A": b"[" + USER + b"]"}.get(path, b"")
     assert answer_once(server, method, path, body) == 404
     assert httpx.get(f"{server.url}/users", timeout=5).json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", b"/users"), ("POST", b"/users/bulk"), ("PATCH", b"/users/ann@example.com")],
+)
+def test_an_http_1_0_body_without_content_length_is_411(
+    conn: Connection, empty_table: None, method: str, path: bytes
+) -> None:
+    conn.send(
+        b"%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s\r\n\r\n%s" % (method.encode(), path, JSON, USER)
+    )
+    conn.sock.shutdown(socket.SHUT_WR)  # HTTP/1.0: the end of the body is the end of the stream
+    conn.read_until_closed()
+    [(status, headers, body)] = responses(conn.received)
+    assert status == 411
+    assert headers["content-type"] == "application/problem+json"
+    assert b"Content-Length" in body
+    assert httpx.get(f"{conn.server.url}/users", timeout=5).json() == []
+
+
+def test_an_http_1_0_body_with_content_length_is_read(conn: Connection, empty_table: None) -> None:
+    conn.send(request("POST", b"/users", JSON, body=USER).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    conn.read_until_closed()
+    assert conn.statuses() == [201]

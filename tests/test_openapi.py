@@ -25,6 +25,7 @@ from tests.conftest import client_of
 Document = dict[str, Any]
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 TOKENS = ("a-token-of-16-characters-or-more",)
+GZIP = {"Content-Encoding": "gzip"}
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -306,6 +307,7 @@ async def test_problem_responses_conform_to_the_document(client: httpx.AsyncClie
         ("/users/{user}", await client.patch("/users/ann@example.com", json={}), 422),
         ("/users/{user}", await client.delete("/users/bo@example.com"), 404),
         ("/users/{user}", await client.delete("/users/ann@example.com", headers=STALE), 412),
+        ("/users/bulk", await client.post("/users/bulk", json=[new], headers=GZIP), 415),
     ]
     for path, response, status in answers:
         assert_conforms(document, path, response, status)
