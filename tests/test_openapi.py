@@ -130,7 +130,8 @@ async def test_component_schemas_come_from_the_structs(client: httpx.AsyncClient
     email = schemas["NewUser"]["properties"]["email"]
     assert email == msgspec.json.schema(Email)
     assert email["maxLength"] == 254
-    assert email["pattern"] == r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s/\x00-\x1f\x7f-\x9f]+$(?!\n)"
+    assert "\\s" not in email["pattern"]  # read otherwise by ECMA-262 than by Python
+    assert email["pattern"].startswith(r"^[^@ \u00a0")
     assert schemas["NewUser"]["additionalProperties"] is False
     assert schemas["NewUser"]["required"] == ["name", "email"]
 
