@@ -1,4 +1,4 @@
-"""Request bodies: media type, size limit and JSON decoding."""
+"""Request bodies: their content headers, size limit and JSON decoding."""
 
 from __future__ import annotations
 
