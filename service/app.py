@@ -6,19 +6,20 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from starlette import routing
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.routing import Route
 from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from service import health, metrics, openapi, users
 from service.database import CannotStart, Database, close_pool, open_pool
-from service.dispatch import Dispatch
+from service.dispatch import Dispatch, Endpoint
 from service.logs import configure_logging
 from service.lookups import Creates, Reads
 from service.replicas import open_replicas
@@ -45,6 +46,18 @@ class UserConvertor(Convertor[str]):
 
 
 register_url_convertor("user", UserConvertor())
+
+
+class Route(routing.Route):
+    """Starlette's Route, whose path must match to its very end."""
+
+    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        # Starlette ends the regex in "$", which in Python also matches before
+        # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
+        # not, and costs nothing more per request than "$".
+        self.path_regex = re.compile(self.path_regex.pattern.removesuffix("$") + r"\Z")
+
 
 # The map of the API. Each path also answers with a trailing slash ("/users/")
 # without a redirect, as existing callers use it: Dispatch strips it before

@@ -23,10 +23,14 @@ Write = Callable[[PoolConnectionProxy], Awaitable[Response]]
 
 
 def key_of(request: Request) -> str | None:
-    """The Idempotency-Key, or None; not 1 to 255 printable ASCII characters, a 400."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    """The Idempotency-Key, or None; repeated or not 1 to 255 printable ASCII characters, a 400."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
+    if len(keys) > 1:
+        # A key is one item, not a list: which line was meant cannot be known.
+        raise ProblemError(400, "Idempotency-Key may be sent once")
+    [key] = keys
     if not (1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and key.isascii() and key.isprintable()):
         raise ProblemError(
             400,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from asyncpg.transaction import Transaction
 
 from service.database import reach
 
+logger = logging.getLogger("service")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Any fixed number, the same in every process: it names the migration lock.
 MIGRATION_LOCK_KEY = 7_262_100_001
@@ -82,7 +84,7 @@ async def migrate(database_url: str, start_timeout: float = 0) -> None:
                         await conn.execute(schema.transactional)
                     for statement, index in schema.alone:
                         if index is None:
-                            await conn.execute(statement)
+                            await run_alone(conn, statement)
                         else:
                             await build_index(conn, index, statement)
                 finally:
@@ -130,3 +132,16 @@ async def build_index(conn: asyncpg.Connection, name: str, statement: str) -> No
         await conn.execute(DROP_INDEX.format(name=name))
     if not valid:
         await conn.execute(statement)
+
+
+async def run_alone(conn: asyncpg.Connection, statement: str) -> None:
+    """Run a statement; a VALIDATE CONSTRAINT that rows already there break is a warning.
+
+    The constraint stays NOT VALID, enforced on every row written, and the
+    next run tries again: rows an earlier release accepted are the owners'
+    to correct, and refusing to migrate would hold back every later release.
+    """
+    try:
+        await conn.execute(statement)
+    except asyncpg.CheckViolationError as exc:
+        logger.warning("%s; it stays NOT VALID, enforced on new and changed rows", exc)

@@ -154,8 +154,8 @@ IDEMPOTENCY_KEY = Parameter(
 )
 KEY_PROBLEMS = {
     400: "Malformed JSON, invalid UTF-8, or an Idempotency-Key that is not 1 to 255 "
-    "printable ASCII characters.",
-    422: "The body breaks a rule (`field` is the JSON path of where), or the "
+    "printable ASCII characters or is sent on more than one line.",
+    422: "The body breaks a rule or repeats a key (`field` is the JSON path of where), or the "
     "Idempotency-Key was used with another body or path.",
 }
 IN_PROGRESS = " Or a request with the same Idempotency-Key is still in progress: retry later."
@@ -230,8 +230,10 @@ PREFERENCE_APPLIED = Header(
 BODY_PROBLEMS = {
     400: "Malformed JSON or invalid UTF-8.",
     413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
-    415: "The body is not JSON.",
-    422: "The body breaks a rule; `field` is the JSON path of where (`$.email`).",
+    411: "An HTTP/1.0 request has a body but no Content-Length.",
+    415: "The body is not JSON, names a charset other than UTF-8, or has a Content-Encoding "
+    "other than identity (the answer then has `Accept-Encoding: identity`).",
+    422: "The body breaks a rule or repeats a key; `field` is the JSON path of where (`$.email`).",
 }
 BEARER_AUTH = {
     "type": "http",
@@ -346,7 +348,7 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "Nothing was inserted." + IN_PROGRESS,
             413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
             422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
-            "rule (`field` is the JSON path of the first, `$[3].email`), or the "
+            "rule or repeats a key (`field` is the JSON path of the first, `$[3].email`), or the "
             "Idempotency-Key was used with another body or path.",
         },
         uses_database=True,

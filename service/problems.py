@@ -85,9 +85,9 @@ def from_validation(exc: msgspec.ValidationError) -> ProblemError:
         # The raw pattern helps nobody; say what the rule is instead.
         message = (
             "Expected an email address: one '@', a local part of 1 to 64 characters "
-            "and a domain, without whitespace or control characters"
+            "and a domain, without whitespace, control or invisible characters"
             if field.endswith("email")
-            else "Expected text without control characters"
+            else "Expected text without control characters or bidirectional overrides"
         )
     return ProblemError(422, f"{message} at {field}", field=field)
 

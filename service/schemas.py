@@ -9,6 +9,16 @@ import msgspec
 
 # C0 and C1 control characters (NUL included) and DEL, never allowed.
 _NO_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# Bidirectional embeddings, overrides and isolates, which reorder the text
+# after them: a name shown in a list or a log could display as another.
+_BIDI_CONTROLS = r"\u202a-\u202e\u2066-\u2069"
+# Spaces other than the controls, written out rather than as "\s": clients
+# read the document's patterns as ECMA-262, whose "\s" holds U+FEFF and
+# Python's does not. These are ECMA-262's, with Python's all among them.
+_SPACES = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# Invisible format characters an address has no use for: zero-width spaces
+# and joiners, and bidirectional marks.
+_INVISIBLE = r"\u200b-\u200f\u2060\u061c"
 # Python's "$" also matches before a final newline, so "Ann\n" would pass
 # "^...$"; "(?!\n)" rules that out, and changes nothing in JSON Schema's regex.
 _END = r"$(?!\n)"
@@ -18,15 +28,18 @@ Name = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=200,
-        pattern=rf"^[^{_NO_CONTROL}]*{_END}",
-        description="Display name: 1 to 200 characters, no control characters.",
+        pattern=rf"^[^{_NO_CONTROL}{_BIDI_CONTROLS}]*{_END}",
+        description="Display name: 1 to 200 characters, no control characters or "
+        "bidirectional embeddings, overrides or isolates.",
     ),
 ]
 
 # One "@", a local part of 1 to 64 characters and a non-empty domain, with no
-# whitespace or control characters. "/" is refused in the domain, where no
+# space, control or invisible character. "/" is refused in the domain, where no
 # host name can hold it, so a trailing "/" in a path is never part of an email.
-_EMAIL = rf"[^@\s{_NO_CONTROL}]{{1,64}}@[^@\s/{_NO_CONTROL}]+"
+# Written with \uXXXX escapes only, which Python and ECMA-262 read alike.
+_NOT_IN_EMAIL = f"{_SPACES}{_INVISIBLE}{_BIDI_CONTROLS}{_NO_CONTROL}"
+_EMAIL = rf"[^@{_NOT_IN_EMAIL}]{{1,64}}@[^@/{_NOT_IN_EMAIL}]+"
 Email = Annotated[
     str,
     msgspec.Meta(

@@ -33,6 +33,7 @@ from service.schemas import (
     Stored,
     Timestamp,
     User,
+    UserPatch,
     email_key,
 )
 from service.settings import Settings
@@ -56,6 +57,21 @@ TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
 _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
 _decode_patch = msgspec.json.Decoder(Patch)
+
+
+# How many keys the JSON of each body held, for bodies.decode to know that none repeats.
+def new_user_keys(new: NewUser) -> int:
+    return len(NewUser.__struct_fields__)  # each required
+
+
+def new_users_keys(new_users: list[NewUser]) -> int:
+    return len(new_users) * len(NewUser.__struct_fields__)
+
+
+def patch_keys(patch: UserPatch) -> int:
+    return (patch.name is not msgspec.UNSET) + (patch.email is not msgspec.UNSET)
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -118,9 +134,11 @@ async def create_user(request: Request) -> Response:
     key = idempotency.key_of(request)
     if key is not None:
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-        new = decode(_decode_new_user, body)
+        new = decode(_decode_new_user, new_user_keys, body)
         return await idempotency.answer_once(request, key, body, partial(create_one, new=new))
-    new = await read_json(request, _decode_new_user, settings.max_body_bytes, settings.body_timeout)
+    new = await read_json(
+        request, _decode_new_user, new_user_keys, settings.max_body_bytes, settings.body_timeout
+    )
     return created(await creates_of(request).create(name=new.name, email=new.email), new)
 
 
@@ -291,7 +309,7 @@ async def create_users(request: Request) -> Response:
     settings = settings_of(request)
     key = idempotency.key_of(request)
     body = await read_body(request, settings.max_bulk_bytes, settings.body_timeout)
-    new_users = decode(_decode_new_users, body)
+    new_users = decode(_decode_new_users, new_users_keys, body)
     if key is not None:
         return await idempotency.answer_once(request, key, body, partial(insert_all, new_users))
     async with db_of(request).connection() as conn:
@@ -328,12 +346,13 @@ def conflict(spelt: dict[str, str], keys: set[str]) -> ProblemError:
 
 def write_condition(request: Request) -> Condition:
     """The If-Match of a PATCH or DELETE; 428 without one when REQUIRE_IF_MATCH is set."""
-    header = request.headers.get("if-match")
-    if header is None:
+    # Field lines sent more than once are one comma-separated list (RFC 9110 §5.3).
+    lines = request.headers.getlist("if-match")
+    if not lines:
         if settings_of(request).require_if_match:
             raise ProblemError(428, "This service requires If-Match with the user's ETag")
         return None
-    return match_condition(header)
+    return match_condition(", ".join(lines))
 
 
 async def failed_write(request: Request, key: UserKey) -> ProblemError:
@@ -347,7 +366,9 @@ async def update_user(request: Request) -> Response:
     key = path_user(request)
     condition = write_condition(request)
     settings = settings_of(request)
-    patch = await read_json(request, _decode_patch, settings.max_body_bytes, settings.body_timeout)
+    patch = await read_json(
+        request, _decode_patch, patch_keys, settings.max_body_bytes, settings.body_timeout
+    )
     email = None if patch.email is msgspec.UNSET else patch.email
     try:
         stored = await queries.update_user(

@@ -14,6 +14,7 @@ from service.settings import Settings
 from tests.conftest import assert_problem, client_of
 
 USER = b'{"name": "Ann", "email": "ann@example.com"}'
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize(
@@ -143,3 +144,122 @@ async def test_413_comes_from_content_length_alone(small_client: httpx.AsyncClie
     )
     assert_problem(response, 413)
     assert sent == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/users", b'{"name": "A", "email": "a@x.io", "email": "b@x.io"}', "$.email"),
+        ("POST", "/users", b'{"name": "A", "name": "B", "email": "a@x.io"}', "$.name"),
+        ("POST", "/users", b'{"name": "A", "email": "a@x.io", "\\u0065mail": "b@x.io"}', "$.email"),
+        ("POST", "/users", b'{"name": "A:", "email": "a@x.io", "email": "b@x.io"}', "$.email"),
+        (
+            "POST",
+            "/users/bulk",
+            b'[{"name": "A", "email": "a@x.io"}, {"name": "B", "email": "b@x.io"},'
+            b' {"name": "C", "email": "c@x.io", "email": "d@x.io"}]',
+            "$[2].email",
+        ),
+        ("PATCH", "/users/ann@example.com", b'{"name": "A", "name": "B"}', "$.name"),
+        ("PATCH", "/users/ann@example.com", b'{"email": "a@x.io", "email": "b@x.io"}', "$.email"),
+    ],
+)
+async def test_a_key_repeated_in_a_json_object_is_422_naming_it(
+    client: httpx.AsyncClient, db: asyncpg.Pool, method: str, path: str, body: bytes, field: str
+) -> None:
+    assert (await client.post("/users", content=USER)).status_code == 201
+    response = await client.request(method, path, content=body, headers=JSON_TYPE)
+    problem = assert_problem(response, 422)
+    assert problem["field"] == field
+    assert field in problem["detail"]
+    stored = await db.fetch("SELECT name, email FROM users")
+    assert [tuple(row) for row in stored] == [("Ann", "ann@example.com")]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/users", b'{"name": "Dr: A", "email": "a:b@x.io"}'),
+        (
+            "POST",
+            "/users/bulk",
+            b'[{"name": "A:", "email": "a@x.io"}, {"name": "B", "email": "b@x.io"}]',
+        ),
+        ("PATCH", "/users/ann@example.com", b'{"name": "{\\"name\\": 1, \\"name\\": 2}"}'),
+    ],
+)
+async def test_colons_and_keys_inside_strings_are_no_repeated_key(
+    client: httpx.AsyncClient, db: asyncpg.Pool, method: str, path: str, body: bytes
+) -> None:
+    assert (await client.post("/users", content=USER)).status_code == 201
+    response = await client.request(method, path, content=body, headers=JSON_TYPE)
+    assert response.status_code in (200, 201), response.text
+
+
+BODY_PATHS = [
+    ("POST", "/users", USER),
+    ("POST", "/users/bulk", b"[" + USER + b"]"),
+    ("PATCH", "/users/ann@example.com", b'{"name": "Bo"}'),
+]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "identity, gzip", "x-unknown"])
+@pytest.mark.parametrize(("method", "path", "body"), BODY_PATHS)
+async def test_a_content_coding_other_than_identity_is_415_with_accept_encoding(
+    client: httpx.AsyncClient, db: asyncpg.Pool, coding: str, method: str, path: str, body: bytes
+) -> None:
+    headers = {**JSON_TYPE, "Content-Encoding": coding}
+    response = await client.request(method, path, content=body, headers=headers)
+    problem = assert_problem(response, 415)
+    assert response.headers["accept-encoding"] == "identity"
+    assert "Content-Encoding" in problem["detail"]
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_a_content_coding_of_identity_is_read_as_the_body(client: httpx.AsyncClient) -> None:
+    headers = {**JSON_TYPE, "Content-Encoding": "Identity"}
+    assert (await client.post("/users", content=USER, headers=headers)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-16",
+        "application/json; charset=UTF-16LE",
+        'application/json; charset="iso-8859-1"',
+        "application/json;charset=latin1",
+        "application/json; charset=utf-8; charset=utf-16",
+        "application/json; charset=",
+    ],
+)
+@pytest.mark.parametrize(("method", "path", "body"), BODY_PATHS)
+async def test_a_charset_other_than_utf_8_is_415(
+    client: httpx.AsyncClient,
+    db: asyncpg.Pool,
+    content_type: str,
+    method: str,
+    path: str,
+    body: bytes,
+) -> None:
+    headers = {"Content-Type": content_type}
+    response = await client.request(method, path, content=body, headers=headers)
+    problem = assert_problem(response, 415)
+    assert "charset" in problem["detail"]
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-8",
+        "application/json; charset=UTF-8",
+        'application/json; charset="utf-8"',
+        "application/json ; Charset = utf-8",
+        "application/merge-patch+json; charset=utf-8",
+    ],
+)
+async def test_a_charset_of_utf_8_in_any_spelling_is_accepted(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await client.post("/users", content=USER, headers={"Content-Type": content_type})
+    assert response.status_code == 201, response.text

@@ -244,12 +244,16 @@ def request_of(body: bytes, chunk_size: int) -> Request:
 
 
 async def read(
-    decoder: msgspec.json.Decoder[Any], body: bytes, limit: int, chunk_size: int
+    decoder: msgspec.json.Decoder[Any],
+    keys: Callable[[Any], int],
+    body: bytes,
+    limit: int,
+    chunk_size: int,
 ) -> tuple[int, Any]:
     """read_json's value as 200, or the status the app's handlers give its error."""
     request = request_of(body, chunk_size)
     try:
-        return 200, await read_json(request, decoder, limit)
+        return 200, await read_json(request, decoder, keys, limit)
     except Exception as exc:
         handler = handler_for(exc)
         if handler is None:
@@ -284,7 +288,7 @@ def valid_new_user(user: NewUser) -> bool:
 async def test_the_new_user_decoder_gives_a_valid_user_or_a_4xx(
     body: bytes, limit: int, chunk_size: int
 ) -> None:
-    status, value = await read(users._decode_new_user, body, limit, chunk_size)
+    status, value = await read(users._decode_new_user, users.new_user_keys, body, limit, chunk_size)
     assert_read_is_valid_or_4xx(status, body, limit, valid_new_user, value)
 
 
@@ -294,7 +298,9 @@ async def test_the_new_user_decoder_gives_a_valid_user_or_a_4xx(
 async def test_the_bulk_decoder_gives_valid_users_or_a_4xx(
     body: bytes, limit: int, chunk_size: int
 ) -> None:
-    status, value = await read(users._decode_new_users, body, limit, chunk_size)
+    status, value = await read(
+        users._decode_new_users, users.new_users_keys, body, limit, chunk_size
+    )
 
     def valid(new_users: list[NewUser]) -> bool:
         return all(map(valid_new_user, new_users))
@@ -308,7 +314,7 @@ async def test_the_bulk_decoder_gives_valid_users_or_a_4xx(
 async def test_the_patch_decoder_gives_a_valid_patch_or_a_4xx(
     body: bytes, limit: int, chunk_size: int
 ) -> None:
-    status, value = await read(users._decode_patch, body, limit, chunk_size)
+    status, value = await read(users._decode_patch, users.patch_keys, body, limit, chunk_size)
 
     def valid(patch: UserPatch) -> bool:
         name, email = patch.name, patch.email

@@ -370,3 +370,80 @@ def test_pipelined_requests_are_answered_in_order(conn: Connection, empty_table:
     assert [headers["x-request-id"].encode() for _, headers, _ in answers[:-1]] == ids
     assert b'"name":"Annie"' in answers[2][2]
     conn.assert_harmless()
+
+
+def answer_once(server: Server, method: str, path: bytes, body: bytes = b"") -> int:
+    """The status of one request on a connection of its own."""
+    conn = Connection(server)
+    try:
+        conn.send(request(method, path, JSON, CLOSE, body=body))
+        conn.read_until_closed()
+    finally:
+        conn.sock.close()
+    [status] = conn.statuses()
+    return status
+
+
+# What a path segment may end in that makes it no email and no id.
+TRAILERS = [b"%0A", b"%0D", b"%0D%0A", b"%00", b"%20", b"%09", b"/%0A", b"%0A/"]
+
+
+@pytest.mark.parametrize("trailer", TRAILERS)
+def test_a_user_path_with_anything_after_the_email_or_id_names_no_user(
+    server: Server, empty_table: None, trailer: bytes
+) -> None:
+    created = httpx.post(
+        f"{server.url}/users", json={"name": "Vic", "email": "victim@example.com"}, timeout=5
+    )
+    assert created.status_code == 201
+    id_ = created.json()["id"].encode()
+    for name in [b"victim@example.com", id_, id_.upper()]:
+        for method, body in [("GET", b""), ("PATCH", b'{"name": "Eve"}'), ("DELETE", b"")]:
+            assert answer_once(server, method, b"/users/" + name + trailer, body) == 404
+    assert answer_once(server, "GET", b"/users/" + id_ + b"junk") == 404
+    assert httpx.get(f"{server.url}/users/victim@example.com", timeout=5).json()["name"] == "Vic"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", b"/users%0A"),
+        ("POST", b"/users/bulk%0A"),
+        ("GET", b"/users%0A"),
+        ("GET", b"/livez%0A"),
+        ("GET", b"/readyz%0A"),
+        ("GET", b"/metrics%0A"),
+        ("GET", b"/openapi.json%0A"),
+    ],
+)
+def test_a_path_with_a_final_newline_is_no_route(
+    server: Server, empty_table: None, method: str, path: bytes
+) -> None:
+    body = {b"/users%0A": USER, b"/users/bulk%0A": b"[" + USER + b"]"}.get(path, b"")
+    assert answer_once(server, method, path, body) == 404
+    assert httpx.get(f"{server.url}/users", timeout=5).json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", b"/users"), ("POST", b"/users/bulk"), ("PATCH", b"/users/ann@example.com")],
+)
+def test_an_http_1_0_body_without_content_length_is_411(
+    conn: Connection, empty_table: None, method: str, path: bytes
+) -> None:
+    conn.send(
+        b"%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s\r\n\r\n%s" % (method.encode(), path, JSON, USER)
+    )
+    conn.sock.shutdown(socket.SHUT_WR)  # HTTP/1.0: the end of the body is the end of the stream
+    conn.read_until_closed()
+    [(status, headers, body)] = responses(conn.received)
+    assert status == 411
+    assert headers["content-type"] == "application/problem+json"
+    assert b"Content-Length" in body
+    assert httpx.get(f"{conn.server.url}/users", timeout=5).json() == []
+
+
+def test_an_http_1_0_body_with_content_length_is_read(conn: Connection, empty_table: None) -> None:
+    conn.send(request("POST", b"/users", JSON, body=USER).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    conn.read_until_closed()
+    assert conn.statuses() == [201]

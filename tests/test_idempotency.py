@@ -97,6 +97,17 @@ async def test_a_key_that_is_not_1_to_255_printable_ascii_is_400(
     assert await count(db) == 0
 
 
+@pytest.mark.parametrize("second", ["k2", "k1"], ids=["another", "the same"])
+async def test_a_key_sent_on_two_field_lines_is_400(
+    client: httpx.AsyncClient, db: asyncpg.Pool, second: str
+) -> None:
+    headers = [("Idempotency-Key", "k1"), ("Idempotency-Key", second)]
+    for path, body in [("/users", ANN), ("/users/bulk", [ANN])]:
+        problem = assert_problem(await client.post(path, json=body, headers=headers), 400)
+        assert "once" in problem["detail"]
+    assert await count(db) == 0
+
+
 async def test_a_key_of_255_printable_characters_is_accepted(client: httpx.AsyncClient) -> None:
     key = "".join(chr(32 + n % 95) for n in range(255))
     assert (await client.post("/users", json=ANN, headers=keyed(key))).status_code == 201

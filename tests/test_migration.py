@@ -81,3 +81,57 @@ async def test_the_search_filter_can_use_the_trigram_index(db: asyncpg.Pool) -> 
             "EXPLAIN (FORMAT JSON) SELECT FROM users" + queries.where(clauses), *arguments
         )
     assert "users_search_trgm" in msgspec.json.encode(msgspec.json.decode(plan)).decode()
+
+
+# users_email_valid as the first releases made it, with "\s" and no invisible characters.
+FIRST_EMAIL_RULE = """
+ALTER TABLE users DROP CONSTRAINT users_email_valid;
+ALTER TABLE users ADD CONSTRAINT users_email_valid CHECK (
+    char_length(email) BETWEEN 3 AND 254
+    AND char_length(split_part(email, '@', 1)) BETWEEN 1 AND 64
+    AND split_part(email, '@', 2) <> ''
+    AND split_part(email, '@', 3) = ''
+    AND strpos(split_part(email, '@', 2), '/') = 0
+    AND email !~ '[\\s\\x01-\\x1f\\x7f-\\x9f]'
+);
+COMMENT ON CONSTRAINT users_email_valid ON users IS NULL;
+"""
+CONSTRAINT_IS_VALID = "SELECT convalidated FROM pg_constraint WHERE conname = 'users_email_valid'"
+INSERT = "INSERT INTO users (name, email) VALUES ('Bom', $1)"
+
+
+async def test_migrate_brings_an_earlier_email_rule_up_to_date_keeping_every_user(
+    fresh_database_url: str,
+) -> None:
+    await migrate(fresh_database_url)
+    conn = await connect(fresh_database_url)
+    try:
+        await conn.execute(FIRST_EMAIL_RULE)
+        await conn.execute(INSERT, "ann@example.com")
+        await migrate(fresh_database_url)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(INSERT, "\ufeffbom@example.com")
+        assert await conn.fetchval(CONSTRAINT_IS_VALID) is True
+        assert await conn.fetchval("SELECT array_agg(email) FROM users") == ["ann@example.com"]
+    finally:
+        await conn.close()
+
+
+async def test_rows_an_earlier_rule_let_in_leave_the_new_rule_enforced_but_not_valid(
+    fresh_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await migrate(fresh_database_url)
+    conn = await connect(fresh_database_url)
+    try:
+        await conn.execute(FIRST_EMAIL_RULE)
+        await conn.execute(INSERT, "\ufeffbom@example.com")
+        await migrate(fresh_database_url)
+        assert "users_email_valid" in caplog.text
+        assert await conn.fetchval(CONSTRAINT_IS_VALID) is False
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(INSERT, "\u200bzwsp@example.com")
+        await conn.execute("DELETE FROM users")
+        await migrate(fresh_database_url)  # validated once the owners correct the rows
+        assert await conn.fetchval(CONSTRAINT_IS_VALID) is True
+    finally:
+        await conn.close()

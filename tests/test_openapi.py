@@ -25,6 +25,7 @@ from tests.conftest import client_of
 Document = dict[str, Any]
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 TOKENS = ("a-token-of-16-characters-or-more",)
+GZIP = {"Content-Encoding": "gzip"}
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -129,7 +130,8 @@ async def test_component_schemas_come_from_the_structs(client: httpx.AsyncClient
     email = schemas["NewUser"]["properties"]["email"]
     assert email == msgspec.json.schema(Email)
     assert email["maxLength"] == 254
-    assert email["pattern"] == r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s/\x00-\x1f\x7f-\x9f]+$(?!\n)"
+    assert "\\s" not in email["pattern"]  # read otherwise by ECMA-262 than by Python
+    assert email["pattern"].startswith(r"^[^@ \u00a0")
     assert schemas["NewUser"]["additionalProperties"] is False
     assert schemas["NewUser"]["required"] == ["name", "email"]
 
@@ -340,6 +342,7 @@ async def test_problem_responses_conform_to_the_document(client: httpx.AsyncClie
         ("/users/{user}", await client.patch("/users/ann@example.com", json={}), 422),
         ("/users/{user}", await client.delete("/users/bo@example.com"), 404),
         ("/users/{user}", await client.delete("/users/ann@example.com", headers=STALE), 412),
+        ("/users/bulk", await client.post("/users/bulk", json=[new], headers=GZIP), 415),
     ]
     for path, response, status in answers:
         assert_conforms(document, path, response, status)

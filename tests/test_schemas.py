@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import shutil
+
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
-from service.schemas import email_key
+from service.schemas import Email, email_key
 from tests.conftest import assert_problem
 
 VALID_EMAILS = [
@@ -39,6 +45,14 @@ INVALID_EMAILS = [
     "ann@example.com/x",
     "x" * 65 + "@example.com",
     "a@" + "d" * 253,
+    *(
+        f"a{char}nn@exam{char}ple.com"
+        for char in "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f\u061c\u202a\u202b"
+        "\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u1680\u2000\u200a\u2028\u2029"
+        "\u202f\u205f\u3000\x1c\x1f"
+    ),
+    "\ufeffbom@example.com",
+    "ann@example.com\ufeff",
 ]
 
 INVALID_NAMES = [
@@ -50,6 +64,14 @@ INVALID_NAMES = [
     "line\nbreak",
     "del\x7f",
     "c1\x9b",
+    # Bidirectional embeddings, overrides and isolates reorder the text after them.
+    *(f"ann{char}evil" for char in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+]
+# Joiners and bidirectional marks, which names in many scripts need.
+NAMES_WITH_FORMAT_CHARACTERS = [
+    "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+    "\U0001f469\u200d\U0001f4bb",  # one emoji, joined by a ZWJ
+    "\u05e9\u05dc\u05d5\u05dd\u200f 2",  # Hebrew, with a right-to-left mark
 ]
 
 
@@ -70,7 +92,10 @@ async def test_invalid_emails_are_422_naming_the_field(
     assert await db.fetchval("SELECT count(*) FROM users") == 0
 
 
-@pytest.mark.parametrize("name", ["A", "x" * 200, "Zoë Ångström", "李小龍", "Robert'); --"])
+@pytest.mark.parametrize(
+    "name",
+    ["A", "x" * 200, "Zoë Ångström", "李小龍", "Robert'); --", *NAMES_WITH_FORMAT_CHARACTERS],
+)
 async def test_valid_names_are_accepted(client: httpx.AsyncClient, name: str) -> None:
     response = await client.post("/users", json={"name": name, "email": "a@example.com"})
     assert response.status_code == 201, response.text
@@ -149,3 +174,71 @@ async def test_every_422_about_the_body_names_the_exact_path(
     problem = assert_problem(await client.request(method, path, json=body), 422)
     assert problem["field"] == field
     assert problem["detail"].endswith(f" at {field}")
+
+
+async def test_the_database_refuses_what_the_api_refuses(db: asyncpg.Pool) -> None:
+    insert = "INSERT INTO users (name, email) VALUES ($1, $2)"
+    for email in INVALID_EMAILS:
+        if "\x00" not in email:  # text cannot hold NUL at all
+            with pytest.raises(asyncpg.CheckViolationError):
+                await db.execute(insert, "Ann", email)
+    for name in INVALID_NAMES:
+        if "\x00" not in name:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await db.execute(insert, name, "ann@example.com")
+    for number, email in enumerate(VALID_EMAILS):
+        await db.execute(insert, NAMES_WITH_FORMAT_CHARACTERS[number % 3], email)
+
+
+# ECMA-262's WhiteSpace and LineTerminator, what "\s" means to a JavaScript client.
+ECMA_SPACE = {*"\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"} | {
+    chr(code) for code in range(0x2000, 0x200B)
+}
+BMP = [chr(code) for code in range(0x10000) if not 0xD800 <= code <= 0xDFFF]
+# Each BMP character in the local part and in the domain, as one string for node.
+NODE_CHECK = """
+const [pattern, flags] = JSON.parse(process.argv[1]);
+const re = new RegExp(pattern, flags);
+const accepted = [];
+for (let code = 0; code < 0x10000; code++) {
+  if (code >= 0xd800 && code <= 0xdfff) continue;
+  const c = String.fromCharCode(code);
+  accepted.push([re.test("a" + c + "@example.com"), re.test("a@ex" + c + "ample.com")]);
+}
+console.log(JSON.stringify(accepted));
+"""
+
+
+def accepted_by_python(pattern: str) -> list[list[bool]]:
+    compiled = re.compile(pattern)
+    return [
+        [bool(compiled.search(f"a{c}@example.com")), bool(compiled.search(f"a@ex{c}ample.com"))]
+        for c in BMP
+    ]
+
+
+@pytest.mark.parametrize("flags", ["", "u"])
+async def test_javascript_reads_the_served_email_pattern_as_python_does(
+    client: httpx.AsyncClient, flags: str
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    pattern = document["components"]["schemas"]["NewUser"]["properties"]["email"]["pattern"]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    process = await asyncio.create_subprocess_exec(
+        node, "-e", NODE_CHECK, json.dumps([pattern, flags]), stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert json.loads(stdout) == accepted_by_python(pattern)
+
+
+def test_the_email_pattern_refuses_every_ecma_262_space_and_invisible_character() -> None:
+    invisible = {*"\u200b\u200c\u200d\u2060\ufeff\u200e\u200f\u061c"} | {
+        chr(code) for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    }
+    email = re.compile(msgspec.json.schema(Email)["pattern"])
+    for char in ECMA_SPACE | invisible:
+        assert not email.search(f"a{char}@example.com"), hex(ord(char))
+        assert not email.search(f"a@ex{char}ample.com"), hex(ord(char))

@@ -1044,6 +1044,23 @@ async def test_if_match_naming_the_current_etag_lets_the_write_happen(
     assert (await client.delete("/users/ann@example.com", headers=headers)).status_code == 204
 
 
+async def test_if_match_sent_as_two_field_lines_is_one_list(client: httpx.AsyncClient) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    headers = [("If-Match", '"nope"'), ("If-Match", etag)]
+    response = await client.patch("/users/ann@example.com", json={"name": "B"}, headers=headers)
+    assert response.status_code == 200
+    headers = [("If-Match", '"nope"'), ("If-Match", response.headers["etag"])]
+    assert (await client.delete("/users/ann@example.com", headers=headers)).status_code == 204
+
+
+async def test_if_none_match_sent_as_two_field_lines_is_one_list(
+    client: httpx.AsyncClient,
+) -> None:
+    etag = (await create(client, "ann@example.com")).headers["etag"]
+    headers = [("If-None-Match", '"nope"'), ("If-None-Match", etag)]
+    assert (await client.get("/users/ann@example.com", headers=headers)).status_code == 304
+
+
 @pytest.mark.parametrize("weak", [False, True], ids=["stale", "weak"])
 async def test_if_match_without_the_current_strong_etag_is_412_and_changes_nothing(
     client: httpx.AsyncClient, db: asyncpg.Pool, weak: bool
