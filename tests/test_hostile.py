@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import select
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 import httpx
@@ -291,10 +293,70 @@ def test_a_head_over_64_kib_is_refused_even_in_a_single_write(
 ) -> None:
     conn.sock.sendall(make())
     conn.read_until_closed()
-    *served, (status, _, body) = responses(conn.received)
-    assert (status, body) == (400, b"Request line and headers too large.")
+    *served, (status, headers, body) = responses(conn.received)
+    assert_refusal_problem(status, headers, body, 431)
     assert all(status == 200 for status, _, _ in served)
     conn.assert_harmless()
+
+
+def assert_refusal_problem(
+    status: int, headers: dict[str, str], body: bytes, expected: int
+) -> None:
+    """A problem as the app's own, with a request ID, on a connection the server closes."""
+    assert status == expected, body
+    assert headers["content-type"] == "application/problem+json"
+    assert len(headers["x-request-id"]) == 32
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["type"] == "about:blank"
+    assert problem["status"] == expected
+    assert problem["title"] == HTTPStatus(expected).phrase
+    assert problem["detail"]
+
+
+# Requests uvicorn's parser refuses before the app sees them.
+NOT_HTTP = {
+    "a DEL in a header": request("GET", b"/livez", b"X-Odd: a\x7fb"),
+    "raw UTF-8 in the path": request("GET", "/users/é@x.io".encode()),
+    "a Content-Length that is not a number": request("POST", b"/users", b"Content-Length: abc"),
+    "a negative Content-Length": request("POST", b"/users", b"Content-Length: -1"),
+    "Content-Length with Transfer-Encoding": request(
+        "POST", b"/users", b"Content-Length: 5", b"Transfer-Encoding: chunked"
+    )
+    + b"0\r\n\r\n",
+    "a folded header": request("GET", b"/livez", b"X-Odd: a", b" b"),
+    "HTTP/1.2": request("GET", b"/livez").replace(b"HTTP/1.1", b"HTTP/1.2", 1),
+    "an unknown method": request("BREW", b"/livez"),
+}
+
+
+@pytest.mark.parametrize("sent", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+def test_a_request_the_http_parser_refuses_gets_a_400_problem(
+    conn: Connection, sent: bytes
+) -> None:
+    conn.send(sent)
+    conn.read_until_closed()
+    [(status, headers, body)] = responses(conn.received)
+    assert_refusal_problem(status, headers, body, 400)
+    conn.assert_harmless()
+
+
+def refusals(server: Server) -> float:
+    """Requests the parser refused, in /metrics: they have no method or route."""
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    pattern = r'http_requests_total\{method="-",route="unmatched",status="400"\} (\S+)'
+    return sum(float(count) for count in re.findall(pattern, text))
+
+
+def test_a_request_the_http_parser_refuses_is_counted(server: Server) -> None:
+    before = refusals(server)
+    conn = Connection(server)
+    try:
+        conn.send(NOT_HTTP["an unknown method"])
+        conn.read_until_closed()
+    finally:
+        conn.sock.close()
+    assert refusals(server) == before + 1
 
 
 @pytest.mark.parametrize(
@@ -370,3 +432,24 @@ def test_pipelined_requests_are_answered_in_order(conn: Connection, empty_table:
     assert [headers["x-request-id"].encode() for _, headers, _ in answers[:-1]] == ids
     assert b'"name":"Annie"' in answers[2][2]
     conn.assert_harmless()
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(
+    conn: Connection,
+) -> None:
+    assert not conn.answered(wait=HEAD_TIMEOUT / 2)  # open a while: a client may be slow to send
+    assert conn.answered(wait=HEAD_TIMEOUT + 3), f"held open for {conn.seconds():.0f} s silent"
+    assert (conn.received, conn.closed) == (b"", True)
+    assert conn.seconds() < HEAD_TIMEOUT + 3
+
+
+def test_a_connection_idle_between_requests_is_kept_past_the_head_timeout(
+    conn: Connection,
+) -> None:
+    conn.send(request("GET", b"/livez"))
+    assert conn.answered(wait=5)
+    assert conn.statuses() == [200]
+    time.sleep(HEAD_TIMEOUT + 1)
+    conn.send(request("GET", b"/livez", CLOSE))
+    conn.read_until_closed()
+    assert conn.statuses() == [200, 200]
