@@ -26,7 +26,9 @@ logger = logging.getLogger("service")
 EMBEDDED_DATA = Path(".pgdata")
 
 
-def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
+def uvicorn_args(
+    app: str, *, host: str, port: int, workers: int, graceful_timeout: int
+) -> list[str]:
     """uvicorn's command line for `app`, set up for a platform's router in front."""
     return [
         app,
@@ -42,9 +44,9 @@ def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
         # Outlast the router's 100 s idle timeout, so that it never sends a
         # request on a connection uvicorn is just closing.
         "--timeout-keep-alive", "105",
-        # In-flight requests get 20 s on SIGTERM; with 5 s for closing the pool
-        # that stays inside a platform's 30 s kill window.
-        "--timeout-graceful-shutdown", "20",
+        # In-flight requests get GRACEFUL_TIMEOUT (20 s) on SIGTERM; with 5 s
+        # for closing the pool that stays inside a platform's 30 s kill window.
+        "--timeout-graceful-shutdown", str(graceful_timeout),
         # The router logs every request already.
         "--no-access-log",
     ]  # fmt: skip
@@ -81,7 +83,13 @@ def exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def run_uvicorn(settings: Settings, host: str) -> int:
-    args = uvicorn_args(APP, host=host, port=settings.port, workers=settings.web_concurrency)
+    args = uvicorn_args(
+        APP,
+        host=host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        graceful_timeout=settings.graceful_timeout,
+    )
     return server.run(server.config_from(args, settings))
 
 

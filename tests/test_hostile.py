@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Service, connect
+from tests.conftest import Service, connect, responses
 
 # The server runs with short deadlines for a request's head and body, so that
 # a slow sender is cut off within seconds.
@@ -160,23 +160,6 @@ def conn(server: Server) -> Iterator[Connection]:
     opened.sock.close()
 
 
-def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """The complete HTTP/1.1 responses in `data`, in order."""
-    found: list[tuple[int, dict[str, str], bytes]] = []
-    while True:
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            return found
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-        length = int(headers.get("content-length", "0"))
-        found.append((int(status_line.split()[1]), headers, rest[:length]))
-        data = rest[length:]
-
-
 def request(method: str, target: bytes, *headers: bytes, body: bytes = b"") -> bytes:
     lines = [b"%s %s HTTP/1.1" % (method.encode(), target), b"Host: 127.0.0.1", *headers]
     if body:
@@ -231,6 +214,7 @@ def posts_to_users(server: Server) -> dict[str, float]:
 
 def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(server: Server) -> None:
     before = sum(posts_to_users(server).values())
+    before_unanswered = posts_to_users(server).get("499", 0)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", server.port), timeout=CASE_SECONDS) as sock:
             sock.sendall(request("POST", b"/users", JSON, b"Content-Length: 1000") + b'{"na')
@@ -239,6 +223,8 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(server: Server) -
         assert time.monotonic() < deadline, "the hung-up requests were never counted"
         time.sleep(0.1)
     assert not [status for status in posts_to_users(server) if status.startswith("5")]
+    # They got no answer, and are counted as such, not as a 400 nobody saw.
+    assert posts_to_users(server).get("499", 0) == before_unanswered + 3
     server.assert_serving()
 
 
