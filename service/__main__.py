@@ -35,6 +35,9 @@ def uvicorn_args(
         "--factory",
         # httptools, with a size limit and a deadline on each request's head.
         "--http", "service.protocol:GuardedHttpToolsProtocol",
+        # No WebSocket routes: an Upgrade is answered as plain HTTP, as the
+        # app answers, not refused in plain text by the websockets library.
+        "--ws", "none",
         "--host", host,
         "--port", str(port),
         "--workers", str(workers),

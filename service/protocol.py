@@ -92,6 +92,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.stop_head_clock()
                 self.send_400_response(HEAD_TOO_LARGE)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # Not a warning: RFC 9110 lets a server ignore Upgrade. But the parser
+        # reads nothing after such a head, so the connection must end with
+        # this answer, or the client's next request would wait for ever.
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
+
     def on_url(self, url: bytes) -> None:
         self.count_parsed(len(url))
         super().on_url(url)

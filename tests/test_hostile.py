@@ -439,3 +439,22 @@ def test_a_connection_idle_between_requests_is_kept_past_the_head_timeout(
     conn.send(request("GET", b"/livez", CLOSE))
     conn.read_until_closed()
     assert conn.statuses() == [200, 200]
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [[b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA"],
+     [b"Upgrade: websocket", b"Sec-WebSocket-Version: 13",
+      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]],
+    ids=["h2c", "websocket"],
+)  # fmt: skip
+def test_an_upgrade_is_ignored_and_the_connection_closed_after_the_answer(
+    conn: Connection, upgrade: list[bytes]
+) -> None:
+    conn.send(request("GET", b"/users/nobody@x.io", b"Connection: Upgrade", *upgrade))
+    conn.read_until_closed()
+    [(status, headers, _)] = responses(conn.received)
+    assert status == 404
+    assert headers["content-type"] == "application/problem+json"
+    assert "x-request-id" in headers
+    assert conn.seconds() < HEAD_TIMEOUT
