@@ -19,6 +19,7 @@ import psutil
 
 from bench.seed import REPO_ROOT
 from service.__main__ import uvicorn_args
+from service.settings import Settings
 
 
 class App(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,7 +78,10 @@ def start(name: str, *, database_url: str | None, workers: int, log_dir: Path) -
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     # The flags python -m service (the Procfile's web process) gives uvicorn.
-    args = uvicorn_args(app.factory, host="127.0.0.1", port=port, workers=workers)
+    graceful_timeout = Settings().graceful_timeout
+    args = uvicorn_args(
+        app.factory, host="127.0.0.1", port=port, workers=workers, graceful_timeout=graceful_timeout
+    )
     command = [sys.executable, "-m", "uvicorn", *args]
     with log.open("wb") as output:
         process = subprocess.Popen(

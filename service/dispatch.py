@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -107,6 +108,14 @@ class Dispatch:
             if self.tokens is not None:
                 self.tokens.check(request.scope)
             return await self.route(request.scope)(request)
+        except asyncio.CancelledError as exc:
+            # Answered rather than passed on, so that the caller gets a 503
+            # problem instead of uvicorn's plain 500 and traceback; the task
+            # ends with it, and is told it was not cancelled after all.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return await self.problem(request, exc)
         except Exception as exc:
             return await self.problem(request, exc)
 
@@ -127,7 +136,7 @@ class Dispatch:
             raise HTTPException(405)
         raise HTTPException(404)
 
-    async def problem(self, request: Request, exc: Exception) -> Response:
+    async def problem(self, request: Request, exc: BaseException) -> Response:
         """The problem an exception stands for; any exception unforeseen is a logged 500."""
         handler = handler_for(exc)
         if handler is not None:

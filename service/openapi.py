@@ -466,7 +466,10 @@ def build_document(
             "title": "users",
             "version": "1",
             "description": "Creates, looks up, lists, updates and deletes users. Every error "
-            "is an RFC 9457 problem (application/problem+json).",
+            "is an RFC 9457 problem (application/problem+json) with an X-Request-ID, a request "
+            "the HTTP parser refuses included: a 400, or a 431 for a head over 64 KiB, each "
+            "with Connection: close. A request head slower than the service's HEAD_TIMEOUT, "
+            "or a connection silent that long, is closed without an answer.",
         },
         # Relative: the service answers wherever the caller reached it.
         "servers": [{"url": "/", "description": "This service."}],

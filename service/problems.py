@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ logger = logging.getLogger("service")
 
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+# The status logs and metrics give a request whose client got no answer, as nginx does.
+CLIENT_CLOSED_REQUEST = 499
 
 _encoder = msgspec.json.Encoder()
 # msgspec ends a validation message with the place it failed, "... - at `$[0]`",
@@ -92,12 +95,12 @@ def from_validation(exc: msgspec.ValidationError) -> ProblemError:
     return ProblemError(422, f"{message} at {field}", field=field)
 
 
-async def handle_problem(request: Request, exc: Exception) -> Response:
+async def handle_problem(request: Request, exc: BaseException) -> Response:
     assert isinstance(exc, ProblemError)
     return problem_response(exc)
 
 
-async def handle_http(request: Request, exc: Exception) -> Response:
+async def handle_http(request: Request, exc: BaseException) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
@@ -120,16 +123,16 @@ def allowed_methods(request: Request) -> set[str]:
     return methods
 
 
-async def handle_validation(request: Request, exc: Exception) -> Response:
+async def handle_validation(request: Request, exc: BaseException) -> Response:
     assert isinstance(exc, msgspec.ValidationError)
     return problem_response(from_validation(exc))
 
 
-async def handle_decode(request: Request, exc: Exception) -> Response:
+async def handle_decode(request: Request, exc: BaseException) -> Response:
     return problem_response(ProblemError(400, f"Malformed JSON: {exc}"))
 
 
-async def handle_database(request: Request, exc: Exception) -> Response:
+async def handle_database(request: Request, exc: BaseException) -> Response:
     # A constraint that answers for the caller is the caller's error, not a
     # fault of the database: it is not counted in db_errors_total, where it
     # would page someone for a duplicate email. Every path checks its input
@@ -154,15 +157,25 @@ async def handle_database(request: Request, exc: Exception) -> Response:
 CALLER_ERRORS = (asyncpg.UniqueViolationError, asyncpg.CheckViolationError, asyncpg.DataError)
 
 
-async def handle_disconnect(request: Request, exc: Exception) -> Response:
-    # Nobody reads this answer: it is for the log line and the metrics, where a
-    # client that went away must not count as a failure of the service.
+async def handle_disconnect(request: Request, exc: BaseException) -> Response:
+    # Never sent: uvicorn drops what is sent to a client that is gone. It is
+    # for the log line and the metrics, which say the client got no answer,
+    # and do not count a client that went away as a failure of the service.
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def handle_cancelled(request: Request, exc: BaseException) -> Response:
+    # uvicorn cancels a request only when a graceful stop runs out of time.
     return problem_response(
-        ProblemError(400, "The client closed the connection before the whole body arrived")
+        ProblemError(
+            503,
+            "The service is stopping; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS, "Connection": "close"},
+        )
     )
 
 
-async def handle_unavailable(request: Request, exc: Exception) -> Response:
+async def handle_unavailable(request: Request, exc: BaseException) -> Response:
     DB_ERRORS.labels(type(exc).__name__).inc()
     logger.warning(
         "database unavailable on %s %s: %r", request.method, route_template(request.scope), exc
@@ -176,7 +189,7 @@ async def handle_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-async def handle_busy(request: Request, exc: Exception) -> Response:
+async def handle_busy(request: Request, exc: BaseException) -> Response:
     return problem_response(
         ProblemError(
             503,
@@ -186,7 +199,7 @@ async def handle_busy(request: Request, exc: Exception) -> Response:
     )
 
 
-async def handle_contended(request: Request, exc: Exception) -> Response:
+async def handle_contended(request: Request, exc: BaseException) -> Response:
     return problem_response(
         ProblemError(
             503,
@@ -196,8 +209,8 @@ async def handle_contended(request: Request, exc: Exception) -> Response:
     )
 
 
-Handler = Callable[[Request, Exception], Awaitable[Response]]
-EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
+Handler = Callable[[Request, BaseException], Awaitable[Response]]
+EXCEPTION_HANDLERS: dict[type[BaseException], Handler] = {
     ProblemError: handle_problem,
     PoolBusy: handle_busy,
     Contended: handle_contended,
@@ -205,12 +218,13 @@ EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,
     ClientDisconnect: handle_disconnect,
+    asyncio.CancelledError: handle_cancelled,
     asyncpg.PostgresError: handle_database,
     **{error: handle_unavailable for error in UNAVAILABLE},
 }
 
 
-def handler_for(exc: Exception) -> Handler | None:
+def handler_for(exc: BaseException) -> Handler | None:
     """The handler of the closest of the exception's classes that has one."""
     for cls in type(exc).__mro__:
         handler = EXCEPTION_HANDLERS.get(cls)

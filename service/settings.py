@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_start_timeout: float = 30.0
     head_timeout: float = 10.0
     body_timeout: float = 30.0
+    graceful_timeout: int = 20
     cors_origins: tuple[str, ...] = ()
     require_if_match: bool = False
     idempotency_ttl: int = 86400
@@ -86,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             db_start_timeout=read("DB_START_TIMEOUT", seconds),
             head_timeout=read("HEAD_TIMEOUT", seconds),
             body_timeout=read("BODY_TIMEOUT", seconds),
+            graceful_timeout=read("GRACEFUL_TIMEOUT", integer(1, 3600)),
             cors_origins=read("CORS_ORIGINS", origins),
             require_if_match=read("REQUIRE_IF_MATCH", boolean),
             idempotency_ttl=read("IDEMPOTENCY_TTL", integer(1, 366 * 86400)),

@@ -303,6 +303,23 @@ def alive(pid: int) -> bool:
     return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
 
 
+def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The complete HTTP/1.1 responses in `data`, in order."""
+    found: list[tuple[int, dict[str, str], bytes]] = []
+    while True:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if not separator:
+            return found
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
+        length = int(headers.get("content-length", "0"))
+        found.append((int(status_line.split()[1]), headers, rest[:length]))
+        data = rest[length:]
+
+
 class Service:
     """`python -m service` in a folder of its own, its output in a file."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import select
@@ -11,12 +12,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Service, connect
+from tests.conftest import Service, connect, responses
 
 # The server runs with short deadlines for a request's head and body, so that
 # a slow sender is cut off within seconds.
@@ -158,23 +160,6 @@ def conn(server: Server) -> Iterator[Connection]:
     opened.sock.close()
 
 
-def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """The complete HTTP/1.1 responses in `data`, in order."""
-    found: list[tuple[int, dict[str, str], bytes]] = []
-    while True:
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            return found
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-        length = int(headers.get("content-length", "0"))
-        found.append((int(status_line.split()[1]), headers, rest[:length]))
-        data = rest[length:]
-
-
 def request(method: str, target: bytes, *headers: bytes, body: bytes = b"") -> bytes:
     lines = [b"%s %s HTTP/1.1" % (method.encode(), target), b"Host: 127.0.0.1", *headers]
     if body:
@@ -229,6 +214,7 @@ def posts_to_users(server: Server) -> dict[str, float]:
 
 def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(server: Server) -> None:
     before = sum(posts_to_users(server).values())
+    before_unanswered = posts_to_users(server).get("499", 0)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", server.port), timeout=CASE_SECONDS) as sock:
             sock.sendall(request("POST", b"/users", JSON, b"Content-Length: 1000") + b'{"na')
@@ -237,6 +223,8 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(server: Server) -
         assert time.monotonic() < deadline, "the hung-up requests were never counted"
         time.sleep(0.1)
     assert not [status for status in posts_to_users(server) if status.startswith("5")]
+    # They got no answer, and are counted as such, not as a 400 nobody saw.
+    assert posts_to_users(server).get("499", 0) == before_unanswered + 3
     server.assert_serving()
 
 
@@ -291,10 +279,70 @@ def test_a_head_over_64_kib_is_refused_even_in_a_single_write(
 ) -> None:
     conn.sock.sendall(make())
     conn.read_until_closed()
-    *served, (status, _, body) = responses(conn.received)
-    assert (status, body) == (400, b"Request line and headers too large.")
+    *served, (status, headers, body) = responses(conn.received)
+    assert_refusal_problem(status, headers, body, 431)
     assert all(status == 200 for status, _, _ in served)
     conn.assert_harmless()
+
+
+def assert_refusal_problem(
+    status: int, headers: dict[str, str], body: bytes, expected: int
+) -> None:
+    """A problem as the app's own, with a request ID, on a connection the server closes."""
+    assert status == expected, body
+    assert headers["content-type"] == "application/problem+json"
+    assert len(headers["x-request-id"]) == 32
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["type"] == "about:blank"
+    assert problem["status"] == expected
+    assert problem["title"] == HTTPStatus(expected).phrase
+    assert problem["detail"]
+
+
+# Requests uvicorn's parser refuses before the app sees them.
+NOT_HTTP = {
+    "a DEL in a header": request("GET", b"/livez", b"X-Odd: a\x7fb"),
+    "raw UTF-8 in the path": request("GET", "/users/é@x.io".encode()),
+    "a Content-Length that is not a number": request("POST", b"/users", b"Content-Length: abc"),
+    "a negative Content-Length": request("POST", b"/users", b"Content-Length: -1"),
+    "Content-Length with Transfer-Encoding": request(
+        "POST", b"/users", b"Content-Length: 5", b"Transfer-Encoding: chunked"
+    )
+    + b"0\r\n\r\n",
+    "a folded header": request("GET", b"/livez", b"X-Odd: a", b" b"),
+    "HTTP/1.2": request("GET", b"/livez").replace(b"HTTP/1.1", b"HTTP/1.2", 1),
+    "an unknown method": request("BREW", b"/livez"),
+}
+
+
+@pytest.mark.parametrize("sent", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+def test_a_request_the_http_parser_refuses_gets_a_400_problem(
+    conn: Connection, sent: bytes
+) -> None:
+    conn.send(sent)
+    conn.read_until_closed()
+    [(status, headers, body)] = responses(conn.received)
+    assert_refusal_problem(status, headers, body, 400)
+    conn.assert_harmless()
+
+
+def refusals(server: Server) -> float:
+    """Requests the parser refused, in /metrics: they have no method or route."""
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    pattern = r'http_requests_total\{method="-",route="unmatched",status="400"\} (\S+)'
+    return sum(float(count) for count in re.findall(pattern, text))
+
+
+def test_a_request_the_http_parser_refuses_is_counted(server: Server) -> None:
+    before = refusals(server)
+    conn = Connection(server)
+    try:
+        conn.send(NOT_HTTP["an unknown method"])
+        conn.read_until_closed()
+    finally:
+        conn.sock.close()
+    assert refusals(server) == before + 1
 
 
 @pytest.mark.parametrize(
@@ -447,3 +495,43 @@ def test_an_http_1_0_body_with_content_length_is_read(conn: Connection, empty_ta
     conn.send(request("POST", b"/users", JSON, body=USER).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
     conn.read_until_closed()
     assert conn.statuses() == [201]
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(
+    conn: Connection,
+) -> None:
+    assert not conn.answered(wait=HEAD_TIMEOUT / 2)  # open a while: a client may be slow to send
+    assert conn.answered(wait=HEAD_TIMEOUT + 3), f"held open for {conn.seconds():.0f} s silent"
+    assert (conn.received, conn.closed) == (b"", True)
+    assert conn.seconds() < HEAD_TIMEOUT + 3
+
+
+def test_a_connection_idle_between_requests_is_kept_past_the_head_timeout(
+    conn: Connection,
+) -> None:
+    conn.send(request("GET", b"/livez"))
+    assert conn.answered(wait=5)
+    assert conn.statuses() == [200]
+    time.sleep(HEAD_TIMEOUT + 1)
+    conn.send(request("GET", b"/livez", CLOSE))
+    conn.read_until_closed()
+    assert conn.statuses() == [200, 200]
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [[b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA"],
+     [b"Upgrade: websocket", b"Sec-WebSocket-Version: 13",
+      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]],
+    ids=["h2c", "websocket"],
+)  # fmt: skip
+def test_an_upgrade_is_ignored_and_the_connection_closed_after_the_answer(
+    conn: Connection, upgrade: list[bytes]
+) -> None:
+    conn.send(request("GET", b"/users/nobody@x.io", b"Connection: Upgrade", *upgrade))
+    conn.read_until_closed()
+    [(status, headers, _)] = responses(conn.received)
+    assert status == 404
+    assert headers["content-type"] == "application/problem+json"
+    assert "x-request-id" in headers
+    assert conn.seconds() < HEAD_TIMEOUT

@@ -17,6 +17,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service.__main__ import uvicorn_args
 from service.database import POOL_CLOSE_SECONDS
+from service.settings import Settings
 from tests.conftest import (
     REFUSALS,
     ROOT,
@@ -71,7 +72,13 @@ def test_procfile_web_command_logs_json_lines(tmp_path: Path, database_url: str)
 
 
 def test_uvicorn_is_set_up_for_a_router_in_front() -> None:
-    args = uvicorn_args("service.app:create_app", host="0.0.0.0", port=5000, workers=3)  # noqa: S104
+    args = uvicorn_args(
+        "service.app:create_app",
+        host="0.0.0.0",  # noqa: S104
+        port=5000,
+        workers=3,
+        graceful_timeout=Settings().graceful_timeout,
+    )
     assert args[:2] == ["service.app:create_app", "--factory"]
 
     def flag(name: str) -> str:
@@ -118,6 +125,32 @@ def test_embedded_default_serves_keeps_users_across_restarts_and_stops_cleanly(
     assert not alive(postmaster)
 
 
+def test_after_a_killed_run_a_clean_stop_still_stops_the_embedded_database(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    env = {"DATABASE_URL": ""}
+    killed = Service(tmp_path, env)
+    services.append(killed)
+    killed.wait_ready()
+    killed.process.kill()  # SIGKILL: nothing of the service runs after it
+    killed.process.wait(30)
+    pid_file = tmp_path / ".pgdata" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    try:
+        assert alive(postmaster)  # left running by the killed run, as expected
+        again = Service(tmp_path, env)
+        services.append(again)
+        again.wait_ready()
+        postmaster = int(pid_file.read_text().split()[0])
+
+        assert again.stop(signal.SIGTERM) == 0, again.output()
+        assert not alive(postmaster), again.output()
+        assert not pid_file.exists()
+    finally:
+        if alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)  # postgres's immediate stop
+
+
 def test_with_database_url_it_serves_that_database(
     tmp_path: Path, services: list[Service], database_url: str
 ) -> None:
@@ -155,7 +188,11 @@ def test_with_json_logs_a_bad_setting_stops_start_up_with_one_json_line() -> Non
 @pytest.mark.parametrize("workers", [1, 2])
 def test_uvicorn_on_its_own_with_a_bad_setting_stops_instead_of_restarting(workers: int) -> None:
     args = uvicorn_args(
-        "service.app:create_app", host="127.0.0.1", port=free_port(), workers=workers
+        "service.app:create_app",
+        host="127.0.0.1",
+        port=free_port(),
+        workers=workers,
+        graceful_timeout=Settings().graceful_timeout,
     )
     env = {"DATABASE_URL": "postgresql://h/db", "DB_COMMAND_TIMEOUT": "-1"}
     result = subprocess.run(

@@ -39,6 +39,7 @@ def test_every_variable_is_read() -> None:
             "DB_START_TIMEOUT": "5",
             "HEAD_TIMEOUT": "3",
             "BODY_TIMEOUT": "4",
+            "GRACEFUL_TIMEOUT": "2",
             "REQUIRE_IF_MATCH": "1",
             "IDEMPOTENCY_TTL": "3600",
             "DATABASE_READ_URLS": "postgresql://u:p@r1.internal/app, postgres://u:p@r2.internal/app",
@@ -66,6 +67,7 @@ def test_every_variable_is_read() -> None:
         idempotency_ttl=3600,
         head_timeout=3.0,
         body_timeout=4.0,
+        graceful_timeout=2,
         database_read_urls=("postgresql://u:p@r1.internal/app", "postgres://u:p@r2.internal/app"),
         db_read_max_lag=0.5,
     )

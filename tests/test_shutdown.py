@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Service, alive, connect, free_port
+from tests.conftest import ROOT, Service, alive, connect, free_port, responses
 
 
 def test_sigterm_during_a_burst_of_writes_loses_no_acknowledged_write(
@@ -166,3 +169,70 @@ async def until(condition: Callable[[], Awaitable[bool]]) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("timed out")
+
+
+# A POST whose body never ends: it is in flight until the server gives up on it.
+UNENDING_POST = (
+    b"POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"na'
+)
+
+
+def received_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    """All the server sends on `sock` until it closes it, within `seconds`."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            data = sock.recv(65536)
+            if not data:
+                return received
+            received += data
+    raise AssertionError(f"open after {seconds} s; received {received[:200]!r}")
+
+
+def test_a_request_still_in_flight_when_a_graceful_stop_runs_out_of_time_gets_a_503_problem(
+    tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "GRACEFUL_TIMEOUT": "1"})
+    services.append(service)
+    service.wait_ready()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(UNENDING_POST)
+        time.sleep(0.5)  # the request has reached the endpoint, which waits for the body
+        stopped = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        received = received_until_closed(sock, 15)
+    assert service.process.wait(30) == 0
+    output = service.output()
+
+    assert time.monotonic() - stopped < 10, output
+    [(status, headers, body)] = responses(received)
+    assert status == 503, received
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["retry-after"] == "1"
+    assert len(headers["x-request-id"]) == 32
+    assert json.loads(body)["status"] == 503
+    assert "Traceback" not in output
+    assert len([line for line in output.splitlines() if "POST /users 503" in line]) == 1, output
+
+
+def test_a_request_a_hurried_stop_leaves_unanswered_is_logged_as_499_not_400(
+    tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url})
+    services.append(service)
+    service.wait_ready()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(UNENDING_POST)
+        time.sleep(0.5)
+        os.killpg(service.process.pid, signal.SIGINT)  # Ctrl-C
+        asyncio.run(until(lambda: said(service, "Waiting for connections to close")))
+        os.killpg(service.process.pid, signal.SIGINT)  # and again
+        received = received_until_closed(sock, 15)
+    assert service.process.wait(30) == 0
+    output = service.output()
+
+    assert received == b""  # no answer at all
+    assert "POST /users 499" in output, output
+    assert "POST /users 400" not in output, output
