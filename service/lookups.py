@@ -31,14 +31,19 @@ class Batcher(Generic[K, V]):
     distinct keys (`answer` returns a value per key, in order), and each
     caller gets its own value back; callers asking for the same key share it.
     A call never joins a query already under way, so a read after a write
-    sees the write.
+    sees the write. With `weight`, a key counts as that many towards `batch`
+    (a key of many handles), and one heavier than `batch` has a query alone.
     """
 
     def __init__(
-        self, answer: Callable[[list[K]], Awaitable[list[V]]], batch: int = MAX_BATCH
+        self,
+        answer: Callable[[list[K]], Awaitable[list[V]]],
+        batch: int = MAX_BATCH,
+        weight: Callable[[K], int] | None = None,
     ) -> None:
         self._answer = answer
         self._batch = batch
+        self._weight = weight
         self._waiting: dict[K, list[asyncio.Future[V]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
 
@@ -52,13 +57,28 @@ class Batcher(Generic[K, V]):
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        keys = list(waiting)
-        for start in range(0, len(keys), self._batch):
-            batch = {key: waiting[key] for key in keys[start : start + self._batch]}
-            task = asyncio.ensure_future(self._run(batch))
-            # Held until done: the loop keeps only weak references to tasks.
-            self._queries.add(task)
-            task.add_done_callback(self._queries.discard)
+        if self._weight is None:
+            keys = list(waiting)
+            for start in range(0, len(keys), self._batch):
+                self._start({key: waiting[key] for key in keys[start : start + self._batch]})
+            return
+        batch: dict[K, list[asyncio.Future[V]]] = {}
+        size = 0
+        for key, futures in waiting.items():
+            weight = self._weight(key)
+            if batch and size + weight > self._batch:
+                self._start(batch)
+                batch, size = {}, 0
+            batch[key] = futures
+            size += weight
+        if batch:
+            self._start(batch)
+
+    def _start(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
+        task = asyncio.ensure_future(self._run(batch))
+        # Held until done: the loop keeps only weak references to tasks.
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
 
     async def _run(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         try:
