@@ -113,8 +113,10 @@ class Reads:
         # Where each query runs is settled here, once: without replicas a read
         # is the query on `db`, with no per-request choice.
         find_users: Callable[[list[str]], Awaitable[list[Stored | None]]]
+        find_handles: Callable[[list[str]], Awaitable[dict[str, Stored]]]
         if replicas is None:
             find_users = partial(queries.find_users_by_keys, db)
+            find_handles = partial(queries.find_users_by_handles, db)
             pages_after = partial(queries.list_pages_after, db)
             page_at = partial(queries.list_page_at, db)
             self.find_user: Callable[[UserKey], Awaitable[Stored | None]] = partial(
@@ -122,6 +124,7 @@ class Reads:
             )
         else:
             find_users = replicas.find_users_by_keys
+            find_handles = replicas.find_users_by_handles
             pages_after = partial(replicas.read, queries.list_pages_after)
             page_at = partial(replicas.read, queries.list_page_at)
             self.find_user = replicas.find_user
@@ -136,6 +139,12 @@ class Reads:
         # up to it, and pages sharing a query would each wait for the slowest.
         # Callers asking for the same page in one turn still share it.
         self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(page_at, batch=1)
+        # By the distinct keys of one POST /users/lookup (see users.handle_key),
+        # each request whole in one statement: every request of a query gets
+        # the same users by key, of which it reads its own.
+        self.handles: Batcher[tuple[str, ...], dict[str, Stored]] = Batcher(
+            partial(find_all_handles, find_handles), weight=len
+        )
 
     async def in_snapshot(self, work: Callable[[PoolConnectionProxy], Awaitable[V]]) -> V:
         """`work` (a filtered page, a count) in a read-only snapshot of its own
@@ -151,6 +160,14 @@ class Reads:
         else:
             [value] = await self._replicas.read(run, [None])
         return value
+
+
+async def find_all_handles(
+    find: Callable[[list[str]], Awaitable[dict[str, Stored]]], lookups: list[tuple[str, ...]]
+) -> list[dict[str, Stored]]:
+    """For each lookup, the users its keys name, by key, from one statement for all."""
+    found = await find(list(dict.fromkeys(key for keys in lookups for key in keys)))
+    return [found] * len(lookups)
 
 
 class Creates:

@@ -41,6 +41,14 @@ SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
 FROM users WHERE lower(email) = ANY($1::text[])
 """
 
+# Users by email keys ($1) and by ids ($2), in one statement and so one
+# snapshot: a BitmapOr of the two unique indexes' scans.
+FIND_USERS_BY_HANDLES = """
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version
+FROM users WHERE lower(email) = ANY($1::text[]) OR public_id = ANY($2::uuid[])
+"""
+
 # A user by email key ($1) or by id ($2), the other being null: one
 # statement, each arm served by its unique index.
 FIND_USER = """
@@ -274,6 +282,18 @@ async def find_users_by_keys(db: Executor, keys: list[str]) -> list[Stored | Non
     rows = await db.fetch(FIND_USERS_BY_KEYS, keys)
     found = {email_key(row["email"]): to_stored(row) for row in rows}
     return [found.get(key) for key in keys]
+
+
+async def find_users_by_handles(db: Executor, keys: Sequence[str]) -> dict[str, Stored]:
+    """The users these keys name, by key: email_keys, which hold an "@", and ids
+    as lower-case canonical UUIDs; a key that names no user is absent."""
+    emails = [key for key in keys if "@" in key]
+    ids = [key for key in keys if "@" not in key]
+    found: dict[str, Stored] = {}
+    for row in await db.fetch(FIND_USERS_BY_HANDLES, emails, ids):
+        stored = to_stored(row)
+        found[row["id"]] = found[email_key(row["email"])] = stored
+    return found
 
 
 async def find_user(db: Executor, key: UserKey) -> Stored | None:

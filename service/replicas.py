@@ -171,6 +171,20 @@ class Replicas:
             for key, stored in zip(keys, found, strict=True)
         ]
 
+    async def find_users_by_handles(self, keys: list[str]) -> dict[str, Stored]:
+        """The users these keys name, as queries.find_users_by_handles; the keys a
+        replica does not know are asked of the primary, as find_users_by_keys does."""
+
+        async def find(db: queries.Executor, _: list[None]) -> list[dict[str, Stored]]:
+            return [await queries.find_users_by_handles(db, keys)]
+
+        [found], on_replica = await self.read_from(find, [None])
+        missing = [key for key in keys if key not in found]
+        if not (on_replica and missing):
+            return found
+        self.primary_reads.inc()
+        return found | await queries.find_users_by_handles(self.primary, missing)
+
     async def find_user(self, key: queries.UserKey) -> Stored | None:
         """A user by email key or id, confirmed on the primary when a replica has none."""
 

@@ -100,6 +100,30 @@ NewUsers = Annotated[
 ]
 
 
+# One lookup names at most this many users: one statement, whose answer is
+# bounded too. Decoding enforces it, so the document and the 422 say the same.
+MAX_LOOKUP_HANDLES = 1_000
+# Room for MAX_LOOKUP_HANDLES of the longest handles that can name a user: 254
+# characters (Email's max_length) of up to 4 bytes each, quoted, comma-separated.
+MAX_LOOKUP_BYTES = 1024 * 1024
+Handles = Annotated[
+    list[
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="A user's email in any letter case, or its id. Any other string "
+                "names no user and is listed in `missing`.",
+                examples=["ann@example.com", "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"],
+            ),
+        ]
+    ],
+    msgspec.Meta(
+        max_length=MAX_LOOKUP_HANDLES,
+        description=f"Up to {MAX_LOOKUP_HANDLES:,} handles, in the caller's order.",
+    ),
+]
+
+
 class UserPatch(Body):
     """Either field or both."""
 
@@ -148,6 +172,22 @@ class Stored(msgspec.Struct, frozen=True):
 
 class Inserted(msgspec.Struct, kw_only=True):
     inserted: int
+
+
+class Lookup(msgspec.Struct, kw_only=True):
+    """The answer of POST /users/lookup."""
+
+    found: Annotated[
+        list[User],
+        msgspec.Meta(description="Each user named, once, in the order of its first mention."),
+    ]
+    missing: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="The handles that name no user, as given, in request order; each "
+            "string once, at its first mention."
+        ),
+    ]
 
 
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple
@@ -22,10 +23,14 @@ from service.preferences import preferences
 from service.problems import ProblemError
 from service.queries import Condition, Filters, UserKey
 from service.schemas import (
+    MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
+    UUID_PATTERN,
     Email,
+    Handles,
     Inserted,
+    Lookup,
     NewUser,
     NewUsers,
     Patch,
@@ -49,6 +54,8 @@ MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
 _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
 _decode_patch = msgspec.json.Decoder(Patch)
+_decode_handles = msgspec.json.Decoder(Handles)
+_uuid = re.compile(UUID_PATTERN)
 _encoder = msgspec.json.Encoder()
 
 
@@ -142,6 +149,39 @@ async def get_user(request: Request) -> Response:
         if name == b"if-none-match" and none_match(value.decode("latin-1"), etag(stored)):
             return Response(status_code=304, headers={"ETag": etag(stored)})
     return user_response(stored)
+
+
+def handle_key(handle: str) -> str | None:
+    """What a lookup's handle names: an email_key, an id in lower case, or None for
+    a string that can be neither, which names no user as such a path does."""
+    if "@" in handle:
+        try:
+            return email_key(msgspec.convert(handle, Email))
+        except msgspec.ValidationError:
+            return None
+    if _uuid.fullmatch(handle):  # canonical only, as in a path
+        return handle.lower()
+    return None
+
+
+async def lookup_users(request: Request) -> Response:
+    """Many users at once: each named once in the order of its first mention, and
+    the handles that name none. A read: an Idempotency-Key is not needed, and ignored."""
+    settings = settings_of(request)
+    handles = await read_json(request, _decode_handles, MAX_LOOKUP_BYTES, settings.body_timeout)
+    # By handle as given: a handle repeated verbatim is looked at once.
+    keys = {handle: handle_key(handle) for handle in handles}
+    wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
+    stored = await reads_of(request).handles.get(wanted) if wanted else {}
+    found: dict[str, User] = {}  # by id: a user named twice appears once
+    missing: list[str] = []
+    for handle, key in keys.items():
+        hit = None if key is None else stored.get(key)
+        if hit is None:
+            missing.append(handle)
+        elif hit.user.id not in found:
+            found[hit.user.id] = hit.user
+    return json_response(Lookup(found=list(found.values()), missing=missing))
 
 
 class ListQuery(NamedTuple):

@@ -68,6 +68,27 @@ async def test_pages_after_emails_in_one_turn_share_one_query(
     assert all([user.email for user in page] == emails[:3] for page in first)
 
 
+async def test_many_user_lookups_in_one_turn_share_one_statement(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    emails = [email.lower() for email in await seed(db, 30)]
+    conn = await connect(database_url)
+    statements: list[str] = []
+    conn.add_query_logger(lambda record: statements.append(record.query))
+    try:
+        reads = Reads(conn)
+        # One connection cannot run two queries at once: only coalescing passes.
+        asked = [tuple(emails[n : n + 10]) for n in range(0, 25, 5)] + [("nobody@x.io",)]
+        answers = await asyncio.gather(*(reads.handles.get(keys) for keys in asked))
+    finally:
+        await conn.close()
+    assert len([query for query in statements if "FROM users" in query]) == 1
+    for keys, found in zip(asked, answers, strict=True):
+        assert [found[key].user.email.lower() for key in keys if key in found] == [
+            key for key in keys if key != "nobody@x.io"
+        ]
+
+
 async def test_weighed_calls_fill_a_query_up_to_the_batch_and_are_never_split() -> None:
     asked: list[list[tuple[int, ...]]] = []
 
