@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -27,12 +28,15 @@ Name = Annotated[
 # whitespace or control characters. "/" is refused in the domain, where no
 # host name can hold it, so a trailing "/" in a path is never part of an email.
 _EMAIL = rf"[^@\s{_NO_CONTROL}]{{1,64}}@[^@\s/{_NO_CONTROL}]+"
+MIN_EMAIL_LENGTH = 3
+MAX_EMAIL_LENGTH = 254
+EMAIL_PATTERN = rf"^{_EMAIL}{_END}"
 Email = Annotated[
     str,
     msgspec.Meta(
-        min_length=3,
-        max_length=254,
-        pattern=rf"^{_EMAIL}{_END}",
+        min_length=MIN_EMAIL_LENGTH,
+        max_length=MAX_EMAIL_LENGTH,
+        pattern=EMAIL_PATTERN,
         description="Email address, unique regardless of letter case.",
         examples=["ann@example.com"],
     ),
@@ -202,6 +206,18 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     field: str | None = None
     # The emails that made a create or bulk create conflict.
     conflicts: list[str] | None = None
+
+
+_email = re.compile(EMAIL_PATTERN)
+
+
+def is_email(text: str) -> bool:
+    """Whether text keeps Email's rules, as msgspec checks them (its patterns search).
+
+    For the handles of a lookup: msgspec.convert(text, Email) costs ~5 µs a
+    string, 0.6 ms of a 100-handle lookup; this, ~1 µs.
+    """
+    return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _email.search(text) is not None
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

@@ -39,6 +39,7 @@ from service.schemas import (
     Timestamp,
     User,
     email_key,
+    is_email,
 )
 from service.settings import Settings
 
@@ -155,10 +156,7 @@ def handle_key(handle: str) -> str | None:
     """What a lookup's handle names: an email_key, an id in lower case, or None for
     a string that can be neither, which names no user as such a path does."""
     if "@" in handle:
-        try:
-            return email_key(msgspec.convert(handle, Email))
-        except msgspec.ValidationError:
-            return None
+        return email_key(handle) if is_email(handle) else None
     if _uuid.fullmatch(handle):  # canonical only, as in a path
         return handle.lower()
     return None

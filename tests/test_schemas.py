@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
-from service.schemas import email_key
+from service.schemas import Email, email_key, is_email
 from tests.conftest import assert_problem
 
 VALID_EMAILS = [
@@ -110,6 +111,16 @@ async def test_unknown_field_is_named_in_the_detail(client: httpx.AsyncClient) -
     body = {"name": "Ann", "email": "a@example.com", "admin": True}
     problem = assert_problem(await client.post("/users", json=body), 422)
     assert "admin" in problem["detail"]
+
+
+@pytest.mark.parametrize("text", [*VALID_EMAILS, *INVALID_EMAILS, "a@b\n", "a@" + "d" * 253])
+def test_is_email_agrees_with_the_email_constraint(text: str) -> None:
+    try:
+        msgspec.convert(text, Email)
+    except msgspec.ValidationError:
+        assert not is_email(text)
+    else:
+        assert is_email(text)
 
 
 def test_email_key_folds_ascii_letters_only() -> None:
