@@ -285,8 +285,7 @@ async def find_users_by_keys(db: Executor, keys: list[str]) -> list[Stored | Non
 
 
 async def find_users_by_handles(db: Executor, keys: Sequence[str]) -> dict[str, Stored]:
-    """The users these keys name, by key: email_keys, which hold an "@", and ids
-    as lower-case canonical UUIDs; a key that names no user is absent."""
+    """The users named by these email_keys (with an "@") and lower-case ids, by key."""
     emails = [key for key in keys if "@" in key]
     ids = [key for key in keys if "@" not in key]
     found: dict[str, Stored] = {}

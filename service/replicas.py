@@ -172,8 +172,7 @@ class Replicas:
         ]
 
     async def find_users_by_handles(self, keys: list[str]) -> dict[str, Stored]:
-        """The users these keys name, as queries.find_users_by_handles; the keys a
-        replica does not know are asked of the primary, as find_users_by_keys does."""
+        """As queries.find_users_by_handles; the keys a replica lacks are asked of the primary."""
 
         async def find(db: queries.Executor, _: list[None]) -> list[dict[str, Stored]]:
             return [await queries.find_users_by_handles(db, keys)]

@@ -212,11 +212,9 @@ _email = re.compile(EMAIL_PATTERN)
 
 
 def is_email(text: str) -> bool:
-    """Whether text keeps Email's rules, as msgspec checks them (its patterns search).
-
-    For the handles of a lookup: msgspec.convert(text, Email) costs ~5 µs a
-    string, 0.6 ms of a 100-handle lookup; this, ~1 µs.
-    """
+    """Whether text keeps Email's rules, as msgspec checks them (its patterns search)."""
+    # For a lookup's handles: msgspec.convert(text, Email) costs ~5 µs a string,
+    # 0.6 ms of a 100-handle lookup; this, ~1 µs.
     return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _email.search(text) is not None
 
 

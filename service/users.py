@@ -153,8 +153,7 @@ async def get_user(request: Request) -> Response:
 
 
 def handle_key(handle: str) -> str | None:
-    """What a lookup's handle names: an email_key, an id in lower case, or None for
-    a string that can be neither, which names no user as such a path does."""
+    """What a lookup's handle names: an email_key, a lower-case id, or None for neither."""
     if "@" in handle:
         return email_key(handle) if is_email(handle) else None
     if _uuid.fullmatch(handle):  # canonical only, as in a path
@@ -163,8 +162,8 @@ def handle_key(handle: str) -> str | None:
 
 
 async def lookup_users(request: Request) -> Response:
-    """Many users at once: each named once in the order of its first mention, and
-    the handles that name none. A read: an Idempotency-Key is not needed, and ignored."""
+    """Each user the handles name, once, in order of first mention; and the handles naming none."""
+    # A read: an Idempotency-Key changes nothing, so one sent is ignored.
     settings = settings_of(request)
     handles = await read_json(request, _decode_handles, MAX_LOOKUP_BYTES, settings.body_timeout)
     # By handle as given: a handle repeated verbatim is looked at once.
