@@ -113,7 +113,7 @@ class Reads:
         # Where each query runs is settled here, once: without replicas a read
         # is the query on `db`, with no per-request choice.
         find_users: Callable[[list[str]], Awaitable[list[Stored | None]]]
-        find_handles: Callable[[list[str]], Awaitable[dict[str, Stored]]]
+        find_handles: Callable[[list[str]], Awaitable[dict[str, User]]]
         if replicas is None:
             find_users = partial(queries.find_users_by_keys, db)
             find_handles = partial(queries.find_users_by_handles, db)
@@ -142,7 +142,7 @@ class Reads:
         # By the distinct keys of one POST /users/lookup (see users.handle_key),
         # each request whole in one statement: every request of a query gets
         # the same users by key, of which it reads its own.
-        self.handles: Batcher[tuple[str, ...], dict[str, Stored]] = Batcher(
+        self.handles: Batcher[tuple[str, ...], dict[str, User]] = Batcher(
             partial(find_all_handles, find_handles), weight=len
         )
 
@@ -163,8 +163,8 @@ class Reads:
 
 
 async def find_all_handles(
-    find: Callable[[list[str]], Awaitable[dict[str, Stored]]], lookups: list[tuple[str, ...]]
-) -> list[dict[str, Stored]]:
+    find: Callable[[list[str]], Awaitable[dict[str, User]]], lookups: list[tuple[str, ...]]
+) -> list[dict[str, User]]:
     """For each lookup, the users its keys name, by key, from one statement for all."""
     found = await find(list(dict.fromkeys(key for keys in lookups for key in keys)))
     return [found] * len(lookups)

@@ -30,13 +30,12 @@ Name = Annotated[
 _EMAIL = rf"[^@\s{_NO_CONTROL}]{{1,64}}@[^@\s/{_NO_CONTROL}]+"
 MIN_EMAIL_LENGTH = 3
 MAX_EMAIL_LENGTH = 254
-EMAIL_PATTERN = rf"^{_EMAIL}{_END}"
 Email = Annotated[
     str,
     msgspec.Meta(
         min_length=MIN_EMAIL_LENGTH,
         max_length=MAX_EMAIL_LENGTH,
-        pattern=EMAIL_PATTERN,
+        pattern=rf"^{_EMAIL}{_END}",
         description="Email address, unique regardless of letter case.",
         examples=["ann@example.com"],
     ),
@@ -44,12 +43,13 @@ Email = Annotated[
 
 # What names a user in a path: its email, or its id as a canonical UUID.
 UUID_PATTERN = "-".join(f"[0-9a-fA-F]{{{n}}}" for n in (8, 4, 4, 4, 12))
+HANDLE_PATTERN = rf"^(?:{_EMAIL}|{UUID_PATTERN}){_END}"
 UserHandle = Annotated[
     str,
     msgspec.Meta(
-        min_length=3,
-        max_length=254,
-        pattern=rf"^(?:{_EMAIL}|{UUID_PATTERN}){_END}",
+        min_length=MIN_EMAIL_LENGTH,
+        max_length=MAX_EMAIL_LENGTH,
+        pattern=HANDLE_PATTERN,
         description="The user's email in any letter case, or its id.",
         examples=["ann@example.com", "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"],
     ),
@@ -208,14 +208,14 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     conflicts: list[str] | None = None
 
 
-_email = re.compile(EMAIL_PATTERN)
+_handle = re.compile(HANDLE_PATTERN)
 
 
-def is_email(text: str) -> bool:
-    """Whether text keeps Email's rules, as msgspec checks them (its patterns search)."""
-    # For a lookup's handles: msgspec.convert(text, Email) costs ~5 µs a string,
+def is_handle(text: str) -> bool:
+    """Whether text keeps UserHandle's rules, as msgspec checks them (its patterns search)."""
+    # For a lookup's handles: msgspec.convert(text, Email) cost ~5 µs a string,
     # 0.6 ms of a 100-handle lookup; this, ~1 µs.
-    return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _email.search(text) is not None
+    return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _handle.search(text) is not None
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple
@@ -26,7 +25,6 @@ from service.schemas import (
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
-    UUID_PATTERN,
     Email,
     Handles,
     Inserted,
@@ -39,7 +37,7 @@ from service.schemas import (
     Timestamp,
     User,
     email_key,
-    is_email,
+    is_handle,
 )
 from service.settings import Settings
 
@@ -56,7 +54,6 @@ _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
 _decode_patch = msgspec.json.Decoder(Patch)
 _decode_handles = msgspec.json.Decoder(Handles)
-_uuid = re.compile(UUID_PATTERN)
 _encoder = msgspec.json.Encoder()
 
 
@@ -153,12 +150,9 @@ async def get_user(request: Request) -> Response:
 
 
 def handle_key(handle: str) -> str | None:
-    """What a lookup's handle names: an email_key, a lower-case id, or None for neither."""
-    if "@" in handle:
-        return email_key(handle) if is_email(handle) else None
-    if _uuid.fullmatch(handle):  # canonical only, as in a path
-        return handle.lower()
-    return None
+    """What a lookup's handle names: an email_key or a lower-case id; None for neither."""
+    # email_key folds an id's hex digits as it folds an email's letters.
+    return email_key(handle) if is_handle(handle) else None
 
 
 async def lookup_users(request: Request) -> Response:
@@ -169,15 +163,15 @@ async def lookup_users(request: Request) -> Response:
     # By handle as given: a handle repeated verbatim is looked at once.
     keys = {handle: handle_key(handle) for handle in handles}
     wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
-    stored = await reads_of(request).handles.get(wanted) if wanted else {}
+    named = await reads_of(request).handles.get(wanted) if wanted else {}
     found: dict[str, User] = {}  # by id: a user named twice appears once
     missing: list[str] = []
     for handle, key in keys.items():
-        hit = None if key is None else stored.get(key)
-        if hit is None:
+        user = None if key is None else named.get(key)
+        if user is None:
             missing.append(handle)
-        elif hit.user.id not in found:
-            found[hit.user.id] = hit.user
+        elif user.id not in found:
+            found[user.id] = user
     return json_response(Lookup(found=list(found.values()), missing=missing))
 
 

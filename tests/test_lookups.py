@@ -84,7 +84,7 @@ async def test_many_user_lookups_in_one_turn_share_one_statement(
         await conn.close()
     assert len([query for query in statements if "FROM users" in query]) == 1
     for keys, found in zip(asked, answers, strict=True):
-        assert [found[key].user.email.lower() for key in keys if key in found] == [
+        assert [found[key].email.lower() for key in keys if key in found] == [
             key for key in keys if key != "nobody@x.io"
         ]
 
