@@ -21,12 +21,13 @@ from bench.bulk import run_bulk
 from bench.copy_limit import run_copy
 from bench.options import at_least
 from bench.results import Sample, ScenarioResult, check_targets, summarize
-from bench.scenarios import COPY, SCENARIOS, Scenario, Variant
+from bench.scenarios import COPY, LOOKUP_CONNECTIONS, SCENARIOS, Scenario, Variant
 from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
 from service import queries
 
 BENCH_DIR = Path(__file__).resolve().parent
 APP_NAMES = (*servers.APPS, COPY)
+SCENARIO_KEYS = tuple(scenario.key for scenario in SCENARIOS)
 EPILOG = f"""\
 Needs wrk on PATH. {INSTALL_HINT}
 Creates the databases {", ".join(seed.DATABASES.values())} afresh on the PostgreSQL server of
@@ -42,6 +43,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     rounds: int
     warmup: int
     apps: tuple[str, ...]
+    scenarios: tuple[str, ...]
     out: Path
     smoke: bool
 
@@ -65,12 +67,20 @@ def parse_options(argv: Sequence[str]) -> Options:
         default=",".join(APP_NAMES),
         help=f"comma-separated apps to run ({','.join(APP_NAMES)})",
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIO_KEYS),
+        help=f"comma-separated scenarios to run ({','.join(SCENARIO_KEYS)})",
+    )
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md and results.png")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
     args = parser.parse_args(argv)
     apps = tuple(name for name in APP_NAMES if name in args.apps.split(","))
     if not apps or set(args.apps.split(",")) - set(APP_NAMES):
         parser.error(f"--apps takes a comma-separated subset of {','.join(APP_NAMES)}")
+    scenarios = tuple(key for key in SCENARIO_KEYS if key in args.scenarios.split(","))
+    if not scenarios or set(args.scenarios.split(",")) - set(SCENARIO_KEYS):
+        parser.error(f"--scenarios takes a comma-separated subset of {','.join(SCENARIO_KEYS)}")
     smoke: bool = args.smoke
     return Options(
         users=args.users or (1_000 if smoke else 100_000),
@@ -80,6 +90,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         rounds=args.rounds or (1 if smoke else 3),
         warmup=0 if smoke else 2,
         apps=apps,
+        scenarios=scenarios,
         out=args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if smoke else BENCH_DIR),
         smoke=smoke,
     )
@@ -104,11 +115,11 @@ def run_variant(variant: Variant, url: str, options: Options, duration: int) -> 
         variant.script,
         (str(options.users), nonce, *variant.args),
         duration=duration,
-        connections=options.connections,
+        connections=variant.connections or options.connections,
         headers=variant.headers,
     )
     return Sample(
-        rate=summary.rps,
+        rate=summary.rps * variant.per_request,
         p99_ms=summary.p99_us / 1000,
         requests=summary.requests,
         non_2xx=summary.non_2xx,
@@ -149,8 +160,9 @@ def settings_of(options: Options, database: str) -> dict[str, str]:
         "Database": database,
         "Users seeded": f"{options.users:,}",
         "Apps": ", ".join(options.apps),
+        "Scenarios": ", ".join(options.scenarios),
         "WEB_CONCURRENCY": str(options.workers),
-        "wrk": f"-t1 -c{options.connections}",
+        "wrk": f"-t1 -c{options.connections} (lookups -c{LOOKUP_CONNECTIONS})",
         "Duration": f"{options.duration} s per round, {options.warmup} s warm-up per variant",
         "Rounds": str(options.rounds),
     }
@@ -195,7 +207,8 @@ def measure(options: Options, log_dir: Path) -> Run:
             results = tuple(
                 run_scenario(scenario, urls, options)
                 for scenario in SCENARIOS
-                if any(variant.app in urls for variant in scenario.variants)
+                if scenario.key in options.scenarios
+                and any(variant.app in urls for variant in scenario.variants)
             )
             service = running.get("service")
             service_rss = None if service is None else servers.worker_rss(service)

@@ -81,6 +81,23 @@ TARGETS = (
           base="tutorial", bound=3),
     Ratio(name="POST /users/bulk rows/s vs the COPY limit", scenario="bulk", label="service",
           base="COPY limit", bound=0.7),
+    Ratio(name="Users/s: a lookup of 100 vs a GET each", scenario="lookup",
+          label="service lookup", base="service GETs", bound=5),
+)  # fmt: skip
+
+
+class Latency(msgspec.Struct, frozen=True, kw_only=True):
+    """A target: one variant's median p99, at most `bound_ms`."""
+
+    name: str
+    scenario: str
+    label: str
+    bound_ms: float
+
+
+LATENCIES = (
+    Latency(name="POST /users/lookup of 100 users p99", scenario="lookup",
+            label="service lookup", bound_ms=10),
 )  # fmt: skip
 
 
@@ -149,6 +166,21 @@ def check_ratio(target: Ratio, results: Sequence[ScenarioResult]) -> TargetCheck
     )
 
 
+def check_latency(target: Latency, results: Sequence[ScenarioResult]) -> TargetCheck:
+    result = find(results, target.scenario)
+    variant = None if result is None else result.find(target.label)
+    goal = f"<= {target.bound_ms:g} ms"
+    if variant is None:
+        return TargetCheck(name=target.name, goal=goal, measured="not run", met=None)
+    return TargetCheck(
+        name=target.name,
+        goal=goal,
+        measured=f"{variant.p99_ms:.2f} ms",
+        met=variant.p99_ms <= target.bound_ms,
+        score=target.bound_ms / variant.p99_ms if variant.p99_ms else float("inf"),
+    )
+
+
 def check_rss(service_rss: int | None) -> TargetCheck:
     name, goal = "Service worker RSS after the run", f"<= {RSS_LIMIT_MB:.0f} MB"
     if service_rss is None:
@@ -189,6 +221,7 @@ def check_errors(results: Sequence[ScenarioResult]) -> TargetCheck:
 def check_targets(results: Sequence[ScenarioResult], service_rss: int | None) -> list[TargetCheck]:
     return [
         *(check_ratio(target, results) for target in TARGETS),
+        *(check_latency(target, results) for target in LATENCIES),
         check_rss(service_rss),
         check_errors(results),
     ]

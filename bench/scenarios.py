@@ -10,6 +10,13 @@ from bench.servers import AUTH_TOKEN
 
 PAGE_LIMIT = "50"
 MISS_RATIO = "0.1"
+# Users named in one POST /users/lookup: a page of comments' authors, say.
+LOOKUP_HANDLES = 100
+# Callers of lookups at once. wrk keeps each connection busy, so a request's
+# latency is about connections / rate: at 64, over 50 ms at any rate the
+# machine reaches, which says nothing of the service. A few callers already
+# keep the worker busy and let lookups arriving together share a query.
+LOOKUP_CONNECTIONS = 8
 # Not a server: the COPY limit is measured from this process (bench/copy_limit.py).
 COPY = "copy"
 # The floor and the ceiling answer GET /users/{email} only.
@@ -26,6 +33,10 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True):
     script: str = ""
     args: tuple[str, ...] = ()
     headers: tuple[str, ...] = ()
+    # What one request answers for, in the scenario's unit: users per lookup.
+    per_request: int = 1
+    # wrk -c for this variant; None for the run's --connections.
+    connections: int | None = None
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +110,25 @@ SCENARIOS = (
         unit="req/s",
         hits_only=True,
         variants=wrk_variants(APPS_WITH_ALL_ENDPOINTS, "create_user.lua"),
+    ),
+    Scenario(
+        key="lookup",
+        title=f"{LOOKUP_HANDLES} users, 10% missing: one POST /users/lookup or a GET each",
+        unit="users/s",
+        # The GETs of missing users are 404s.
+        hits_only=False,
+        subject="service lookup",
+        variants=(
+            Variant(
+                label="service lookup",
+                app="service",
+                script="lookup_users.lua",
+                args=(str(LOOKUP_HANDLES), MISS_RATIO),
+                per_request=LOOKUP_HANDLES,
+                connections=LOOKUP_CONNECTIONS,
+            ),
+            Variant(label="service GETs", app="service", script="get_user.lua", args=(MISS_RATIO,)),
+        ),
     ),
     Scenario(
         key="bulk",

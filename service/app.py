@@ -32,7 +32,7 @@ logger = logging.getLogger("service")
 class UserConvertor(Convertor[str]):
     """A path segment naming a user: an email, which holds an "@", or an id, a UUID.
 
-    So "/users/bulk" is never taken for a user, and a wrong method there is
+    So "/users/bulk" and "/users/lookup" are never taken for a user, and a wrong method there is
     a 405 rather than "no such user". "/" may appear, as %2F in a local part.
     """
 
@@ -66,6 +66,7 @@ routes = [
     Route("/users/{user:user}", users.get_user, methods=["GET"]),
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
+    Route("/users/lookup", users.lookup_users, methods=["POST"]),
     Route("/users/{user:user}", users.update_user, methods=["PATCH"]),
     Route("/users/{user:user}", users.delete_user, methods=["DELETE"]),
     Route("/users/bulk", users.create_users, methods=["POST"]),

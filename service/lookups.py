@@ -31,14 +31,19 @@ class Batcher(Generic[K, V]):
     distinct keys (`answer` returns a value per key, in order), and each
     caller gets its own value back; callers asking for the same key share it.
     A call never joins a query already under way, so a read after a write
-    sees the write.
+    sees the write. With `weight`, a key counts as that many towards `batch`
+    (a key of many handles), and one heavier than `batch` has a query alone.
     """
 
     def __init__(
-        self, answer: Callable[[list[K]], Awaitable[list[V]]], batch: int = MAX_BATCH
+        self,
+        answer: Callable[[list[K]], Awaitable[list[V]]],
+        batch: int = MAX_BATCH,
+        weight: Callable[[K], int] | None = None,
     ) -> None:
         self._answer = answer
         self._batch = batch
+        self._weight = weight
         self._waiting: dict[K, list[asyncio.Future[V]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
 
@@ -52,13 +57,28 @@ class Batcher(Generic[K, V]):
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        keys = list(waiting)
-        for start in range(0, len(keys), self._batch):
-            batch = {key: waiting[key] for key in keys[start : start + self._batch]}
-            task = asyncio.ensure_future(self._run(batch))
-            # Held until done: the loop keeps only weak references to tasks.
-            self._queries.add(task)
-            task.add_done_callback(self._queries.discard)
+        if self._weight is None:
+            keys = list(waiting)
+            for start in range(0, len(keys), self._batch):
+                self._start({key: waiting[key] for key in keys[start : start + self._batch]})
+            return
+        batch: dict[K, list[asyncio.Future[V]]] = {}
+        size = 0
+        for key, futures in waiting.items():
+            weight = self._weight(key)
+            if batch and size + weight > self._batch:
+                self._start(batch)
+                batch, size = {}, 0
+            batch[key] = futures
+            size += weight
+        if batch:
+            self._start(batch)
+
+    def _start(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
+        task = asyncio.ensure_future(self._run(batch))
+        # Held until done: the loop keeps only weak references to tasks.
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
 
     async def _run(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         try:
@@ -93,8 +113,10 @@ class Reads:
         # Where each query runs is settled here, once: without replicas a read
         # is the query on `db`, with no per-request choice.
         find_users: Callable[[list[str]], Awaitable[list[Stored | None]]]
+        find_handles: Callable[[list[str]], Awaitable[dict[str, User]]]
         if replicas is None:
             find_users = partial(queries.find_users_by_keys, db)
+            find_handles = partial(queries.find_users_by_handles, db)
             pages_after = partial(queries.list_pages_after, db)
             page_at = partial(queries.list_page_at, db)
             self.find_user: Callable[[UserKey], Awaitable[Stored | None]] = partial(
@@ -102,6 +124,7 @@ class Reads:
             )
         else:
             find_users = replicas.find_users_by_keys
+            find_handles = replicas.find_users_by_handles
             pages_after = partial(replicas.read, queries.list_pages_after)
             page_at = partial(replicas.read, queries.list_page_at)
             self.find_user = replicas.find_user
@@ -116,6 +139,12 @@ class Reads:
         # up to it, and pages sharing a query would each wait for the slowest.
         # Callers asking for the same page in one turn still share it.
         self.page_at: Batcher[tuple[int, int], list[User]] = Batcher(page_at, batch=1)
+        # By the distinct keys of one POST /users/lookup (see users.handle_key),
+        # each request whole in one statement: every request of a query gets
+        # the same users by key, of which it reads its own.
+        self.handles: Batcher[tuple[str, ...], dict[str, User]] = Batcher(
+            partial(find_all_handles, find_handles), weight=len
+        )
 
     async def in_snapshot(self, work: Callable[[PoolConnectionProxy], Awaitable[V]]) -> V:
         """`work` (a filtered page, a count) in a read-only snapshot of its own
@@ -131,6 +160,14 @@ class Reads:
         else:
             [value] = await self._replicas.read(run, [None])
         return value
+
+
+async def find_all_handles(
+    find: Callable[[list[str]], Awaitable[dict[str, User]]], lookups: list[tuple[str, ...]]
+) -> list[dict[str, User]]:
+    """For each lookup, the users its keys name, by key, from one statement for all."""
+    found = await find(list(dict.fromkeys(key for keys in lookups for key in keys)))
+    return [found] * len(lookups)
 
 
 class Creates:

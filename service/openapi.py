@@ -15,9 +15,13 @@ from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.queries import ESTIMATE_EXACT_BELOW
 from service.schemas import (
     MAX_BULK_USERS,
+    MAX_LOOKUP_BYTES,
+    MAX_LOOKUP_HANDLES,
     Email,
+    Handles,
     IdempotencyKey,
     Inserted,
+    Lookup,
     NewUser,
     NewUsers,
     Patch,
@@ -350,6 +354,29 @@ OPERATIONS: dict[Endpoint, Operation] = {
             422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
             "rule or repeats a key (`field` is the JSON path of the first, `$[3].email`), or the "
             "Idempotency-Key was used with another body or path.",
+        },
+        uses_database=True,
+        needs_token=True,
+    ),
+    users.lookup_users: Operation(
+        operation_id="lookupUsers",
+        tag="users",
+        summary="Look up many users",
+        description=f"The users that up to {MAX_LOOKUP_HANDLES:,} handles name, each an "
+        "email in any letter case or an id: `found` holds each user once, in the order of "
+        "its first mention, whether named by email or id, and `missing` the handles that "
+        "name no user, as given, in request order (each string once), strings that could be "
+        "neither an email nor an id included. One consistent read; with read replicas, a "
+        "handle a replica does not know is looked up on the primary before it is reported "
+        "missing. A read: it writes nothing, needs no Idempotency-Key (one sent is ignored) "
+        "and is safe to retry. Also served at `/users/lookup/`.",
+        body=Handles,
+        replies={200: Reply(description="The users found, and the handles missing.", body=Lookup)},
+        problems={
+            **BODY_PROBLEMS,
+            413: f"The body is larger than {MAX_LOOKUP_BYTES // 1024 // 1024} MiB.",
+            422: f"The body is not an array of strings (`field` is `$`, or the item's path, "
+            f"`$[3]`), or holds more than {MAX_LOOKUP_HANDLES:,} (`field` is `$`).",
         },
         uses_database=True,
         needs_token=True,

@@ -41,6 +41,15 @@ SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
 FROM users WHERE lower(email) = ANY($1::text[])
 """
 
+# Users by email keys ($1) and by ids ($2), in one statement and so one
+# snapshot: a BitmapOr of the two unique indexes' scans. Without the version,
+# as a page: the answer has no ETags.
+FIND_USERS_BY_HANDLES = """
+SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at
+FROM users WHERE lower(email) = ANY($1::text[]) OR public_id = ANY($2::uuid[])
+"""
+
 # A user by email key ($1) or by id ($2), the other being null: one
 # statement, each arm served by its unique index.
 FIND_USER = """
@@ -292,6 +301,16 @@ async def find_users_by_keys(db: Executor, keys: list[str]) -> list[Stored | Non
     rows = await db.fetch(FIND_USERS_BY_KEYS, keys)
     found = {email_key(row["email"]): to_stored(row) for row in rows}
     return [found.get(key) for key in keys]
+
+
+async def find_users_by_handles(db: Executor, keys: Sequence[str]) -> dict[str, User]:
+    """The users named by these email_keys (with an "@") and lower-case ids, by key."""
+    emails = [key for key in keys if "@" in key]
+    ids = [key for key in keys if "@" not in key]
+    found: dict[str, User] = {}
+    for row in await db.fetch(FIND_USERS_BY_HANDLES, emails, ids):
+        found[row["id"]] = found[email_key(row["email"])] = to_user(row)
+    return found
 
 
 async def find_user(db: Executor, key: UserKey) -> Stored | None:

@@ -15,7 +15,7 @@ import asyncpg
 from service import metrics, queries
 from service.database import UNAVAILABLE, Database, PoolBusy, close_pool, create_pool
 from service.database import database_address as address_of
-from service.schemas import Stored
+from service.schemas import Stored, User
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -170,6 +170,19 @@ class Replicas:
             confirmed[key] if stored is None else stored
             for key, stored in zip(keys, found, strict=True)
         ]
+
+    async def find_users_by_handles(self, keys: list[str]) -> dict[str, User]:
+        """As queries.find_users_by_handles; the keys a replica lacks are asked of the primary."""
+
+        async def find(db: queries.Executor, _: list[None]) -> list[dict[str, User]]:
+            return [await queries.find_users_by_handles(db, keys)]
+
+        [found], on_replica = await self.read_from(find, [None])
+        missing = [key for key in keys if key not in found]
+        if not (on_replica and missing):
+            return found
+        self.primary_reads.inc()
+        return found | await queries.find_users_by_handles(self.primary, missing)
 
     async def find_user(self, key: queries.UserKey) -> Stored | None:
         """A user by email key or id, confirmed on the primary when a replica has none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -40,11 +41,13 @@ Name = Annotated[
 # Written with \uXXXX escapes only, which Python and ECMA-262 read alike.
 _NOT_IN_EMAIL = f"{_SPACES}{_INVISIBLE}{_BIDI_CONTROLS}{_NO_CONTROL}"
 _EMAIL = rf"[^@{_NOT_IN_EMAIL}]{{1,64}}@[^@/{_NOT_IN_EMAIL}]+"
+MIN_EMAIL_LENGTH = 3
+MAX_EMAIL_LENGTH = 254
 Email = Annotated[
     str,
     msgspec.Meta(
-        min_length=3,
-        max_length=254,
+        min_length=MIN_EMAIL_LENGTH,
+        max_length=MAX_EMAIL_LENGTH,
         pattern=rf"^{_EMAIL}{_END}",
         description="Email address, unique regardless of letter case.",
         examples=["ann@example.com"],
@@ -53,12 +56,13 @@ Email = Annotated[
 
 # What names a user in a path: its email, or its id as a canonical UUID.
 UUID_PATTERN = "-".join(f"[0-9a-fA-F]{{{n}}}" for n in (8, 4, 4, 4, 12))
+HANDLE_PATTERN = rf"^(?:{_EMAIL}|{UUID_PATTERN}){_END}"
 UserHandle = Annotated[
     str,
     msgspec.Meta(
-        min_length=3,
-        max_length=254,
-        pattern=rf"^(?:{_EMAIL}|{UUID_PATTERN}){_END}",
+        min_length=MIN_EMAIL_LENGTH,
+        max_length=MAX_EMAIL_LENGTH,
+        pattern=HANDLE_PATTERN,
         description="The user's email in any letter case, or its id.",
         examples=["ann@example.com", "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"],
     ),
@@ -113,6 +117,30 @@ NewUsers = Annotated[
 ]
 
 
+# One lookup names at most this many users: one statement, whose answer is
+# bounded too. Decoding enforces it, so the document and the 422 say the same.
+MAX_LOOKUP_HANDLES = 1_000
+# Room for MAX_LOOKUP_HANDLES of the longest handles that can name a user: 254
+# characters (Email's max_length) of up to 4 bytes each, quoted, comma-separated.
+MAX_LOOKUP_BYTES = 1024 * 1024
+Handles = Annotated[
+    list[
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="A user's email in any letter case, or its id. Any other string "
+                "names no user and is listed in `missing`.",
+                examples=["ann@example.com", "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"],
+            ),
+        ]
+    ],
+    msgspec.Meta(
+        max_length=MAX_LOOKUP_HANDLES,
+        description=f"Up to {MAX_LOOKUP_HANDLES:,} handles, in the caller's order.",
+    ),
+]
+
+
 class UserPatch(Body):
     """Either field or both."""
 
@@ -163,6 +191,22 @@ class Inserted(msgspec.Struct, kw_only=True):
     inserted: int
 
 
+class Lookup(msgspec.Struct, kw_only=True):
+    """The answer of POST /users/lookup."""
+
+    found: Annotated[
+        list[User],
+        msgspec.Meta(description="Each user named, once, in the order of its first mention."),
+    ]
+    missing: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="The handles that name no user, as given, in request order; each "
+            "string once, at its first mention."
+        ),
+    ]
+
+
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An RFC 9457 problem detail."""
 
@@ -175,6 +219,16 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     field: str | None = None
     # The emails that made a create or bulk create conflict.
     conflicts: list[str] | None = None
+
+
+_handle = re.compile(HANDLE_PATTERN)
+
+
+def is_handle(text: str) -> bool:
+    """Whether text keeps UserHandle's rules, as msgspec checks them (its patterns search)."""
+    # For a lookup's handles: msgspec.convert(text, Email) cost ~5 µs a string,
+    # 0.6 ms of a 100-handle lookup; this, ~1 µs.
+    return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _handle.search(text) is not None
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

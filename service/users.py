@@ -22,10 +22,13 @@ from service.preferences import preferences
 from service.problems import ProblemError
 from service.queries import Condition, Filters, UserKey
 from service.schemas import (
+    MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
     Email,
+    Handles,
     Inserted,
+    Lookup,
     NewUser,
     NewUsers,
     Patch,
@@ -35,6 +38,7 @@ from service.schemas import (
     User,
     UserPatch,
     email_key,
+    is_handle,
 )
 from service.settings import Settings
 
@@ -57,6 +61,7 @@ TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
 _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
 _decode_patch = msgspec.json.Decoder(Patch)
+_decode_handles = msgspec.json.Decoder(Handles)
 
 
 # How many keys the JSON of each body held, for bodies.decode to know that none repeats.
@@ -66,6 +71,10 @@ def new_user_keys(new: NewUser) -> int:
 
 def new_users_keys(new_users: list[NewUser]) -> int:
     return len(new_users) * len(NewUser.__struct_fields__)
+
+
+def handle_keys(handles: list[str]) -> int:
+    return 0  # an array of strings holds no object
 
 
 def patch_keys(patch: UserPatch) -> int:
@@ -167,6 +176,34 @@ async def get_user(request: Request) -> Response:
         if name == b"if-none-match" and none_match(value.decode("latin-1"), etag(stored)):
             return Response(status_code=304, headers={"ETag": etag(stored)})
     return user_response(stored)
+
+
+def handle_key(handle: str) -> str | None:
+    """What a lookup's handle names: an email_key or a lower-case id; None for neither."""
+    # email_key folds an id's hex digits as it folds an email's letters.
+    return email_key(handle) if is_handle(handle) else None
+
+
+async def lookup_users(request: Request) -> Response:
+    """Each user the handles name, once, in order of first mention; and the handles naming none."""
+    # A read: an Idempotency-Key changes nothing, so one sent is ignored.
+    settings = settings_of(request)
+    handles = await read_json(
+        request, _decode_handles, handle_keys, MAX_LOOKUP_BYTES, settings.body_timeout
+    )
+    # By handle as given: a handle repeated verbatim is looked at once.
+    keys = {handle: handle_key(handle) for handle in handles}
+    wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
+    named = await reads_of(request).handles.get(wanted) if wanted else {}
+    found: dict[str, User] = {}  # by id: a user named twice appears once
+    missing: list[str] = []
+    for handle, key in keys.items():
+        user = None if key is None else named.get(key)
+        if user is None:
+            missing.append(handle)
+        elif user.id not in found:
+            found[user.id] = user
+    return json_response(Lookup(found=list(found.values()), missing=missing))
 
 
 class ListQuery(NamedTuple):

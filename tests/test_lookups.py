@@ -68,6 +68,45 @@ async def test_pages_after_emails_in_one_turn_share_one_query(
     assert all([user.email for user in page] == emails[:3] for page in first)
 
 
+async def test_many_user_lookups_in_one_turn_share_one_statement(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    emails = [email.lower() for email in await seed(db, 30)]
+    conn = await connect(database_url)
+    statements: list[str] = []
+    conn.add_query_logger(lambda record: statements.append(record.query))
+    try:
+        reads = Reads(conn)
+        # One connection cannot run two queries at once: only coalescing passes.
+        asked = [tuple(emails[n : n + 10]) for n in range(0, 25, 5)] + [("nobody@x.io",)]
+        answers = await asyncio.gather(*(reads.handles.get(keys) for keys in asked))
+    finally:
+        await conn.close()
+    assert len([query for query in statements if "FROM users" in query]) == 1
+    for keys, found in zip(asked, answers, strict=True):
+        assert [found[key].email.lower() for key in keys if key in found] == [
+            key for key in keys if key != "nobody@x.io"
+        ]
+
+
+async def test_weighed_calls_fill_a_query_up_to_the_batch_and_are_never_split() -> None:
+    asked: list[list[tuple[int, ...]]] = []
+
+    async def answer(keys: list[tuple[int, ...]]) -> list[int]:
+        asked.append(keys)
+        return [len(key) for key in keys]
+
+    batcher: Batcher[tuple[int, ...], int] = Batcher(answer, batch=500, weight=len)
+    calls = [tuple(range(n, n + 200)) for n in range(3)]
+    calls += [tuple(range(1000)), tuple(range(-5, 0)), tuple(range(-500, 0))]
+    assert await asyncio.gather(*(batcher.get(keys) for keys in calls)) == [
+        len(keys) for keys in calls
+    ]
+    # 200 + 200, then 200 (a third would pass 500), then 1,000 alone, whole,
+    # then 5 and 500 (a query of 505 would pass it too).
+    assert [[len(key) for key in keys] for keys in asked] == [[200, 200], [200], [1000], [5], [500]]
+
+
 async def test_concurrent_page_requests_each_get_their_own_page(
     client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:

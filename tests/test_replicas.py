@@ -163,6 +163,28 @@ async def test_a_read_right_after_a_create_finds_the_user_on_a_replica_that_is_b
     assert_problem(missing, 404)
 
 
+async def test_a_lookup_of_many_confirms_on_the_primary_what_a_replica_is_missing(
+    replicated: Cluster,
+) -> None:
+    async with client_of(settings_of(replicated, LONG_LAG)) as client:
+        bo = await create(client, "bo@x.io")
+        await caught_up(replicated)
+        for standby in replicated.standbys:
+            await standby.execute("SELECT pg_wal_replay_pause()")
+        ann = await create(client, "Ann@X.io")
+        before = await scrape(client)
+        handles = ["nobody@x.io", ann["id"], "bo@x.io", "ann@x.io", "nope", bo["id"]]
+        looked_up = await client.post("/users/lookup", json=handles)
+        after = await scrape(client)
+
+    assert looked_up.status_code == 200
+    assert looked_up.json() == {"found": [ann, bo], "missing": ["nobody@x.io", "nope"]}
+    # Read on a replica, which had bo; ann and nobody asked of the primary.
+    replica_reads = sum(reads(after, s) - reads(before, s) for s in replicated.standbys)
+    assert replica_reads == 1
+    assert reads(after, None) - reads(before, None) == 1
+
+
 async def test_paused_replay_moves_reads_to_the_primary_within_the_bound_and_back(
     replicated: Cluster,
 ) -> None:

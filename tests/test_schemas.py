@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from service.schemas import Email, email_key
+from service.schemas import Email, UserHandle, email_key, is_handle
 from tests.conftest import assert_problem
 
 VALID_EMAILS = [
@@ -135,6 +135,29 @@ async def test_unknown_field_is_named_in_the_detail(client: httpx.AsyncClient) -
     body = {"name": "Ann", "email": "a@example.com", "admin": True}
     problem = assert_problem(await client.post("/users", json=body), 422)
     assert "admin" in problem["detail"]
+
+
+HANDLES = [
+    "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d",
+    "0B9D8A52-5C1E-4D8E-9A0A-6F1F1D2B3C4D",
+    "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4dx",
+    "{0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d}",
+    "0b9d8a525c1e4d8e9a0a6f1f1d2b3c4d",
+    "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d\n",
+    "a@b\n",
+    "a@" + "d" * 253,
+    "nope",
+]
+
+
+@pytest.mark.parametrize("text", [*VALID_EMAILS, *INVALID_EMAILS, *HANDLES])
+def test_is_handle_agrees_with_the_user_handle_constraint(text: str) -> None:
+    try:
+        msgspec.convert(text, UserHandle)
+    except msgspec.ValidationError:
+        assert not is_handle(text)
+    else:
+        assert is_handle(text)
 
 
 def test_email_key_folds_ascii_letters_only() -> None:

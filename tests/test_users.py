@@ -663,6 +663,205 @@ async def test_bulk_that_is_not_an_array_is_422(client: httpx.AsyncClient) -> No
     assert_problem(await client.post("/users/bulk", json={"name": "a", "email": "a@x.io"}), 422)
 
 
+# Lookup of many
+
+
+async def lookup(client: httpx.AsyncClient, handles: object) -> httpx.Response:
+    return await client.post("/users/lookup", json=handles)
+
+
+async def ids_of(client: httpx.AsyncClient, emails: list[str]) -> dict[str, str]:
+    """Each email's user id, by the email as given."""
+    answers = await asyncio.gather(*(client.get(f"/users/{email}") for email in emails))
+    return {email: answer.json()["id"] for email, answer in zip(emails, answers, strict=True)}
+
+
+async def test_lookup_finds_users_in_the_order_of_their_first_mention(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client, ["a@x.io", "b@x.io", "c@x.io"])
+    response = await lookup(client, ["c@x.io", "a@x.io", "b@x.io"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert [user["email"] for user in body["found"]] == ["c@x.io", "a@x.io", "b@x.io"]
+    assert body["missing"] == []
+    assert body["found"][0] == (await client.get("/users/c@x.io")).json()
+
+
+async def test_lookup_names_a_user_once_whether_by_email_id_or_another_spelling(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client, ["Ann@X.io", "bo@x.io"])
+    ids = await ids_of(client, ["ann@x.io", "bo@x.io"])
+    handles = [
+        ids["bo@x.io"].upper(),  # an id in upper case names the user, as in a path
+        "ANN@x.io",
+        "bo@x.io",
+        ids["ann@x.io"],
+        "ann@X.IO",
+        "ANN@x.io",
+    ]
+    body = (await lookup(client, handles)).json()
+    assert [user["email"] for user in body["found"]] == ["bo@x.io", "Ann@X.io"]
+    assert body["missing"] == []
+
+
+async def test_lookup_lists_the_handles_that_name_no_user_as_given_in_request_order(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client, ["ann@x.io"])
+    [ann] = (await ids_of(client, ["ann@x.io"])).values()
+    handles = [
+        "nobody@x.io",
+        "nope",
+        "ann@x.io",
+        "a@b\n",
+        "a\tb@x.io",
+        f"{ann}x",
+        f"{{{ann}}}",
+        ann.replace("-", ""),
+        str(uuid.uuid4()),
+        "",
+        "Nobody@X.io",
+        "nobody@x.io",  # repeated verbatim: listed once, where first mentioned
+        "@",
+        "a@b/c",
+    ]
+    body = (await lookup(client, handles)).json()
+    assert [user["email"] for user in body["found"]] == ["ann@x.io"]
+    assert body["missing"] == list(dict.fromkeys(h for h in handles if h != "ann@x.io"))
+
+
+async def test_lookup_of_1000_mixed_handles_with_repeats_and_misses(
+    client: httpx.AsyncClient,
+) -> None:
+    emails = [f"User{n:03d}@X.io" for n in range(300)]
+    await seed(client, emails)
+    ids = await ids_of(client, emails)
+    handles: list[str] = []
+    for n in range(1000):
+        user = emails[(n * 7) % 300]
+        kind = n % 5
+        if kind == 0:
+            handles.append(user.lower())
+        elif kind == 1:
+            handles.append(ids[user])
+        elif kind == 2:
+            handles.append(user.upper())
+        elif kind == 3:
+            handles.append(f"missing{n}@x.io")
+        else:
+            handles.append(f"junk {n % 50}")
+    assert len(handles) == 1000
+    body = (await lookup(client, handles)).json()
+    by_id = {value: key for key, value in ids.items()}
+    expected: list[str] = []
+    for handle in handles:
+        email = by_id.get(handle) or next((e for e in emails if e.lower() == handle.lower()), None)
+        if email is not None and email not in expected:
+            expected.append(email)
+    assert [user["email"] for user in body["found"]] == expected
+    assert body["missing"] == list(
+        dict.fromkeys(h for h in handles if h.startswith(("missing", "junk")))
+    )
+
+
+async def test_lookup_of_nothing_is_200_with_empty_lists(client: httpx.AsyncClient) -> None:
+    response = await lookup(client, [])
+    assert response.status_code == 200
+    assert response.json() == {"found": [], "missing": []}
+
+
+async def test_lookup_of_1001_handles_is_422_at_the_body_naming_the_limit(
+    client: httpx.AsyncClient,
+) -> None:
+    problem = assert_problem(await lookup(client, ["nope"] * 1001), 422)
+    assert problem["field"] == "$"
+    assert "1000" in problem["detail"]
+    assert (await lookup(client, ["nope"] * 1000)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (["a@x.io", "b@x.io", "c@x.io", 4], "$[3]"),
+        (["a@x.io", None], "$[1]"),
+        ([["a@x.io"]], "$[0]"),
+        ({"handles": ["a@x.io"]}, "$"),
+        ("a@x.io", "$"),
+        (42, "$"),
+    ],
+)
+async def test_lookup_of_anything_but_an_array_of_strings_is_422_naming_where(
+    client: httpx.AsyncClient, body: object, field: str
+) -> None:
+    problem = assert_problem(await lookup(client, body), 422)
+    assert problem["field"] == field
+
+
+async def test_lookup_of_null_is_422_at_the_body(client: httpx.AsyncClient) -> None:
+    problem = assert_problem(await client.post("/users/lookup", content=b"null"), 422)
+    assert problem["field"] == "$"
+
+
+async def test_lookup_checks_its_body_as_the_other_posts_do(client: httpx.AsyncClient) -> None:
+    headers = {"content-type": "text/plain"}
+    assert_problem(await client.post("/users/lookup", content=b"[]", headers=headers), 415)
+    assert_problem(await client.post("/users/lookup", content=b"[", headers={}), 400)
+    large = [f"{n:0250d}@x.io" for n in range(1000)]
+    assert (await lookup(client, large)).status_code == 200  # 1,000 of the longest fit
+    assert_problem(await client.post("/users/lookup", content=b" " * (1024 * 1024 + 1)), 413)
+
+
+async def test_lookup_with_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    await seed(client, ["ann@x.io"])
+    response = await client.post("/users/lookup/", json=["ann@x.io"])
+    assert response.status_code == 200
+    assert [user["email"] for user in response.json()["found"]] == ["ann@x.io"]
+
+
+async def test_lookup_writes_nothing_and_ignores_an_idempotency_key(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed(client, ["ann@x.io"])
+    headers = {"Idempotency-Key": "lookup-1"}
+    first = await client.post("/users/lookup", json=["ann@x.io"], headers=headers)
+    other = await client.post("/users/lookup", json=["bo@x.io"], headers=headers)
+    assert first.status_code == other.status_code == 200
+    assert [user["email"] for user in first.json()["found"]] == ["ann@x.io"]
+    assert other.json() == {"found": [], "missing": ["bo@x.io"]}
+    assert "idempotent-replayed" not in other.headers
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    assert await count(db) == 1
+
+
+async def test_a_lookup_right_after_a_create_finds_the_user(client: httpx.AsyncClient) -> None:
+    created = (await create(client, "Cy@X.io")).json()
+    body = (await lookup(client, ["cy@x.io", created["id"]])).json()
+    assert body == {"found": [created], "missing": []}
+
+
+async def test_concurrent_lookups_each_get_their_own_answer(client: httpx.AsyncClient) -> None:
+    emails = [f"u{n:03d}@x.io" for n in range(200)]
+    await seed(client, emails)
+    ids = await ids_of(client, emails)
+    email_of = {ids[e]: e for e in emails} | {e.upper(): e for e in emails} | dict.fromkeys(emails)
+    email_of = {handle: email or handle for handle, email in email_of.items()}
+    asked = [
+        [emails[(n + k * 3) % 200] if k % 4 else f"no{n}-{k}@x.io" for k in range(n % 40)]
+        + [ids[emails[n]], emails[n].upper()]
+        for n in range(100)
+    ]
+    asked.append([ids[e] for e in emails] * 3 + emails * 2)  # 1,000 handles, one statement
+    answers = await asyncio.gather(*(lookup(client, handles) for handles in asked))
+    for handles, answer in zip(asked, answers, strict=True):
+        body = answer.json()
+        found = dict.fromkeys(email_of[h] for h in handles if h in email_of)
+        assert [user["email"] for user in body["found"]] == list(found)
+        assert body["missing"] == list(dict.fromkeys(h for h in handles if h not in email_of))
+
+
 # Update
 
 
@@ -742,6 +941,9 @@ async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient)
     ("method", "path", "allow"),
     [
         ("GET", "/users/bulk", "OPTIONS, POST"),
+        ("GET", "/users/lookup", "OPTIONS, POST"),
+        ("PATCH", "/users/lookup/", "OPTIONS, POST"),
+        ("DELETE", "/users/lookup", "OPTIONS, POST"),
         ("PATCH", "/users/bulk", "OPTIONS, POST"),
         ("DELETE", "/users/bulk/", "OPTIONS, POST"),
         ("PUT", "/users/bulk", "OPTIONS, POST"),
@@ -770,6 +972,7 @@ async def test_a_method_the_path_does_not_serve_is_405_listing_what_it_does(
         ("/users", "GET, HEAD, OPTIONS, POST"),
         ("/users/", "GET, HEAD, OPTIONS, POST"),
         ("/users/bulk", "OPTIONS, POST"),
+        ("/users/lookup", "OPTIONS, POST"),
         ("/users/ann@example.com", "DELETE, GET, HEAD, OPTIONS, PATCH"),
         ("/openapi.json", "GET, HEAD, OPTIONS"),
     ],
