@@ -180,33 +180,20 @@ async def handle_unavailable(request: Request, exc: BaseException) -> Response:
     logger.warning(
         "database unavailable on %s %s: %r", request.method, route_template(request.scope), exc
     )
-    return problem_response(
-        ProblemError(
-            503,
-            "The database is unavailable; retry shortly",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    )
+    return retry_shortly("The database is unavailable; retry shortly")
 
 
 async def handle_busy(request: Request, exc: BaseException) -> Response:
-    return problem_response(
-        ProblemError(
-            503,
-            "Every database connection is busy; retry shortly",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    )
+    return retry_shortly("Every database connection is busy; retry shortly")
 
 
 async def handle_contended(request: Request, exc: BaseException) -> Response:
-    return problem_response(
-        ProblemError(
-            503,
-            "Other requests keep changing this user; retry shortly",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    )
+    return retry_shortly("Other requests keep changing this user; retry shortly")
+
+
+def retry_shortly(detail: str) -> Response:
+    """A 503 for a state that passes by itself: the caller may retry in a second."""
+    return problem_response(ProblemError(503, detail, headers={"Retry-After": RETRY_AFTER_SECONDS}))
 
 
 Handler = Callable[[Request, BaseException], Awaitable[Response]]
