@@ -89,7 +89,10 @@ class Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
-        if not self.force_exit:
+        # A second Ctrl-C that comes while uvicorn is already shutting the app
+        # down (a worker with nothing in flight) finds the app shut down.
+        shut_down = isinstance(self.lifespan, LifespanOn) and self.lifespan.shutdown_event.is_set()
+        if not self.force_exit or shut_down:
             return
         # Close the pool all the same, without waiting for the requests:
         # those waiting on the database fail over to a 503 (within the pool's
