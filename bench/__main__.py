@@ -19,7 +19,7 @@ import msgspec
 from bench import floor, machine, postgres, report, seed, servers
 from bench.bulk import run_bulk
 from bench.copy_limit import run_copy
-from bench.options import at_least
+from bench.options import at_least, subset_of
 from bench.results import Sample, ScenarioResult, check_targets, summarize
 from bench.scenarios import COPY, LOOKUP_CONNECTIONS, SCENARIOS, Scenario, Variant
 from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
@@ -64,23 +64,19 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--rounds", type=at_least(1), help="rounds per variant (3; smoke 1)")
     parser.add_argument(
         "--apps",
+        type=subset_of(APP_NAMES),
         default=",".join(APP_NAMES),
         help=f"comma-separated apps to run ({','.join(APP_NAMES)})",
     )
     parser.add_argument(
         "--scenarios",
+        type=subset_of(SCENARIO_KEYS),
         default=",".join(SCENARIO_KEYS),
         help=f"comma-separated scenarios to run ({','.join(SCENARIO_KEYS)})",
     )
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md and results.png")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
     args = parser.parse_args(argv)
-    apps = tuple(name for name in APP_NAMES if name in args.apps.split(","))
-    if not apps or set(args.apps.split(",")) - set(APP_NAMES):
-        parser.error(f"--apps takes a comma-separated subset of {','.join(APP_NAMES)}")
-    scenarios = tuple(key for key in SCENARIO_KEYS if key in args.scenarios.split(","))
-    if not scenarios or set(args.scenarios.split(",")) - set(SCENARIO_KEYS):
-        parser.error(f"--scenarios takes a comma-separated subset of {','.join(SCENARIO_KEYS)}")
     smoke: bool = args.smoke
     return Options(
         users=args.users or (1_000 if smoke else 100_000),
@@ -89,8 +85,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         workers=args.workers,
         rounds=args.rounds or (1 if smoke else 3),
         warmup=0 if smoke else 2,
-        apps=apps,
-        scenarios=scenarios,
+        apps=args.apps,
+        scenarios=args.scenarios,
         out=args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if smoke else BENCH_DIR),
         smoke=smoke,
     )
