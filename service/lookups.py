@@ -57,10 +57,15 @@ class Batcher(Generic[K, V]):
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
+        if self._weight is None:
+            keys = list(waiting)
+            for start in range(0, len(keys), self._batch):
+                self._start({key: waiting[key] for key in keys[start : start + self._batch]})
+            return
         batch: dict[K, list[asyncio.Future[V]]] = {}
         size = 0
         for key, futures in waiting.items():
-            weight = 1 if self._weight is None else self._weight(key)
+            weight = self._weight(key)
             if batch and size + weight > self._batch:
                 self._start(batch)
                 batch, size = {}, 0
