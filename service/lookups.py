@@ -12,9 +12,9 @@ from asyncpg.pool import PoolConnectionProxy
 
 from service import queries
 from service.database import Database
-from service.queries import UserKey
+from service.queries import NewRow, UserKey
 from service.replicas import Replicas
-from service.schemas import Stored, User
+from service.schemas import NewUser, Stored, User
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -180,13 +180,13 @@ class Creates:
     """
 
     def __init__(self, db: queries.Executor) -> None:
-        self._batcher: Batcher[tuple[int, str, str], Stored | None] = Batcher(
+        self._batcher: Batcher[tuple[int, NewRow], Stored | None] = Batcher(
             partial(queries.insert_each, db)
         )
         # A number makes each create its own key: two creates of one email in
         # a turn must not share an answer, since one is a 201 and one a 409.
         self._numbers = itertools.count()
 
-    async def create(self, *, name: str, email: str) -> Stored | None:
+    async def create(self, new: NewUser) -> Stored | None:
         """The user created, or None when the email is taken."""
-        return await self._batcher.get((next(self._numbers), name, email))
+        return await self._batcher.get((next(self._numbers), NewRow.of(new)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,11 @@ from service import health, metrics, users
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.queries import ESTIMATE_EXACT_BELOW
 from service.schemas import (
+    MAX_ATTRIBUTE_NAME_LENGTH,
     MAX_BULK_USERS,
     MAX_LOOKUP_BYTES,
     MAX_LOOKUP_HANDLES,
+    AttributeValue,
     Email,
     Handles,
     IdempotencyKey,
@@ -27,6 +30,7 @@ from service.schemas import (
     Patch,
     Problem,
     SearchText,
+    Status,
     Timestamp,
     User,
     UserHandle,
@@ -60,6 +64,9 @@ class Parameter(msgspec.Struct, frozen=True, kw_only=True):
     type: object
     description: str
     required: bool = False  # a path's parameters always are
+    # An object whose properties are each a query parameter of their own
+    # (style form, exploded): `name` is never sent, only the properties.
+    spread: bool = False
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,11 +210,44 @@ QUERY_PARAMETERS = {
             type=Timestamp,
             description="Only users created before this instant (exclusive), as `created_after`.",
         ),
+        Parameter(
+            name="status",
+            location="query",
+            type=Status,
+            description="Only users with this status; without it, users of either.",
+        ),
     )
 }
+# users.ATTRIBUTE_PREFIX's parameters, as one object spread over the query.
+# Its values are Any to msgspec, whose schema of dict[str, str] would
+# replace the additionalProperties given here.
+AttributeFilters = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        title="AttributeFilters",
+        description="Only users whose attributes hold every one of these names with exactly "
+        "this value: each `attribute.<name>=<value>` is a query parameter of its own.",
+        extra_json_schema={
+            "propertyNames": {
+                "pattern": rf"^{re.escape(users.ATTRIBUTE_PREFIX)}[a-z][a-z0-9_.-]"
+                f"{{0,{MAX_ATTRIBUTE_NAME_LENGTH - 1}}}$",
+            },
+            "additionalProperties": msgspec.json.schema(AttributeValue),
+        },
+    ),
+]
 # users.list_users names the parameters it takes; each must have its entry above.
 LIST_PARAMETERS = (
     *(QUERY_PARAMETERS[name] for name in users.LIST_PARAMETERS),
+    Parameter(
+        name="attribute",
+        location="query",
+        type=AttributeFilters,
+        description="`attribute.<name>=<value>`: only users whose attribute `<name>` has "
+        "exactly this value. Several names must all match; one name may be given once. "
+        "Served by an index at any table size.",
+        spread=True,
+    ),
     Parameter(
         name="Prefer",
         location="header",
@@ -301,7 +341,8 @@ OPERATIONS: dict[Endpoint, Operation] = {
         tag="users",
         summary="List users",
         description="A page of users ordered by email regardless of letter case, optionally "
-        "only those that match `q`, `created_after` and `created_before`. A full page links "
+        "only those that match `q`, `created_after`, `created_before`, `status` and "
+        "`attribute.<name>` filters, all of them at once. A full page links "
         "the next one in `Link`, with the same filters; following it stays fast at any depth. "
         "Also served at `/users/`.",
         parameters=LIST_PARAMETERS,
@@ -399,8 +440,10 @@ OPERATIONS: dict[Endpoint, Operation] = {
         operation_id="updateUser",
         tag="users",
         summary="Change a user",
-        description="Sets the name, the email or both of the user with an email, in any "
-        "letter case, or with an id. The id and `created_at` stay.",
+        description="Changes any of the name, email, status and attributes of the user with "
+        "an email, in any letter case, or with an id, in one write. `attributes` is a JSON "
+        "Merge Patch (RFC 7396) of them: a name given a string is set, a name given null is "
+        "removed, and the others are kept. The id and `created_at` stay.",
         parameters=(USER,),
         body=Patch,
         replies={
@@ -418,8 +461,9 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "as sent. Nothing changed.",
             503: "The database is down or too slow, or other writes to the user kept coming "
             "between this one's read and its change; retry after Retry-After seconds.",
-            422: "The body breaks a rule, or has neither field; `field` is the JSON path of "
-            "where (`$.email`, `$`).",
+            422: "The body breaks a rule, or has no field; `field` is the JSON path of where "
+            "(`$.email`, `$.attributes.tenant`, `$`). Or the attributes, merged, would hold "
+            "more than 50 names or 8,192 bytes (`$.attributes`); nothing changed.",
         },
         uses_database=True,
         needs_token=True,
@@ -526,13 +570,7 @@ def operation_object(
         "summary": operation.summary,
         "description": operation.description,
         "parameters": [
-            {
-                "name": parameter.name,
-                "in": parameter.location,
-                "required": parameter.required or parameter.location == "path",
-                "description": parameter.description,
-                "schema": schema_of[parameter.type],
-            }
+            parameter_object(parameter, schema_of)
             for parameter in (*parameters, REQUEST_ID_PARAMETER)
         ],
     }
@@ -568,6 +606,19 @@ def operation_object(
         schema_of,
     )
     result["responses"] = responses
+    return result
+
+
+def parameter_object(parameter: Parameter, schema_of: dict[object, Any]) -> dict[str, Any]:
+    result = {
+        "name": parameter.name,
+        "in": parameter.location,
+        "required": parameter.required or parameter.location == "path",
+        "description": parameter.description,
+        "schema": schema_of[parameter.type],
+    }
+    if parameter.spread:
+        result |= {"style": "form", "explode": True}
     return result
 
 

@@ -19,7 +19,7 @@ from service.database import UNAVAILABLE, PoolBusy
 from service.logs import route_template
 from service.metrics import DB_ERRORS
 from service.queries import Contended
-from service.schemas import Problem
+from service.schemas import AttributeRuleError, Problem
 
 logger = logging.getLogger("service")
 
@@ -84,6 +84,8 @@ def from_validation(exc: msgspec.ValidationError) -> ProblemError:
     named = _NAMED_FIELD.match(message)
     if named:
         field += f".{named['name']}"
+    if isinstance(exc.__cause__, AttributeRuleError):  # raised in a Struct's __post_init__
+        field += exc.__cause__.path
     if "matching regex" in message:
         # The raw pattern helps nobody; say what the rule is instead.
         message = (

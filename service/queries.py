@@ -13,7 +13,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
-from service.schemas import NewUser, Stored, User, email_key
+from service.schemas import DEFAULT_STATUS, NewUser, Stored, User, email_key
 
 # Emails are one identity regardless of case: every lookup, conflict and order
 # goes through lower(email), which the unique index users_email_lower_key serves.
@@ -28,16 +28,16 @@ from service.schemas import NewUser, Stored, User, email_key
 # Their emails are distinct keys (insert_each sees to it); each row is
 # inserted unless its email is taken, and RETURNING lists those inserted.
 INSERT_EACH = """
-INSERT INTO users (name, email)
-SELECT name, email FROM unnest($1::text[], $2::text[]) AS new(name, email)
+INSERT INTO users (name, email, status, attributes)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at, version
+RETURNING public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version
 """
 
 FIND_USERS_BY_KEYS = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at, version
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version
 FROM users WHERE lower(email) = ANY($1::text[])
 """
 
@@ -45,26 +45,26 @@ FROM users WHERE lower(email) = ANY($1::text[])
 # snapshot: a BitmapOr of the two unique indexes' scans. Without the version,
 # as a page: the answer has no ETags.
 FIND_USERS_BY_HANDLES = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 FROM users WHERE lower(email) = ANY($1::text[]) OR public_id = ANY($2::uuid[])
 """
 
 # A user by email key ($1) or by id ($2), the other being null: one
 # statement, each arm served by its unique index.
 FIND_USER = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at, version
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version
 FROM users WHERE lower(email) = $1 OR public_id = $2
 """
 
 # The text columns are made in the outer query, for the page's rows alone:
 # made in the inner one, they would be made for every row OFFSET skips.
 LIST_PAGE_AT = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 FROM (
-    SELECT public_id, name, email, created_at, updated_at FROM users
+    SELECT public_id, name, email, status, attributes, created_at, updated_at FROM users
     ORDER BY lower(email)
     LIMIT $1 OFFSET $2
 ) AS page
@@ -74,11 +74,11 @@ ORDER BY lower(email)
 # Many pages in one query: the subquery runs once per ($n[i]) row, through the
 # index, and the ordinality says which page a row belongs to.
 LIST_PAGES_AFTER = """
-SELECT page.number, u.public_id::text AS id, u.name, u.email,
+SELECT page.number, u.public_id::text AS id, u.name, u.email, u.status, u.attributes,
     rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at
 FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS page(after, size, skip, number)
 CROSS JOIN LATERAL (
-    SELECT public_id, name, email, created_at, updated_at FROM users
+    SELECT public_id, name, email, status, attributes, created_at, updated_at FROM users
     WHERE lower(email) > page.after
     ORDER BY lower(email)
     LIMIT page.size OFFSET page.skip
@@ -94,12 +94,16 @@ SEARCH_TEXT = """lower((email || E'\\x01' || name) COLLATE "C")"""
 MATCHES = SEARCH_TEXT + " LIKE ${}"
 CREATED_AFTER = "created_at > ${}"
 CREATED_BEFORE = "created_at < ${}"
+STATUS_IS = "status = ${}"
+# "attributes <> '{}'" tells the planner that the partial index
+# users_attributes holds every match.
+HAS_ATTRIBUTES = "attributes @> ${}::jsonb AND attributes <> '{{}}'"
 AFTER_EMAIL = "lower(email) > ${}"
 SEARCH_PAGE = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 FROM (
-    SELECT public_id, name, email, created_at, updated_at FROM users
+    SELECT public_id, name, email, status, attributes, created_at, updated_at FROM users
     WHERE {where}
     ORDER BY lower(email)
     LIMIT ${limit} OFFSET ${offset}
@@ -135,6 +139,12 @@ PLAN_FOR_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 # other write slips between check and change: $3 true for none (or "*"),
 # else the row's (id, version) must be one of the pairs in $4 and $5.
 #
+# The user as a patch leaves it: $6 to $8 a new name, email and status, each
+# null to keep; attributes merged (RFC 7396) with those set in $9 and without
+# those removed in $10, both null to keep them all. jsonb's = compares
+# objects whatever their keys' order.
+PATCHED = """(coalesce($6, name), coalesce($7, email), coalesce($8, status),
+    coalesce((attributes || $9::jsonb) - $10::text[], attributes))"""
 # A patch that changes nothing writes nothing (the version moves exactly when
 # the user changes): the UPDATE skips the row, and the SELECT after it returns
 # the row as the statement's snapshot has it. Its `unchanged` is false only
@@ -143,24 +153,25 @@ PLAN_FOR_EACH_CALL = "SET LOCAL plan_cache_mode = force_custom_plan"
 UPDATE_USER = """
 WITH changed AS (
     UPDATE users
-    SET name = coalesce($6, name), email = coalesce($7, email),
-        updated_at = now(), version = version + 1
+    SET (name, email, status, attributes) = {PATCHED}, updated_at = now(), version = version + 1
     WHERE (lower(email) = $1 OR public_id = $2)
       AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-      AND (name, email) IS DISTINCT FROM (coalesce($6, name), coalesce($7, email))
-    RETURNING public_id, name, email, created_at, updated_at, version
+      AND (name, email, status, attributes) IS DISTINCT FROM {PATCHED}
+    RETURNING public_id, name, email, status, attributes, created_at, updated_at, version
 )
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at, version, true AS unchanged
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version,
+    true AS unchanged
 FROM changed
 UNION ALL
-SELECT public_id::text, name, email, rfc3339(created_at), rfc3339(updated_at), version,
-    (name, email) IS NOT DISTINCT FROM (coalesce($6, name), coalesce($7, email))
+SELECT public_id::text, name, email, status, attributes, rfc3339(created_at),
+    rfc3339(updated_at), version,
+    (name, email, status, attributes) IS NOT DISTINCT FROM {PATCHED}
 FROM users
 WHERE NOT EXISTS (SELECT FROM changed)
   AND (lower(email) = $1 OR public_id = $2)
   AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-"""
+""".replace("{PATCHED}", PATCHED)
 
 DELETE_USER = """
 DELETE FROM users
@@ -212,6 +223,8 @@ class Filters(NamedTuple):
     q: str | None  # an email_key: ASCII letters folded
     created_after: datetime | None
     created_before: datetime | None
+    status: str | None = None
+    attributes: dict[str, str] | None = None  # each name with this value
 
 
 def like_pattern(text: str) -> str:
@@ -228,6 +241,8 @@ def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[ob
         (MATCHES, None if filters.q is None else like_pattern(filters.q)),
         (CREATED_AFTER, filters.created_after),
         (CREATED_BEFORE, filters.created_before),
+        (STATUS_IS, filters.status),
+        (HAS_ATTRIBUTES, filters.attributes and encode_attributes(filters.attributes)),
     ):
         if value is not None:
             arguments.append(value)
@@ -256,11 +271,22 @@ class UserKey(NamedTuple):
 Condition = list[tuple[UUID, int]] | None
 
 
+_decode_attributes = msgspec.json.Decoder(dict[str, str])
+_encoder = msgspec.json.Encoder()
+
+
+def encode_attributes(attributes: dict[str, str]) -> str:
+    """Attributes as the JSON text asyncpg sends for a jsonb parameter."""
+    return _encoder.encode(attributes).decode()
+
+
 def to_user(row: asyncpg.Record) -> User:
     return User(
         id=row["id"],
         name=row["name"],
         email=row["email"],
+        status=row["status"],
+        attributes=_decode_attributes.decode(row["attributes"]),  # asyncpg's jsonb is text
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -276,23 +302,38 @@ def condition_arguments(condition: Condition) -> tuple[bool, list[UUID], list[in
     return False, [id for id, _ in condition], [version for _, version in condition]
 
 
-async def insert_each(db: Executor, creates: list[tuple[int, str, str]]) -> list[Stored | None]:
-    """For each (number, name, email), the user created, or None when the email was taken.
+class NewRow(NamedTuple):
+    """A user to insert: its columns, with status and attributes as given or by default."""
+
+    name: str
+    email: str
+    status: str
+    attributes: str  # JSON text, as asyncpg sends jsonb
+
+    @classmethod
+    def of(cls, user: NewUser) -> NewRow:
+        status = DEFAULT_STATUS if user.status is msgspec.UNSET else user.status
+        attributes = encode_attributes(user.attributes) if user.attributes else "{}"
+        return cls(user.name, user.email, status, attributes)
+
+
+async def insert_each(db: Executor, rows: list[tuple[int, NewRow]]) -> list[Stored | None]:
+    """For each (number, row), the user created, or None when the email was taken.
 
     Of several creates of one email, in any letter case, the first in the
     list is tried and the rest get None, as they would one after another.
     """
     first_of: dict[str, int] = {}
-    for index, (_, _, email) in enumerate(creates):
-        first_of.setdefault(email_key(email), index)
-    tried = [creates[index] for index in first_of.values()]
-    rows = await db.fetch(
-        INSERT_EACH, [name for _, name, _ in tried], [email for _, _, email in tried]
-    )
-    created = {email_key(row["email"]): to_stored(row) for row in rows}
+    for index, (_, row) in enumerate(rows):
+        first_of.setdefault(email_key(row.email), index)
+    columns = zip(*(rows[index][1] for index in first_of.values()), strict=True)
+    created = {
+        email_key(record["email"]): to_stored(record)
+        for record in await db.fetch(INSERT_EACH, *columns)
+    }
     return [
         created.get(key) if first_of[key] == index else None
-        for index, key in enumerate(email_key(email) for _, _, email in creates)
+        for index, key in enumerate(email_key(row.email) for _, row in rows)
     ]
 
 
@@ -345,17 +386,37 @@ class Contended(Exception):
     """Other writes to a user kept coming between an update's snapshot and its change."""
 
 
+class AttributesOverflow(Exception):
+    """A patch's attributes, merged, would break their bounds: too many names or bytes."""
+
+
 async def update_user(
-    db: Executor, key: UserKey, condition: Condition, *, name: str | None, email: str | None
+    db: Executor,
+    key: UserKey,
+    condition: Condition,
+    *,
+    name: str | None,
+    email: str | None,
+    status: str | None,
+    attributes: dict[str, str | None] | None,
 ) -> Stored | None:
     """The user changed, or as it is when the patch changes nothing; None when no
-    user has the key or the condition failed. Raises EmailTaken or Contended."""
-    arguments = (*key, *condition_arguments(condition), name, email)
+    user has the key or the condition failed. `attributes` is a merge patch of
+    them. Raises EmailTaken, AttributesOverflow or Contended."""
+    sets = removals = None
+    if attributes is not None:
+        sets = encode_attributes({k: v for k, v in attributes.items() if v is not None})
+        removals = [k for k, v in attributes.items() if v is None]
+    arguments = (*key, *condition_arguments(condition), name, email, status, sets, removals)
     for _ in range(UPDATE_ATTEMPTS):
         try:
             row = await db.fetchrow(UPDATE_USER, *arguments)
         except asyncpg.UniqueViolationError:
             raise EmailTaken from None
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name == "users_attributes_valid":
+                raise AttributesOverflow from None
+            raise
         if row is None or row["unchanged"]:
             return None if row is None else to_stored(row)
     raise Contended
@@ -385,21 +446,25 @@ async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> lis
     fastest way in; the unique index makes it fail whole when any email
     exists, and only then is the conflict list worth a second query.
     """
-    records: list[tuple[Any, ...]] = [(user.name, user.email) for user in users]
+    # Without a status or attributes, the columns' defaults are the rows'
+    # own: the COPY sends two columns, not four.
+    if any(user.status is not msgspec.UNSET or user.attributes for user in users):
+        columns: tuple[str, ...] = NewRow._fields
+        records: list[tuple[Any, ...]] = [NewRow.of(user) for user in users]
+    else:
+        columns = NewRow._fields[:2]
+        records = [(user.name, user.email) for user in users]
     try:
         # One COPY is one statement: all rows or none. In a caller's
         # transaction, a savepoint keeps that transaction usable after a refusal.
         if conn.is_in_transaction():
             async with conn.transaction():
-                await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+                await conn.copy_records_to_table("users", records=records, columns=columns)
         else:
-            await conn.copy_records_to_table("users", records=records, columns=COPY_COLUMNS)
+            await conn.copy_records_to_table("users", records=records, columns=columns)
     except asyncpg.UniqueViolationError:
         return await find_taken_emails(conn, [user.email for user in users])
     return None
-
-
-COPY_COLUMNS = ("name", "email")
 
 
 class StoredAnswer(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -96,6 +96,134 @@ IdempotencyKey = Annotated[
 ]
 
 
+# What a user's status may be; what "disabled" means is the caller's to decide.
+DEFAULT_STATUS = "active"
+Status = Annotated[
+    Literal["active", "disabled"],
+    msgspec.Meta(
+        description="`active` or `disabled`: a disabled user is kept, found and listed, for "
+        "the caller to refuse.",
+    ),
+]
+
+# A user's attributes: a caller's facts, names mapped to string values. The
+# bounds keep a user small enough to read on every login, whatever a caller
+# stores (schema.sql's attributes_valid mirrors them).
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_VALUE_LENGTH = 1000
+MAX_ATTRIBUTES_BYTES = 8192  # the object as compact UTF-8 JSON, as the API sends it
+# A patch may remove every attribute and set as many new ones.
+MAX_ATTRIBUTE_CHANGES = 2 * MAX_ATTRIBUTES
+_ATTRIBUTE_NAME = rf"^[a-z][a-z0-9_.-]*{_END}"
+_ATTRIBUTE_VALUE = rf"^[^{_NO_CONTROL}{_BIDI_CONTROLS}]*{_END}"
+AttributeName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_ATTRIBUTE_NAME_LENGTH,
+        pattern=_ATTRIBUTE_NAME,
+        description="1 to 64 lower-case ASCII letters, digits, `_`, `-` and `.`, starting "
+        "with a letter.",
+    ),
+]
+AttributeValue = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_ATTRIBUTE_VALUE_LENGTH,
+        pattern=_ATTRIBUTE_VALUE,
+        description="0 to 1,000 characters, no control characters or bidirectional "
+        "embeddings, overrides or isolates.",
+    ),
+]
+_attribute_name = re.compile(_ATTRIBUTE_NAME)
+_attribute_value = re.compile(_ATTRIBUTE_VALUE)
+ATTRIBUTE_BOUNDS = (
+    f"at most {MAX_ATTRIBUTES} names and {MAX_ATTRIBUTES_BYTES:,} bytes of JSON in all"
+)
+
+
+class AttributeRuleError(ValueError):
+    """An attribute that breaks a rule; `path` is where, after the user's own path."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def is_attribute_name(name: str) -> bool:
+    return len(name) <= MAX_ATTRIBUTE_NAME_LENGTH and _attribute_name.search(name) is not None
+
+
+def is_attribute_value(value: str) -> bool:
+    return len(value) <= MAX_ATTRIBUTE_VALUE_LENGTH and _attribute_value.search(value) is not None
+
+
+def check_attributes(attributes: dict[str, Any], *, removals: bool) -> None:
+    """Raise AttributeRuleError for the first name or value that breaks a rule; with
+    `removals`, as in a merge patch, a null value is allowed."""
+    # Checked here rather than by msgspec's dict[AttributeName, AttributeValue],
+    # whose errors say `$.attributes[...]`: a 422 names the attribute itself.
+    for name, value in attributes.items():
+        path = f".attributes.{name}"
+        if not is_attribute_name(name):
+            raise AttributeRuleError(
+                f"Expected an attribute name of 1 to {MAX_ATTRIBUTE_NAME_LENGTH} lower-case "
+                "ASCII letters, digits, '_', '-' and '.', starting with a letter",
+                path,
+            )
+        if value is None and removals:
+            continue
+        if not isinstance(value, str):
+            expected = "a string or null" if removals else "a string"
+            raise AttributeRuleError(f"Expected {expected}, got {type_name(value)}", path)
+        if not is_attribute_value(value):
+            raise AttributeRuleError(
+                f"Expected a value of at most {MAX_ATTRIBUTE_VALUE_LENGTH:,} characters "
+                "without control characters or bidirectional overrides",
+                path,
+            )
+    if not removals and (
+        len(attributes) > MAX_ATTRIBUTES or len(_encoder.encode(attributes)) > MAX_ATTRIBUTES_BYTES
+    ):
+        raise AttributeRuleError(f"Expected {ATTRIBUTE_BOUNDS}", ".attributes")
+
+
+def type_name(value: object) -> str:
+    """A decoded JSON value's type, as JSON names it."""
+    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+_encoder = msgspec.json.Encoder()
+_ATTRIBUTES_SCHEMA = msgspec.json.schema(dict[AttributeName, AttributeValue])
+# What a request's attributes are, to the document: each name and value is
+# checked by check_attributes, whose 422 names it.
+Attributes = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description=f"Names mapped to string values: {ATTRIBUTE_BOUNDS}.",
+        extra_json_schema={**_ATTRIBUTES_SCHEMA, "maxProperties": MAX_ATTRIBUTES},
+    ),
+]
+AttributeChanges = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description="A JSON Merge Patch (RFC 7396) of the attributes: a name given a string "
+        "is set, a name given null is removed, and names not given are kept. The attributes "
+        f"that result hold {ATTRIBUTE_BOUNDS}.",
+        extra_json_schema={
+            **_ATTRIBUTES_SCHEMA,
+            "additionalProperties": {
+                "anyOf": [_ATTRIBUTES_SCHEMA["additionalProperties"], {"type": "null"}]
+            },
+            "maxProperties": MAX_ATTRIBUTE_CHANGES,
+        },
+    ),
+]
+
+
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of request bodies."""
 
@@ -106,6 +234,19 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class NewUser(Body):
     name: Name
     email: Email
+    # Unset rather than defaulted, so that users.new_user_keys counts the keys
+    # the JSON held exactly.
+    status: (
+        Annotated[Status, msgspec.Meta(extra_json_schema={"default": DEFAULT_STATUS})]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    attributes: (
+        Annotated[Attributes, msgspec.Meta(extra_json_schema={"default": {}})] | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if self.attributes:  # neither UNSET nor empty
+            check_attributes(self.attributes, removals=False)
 
 
 # One bulk request inserts at most this many users: one COPY, bounded in time
@@ -142,15 +283,23 @@ Handles = Annotated[
 
 
 class UserPatch(Body):
-    """Either field or both."""
+    """Any of the fields, at least one."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
     email: Email | msgspec.UnsetType = msgspec.UNSET
+    status: Status | msgspec.UnsetType = msgspec.UNSET
+    attributes: AttributeChanges | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
-        # Decoding turns this into a ValidationError, and so into a 422 at "$".
-        if self.name is msgspec.UNSET and self.email is msgspec.UNSET:
-            raise ValueError("Expected name, email or both")
+        # Decoding turns these into a ValidationError, and so into a 422.
+        if all(getattr(self, field) is msgspec.UNSET for field in self.__struct_fields__):
+            raise ValueError("Expected at least one of " + ", ".join(self.__struct_fields__))
+        if self.attributes is not msgspec.UNSET:
+            if len(self.attributes) > MAX_ATTRIBUTE_CHANGES:
+                raise AttributeRuleError(
+                    f"Expected at most {MAX_ATTRIBUTE_CHANGES} attribute changes", ".attributes"
+                )
+            check_attributes(self.attributes, removals=True)
 
 
 # The body PATCH decodes, and the document shows: at least one field.
@@ -173,6 +322,8 @@ class User(msgspec.Struct, kw_only=True):
     ]
     name: str
     email: str
+    status: Status
+    attributes: Annotated[dict[str, str], msgspec.Meta(description="The caller's facts.")]
     created_at: TimestampText
     updated_at: TimestampText
 

@@ -22,6 +22,9 @@ from service.preferences import preferences
 from service.problems import ProblemError
 from service.queries import Condition, Filters, UserKey
 from service.schemas import (
+    ATTRIBUTE_BOUNDS,
+    MAX_ATTRIBUTE_NAME_LENGTH,
+    MAX_ATTRIBUTE_VALUE_LENGTH,
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
@@ -33,17 +36,22 @@ from service.schemas import (
     NewUsers,
     Patch,
     SearchText,
+    Status,
     Stored,
     Timestamp,
     User,
     UserPatch,
     email_key,
+    is_attribute_name,
+    is_attribute_value,
     is_handle,
 )
 from service.settings import Settings
 
-LIST_PARAMETERS = ("limit", "offset", "after", "q", "created_after", "created_before")
-FILTER_PARAMETERS = ("q", "created_after", "created_before")
+LIST_PARAMETERS = ("limit", "offset", "after", "q", "created_after", "created_before", "status")
+FILTER_PARAMETERS = ("q", "created_after", "created_before", "status")
+# attribute.<name>=<value>: only users whose attribute <name> has that value.
+ATTRIBUTE_PREFIX = "attribute."
 NO_FILTERS = Filters(q=None, created_after=None, created_before=None)
 # What Prefer: count= may ask for, and how each is made.
 COUNTS = {"exact": queries.count_users, "estimated": queries.estimate_users}
@@ -66,11 +74,16 @@ _decode_handles = msgspec.json.Decoder(Handles)
 
 # How many keys the JSON of each body held, for bodies.decode to know that none repeats.
 def new_user_keys(new: NewUser) -> int:
-    return len(NewUser.__struct_fields__)  # each required
+    keys = 2  # name and email, required
+    if new.status is not msgspec.UNSET:
+        keys += 1
+    if new.attributes is not msgspec.UNSET:
+        keys += 1 + len(new.attributes)
+    return keys
 
 
 def new_users_keys(new_users: list[NewUser]) -> int:
-    return len(new_users) * len(NewUser.__struct_fields__)
+    return sum(map(new_user_keys, new_users))
 
 
 def handle_keys(handles: list[str]) -> int:
@@ -78,7 +91,8 @@ def handle_keys(handles: list[str]) -> int:
 
 
 def patch_keys(patch: UserPatch) -> int:
-    return (patch.name is not msgspec.UNSET) + (patch.email is not msgspec.UNSET)
+    keys = sum(getattr(patch, field) is not msgspec.UNSET for field in UserPatch.__struct_fields__)
+    return keys + (0 if patch.attributes is msgspec.UNSET else len(patch.attributes))
 
 
 _encoder = msgspec.json.Encoder()
@@ -148,12 +162,12 @@ async def create_user(request: Request) -> Response:
     new = await read_json(
         request, _decode_new_user, new_user_keys, settings.max_body_bytes, settings.body_timeout
     )
-    return created(await creates_of(request).create(name=new.name, email=new.email), new)
+    return created(await creates_of(request).create(new), new)
 
 
 async def create_one(conn: PoolConnectionProxy, *, new: NewUser) -> Response:
     """A create in a transaction of its own, with its Idempotency-Key: not coalesced."""
-    [stored] = await queries.insert_each(conn, [(0, new.name, new.email)])
+    [stored] = await queries.insert_each(conn, [(0, queries.NewRow.of(new))])
     return created(stored, new)
 
 
@@ -262,14 +276,51 @@ def query_search(params: dict[str, str]) -> str | None:
         ) from None
 
 
+def query_status(params: dict[str, str]) -> str | None:
+    raw = params.get("status")
+    if raw is None:
+        return None
+    try:
+        status: str = msgspec.convert(raw, Status)
+    except msgspec.ValidationError:
+        raise ProblemError(422, "status must be active or disabled", field="status") from None
+    return status
+
+
+def query_attributes(params: dict[str, str]) -> dict[str, str] | None:
+    """The attribute.<name> filters, by name; None when none is given."""
+    attributes: dict[str, str] = {}
+    for parameter, value in params.items():
+        if not parameter.startswith(ATTRIBUTE_PREFIX):
+            continue
+        name = parameter.removeprefix(ATTRIBUTE_PREFIX)
+        if not is_attribute_name(name):
+            raise ProblemError(
+                422,
+                f"{parameter}: an attribute's name is 1 to {MAX_ATTRIBUTE_NAME_LENGTH} lower-case "
+                "ASCII letters, digits, '_', '-' and '.', starting with a letter",
+                field=parameter,
+            )
+        if not is_attribute_value(value):
+            raise ProblemError(
+                422,
+                f"{parameter}: an attribute's value is at most {MAX_ATTRIBUTE_VALUE_LENGTH:,} "
+                "characters, without control characters or bidirectional overrides",
+                field=parameter,
+            )
+        attributes[name] = value
+    return attributes or None
+
+
 def list_query(request: Request) -> ListQuery:
     """The parameters of GET /users: each known, given at most once, and valid."""
     params: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
-        if name not in LIST_PARAMETERS:
+        if name not in LIST_PARAMETERS and not name.startswith(ATTRIBUTE_PREFIX):
             raise ProblemError(
                 422,
-                f"Unknown query parameter {name!r}; GET /users takes " + ", ".join(LIST_PARAMETERS),
+                f"Unknown query parameter {name!r}; GET /users takes "
+                + ", ".join((*LIST_PARAMETERS, f"{ATTRIBUTE_PREFIX}<name>")),
                 field=name,
             )
         if name in params:
@@ -285,13 +336,19 @@ def list_query(request: Request) -> ListQuery:
         q=query_search(params),
         created_after=query_timestamp(params, "created_after"),
         created_before=query_timestamp(params, "created_before"),
+        status=query_status(params),
+        attributes=query_attributes(params),
     )
     return ListQuery(
         limit=query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         offset=query_int(params, "offset", 0, 0, MAX_OFFSET),
         after=after,
         filters=None if filters == NO_FILTERS else filters,
-        spelt={name: params[name] for name in FILTER_PARAMETERS if name in params},
+        spelt={
+            name: value
+            for name, value in params.items()
+            if name in FILTER_PARAMETERS or name.startswith(ATTRIBUTE_PREFIX)
+        },
     )
 
 
@@ -414,10 +471,15 @@ async def update_user(request: Request) -> Response:
             condition,
             name=None if patch.name is msgspec.UNSET else patch.name,
             email=email,
+            status=None if patch.status is msgspec.UNSET else patch.status,
+            attributes=None if patch.attributes is msgspec.UNSET else patch.attributes,
         )
     except queries.EmailTaken:
         message = "Another user has that email, in some letter case; nothing changed"
         raise ProblemError(409, message, conflicts=[email] if email else None) from None
+    except queries.AttributesOverflow:
+        message = f"The attributes, merged, would break their bounds: {ATTRIBUTE_BOUNDS}"
+        raise ProblemError(422, message, field="$.attributes") from None
     if stored is None:
         raise await failed_write(request, key)
     # The user's address, which an email change has just moved.

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from service import queries
 from service.app import create_app
 from service.lookups import Batcher, Creates, Reads
-from service.schemas import Stored
+from service.schemas import NewUser, Stored
 from service.settings import Settings
 from tests.conftest import assert_problem, connect
 
@@ -194,7 +194,7 @@ async def test_creates_in_one_turn_share_one_statement_and_each_get_their_answer
         # One connection cannot run two statements at once: only coalescing passes.
         asked = ["a@x.io", "b@x.io", "A@X.IO", "user0000@example.com", "c@x.io", "b@x.io"]
         users = await asyncio.gather(
-            *(creates.create(name=f"n{n}", email=email) for n, email in enumerate(asked))
+            *(creates.create(NewUser(name=f"n{n}", email=email)) for n, email in enumerate(asked))
         )
     finally:
         await conn.close()

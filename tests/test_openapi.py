@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from service import openapi
 from service.app import create_app
-from service.schemas import Email, SearchText
+from service.schemas import AttributeValue, Email, SearchText
 from service.settings import Settings
 from tests.conftest import client_of
 
@@ -180,7 +180,16 @@ async def test_list_parameters_state_their_ranges(client: httpx.AsyncClient) -> 
         "q",
         "created_after",
         "created_before",
+        "status",
+        "attribute",
     }
+    assert parameters["status"]["schema"]["enum"] == ["active", "disabled"]
+    assert "default" not in parameters["status"]["schema"]  # without it, users of either
+    # One object, spread as attribute.<name>=<value> pairs (style form, exploded).
+    spread = parameters["attribute"]
+    assert (spread["style"], spread["explode"]) == ("form", True)
+    assert spread["schema"]["propertyNames"]["pattern"] == r"^attribute\.[a-z][a-z0-9_.-]{0,63}$"
+    assert spread["schema"]["additionalProperties"] == msgspec.json.schema(AttributeValue)
 
 
 async def test_list_documents_its_count_headers_and_422(client: httpx.AsyncClient) -> None:
@@ -378,6 +387,8 @@ async def test_the_conformance_check_refuses_a_body_that_breaks_the_schema(
         "id": "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d",
         "name": "Ann",
         "email": "a@b",
+        "status": "active",
+        "attributes": {},
         "created_at": "now",
         "updated_at": "now",
     }
