@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
@@ -180,13 +179,10 @@ class Creates:
     """
 
     def __init__(self, db: queries.Executor) -> None:
-        self._batcher: Batcher[tuple[int, NewRow], Stored | None] = Batcher(
-            partial(queries.insert_each, db)
-        )
-        # A number makes each create its own key: two creates of one email in
-        # a turn must not share an answer, since one is a 201 and one a 409.
-        self._numbers = itertools.count()
+        # NewRow is its own key, by identity: two creates of one email in a
+        # turn must not share an answer, since one is a 201 and one a 409.
+        self._batcher: Batcher[NewRow, Stored | None] = Batcher(partial(queries.insert_each, db))
 
     async def create(self, new: NewUser) -> Stored | None:
         """The user created, or None when the email is taken."""
-        return await self._batcher.get((next(self._numbers), NewRow.of(new)))
+        return await self._batcher.get(queries.new_row(new))

@@ -302,38 +302,46 @@ def condition_arguments(condition: Condition) -> tuple[bool, list[UUID], list[in
     return False, [id for id, _ in condition], [version for _, version in condition]
 
 
-class NewRow(NamedTuple):
-    """A user to insert: its columns, with status and attributes as given or by default."""
+class NewRow(msgspec.Struct, eq=False):
+    """A user to insert: its columns, with status and attributes as given or by default.
+
+    Compared by identity (eq=False), so that each is a create of its own
+    whatever its values, and hashed as cheaply as an object can be.
+    """
 
     name: str
     email: str
     status: str
     attributes: str  # JSON text, as asyncpg sends jsonb
 
-    @classmethod
-    def of(cls, user: NewUser) -> NewRow:
-        status = DEFAULT_STATUS if user.status is msgspec.UNSET else user.status
-        attributes = encode_attributes(user.attributes) if user.attributes else "{}"
-        return cls(user.name, user.email, status, attributes)
+
+NEW_ROW_COLUMNS = NewRow.__struct_fields__
 
 
-async def insert_each(db: Executor, rows: list[tuple[int, NewRow]]) -> list[Stored | None]:
-    """For each (number, row), the user created, or None when the email was taken.
+def new_row(user: NewUser) -> NewRow:
+    status = DEFAULT_STATUS if user.status is msgspec.UNSET else user.status
+    attributes = encode_attributes(user.attributes) if user.attributes else "{}"
+    return NewRow(user.name, user.email, status, attributes)
+
+
+async def insert_each(db: Executor, rows: list[NewRow]) -> list[Stored | None]:
+    """For each row, the user created, or None when the email was taken.
 
     Of several creates of one email, in any letter case, the first in the
     list is tried and the rest get None, as they would one after another.
     """
     first_of: dict[str, int] = {}
-    for index, (_, row) in enumerate(rows):
+    for index, row in enumerate(rows):
         first_of.setdefault(email_key(row.email), index)
-    columns = zip(*(rows[index][1] for index in first_of.values()), strict=True)
+    tried = [rows[index] for index in first_of.values()]
+    columns = ([getattr(row, column) for row in tried] for column in NEW_ROW_COLUMNS)
     created = {
         email_key(record["email"]): to_stored(record)
         for record in await db.fetch(INSERT_EACH, *columns)
     }
     return [
         created.get(key) if first_of[key] == index else None
-        for index, key in enumerate(email_key(row.email) for _, row in rows)
+        for index, key in enumerate(email_key(row.email) for row in rows)
     ]
 
 
@@ -449,10 +457,10 @@ async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> lis
     # Without a status or attributes, the columns' defaults are the rows'
     # own: the COPY sends two columns, not four.
     if any(user.status is not msgspec.UNSET or user.attributes for user in users):
-        columns: tuple[str, ...] = NewRow._fields
-        records: list[tuple[Any, ...]] = [NewRow.of(user) for user in users]
+        columns = NEW_ROW_COLUMNS
+        records: list[tuple[Any, ...]] = [msgspec.structs.astuple(new_row(user)) for user in users]
     else:
-        columns = NewRow._fields[:2]
+        columns = NEW_ROW_COLUMNS[:2]
         records = [(user.name, user.email) for user in users]
     try:
         # One COPY is one statement: all rows or none. In a caller's

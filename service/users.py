@@ -167,7 +167,7 @@ async def create_user(request: Request) -> Response:
 
 async def create_one(conn: PoolConnectionProxy, *, new: NewUser) -> Response:
     """A create in a transaction of its own, with its Idempotency-Key: not coalesced."""
-    [stored] = await queries.insert_each(conn, [(0, queries.NewRow.of(new))])
+    [stored] = await queries.insert_each(conn, [queries.new_row(new)])
     return created(stored, new)
 
 
