@@ -115,6 +115,15 @@ MAX_ATTRIBUTE_VALUE_LENGTH = 1000
 MAX_ATTRIBUTES_BYTES = 8192  # the object as compact UTF-8 JSON, as the API sends it
 # A patch may remove every attribute and set as many new ones.
 MAX_ATTRIBUTE_CHANGES = 2 * MAX_ATTRIBUTES
+# Each rule in words, for the document and every 422 alike.
+ATTRIBUTE_NAME_RULE = (
+    f"1 to {MAX_ATTRIBUTE_NAME_LENGTH} lower-case ASCII letters, digits, '_', '-' and '.', "
+    "starting with a letter"
+)
+ATTRIBUTE_VALUE_RULE = (
+    f"0 to {MAX_ATTRIBUTE_VALUE_LENGTH:,} characters, without control characters or "
+    "bidirectional embeddings, overrides or isolates"
+)
 _ATTRIBUTE_NAME = rf"^[a-z][a-z0-9_.-]*{_END}"
 _ATTRIBUTE_VALUE = rf"^[^{_NO_CONTROL}{_BIDI_CONTROLS}]*{_END}"
 AttributeName = Annotated[
@@ -123,8 +132,7 @@ AttributeName = Annotated[
         min_length=1,
         max_length=MAX_ATTRIBUTE_NAME_LENGTH,
         pattern=_ATTRIBUTE_NAME,
-        description="1 to 64 lower-case ASCII letters, digits, `_`, `-` and `.`, starting "
-        "with a letter.",
+        description=ATTRIBUTE_NAME_RULE + ".",
     ),
 ]
 AttributeValue = Annotated[
@@ -132,8 +140,7 @@ AttributeValue = Annotated[
     msgspec.Meta(
         max_length=MAX_ATTRIBUTE_VALUE_LENGTH,
         pattern=_ATTRIBUTE_VALUE,
-        description="0 to 1,000 characters, no control characters or bidirectional "
-        "embeddings, overrides or isolates.",
+        description=ATTRIBUTE_VALUE_RULE + ".",
     ),
 ]
 _attribute_name = re.compile(_ATTRIBUTE_NAME)
@@ -167,22 +174,14 @@ def check_attributes(attributes: dict[str, Any], *, removals: bool) -> None:
     for name, value in attributes.items():
         path = f".attributes.{name}"
         if not is_attribute_name(name):
-            raise AttributeRuleError(
-                f"Expected an attribute name of 1 to {MAX_ATTRIBUTE_NAME_LENGTH} lower-case "
-                "ASCII letters, digits, '_', '-' and '.', starting with a letter",
-                path,
-            )
+            raise AttributeRuleError(f"Expected an attribute name of {ATTRIBUTE_NAME_RULE}", path)
         if value is None and removals:
             continue
         if not isinstance(value, str):
             expected = "a string or null" if removals else "a string"
             raise AttributeRuleError(f"Expected {expected}, got {type_name(value)}", path)
         if not is_attribute_value(value):
-            raise AttributeRuleError(
-                f"Expected a value of at most {MAX_ATTRIBUTE_VALUE_LENGTH:,} characters "
-                "without control characters or bidirectional overrides",
-                path,
-            )
+            raise AttributeRuleError(f"Expected a value of {ATTRIBUTE_VALUE_RULE}", path)
     if not removals and (
         len(attributes) > MAX_ATTRIBUTES or len(_encoder.encode(attributes)) > MAX_ATTRIBUTES_BYTES
     ):

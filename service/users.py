@@ -23,8 +23,8 @@ from service.problems import ProblemError
 from service.queries import Condition, Filters, UserKey
 from service.schemas import (
     ATTRIBUTE_BOUNDS,
-    MAX_ATTRIBUTE_NAME_LENGTH,
-    MAX_ATTRIBUTE_VALUE_LENGTH,
+    ATTRIBUTE_NAME_RULE,
+    ATTRIBUTE_VALUE_RULE,
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
@@ -295,19 +295,11 @@ def query_attributes(params: dict[str, str]) -> dict[str, str] | None:
             continue
         name = parameter.removeprefix(ATTRIBUTE_PREFIX)
         if not is_attribute_name(name):
-            raise ProblemError(
-                422,
-                f"{parameter}: an attribute's name is 1 to {MAX_ATTRIBUTE_NAME_LENGTH} lower-case "
-                "ASCII letters, digits, '_', '-' and '.', starting with a letter",
-                field=parameter,
-            )
+            detail = f"{parameter}: an attribute's name is {ATTRIBUTE_NAME_RULE}"
+            raise ProblemError(422, detail, field=parameter)
         if not is_attribute_value(value):
-            raise ProblemError(
-                422,
-                f"{parameter}: an attribute's value is at most {MAX_ATTRIBUTE_VALUE_LENGTH:,} "
-                "characters, without control characters or bidirectional overrides",
-                field=parameter,
-            )
+            detail = f"{parameter}: an attribute's value is {ATTRIBUTE_VALUE_RULE}"
+            raise ProblemError(422, detail, field=parameter)
         attributes[name] = value
     return attributes or None
 
