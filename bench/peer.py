@@ -19,24 +19,25 @@ from service.schemas import Inserted, NewUser, User, email_key
 # The service's schema and semantics: emails are one identity regardless of case
 # and pages are in email order; one query per request, returning the same columns.
 SELECT_USER = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at FROM users WHERE lower(email) = $1
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
+FROM users WHERE lower(email) = $1
 """
 SELECT_PAGE_AT = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at FROM users
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at FROM users
 ORDER BY lower(email) LIMIT $1 OFFSET $2
 """
 SELECT_PAGE_AFTER = """
-SELECT public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at FROM users
+SELECT public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at FROM users
 WHERE lower(email) > $1 ORDER BY lower(email) LIMIT $2
 """
 INSERT_USER = """
 INSERT INTO users (name, email) VALUES ($1, $2)
 ON CONFLICT ((lower(email))) DO NOTHING
-RETURNING public_id::text AS id, name, email, rfc3339(created_at) AS created_at,
-    rfc3339(updated_at) AS updated_at
+RETURNING public_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 """
 INSERT_USER_ROW = "INSERT INTO users (name, email) VALUES ($1, $2)"
 
