@@ -16,6 +16,7 @@ from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.queries import ESTIMATE_EXACT_BELOW
 from service.schemas import (
     MAX_ATTRIBUTE_NAME_LENGTH,
+    MAX_ATTRIBUTES,
     MAX_BULK_USERS,
     MAX_LOOKUP_BYTES,
     MAX_LOOKUP_HANDLES,
@@ -245,7 +246,7 @@ LIST_PARAMETERS = (
         type=AttributeFilters,
         description="`attribute.<name>=<value>`: only users whose attribute `<name>` has "
         "exactly this value. Several names must all match; one name may be given once. "
-        "Served by an index at any table size.",
+        f"At most {MAX_ATTRIBUTES}, as a user has. Served by an index at any table size.",
         spread=True,
     ),
     Parameter(
@@ -254,8 +255,9 @@ LIST_PARAMETERS = (
         type=str,
         description="`count=exact` or `count=estimated` (RFC 7240) asks for `X-Total-Count`. "
         "Estimated: PostgreSQL's planner's estimate from the table's statistics, fast at any "
-        f"size; counted instead when it estimates fewer than {ESTIMATE_EXACT_BELOW:,}. Other "
-        "preferences are ignored.",
+        f"size; counted instead when it estimates fewer than {ESTIMATE_EXACT_BELOW:,}, and "
+        "always with an `attribute.<name>` filter, whose values PostgreSQL keeps no statistics "
+        "of (`Preference-Applied: count=exact` then says so). Other preferences are ignored.",
     ),
 )
 TOTAL_COUNT = Header(
@@ -272,7 +274,7 @@ PREFERENCE_APPLIED = Header(
 )
 
 BODY_PROBLEMS = {
-    400: "Malformed JSON or invalid UTF-8.",
+    400: "Malformed JSON, invalid UTF-8, or arrays or objects nested too deeply to read.",
     413: "The body is larger than MAX_BODY_BYTES (64 KiB by default).",
     411: "An HTTP/1.0 request has a body but no Content-Length.",
     415: "The body is not JSON, names a charset other than UTF-8, or has a Content-Encoding "

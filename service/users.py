@@ -25,6 +25,7 @@ from service.schemas import (
     ATTRIBUTE_BOUNDS,
     ATTRIBUTE_NAME_RULE,
     ATTRIBUTE_VALUE_RULE,
+    MAX_ATTRIBUTES,
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
@@ -300,6 +301,10 @@ def query_attributes(params: dict[str, str]) -> dict[str, str] | None:
         if not is_attribute_value(value):
             detail = f"{parameter}: an attribute's value is {ATTRIBUTE_VALUE_RULE}"
             raise ProblemError(422, detail, field=parameter)
+        if len(attributes) == MAX_ATTRIBUTES:
+            # More could match no user, who holds at most as many.
+            detail = f"At most {MAX_ATTRIBUTES} {ATTRIBUTE_PREFIX}<name> filters, as a user has"
+            raise ProblemError(422, detail, field=parameter)
         attributes[name] = value
     return attributes or None
 
@@ -363,6 +368,11 @@ async def list_users(request: Request) -> Response:
     total = None
     reads = reads_of(request)
     filters = query.filters
+    if count == "estimated" and filters is not None and filters.attributes:
+        # PostgreSQL keeps no statistics of attribute values: its estimate of
+        # a containment is a constant guess, so these are counted, through
+        # the index, and Preference-Applied says so.
+        count = "exact"
     if filters is None:
         if query.after is None:
             users = await reads.page_at.get((query.limit, query.offset))

@@ -1601,10 +1601,55 @@ async def test_counts_follow_the_status_and_attribute_filters(client: httpx.Asyn
     await seed_states(client)
     for count_kind in ("exact", "estimated"):
         response = await client.get(
+            "/users?status=active&limit=1", headers={"Prefer": f"count={count_kind}"}
+        )
+        assert response.headers["x-total-count"] == "4"
+        assert response.headers["preference-applied"] == f"count={count_kind}"
+        response = await client.get(
             "/users?attribute.tenant=acme&status=active&limit=1",
             headers={"Prefer": f"count={count_kind}"},
         )
         assert response.headers["x-total-count"] == "3"
+
+
+async def test_an_estimated_count_with_an_attribute_filter_is_counted_and_says_so(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # PostgreSQL's estimate of a containment is a guess that ignores the value.
+    bulk = [
+        {"name": "n", "email": f"u{n:04}@x.io", "attributes": {"tenant": "big"}}
+        for n in range(1500)
+    ]
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 201
+    await db.execute("ANALYZE users")
+    response = await client.get(
+        "/users?attribute.tenant=big&limit=1", headers={"Prefer": "count=estimated"}
+    )
+    assert response.headers["x-total-count"] == "1500"
+    assert response.headers["preference-applied"] == "count=exact"
+
+
+async def test_more_attribute_filters_than_a_user_can_hold_is_422_naming_the_first_too_many(
+    client: httpx.AsyncClient,
+) -> None:
+    fifty = "&".join(f"attribute.a{n:02}=x" for n in range(50))
+    assert (await client.get("/users?" + fifty)).status_code == 200
+    problem = assert_problem(await client.get(f"/users?{fifty}&attribute.b=x"), 422)
+    assert problem["field"] == "attribute.b"
+
+
+async def test_an_attribute_nested_deeper_than_the_parser_reads_is_400_and_stores_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    body = '{"name": "A", "email": "a@x.io", "attributes": {"a": ' + deep + "}}"
+    problem = assert_problem(await client.post("/users", content=body), 400)
+    assert "nested too deeply" in problem["detail"]
+    problem = assert_problem(await client.post("/users/bulk", content=f"[{body}]"), 400)
+    assert await count(db) == 0
+    await create(client, "b@x.io")
+    patch = '{"attributes": {"a": ' + deep + "}}"
+    assert_problem(await client.patch("/users/b@x.io", content=patch), 400)
 
 
 async def test_paging_after_through_an_attribute_filter_has_no_gaps_or_repeats(
