@@ -137,6 +137,77 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 -- Serves the purge of expired keys.
 CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);
 
+-- The user a stored answer shows (a create's), so that deleting the user
+-- scrubs it: null for answers that show no user.
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS user_id uuid;
+
+-- The change feed (GET /users/changes): every committed write to users, one
+-- row a user, written by the triggers below in the write's own statement.
+--
+-- Its position is (xid, seq): the writing transaction's id, then the order
+-- of the change within it. Sequences hand out numbers in the order writes
+-- start, not the order they commit, so a reader polling "seq > last" would
+-- skip a change whose transaction commits late. Instead a reader takes only
+-- the changes of transactions older than its snapshot's xmin, the oldest
+-- transaction still running: every transaction below it has ended, and any
+-- transaction that commits later has an xid at or above it, a position the
+-- reader has not passed. The price: a long transaction anywhere on the
+-- server holds the feed back until it ends (docs/RELIABILITY.md).
+CREATE TABLE IF NOT EXISTS user_changes (
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq       bigint GENERATED ALWAYS AS IDENTITY,
+    type      text NOT NULL,  -- created, updated or deleted
+    user_id   uuid NOT NULL,  -- the user's public_id
+    version   bigint NOT NULL,  -- the number in the user's ETag after the change
+    at        timestamptz NOT NULL DEFAULT now(),
+    -- The user as GET /users/{id} shows it after the change; null when deleted.
+    "user"    jsonb,
+    PRIMARY KEY (xid, seq)
+);
+
+-- Serves the scrubbing of a deleted user's earlier changes.
+CREATE INDEX IF NOT EXISTS user_changes_user_id ON user_changes (user_id);
+
+-- How far the retention purge has gone: a cursor before it has missed
+-- changes, and is told to list again (410). One row.
+CREATE TABLE IF NOT EXISTS user_changes_purged (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    xid  xid8 NOT NULL,
+    seq  bigint NOT NULL
+);
+INSERT INTO user_changes_purged (xid, seq) VALUES ('0', 0) ON CONFLICT DO NOTHING;
+
+-- One trigger function for the three statement-level triggers: a statement
+-- writes its rows' changes in one INSERT, a COPY of 10,000 users included.
+-- A deleted user's earlier changes are removed, so that its name, email and
+-- attributes are nowhere but in its own row until that row goes; the
+-- "deleted" change keeps only the id, with a version above every earlier one.
+CREATE OR REPLACE FUNCTION record_user_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM user_changes WHERE user_id IN (SELECT public_id FROM old_users);
+        INSERT INTO user_changes (type, user_id, version)
+        SELECT 'deleted', public_id, version + 1 FROM old_users;
+    ELSE
+        INSERT INTO user_changes (type, user_id, version, "user")
+        SELECT CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END, public_id, version,
+            jsonb_build_object(
+                'id', public_id::text, 'name', name, 'email', email, 'status', status,
+                'attributes', attributes, 'created_at', rfc3339(created_at),
+                'updated_at', rfc3339(updated_at)
+            )
+        FROM new_users;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER users_created AFTER INSERT ON users
+    REFERENCING NEW TABLE AS new_users FOR EACH STATEMENT EXECUTE FUNCTION record_user_changes();
+CREATE OR REPLACE TRIGGER users_updated AFTER UPDATE ON users
+    REFERENCING NEW TABLE AS new_users FOR EACH STATEMENT EXECUTE FUNCTION record_user_changes();
+CREATE OR REPLACE TRIGGER users_deleted AFTER DELETE ON users
+    REFERENCING OLD TABLE AS old_users FOR EACH STATEMENT EXECUTE FUNCTION record_user_changes();
+
 -- A time as the API shows it, RFC 3339 in UTC with microseconds. The service
 -- reads times (and ids, as ::text) in the text it sends, so that no datetime
 -- or UUID object is made and encoded again per row: asyncpg's timestamptz
@@ -169,6 +240,10 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS users_search_trgm ON users
 -- email order and stopping at the page's end, or finding all through the
 -- index and sorting them). ANALYZE samples 300,000 rows instead of 30,000.
 ALTER INDEX users_search_trgm ALTER COLUMN 1 SET STATISTICS 1000;
+
+-- Serves the scrubbing of the stored answers that show a deleted user.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_user_id ON idempotency_keys (user_id)
+    WHERE user_id IS NOT NULL;
 
 -- Serves created_after and created_before when the range is narrow.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS users_created_at ON users (created_at);

@@ -17,7 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
-from service import health, metrics, openapi, users
+from service import changes, health, metrics, openapi, users
 from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch, Endpoint
 from service.logs import configure_logging
@@ -32,8 +32,9 @@ logger = logging.getLogger("service")
 class UserConvertor(Convertor[str]):
     """A path segment naming a user: an email, which holds an "@", or an id, a UUID.
 
-    So "/users/bulk" and "/users/lookup" are never taken for a user, and a wrong method there is
-    a 405 rather than "no such user". "/" may appear, as %2F in a local part.
+    So "/users/bulk", "/users/lookup" and "/users/changes" are never taken for a user, and a
+    wrong method there is a 405 rather than "no such user". "/" may appear, as %2F in a local
+    part.
     """
 
     regex = ".*@.*|" + UUID_PATTERN
@@ -67,6 +68,7 @@ routes = [
     Route("/users", users.list_users, methods=["GET"]),
     Route("/users", users.create_user, methods=["POST"]),
     Route("/users/lookup", users.lookup_users, methods=["POST"]),
+    Route("/users/changes", changes.list_changes, methods=["GET"]),
     Route("/users/{user:user}", users.update_user, methods=["PATCH"]),
     Route("/users/{user:user}", users.delete_user, methods=["DELETE"]),
     Route("/users/bulk", users.create_users, methods=["POST"]),
@@ -128,11 +130,13 @@ def create_app(settings: Settings | None = None) -> Service:
         gc.collect()
         gc.freeze()
         gauge_watch = asyncio.create_task(metrics.watch_gauges(app.state.pool))
+        purge = asyncio.create_task(changes.keep_purging(app.state.db, settings.changes_retention))
         lag_watch = None if replicas is None else asyncio.create_task(replicas.watch())
         try:
             yield
         finally:
             gauge_watch.cancel()
+            purge.cancel()
             if replicas is not None:
                 assert lag_watch is not None
                 lag_watch.cancel()

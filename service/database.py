@@ -271,6 +271,10 @@ class Database:
         async with self.connection() as conn:
             return await conn.fetchrow(query, *args)
 
+    async def fetchval(self, query: str, *args: object) -> object:
+        async with self.connection() as conn:
+            return await conn.fetchval(query, *args)
+
     async def execute(self, query: str, *args: object) -> str:
         async with self.connection() as conn:
             return await conn.execute(query, *args)

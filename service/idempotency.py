@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 from asyncpg.pool import PoolConnectionProxy
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import queries
+from service.conditions import match_condition
 from service.database import db_of
-from service.problems import ProblemError, problem_response
+from service.problems import MEDIA_TYPE, ProblemError, problem_response
 from service.queries import StoredAnswer
 from service.schemas import MAX_IDEMPOTENCY_KEY_LENGTH
 
@@ -67,7 +69,7 @@ async def answer_once(
             )
         stored = await queries.find_stored_answer(conn, caller, key)
         if stored is not None:
-            if (stored.route, stored.fingerprint) != (route, fingerprint):
+            if stored.route != route or stored.fingerprint not in (fingerprint, b""):
                 raise ProblemError(
                     422, "This Idempotency-Key was used with another request body or path"
                 )
@@ -82,11 +84,36 @@ async def answer_once(
             if name.decode("latin-1") in STORED_HEADERS
         ]
         answer = StoredAnswer(
-            route, fingerprint, response.status_code, headers, bytes(response.body)
-        )
+            route, fingerprint, response.status_code, headers, bytes(response.body),
+            user_id=shown_user(headers),
+        )  # fmt: skip
         await queries.store_answer(conn, caller, key, answer, ttl)
         await queries.purge_expired_keys(conn)
     return response
+
+
+def shown_user(headers: list[tuple[str, str]]) -> UUID | None:
+    """The id of the user an answer shows, which its ETag names; None for none."""
+    for name, value in headers:
+        if name == "etag":
+            named = match_condition(value)  # the (id, version) the tag names
+            return named[0][0] if named else None
+    return None
+
+
+# What a stored answer becomes when the user it showed is deleted: a retry
+# of its key learns what happened, and nothing of the user is kept.
+FORGOTTEN = StoredAnswer(
+    route="",
+    fingerprint=b"",
+    status=410,
+    headers=[("content-type", MEDIA_TYPE)],
+    body=bytes(
+        problem_response(
+            ProblemError(410, "The user this request created has since been deleted")
+        ).body
+    ),
+)
 
 
 def replay(stored: StoredAnswer) -> Response:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service import health, metrics, users
+from service import changes, health, metrics, users
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.queries import ESTIMATE_EXACT_BELOW
 from service.schemas import (
@@ -21,6 +21,7 @@ from service.schemas import (
     MAX_LOOKUP_BYTES,
     MAX_LOOKUP_HANDLES,
     AttributeValue,
+    Changes,
     Email,
     Handles,
     IdempotencyKey,
@@ -47,6 +48,11 @@ Limit = Annotated[
     int,
     msgspec.Meta(ge=1, le=users.MAX_LIMIT, extra_json_schema={"default": users.DEFAULT_LIMIT}),
 ]
+ChangesLimit = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=changes.MAX_LIMIT, extra_json_schema={"default": changes.DEFAULT_LIMIT}),
+]
+ChangeCursor = Annotated[str, msgspec.Meta(pattern=f"^(?:{changes.CURSOR_PATTERN}|{changes.NOW})$")]
 # No declared default: a generated client would then always send offset=0.
 Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET)]
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
@@ -420,6 +426,44 @@ OPERATIONS: dict[Endpoint, Operation] = {
             413: f"The body is larger than {MAX_LOOKUP_BYTES // 1024 // 1024} MiB.",
             422: f"The body is not an array of strings (`field` is `$`, or the item's path, "
             f"`$[3]`), or holds more than {MAX_LOOKUP_HANDLES:,} (`field` is `$`).",
+        },
+        uses_database=True,
+        needs_token=True,
+    ),
+    changes.list_changes: Operation(
+        operation_id="listChanges",
+        tag="users",
+        summary="Follow every change to users",
+        description="Every committed create, update and delete of a user, in the order a "
+        "consumer can follow without gaps or repeats: from a cursor, each change committed "
+        "after it exactly once, whatever order concurrent writes commit in. Pass `next` as "
+        "`after` to go on. Without `after`, from the oldest change kept; `after=now` answers "
+        "no changes, and its `next` is the present position. To copy the users: take `next` "
+        "from `after=now`, page through `GET /users`, then follow the feed from there, "
+        "applying a change only when its `version` is above the one held. Changes are kept "
+        "CHANGES_RETENTION seconds (a week by default). A deleted user's earlier changes "
+        "are removed: its `deleted` change keeps only its id. A long transaction on the "
+        "database holds the feed back until it ends. Also served at `/users/changes/`.",
+        parameters=(
+            Parameter(
+                name="after",
+                location="query",
+                type=ChangeCursor,
+                description="A change's `cursor` or a page's `next`, or `now`.",
+            ),
+            Parameter(
+                name="limit",
+                location="query",
+                type=ChangesLimit,
+                description="Changes per page.",
+            ),
+        ),
+        replies={200: Reply(description="The changes after the cursor.", body=Changes)},
+        problems={
+            410: "The feed no longer holds the changes after this cursor: list the users "
+            "again, and follow the feed from `after=now` taken before listing.",
+            422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
+            "feed did not make among them; `field` names it.",
         },
         uses_database=True,
         needs_token=True,

@@ -173,10 +173,22 @@ WHERE NOT EXISTS (SELECT FROM changed)
   AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
 """.replace("{PATCHED}", PATCHED)
 
+# The answers stored for the user's create (Idempotency-Key) are replaced in
+# the same statement by $6, $7 and $8, which show no trace of the user; the
+# fingerprint, a digest of the request body, goes too, so a retry of the key
+# gets that answer whatever its body.
 DELETE_USER = """
-DELETE FROM users
-WHERE (lower(email) = $1 OR public_id = $2)
-  AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+WITH deleted AS (
+    DELETE FROM users
+    WHERE (lower(email) = $1 OR public_id = $2)
+      AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
+    RETURNING public_id
+), scrubbed AS (
+    UPDATE idempotency_keys
+    SET status = $6, headers = $7::jsonb, body = $8, fingerprint = '', user_id = NULL
+    WHERE user_id IN (SELECT public_id FROM deleted)
+)
+SELECT count(*) FROM deleted
 """
 
 FIND_TAKEN_EMAILS = """
@@ -198,12 +210,13 @@ WHERE caller = $1 AND key = $2 AND expires_at > now()
 
 # An expired row of the same key, not yet purged, is replaced.
 STORE_ANSWER = """
-INSERT INTO idempotency_keys (caller, key, route, fingerprint, status, headers, body, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8))
+INSERT INTO idempotency_keys
+    (caller, key, route, fingerprint, status, headers, body, expires_at, user_id)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8), $9)
 ON CONFLICT (caller, key) DO UPDATE SET
     route = excluded.route, fingerprint = excluded.fingerprint, status = excluded.status,
     headers = excluded.headers, body = excluded.body, created_at = now(),
-    expires_at = excluded.expires_at
+    expires_at = excluded.expires_at, user_id = excluded.user_id
 """
 
 # At most PURGE_BATCH expired keys a keyed write, skipping rows another
@@ -214,6 +227,52 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM idempotency_keys WHERE expires_at < now()
     LIMIT $1 FOR UPDATE SKIP LOCKED
 ))
+"""
+
+
+# The change feed: positions are (xid, seq), see schema.sql's user_changes.
+# A page holds only changes of transactions below the snapshot's xmin: all
+# of them have ended, and none that ends later can fall behind the page.
+# The NOT EXISTS makes a cursor the purge has passed read nothing, in the
+# same snapshot as the page.
+CHANGES_PAGE = """
+SELECT xid::text AS xid, seq, type, user_id::text AS id, version, rfc3339(at) AS at,
+    "user"::text AS "user"
+FROM user_changes
+WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
+  AND xid < pg_snapshot_xmin(pg_current_snapshot())
+  AND NOT EXISTS (
+      SELECT FROM user_changes_purged WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
+  )
+ORDER BY xid, seq
+LIMIT $3
+"""
+# The present position: before every change not yet readable.
+CHANGES_PRESENT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
+# Changes older than $2 seconds, oldest first, up to $1 of them and only as a
+# prefix of the feed: the purge stops at the first change still kept, so
+# that the purged position never passes one. One purge at a time.
+PURGE_CHANGES = """
+WITH turn AS (
+    SELECT pg_try_advisory_xact_lock(7262100002) AS mine
+), oldest AS (
+    SELECT xid, seq, bool_and(at < now() - make_interval(secs => $2))
+        OVER (ORDER BY xid, seq) AS expired
+    FROM user_changes
+    WHERE (SELECT mine FROM turn)
+    ORDER BY xid, seq
+    LIMIT $1
+), purged AS (
+    DELETE FROM user_changes
+    WHERE (xid, seq) IN (SELECT xid, seq FROM oldest WHERE expired)
+    RETURNING xid, seq
+)
+UPDATE user_changes_purged SET (xid, seq) = (
+    SELECT xid, seq FROM purged ORDER BY xid DESC, seq DESC LIMIT 1
+)
+WHERE EXISTS (SELECT FROM purged)
+RETURNING (SELECT count(*) FROM purged)
 """
 
 
@@ -435,10 +494,18 @@ async def update_user(
 UPDATE_ATTEMPTS = 3
 
 
-async def delete_user(db: Executor, key: UserKey, condition: Condition) -> bool:
-    """Whether a user was deleted: False when none has the key or the condition failed."""
-    status: str = await db.execute(DELETE_USER, *key, *condition_arguments(condition))
-    return status == "DELETE 1"
+async def delete_user(
+    db: Executor, key: UserKey, condition: Condition, *, forgotten: StoredAnswer
+) -> bool:
+    """Whether a user was deleted: False when none has the key or the condition failed.
+
+    The answers stored for its create become `forgotten`'s status, headers and body.
+    """
+    deleted = await db.fetchval(
+        DELETE_USER, *key, *condition_arguments(condition), forgotten.status,
+        encode_headers(forgotten.headers), forgotten.body,
+    )  # fmt: skip
+    return deleted == 1
 
 
 async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
@@ -475,12 +542,66 @@ async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> lis
     return None
 
 
+class Position(NamedTuple):
+    """A place in the change feed: after the change of transaction xid numbered seq."""
+
+    xid: int
+    seq: int
+
+
+class ChangeRow(NamedTuple):
+    position: Position
+    type: str
+    id: str
+    version: int
+    at: str
+    user: str | None  # JSON text
+
+
+async def changes_after(db: Executor, after: Position, limit: int) -> list[ChangeRow] | None:
+    """Up to `limit` changes after a position, in order; None when the purge has
+    passed it: changes it has not seen are gone."""
+    rows = await db.fetch(CHANGES_PAGE, str(after.xid), after.seq, limit)
+    if not rows and await purged_position(db) > after:
+        return None
+    return [
+        ChangeRow(
+            Position(int(row["xid"]), row["seq"]), row["type"], row["id"], row["version"],
+            row["at"], row["user"],
+        )
+        for row in rows
+    ]  # fmt: skip
+
+
+async def present_position(db: Executor) -> Position:
+    """Before every change not yet readable, and after every one that is."""
+    xmin = await db.fetchval(CHANGES_PRESENT)
+    return Position(int(str(xmin)), 0)
+
+
+async def purged_position(db: Executor) -> Position:
+    row = await db.fetchrow(CHANGES_PURGED)
+    assert row is not None  # schema.sql inserts the one row
+    return Position(int(row["xid"]), row["seq"])
+
+
+async def purge_changes(db: Executor, *, older_than: int, batch: int) -> int:
+    """Purge up to `batch` changes older than `older_than` seconds; how many went."""
+    purged = await db.fetchval(PURGE_CHANGES, batch, float(older_than))
+    return purged if isinstance(purged, int) else 0  # None: none purged
+
+
 class StoredAnswer(NamedTuple):
     route: str
-    fingerprint: bytes
+    fingerprint: bytes  # empty once the user it showed is deleted: any body matches
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    user_id: UUID | None = None  # the user it shows, if any
+
+
+def encode_headers(headers: list[tuple[str, str]]) -> str:
+    return _encoder.encode(headers).decode()
 
 
 async def lock_idempotency_key(conn: PoolConnectionProxy, caller: str, key: str) -> bool:
@@ -502,10 +623,9 @@ async def find_stored_answer(
 async def store_answer(
     conn: PoolConnectionProxy, caller: str, key: str, answer: StoredAnswer, ttl: int
 ) -> None:
-    headers = msgspec.json.encode(answer.headers).decode()
     await conn.execute(
-        STORE_ANSWER, caller, key, answer.route, answer.fingerprint, answer.status, headers,
-        answer.body, float(ttl),
+        STORE_ANSWER, caller, key, answer.route, answer.fingerprint, answer.status,
+        encode_headers(answer.headers), answer.body, float(ttl), answer.user_id,
     )  # fmt: skip
 
 

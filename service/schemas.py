@@ -357,6 +357,42 @@ class Lookup(msgspec.Struct, kw_only=True):
     ]
 
 
+class Change(msgspec.Struct, kw_only=True):
+    """One committed write to one user, as the change feed shows it."""
+
+    cursor: Annotated[str, msgspec.Meta(description="Its position: `after` to resume after it.")]
+    type: Literal["created", "updated", "deleted"]
+    id: Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+    version: Annotated[
+        int,
+        msgspec.Meta(
+            description="The number in the user's ETag after the change; a `deleted` change's "
+            "is above every earlier one of the user."
+        ),
+    ]
+    at: TimestampText
+    user: Annotated[
+        User | None,
+        msgspec.Meta(
+            description="The user as `GET /users/{id}` shows it after the change; "
+            "null when deleted."
+        ),
+    ]
+
+
+class Changes(msgspec.Struct, kw_only=True):
+    """A page of the change feed."""
+
+    changes: list[Change]
+    next: Annotated[
+        str,
+        msgspec.Meta(
+            description="The cursor to pass as `after` next: the last change's, or `after` "
+            "itself when nothing is new."
+        ),
+    ]
+
+
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An RFC 9457 problem detail."""
 

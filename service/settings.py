@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ()
     require_if_match: bool = False
     idempotency_ttl: int = 86400
+    changes_retention: int = 7 * 86400
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -91,6 +92,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cors_origins=read("CORS_ORIGINS", origins),
             require_if_match=read("REQUIRE_IF_MATCH", boolean),
             idempotency_ttl=read("IDEMPOTENCY_TTL", integer(1, 366 * 86400)),
+            changes_retention=read("CHANGES_RETENTION", integer(1, 366 * 86400)),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(

@@ -309,20 +309,29 @@ def query_attributes(params: dict[str, str]) -> dict[str, str] | None:
     return attributes or None
 
 
-def list_query(request: Request) -> ListQuery:
-    """The parameters of GET /users: each known, given at most once, and valid."""
+def query_params(
+    request: Request, known: tuple[str, ...], prefix: str | None = None
+) -> dict[str, str]:
+    """The query's parameters, each known (or named with `prefix`) and given at most once."""
     params: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
-        if name not in LIST_PARAMETERS and not name.startswith(ATTRIBUTE_PREFIX):
+        if name not in known and not (prefix and name.startswith(prefix)):
+            takes = (*known, f"{prefix}<name>") if prefix else known
             raise ProblemError(
                 422,
-                f"Unknown query parameter {name!r}; GET /users takes "
-                + ", ".join((*LIST_PARAMETERS, f"{ATTRIBUTE_PREFIX}<name>")),
+                f"Unknown query parameter {name!r}; {request.method} {request.url.path} takes "
+                + ", ".join(takes),
                 field=name,
             )
         if name in params:
             raise ProblemError(422, f"{name} may be given once", field=name)
         params[name] = value
+    return params
+
+
+def list_query(request: Request) -> ListQuery:
+    """The parameters of GET /users: each known, given at most once, and valid."""
+    params = query_params(request, LIST_PARAMETERS, ATTRIBUTE_PREFIX)
     after = params.get("after")
     if after is not None:
         try:
@@ -490,6 +499,8 @@ async def update_user(request: Request) -> Response:
 
 async def delete_user(request: Request) -> Response:
     key = path_user(request)
-    if not await queries.delete_user(db_of(request), key, write_condition(request)):
+    condition = write_condition(request)
+    forgotten = idempotency.FORGOTTEN
+    if not await queries.delete_user(db_of(request), key, condition, forgotten=forgotten):
         raise await failed_write(request, key)
     return Response(status_code=204)

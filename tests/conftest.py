@@ -33,6 +33,11 @@ from service.migration import migrate
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every test starts from empty tables, the change feed's too.
+EMPTY_TABLES = (
+    "TRUNCATE users, idempotency_keys, user_changes RESTART IDENTITY;"
+    "UPDATE user_changes_purged SET (xid, seq) = ('0', 0)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +248,7 @@ def settings(database_url: str) -> Settings:
 async def app(settings: Settings) -> AsyncIterator[Starlette]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.pool.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
+        await app.state.pool.execute(EMPTY_TABLES)
         yield app
 
 

@@ -29,7 +29,14 @@ from service.bodies import read_json
 from service.problems import MEDIA_TYPE, handler_for
 from service.schemas import NewUser, UserPatch
 from service.settings import Settings
-from tests.conftest import ROOT, Service, assert_problem, connect, statement_cache_size
+from tests.conftest import (
+    EMPTY_TABLES,
+    ROOT,
+    Service,
+    assert_problem,
+    connect,
+    statement_cache_size,
+)
 
 # Examples per test (and per operation and phase for schemathesis): a quick
 # pass by default, as CI runs it; raise it for a deeper run.
@@ -52,7 +59,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", routes_alone)
 async def empty_table(database_url: str) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
+        await conn.execute(EMPTY_TABLES)
     finally:
         await conn.close()
 

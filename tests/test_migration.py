@@ -10,7 +10,13 @@ from service import queries
 from service.migration import SCHEMA_PATH, Schema, migrate
 from tests.conftest import connect
 
-SEARCH_INDEXES = ["users_search_trgm", "users_created_at", "users_attributes", "users_disabled"]
+SEARCH_INDEXES = [
+    "users_search_trgm",
+    "idempotency_keys_user_id",
+    "users_created_at",
+    "users_attributes",
+    "users_disabled",
+]
 INDEXES = """
 SELECT c.relname, c.oid, i.indisvalid, i.indisunique FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
@@ -37,6 +43,7 @@ async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
     try:
         built = await indexes(conn)
         assert [(name, valid) for name, _, valid, _ in built] == [
+            ("idempotency_keys_user_id", True),
             ("users_attributes", True),
             ("users_created_at", True),
             ("users_disabled", True),
@@ -64,11 +71,11 @@ async def test_migrate_rebuilds_an_index_an_interrupted_build_left_invalid(
             await conn.execute(
                 "CREATE UNIQUE INDEX CONCURRENTLY users_created_at ON users (created_at)"
             )
-        [_, (_, _, valid, unique), _, _] = await indexes(conn)
+        [_, _, (_, _, valid, unique), _, _] = await indexes(conn)
         assert (valid, unique) == (False, True)
 
         await migrate(fresh_database_url)
-        [_, (_, _, valid, unique), _, _] = await indexes(conn)
+        [_, _, (_, _, valid, unique), _, _] = await indexes(conn)
         assert (valid, unique) == (True, False)
     finally:
         await conn.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Service, connect, stop_services
+from tests.conftest import EMPTY_TABLES, ROOT, Service, connect, stop_services
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -216,7 +216,7 @@ def run_examples(folder: Path, url: str, listed: list[Example]) -> list[str]:
 async def empty_tables(url: str) -> None:
     conn = await connect(url)
     try:
-        await conn.execute("TRUNCATE users, idempotency_keys RESTART IDENTITY")
+        await conn.execute(EMPTY_TABLES)
     finally:
         await conn.close()
 

@@ -16,6 +16,7 @@ from service.database import DatabaseUnreachable, database_address
 from service.migration import migrate
 from service.settings import Settings
 from tests.conftest import (
+    EMPTY_TABLES,
     Cluster,
     Node,
     assert_problem,
@@ -50,7 +51,7 @@ async def replicated(cluster: Cluster) -> AsyncIterator[Cluster]:
     for standby in cluster.standbys:
         if not standby.running():
             await asyncio.to_thread(standby.start)
-    await cluster.primary.execute("TRUNCATE users, idempotency_keys")
+    await cluster.primary.execute(EMPTY_TABLES)
     await caught_up(cluster)
     yield cluster
     for standby in cluster.standbys:

@@ -1,0 +1,103 @@
+"""The change feed: every committed write to users, in order, from a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import queries
+from service.database import Database, PoolBusy, db_of
+from service.problems import ProblemError
+from service.queries import ChangeRow, Position
+from service.schemas import Change, Changes, User
+from service.users import json_response, query_int, query_params, settings_of
+
+logger = logging.getLogger("service")
+
+PARAMETERS = ("after", "limit")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# `after=now`: the present position, for a consumer about to list the users.
+NOW = "now"
+MAX_SEQ = 2**63 - 1  # the identity column's bigint
+CURSOR_PATTERN = "([0-9a-f]{1,16})-([0-9a-f]{1,16})"
+_cursor = re.compile(CURSOR_PATTERN)
+# The purge: every PURGE_EVERY seconds, batches of PURGE_BATCH changes, at
+# most PURGE_BATCHES of them, so that each worker's share stays small.
+PURGE_EVERY = 10.0
+PURGE_BATCH = 1000
+PURGE_BATCHES = 20
+
+_decode_user = msgspec.json.Decoder(User)
+
+
+def cursor_of(position: Position) -> str:
+    return f"{position.xid:x}-{position.seq:x}"
+
+
+def position_of(cursor: str) -> Position:
+    """The position a cursor names; one this feed cannot have made, a 422."""
+    found = _cursor.fullmatch(cursor)
+    if found is None or int(found[2], 16) > MAX_SEQ:
+        raise ProblemError(
+            422,
+            "after must be a cursor of this feed (a change's `cursor` or a page's `next`), "
+            f"or {NOW}",
+            field="after",
+        )
+    return Position(int(found[1], 16), int(found[2], 16))
+
+
+def to_change(row: ChangeRow) -> Change:
+    return Change(
+        cursor=cursor_of(row.position),
+        type=row.type,  # type: ignore[arg-type]  # the table holds only the three
+        id=row.id,
+        version=row.version,
+        at=row.at,
+        user=None if row.user is None else _decode_user.decode(row.user),
+    )
+
+
+async def list_changes(request: Request) -> Response:
+    params = query_params(request, PARAMETERS)
+    limit = query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    db = db_of(request)
+    after = params.get("after")
+    if after == NOW:
+        present = await queries.present_position(db)
+        return json_response(Changes(changes=[], next=cursor_of(present)))
+    position = Position(0, 0) if after is None else position_of(after)
+    rows = await queries.changes_after(db, position, limit)
+    if rows is None:
+        raise ProblemError(
+            410,
+            f"The feed no longer holds the changes after this cursor (kept "
+            f"{settings_of(request).changes_retention} s): list the users again, and follow "
+            f"the feed from after={NOW} taken before listing",
+            field="after",
+        )
+    changes = [to_change(row) for row in rows]
+    # Nothing new: the same cursor again, never the present, which a change
+    # that became readable after this page's snapshot may already lie behind.
+    next = changes[-1].cursor if changes else cursor_of(position)
+    return json_response(Changes(changes=changes, next=next))
+
+
+async def keep_purging(db: Database, retention: int) -> None:
+    """Purge changes older than `retention` seconds, a few bounded batches at a time."""
+    while True:
+        await asyncio.sleep(PURGE_EVERY)
+        try:
+            for _ in range(PURGE_BATCHES):
+                if await queries.purge_changes(db, older_than=retention, batch=PURGE_BATCH) == 0:
+                    break
+        except (asyncpg.PostgresError, OSError, PoolBusy) as exc:
+            # The next round tries again; the feed only holds more meanwhile.
+            logger.warning("purging the change feed failed: %r", exc)
