@@ -73,8 +73,11 @@ async def list_changes(request: Request) -> Response:
     if after == NOW:
         present = await queries.present_position(db)
         return json_response(Changes(changes=[], next=cursor_of(present)))
-    position = Position(0, 0) if after is None else position_of(after)
-    rows = await queries.changes_after(db, position, limit)
+    if after is None:
+        position, rows = await from_the_oldest(db, limit)
+    else:
+        position = position_of(after)
+        rows = await queries.changes_after(db, position, limit)
     if rows is None:
         raise ProblemError(
             410,
@@ -88,6 +91,17 @@ async def list_changes(request: Request) -> Response:
     # that became readable after this page's snapshot may already lie behind.
     next = changes[-1].cursor if changes else cursor_of(position)
     return json_response(Changes(changes=changes, next=next))
+
+
+async def from_the_oldest(db: Database, limit: int) -> tuple[Position, list[ChangeRow] | None]:
+    """The first page of what the feed keeps, and the position it starts from."""
+    for _ in range(3):
+        # A purge between the two statements moves the start on: try again from there.
+        position = await queries.purged_position(db)
+        rows = await queries.changes_after(db, position, limit)
+        if rows is not None:
+            break
+    return position, rows
 
 
 async def keep_purging(db: Database, retention: int) -> None:

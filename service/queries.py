@@ -235,8 +235,11 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 # of them have ended, and none that ends later can fall behind the page.
 # The NOT EXISTS makes a cursor the purge has passed read nothing, in the
 # same snapshot as the page.
+#
+# The transaction id is sent as text, under a name of its own: ORDER BY xid
+# would otherwise sort by the text, and put xid 10000 before 9999.
 CHANGES_PAGE = """
-SELECT xid::text AS xid, seq, type, user_id::text AS id, version, rfc3339(at) AS at,
+SELECT xid::text AS txid, seq, type, user_id::text AS id, version, rfc3339(at) AS at,
     "user"::text AS "user"
 FROM user_changes
 WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
@@ -566,7 +569,7 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
         return None
     return [
         ChangeRow(
-            Position(int(row["xid"]), row["seq"]), row["type"], row["id"], row["version"],
+            Position(int(row["txid"]), row["seq"]), row["type"], row["id"], row["version"],
             row["at"], row["user"],
         )
         for row in rows

