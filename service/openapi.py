@@ -381,6 +381,8 @@ OPERATIONS: dict[Endpoint, Operation] = {
             **KEY_PROBLEMS,
             409: "The email exists in some letter case; `conflicts` holds it as sent."
             + IN_PROGRESS,
+            410: "The user that an earlier request with this Idempotency-Key created has "
+            "since been deleted: its stored answer keeps nothing of the user.",
         },
         uses_database=True,
         needs_token=True,
