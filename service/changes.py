@@ -7,7 +7,6 @@ import logging
 import re
 
 import asyncpg
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,7 +14,7 @@ from service import queries
 from service.database import Database, PoolBusy, db_of
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
-from service.schemas import Change, Changes, User
+from service.schemas import Change, Changes
 from service.users import json_response, query_int, query_params, settings_of
 
 logger = logging.getLogger("service")
@@ -33,8 +32,6 @@ _cursor = re.compile(CURSOR_PATTERN)
 PURGE_EVERY = 10.0
 PURGE_BATCH = 1000
 PURGE_BATCHES = 20
-
-_decode_user = msgspec.json.Decoder(User)
 
 
 def cursor_of(position: Position) -> str:
@@ -61,7 +58,7 @@ def to_change(row: ChangeRow) -> Change:
         id=row.id,
         version=row.version,
         at=row.at,
-        user=None if row.user is None else _decode_user.decode(row.user),
+        user=row.user,
     )
 
 

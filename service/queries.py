@@ -239,8 +239,9 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 # The transaction id is sent as text, under a name of its own: ORDER BY xid
 # would otherwise sort by the text, and put xid 10000 before 9999.
 CHANGES_PAGE = """
-SELECT xid::text AS txid, seq, type, user_id::text AS id, version, rfc3339(at) AS at,
-    "user"::text AS "user"
+SELECT xid::text AS txid, seq, type, version, rfc3339(at) AS at,
+    user_id::text AS id, name, email, status, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 FROM user_changes
 WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
   AND xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -558,7 +559,7 @@ class ChangeRow(NamedTuple):
     id: str
     version: int
     at: str
-    user: str | None  # JSON text
+    user: User | None  # None when deleted
 
 
 async def changes_after(db: Executor, after: Position, limit: int) -> list[ChangeRow] | None:
@@ -570,7 +571,7 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
     return [
         ChangeRow(
             Position(int(row["txid"]), row["seq"]), row["type"], row["id"], row["version"],
-            row["at"], row["user"],
+            row["at"], None if row["name"] is None else to_user(row),
         )
         for row in rows
     ]  # fmt: skip

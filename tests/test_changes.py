@@ -137,8 +137,8 @@ async def test_changes_come_in_the_order_of_their_transaction_ids_as_numbers(
     # Ids of ended transactions, in an order their text would not keep.
     for xid in ("100", "9", "10"):
         await db.execute(
-            "INSERT INTO user_changes (xid, type, user_id, version) "
-            "VALUES ($1::text::xid8, 'deleted', gen_random_uuid(), 2)",
+            "INSERT INTO user_changes (xid, type, user_id, user_key, version) "
+            "VALUES ($1::text::xid8, 'deleted', gen_random_uuid(), 0, 2)",
             xid,
         )
     body = await first_page(client, count=3)
@@ -348,8 +348,8 @@ async def test_the_purge_removes_old_changes_only_up_to_the_first_one_kept(
     # may lie after a recent one. The purge must not pass the recent one.
     for age in ("2 days", "0 days", "2 days"):
         await db.execute(
-            "INSERT INTO user_changes (type, user_id, version, at) "
-            "VALUES ('deleted', gen_random_uuid(), 2, now() - $1::text::interval)",
+            "INSERT INTO user_changes (type, user_id, user_key, version, at) "
+            "VALUES ('deleted', gen_random_uuid(), 0, 2, now() - $1::text::interval)",
             age,
         )  # fmt: skip
     assert await purge(db, older_than=86400, batch=100) == 1
