@@ -206,6 +206,8 @@ LANGUAGE plpgsql AS $$ BEGIN
             version, name, email, status, attributes, created_at, updated_at
         FROM new_users;
     END IF;
+    -- Delivered at commit, once a transaction: wakes the long polls (service/watch.py).
+    PERFORM pg_notify('user_changes', '');
     RETURN NULL;
 END $$;
 

@@ -25,6 +25,7 @@ from service.lookups import Creates, Reads
 from service.replicas import open_replicas
 from service.schemas import UUID_PATTERN
 from service.settings import Settings, SettingsError
+from service.watch import Watch
 
 logger = logging.getLogger("service")
 
@@ -131,12 +132,15 @@ def create_app(settings: Settings | None = None) -> Service:
         gc.freeze()
         gauge_watch = asyncio.create_task(metrics.watch_gauges(app.state.pool))
         purge = asyncio.create_task(changes.keep_purging(app.state.db, settings.changes_retention))
+        app.state.watch = Watch(app.state.db, settings)
+        app.state.watch.start()
         lag_watch = None if replicas is None else asyncio.create_task(replicas.watch())
         try:
             yield
         finally:
             gauge_watch.cancel()
             purge.cancel()
+            await app.state.watch.stop()
             if replicas is not None:
                 assert lag_watch is not None
                 lag_watch.cancel()

@@ -16,12 +16,14 @@ from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.schemas import Change, Changes
 from service.users import json_response, query_int, query_params, settings_of
+from service.watch import Watch
 
 logger = logging.getLogger("service")
 
-PARAMETERS = ("after", "limit")
+PARAMETERS = ("after", "limit", "wait")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_WAIT = 60  # seconds a long poll may be held
 # `after=now`: the present position, for a consumer about to list the users.
 NOW = "now"
 MAX_SEQ = 2**63 - 1  # the identity column's bigint
@@ -65,6 +67,7 @@ def to_change(row: ChangeRow) -> Change:
 async def list_changes(request: Request) -> Response:
     params = query_params(request, PARAMETERS)
     limit = query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    wait = query_int(params, "wait", 0, 0, MAX_WAIT)
     db = db_of(request)
     after = params.get("after")
     if after == NOW:
@@ -75,6 +78,8 @@ async def list_changes(request: Request) -> Response:
     else:
         position = position_of(after)
         rows = await queries.changes_after(db, position, limit)
+    if rows == [] and wait:
+        rows = await changes_within(request, position, limit, wait)
     if rows is None:
         raise ProblemError(
             410,
@@ -88,6 +93,22 @@ async def list_changes(request: Request) -> Response:
     # that became readable after this page's snapshot may already lie behind.
     next = changes[-1].cursor if changes else cursor_of(position)
     return json_response(Changes(changes=changes, next=next))
+
+
+async def changes_within(
+    request: Request, position: Position, limit: int, wait: int
+) -> list[ChangeRow] | None:
+    """The first changes after `position` that come within `wait` seconds; [] for none."""
+    watch: Watch = request.app.state.watch
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    rows: list[ChangeRow] | None = []
+    while rows == [] and (remaining := deadline - loop.time()) > 0:
+        await watch.until_after(position, remaining)
+        rows = await queries.changes_after(db_of(request), position, limit)
+        if watch.stopping:
+            break
+    return rows
 
 
 async def from_the_oldest(db: Database, limit: int) -> tuple[Position, list[ChangeRow] | None]:

@@ -459,6 +459,16 @@ OPERATIONS: dict[Endpoint, Operation] = {
                 type=ChangesLimit,
                 description="Changes per page.",
             ),
+            Parameter(
+                name="wait",
+                location="query",
+                type=Annotated[int, msgspec.Meta(ge=0, le=changes.MAX_WAIT)],
+                description="A long poll: when nothing is new, hold the request up to this "
+                "many seconds, answering as soon as a change can be read, or with no "
+                "changes when the time runs out. 0, the default, answers at once. A "
+                "waiting request holds no database connection; a graceful stop answers "
+                "it at once.",
+            ),
         ),
         replies={200: Reply(description="The changes after the cursor.", body=Changes)},
         problems={

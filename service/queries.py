@@ -251,6 +251,13 @@ WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
 ORDER BY xid, seq
 LIMIT $3
 """
+# The last change a page could hold now; none when the feed is empty.
+CHANGES_END = """
+SELECT xid::text AS txid, seq FROM user_changes
+WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid DESC, seq DESC
+LIMIT 1
+"""
 # The present position: before every change not yet readable.
 CHANGES_PRESENT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
@@ -575,6 +582,12 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
         )
         for row in rows
     ]  # fmt: skip
+
+
+async def readable_end(db: Executor) -> Position:
+    """The position of the last change readable now: (0, 0) when there is none."""
+    row = await db.fetchrow(CHANGES_END)
+    return Position(0, 0) if row is None else Position(int(row["txid"]), row["seq"])
 
 
 async def present_position(db: Executor) -> Position:

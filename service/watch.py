@@ -1,0 +1,127 @@
+"""Long polls of the change feed: one listening connection and one poll per worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from service import queries
+from service.database import Database, PoolBusy
+from service.queries import Position
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+# The channel schema.sql's trigger notifies when a statement writes changes.
+CHANNEL = "user_changes"
+# How often the feed's readable end is read while consumers wait: what a
+# change waits at most to wake them when no notification comes (behind a
+# pooler in transaction mode, where LISTEN cannot work), or when it was held
+# back by an older transaction at its notification.
+POLL_SECONDS = 1.0
+RECONNECT_SECONDS = 1.0
+
+# Every worker's Watch, for the server to wake the waiting consumers when a
+# graceful stop begins, so that none holds the stop up.
+running: set[Watch] = set()
+
+
+class Watch:
+    """Wakes the long polls waiting after a position once the feed has passed it.
+
+    Waiting costs a consumer no connection: a notification from the writes'
+    trigger, or the poll, makes one query of the feed's end for all of them,
+    and only those it has passed read their page again.
+    """
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self._settings = settings
+        self._waiters: dict[asyncio.Future[None], Position] = {}
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
+        running.add(self)
+
+    async def stop(self) -> None:
+        self.release()
+        running.discard(self)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def release(self) -> None:
+        """Answer every long poll now, and those to come at once: the service is stopping."""
+        self._stopping = True
+        for future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def until_after(self, position: Position, seconds: float) -> None:
+        """Return once the feed may hold a change after `position`, or after `seconds`."""
+        if self._stopping:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters[future] = position
+        self._changed.set()  # the end may have moved since the caller's read
+        try:
+            await asyncio.wait({future}, timeout=seconds)
+        finally:
+            del self._waiters[future]
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), POLL_SECONDS)
+            self._changed.clear()
+            if not self._waiters:
+                continue
+            try:
+                end = await queries.readable_end(self._db)
+            except (asyncpg.PostgresError, OSError, PoolBusy) as exc:
+                logger.debug("reading the change feed's end failed: %r", exc)
+                continue
+            for future, position in self._waiters.items():
+                if end > position and not future.done():
+                    future.set_result(None)
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own, opened again whenever it is lost."""
+        while True:
+            try:
+                await self._listen_once()
+            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+                logger.debug("listening for changes failed: %r", exc)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _listen_once(self) -> None:
+        """Until the connection is lost."""
+        conn = await asyncpg.connect(
+            self._settings.database_url,
+            timeout=self._settings.db_command_timeout,
+            statement_cache_size=0,
+            server_settings={"application_name": "users-service-listener"},
+        )
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _: lost.set())
+            await conn.add_listener(CHANNEL, lambda *_: self._changed.set())
+            await lost.wait()
+        finally:
+            conn.terminate()
