@@ -140,6 +140,16 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expi
 -- The user a stored answer shows (a create's), so that deleting the user
 -- scrubs it: null for answers that show no user.
 ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS user_id uuid;
+-- The answers stored before the column came: the user is the one their ETag
+-- names ("version-id"). A no-op once every row that has an ETag has its id.
+UPDATE idempotency_keys SET user_id = named.id
+FROM (
+    SELECT caller, key, (regexp_match(header->>1, '^"\d+-([0-9a-f-]{36})"$'))[1]::uuid AS id
+    FROM idempotency_keys, jsonb_array_elements(headers) AS header
+    WHERE user_id IS NULL AND header->>0 = 'etag'
+) AS named
+WHERE idempotency_keys.caller = named.caller AND idempotency_keys.key = named.key
+  AND named.id IS NOT NULL;
 
 -- The change feed (GET /users/changes): every committed write to users, one
 -- row a user, written by the triggers below in the write's own statement.
@@ -206,8 +216,11 @@ LANGUAGE plpgsql AS $$ BEGIN
             version, name, email, status, attributes, created_at, updated_at
         FROM new_users;
     END IF;
-    -- Delivered at commit, once a transaction: wakes the long polls (service/watch.py).
-    PERFORM pg_notify('user_changes', '');
+    -- Delivered at commit, once a transaction: wakes the long polls
+    -- (service/watch.py). A statement that changed no row notifies nothing.
+    IF FOUND THEN
+        PERFORM pg_notify('user_changes', '');
+    END IF;
     RETURN NULL;
 END $$;
 

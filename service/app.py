@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Service:
         finally:
             gauge_watch.cancel()
             purge.cancel()
+            await asyncio.gather(purge, return_exceptions=True)
             await app.state.watch.stop()
             if replicas is not None:
                 assert lag_watch is not None

@@ -6,12 +6,11 @@ import asyncio
 import logging
 import re
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import queries
-from service.database import Database, PoolBusy, db_of
+from service.database import Database, db_of
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.schemas import Change, Changes
@@ -34,6 +33,11 @@ _cursor = re.compile(CURSOR_PATTERN)
 PURGE_EVERY = 10.0
 PURGE_BATCH = 1000
 PURGE_BATCHES = 20
+
+
+def watch_of(request: Request) -> Watch:
+    watch: Watch = request.app.state.watch
+    return watch
 
 
 def cursor_of(position: Position) -> str:
@@ -99,7 +103,7 @@ async def changes_within(
     request: Request, position: Position, limit: int, wait: int
 ) -> list[ChangeRow] | None:
     """The first changes after `position` that come within `wait` seconds; [] for none."""
-    watch: Watch = request.app.state.watch
+    watch = watch_of(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     rows: list[ChangeRow] | None = []
@@ -130,6 +134,6 @@ async def keep_purging(db: Database, retention: int) -> None:
             for _ in range(PURGE_BATCHES):
                 if await queries.purge_changes(db, older_than=retention, batch=PURGE_BATCH) == 0:
                     break
-        except (asyncpg.PostgresError, OSError, PoolBusy) as exc:
+        except Exception as exc:  # a failover's errors among them: the loop must go on
             # The next round tries again; the feed only holds more meanwhile.
             logger.warning("purging the change feed failed: %r", exc)

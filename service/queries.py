@@ -261,17 +261,27 @@ LIMIT 1
 # The present position: before every change not yet readable.
 CHANGES_PRESENT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
+# Whether a page after ($1, $2) can miss changes: the purge has passed it, or
+# no transaction id has reached it yet (a cursor from before a failover that
+# lost writes, or from another database), which would read nothing for ever.
+CHANGES_GONE = """
+SELECT (xid, seq) > ($1::text::xid8, $2::bigint)
+    OR $1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot())
+FROM user_changes_purged
+"""
 # Changes older than $2 seconds, oldest first, up to $1 of them and only as a
-# prefix of the feed: the purge stops at the first change still kept, so
-# that the purged position never passes one. One purge at a time.
+# prefix of what a page can read: the purge stops at the first change still
+# kept, and before any transaction still running, so that the purged
+# position never passes a change and only moves on. One purge at a time.
+PURGE_LOCK_KEY = 7_262_100_002  # any fixed number; the migration's is ...001
 PURGE_CHANGES = """
 WITH turn AS (
-    SELECT pg_try_advisory_xact_lock(7262100002) AS mine
+    SELECT pg_try_advisory_xact_lock($3) AS mine
 ), oldest AS (
     SELECT xid, seq, bool_and(at < now() - make_interval(secs => $2))
         OVER (ORDER BY xid, seq) AS expired
     FROM user_changes
-    WHERE (SELECT mine FROM turn)
+    WHERE (SELECT mine FROM turn) AND xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY xid, seq
     LIMIT $1
 ), purged AS (
@@ -573,7 +583,7 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
     """Up to `limit` changes after a position, in order; None when the purge has
     passed it: changes it has not seen are gone."""
     rows = await db.fetch(CHANGES_PAGE, str(after.xid), after.seq, limit)
-    if not rows and await purged_position(db) > after:
+    if not rows and await db.fetchval(CHANGES_GONE, str(after.xid), after.seq):
         return None
     return [
         ChangeRow(
@@ -604,7 +614,7 @@ async def purged_position(db: Executor) -> Position:
 
 async def purge_changes(db: Executor, *, older_than: int, batch: int) -> int:
     """Purge up to `batch` changes older than `older_than` seconds; how many went."""
-    purged = await db.fetchval(PURGE_CHANGES, batch, float(older_than))
+    purged = await db.fetchval(PURGE_CHANGES, batch, float(older_than), PURGE_LOCK_KEY)
     return purged if isinstance(purged, int) else 0  # None: none purged
 
 

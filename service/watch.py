@@ -9,7 +9,7 @@ import logging
 import asyncpg
 
 from service import queries
-from service.database import Database, PoolBusy
+from service.database import Database
 from service.queries import Position
 from service.settings import Settings
 
@@ -54,9 +54,7 @@ class Watch:
         running.discard(self)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def release(self) -> None:
         """Answer every long poll now, and those to come at once: the service is stopping."""
@@ -68,10 +66,6 @@ class Watch:
     @property
     def stopping(self) -> bool:
         return self._stopping
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
 
     async def until_after(self, position: Position, seconds: float) -> None:
         """Return once the feed may hold a change after `position`, or after `seconds`."""
@@ -94,8 +88,8 @@ class Watch:
                 continue
             try:
                 end = await queries.readable_end(self._db)
-            except (asyncpg.PostgresError, OSError, PoolBusy) as exc:
-                logger.debug("reading the change feed's end failed: %r", exc)
+            except Exception as exc:  # a failover's errors among them: the loop must go on
+                logger.warning("reading the change feed's end failed: %r", exc)
                 continue
             for future, position in self._waiters.items():
                 if end > position and not future.done():
@@ -106,8 +100,9 @@ class Watch:
         while True:
             try:
                 await self._listen_once()
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                logger.debug("listening for changes failed: %r", exc)
+            except Exception as exc:  # whatever ended it, listen again
+                logger.warning("listening for changes failed: %r", exc)
+            self._changed.set()  # a notification may have been missed meanwhile
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _listen_once(self) -> None:
