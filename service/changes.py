@@ -87,9 +87,10 @@ async def list_changes(request: Request) -> Response:
     if rows is None:
         raise ProblemError(
             410,
-            f"The feed no longer holds the changes after this cursor (kept "
-            f"{settings_of(request).changes_retention} s): list the users again, and follow "
-            f"the feed from after={NOW} taken before listing",
+            "The feed cannot go on from this cursor: the changes after it were purged (kept "
+            f"{settings_of(request).changes_retention} s), or no transaction has reached it "
+            "(a cursor from another database, or from before a failover that lost writes). "
+            f"List the users again, and follow the feed from after={NOW} taken before listing",
             field="after",
         )
     changes = [to_change(row) for row in rows]

@@ -472,8 +472,10 @@ OPERATIONS: dict[Endpoint, Operation] = {
         ),
         replies={200: Reply(description="The changes after the cursor.", body=Changes)},
         problems={
-            410: "The feed no longer holds the changes after this cursor: list the users "
-            "again, and follow the feed from `after=now` taken before listing.",
+            410: "The feed cannot go on from this cursor: the changes after it were purged, "
+            "or no transaction has reached it (another database's, or from before a failover "
+            "that lost writes). List the users again, and follow the feed from `after=now` "
+            "taken before listing.",
             422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
             "feed did not make among them; `field` names it.",
         },
