@@ -180,6 +180,7 @@ async def test_after_now_sees_only_what_comes_later(client: httpx.AsyncClient) -
         "after=-1",
         "after=1-2-3",
         "after=1-8000000000000000",
+        "after=1-ca2c98ae590fb743",
         "after=10000000000000000-1",
         "after=NOW",
         "after=1%0A-1",
