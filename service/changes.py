@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 
+import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from service import queries
+from service import metrics, queries
 from service.database import Database, db_of
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
@@ -34,6 +36,14 @@ _cursor = re.compile(CURSOR_PATTERN)
 PURGE_EVERY = 10.0
 PURGE_BATCH = 1000
 PURGE_BATCHES = 20
+# Server-sent events: what asks for them, and how often a silent stream sends
+# a comment, so that proxies and load balancers keep it open.
+EVENT_STREAM = "text/event-stream"
+HEARTBEAT_SECONDS = 15.0
+HEARTBEAT = b": keep-alive\n\n"
+
+
+_encoder = msgspec.json.Encoder()
 
 
 def watch_of(request: Request) -> Watch:
@@ -45,15 +55,15 @@ def cursor_of(position: Position) -> str:
     return f"{position.xid:x}-{position.seq:x}"
 
 
-def position_of(cursor: str) -> Position:
-    """The position a cursor names; one this feed cannot have made, a 422."""
+def position_of(cursor: str, field: str) -> Position:
+    """The position a cursor names; one this feed cannot have made, a 422 naming `field`."""
     found = _cursor.fullmatch(cursor)
     if found is None:
         raise ProblemError(
             422,
-            "after must be a cursor of this feed (a change's `cursor` or a page's `next`), "
+            f"{field} must be a cursor of this feed (a change's `cursor` or a page's `next`), "
             f"or {NOW}",
-            field="after",
+            field=field,
         )
     return Position(int(found[1], 16), int(found[2], 16))
 
@@ -69,36 +79,114 @@ def to_change(row: ChangeRow) -> Change:
     )
 
 
+def wants_stream(request: Request) -> bool:
+    """Whether Accept names server-sent events, as an EventSource's does."""
+    accept = request.headers.get("accept", "").split(",")
+    return any(item.partition(";")[0].strip().lower() == EVENT_STREAM for item in accept)
+
+
+def gone(request: Request, field: str) -> ProblemError:
+    return ProblemError(
+        410,
+        "The feed cannot go on from this cursor: the changes after it were purged (kept "
+        f"{settings_of(request).changes_retention} s), or no transaction has reached it "
+        "(a cursor from another database, or from before a failover that lost writes). "
+        f"List the users again, and follow the feed from after={NOW} taken before listing",
+        field=field,
+    )
+
+
+async def start_of(
+    db: Database, after: str | None, limit: int, field: str
+) -> tuple[Position, list[ChangeRow] | None]:
+    """Where `after` starts the feed, and the first page from there."""
+    if after == NOW:
+        return await queries.present_position(db), []
+    if after is None:
+        return await from_the_oldest(db, limit)
+    position = position_of(after, field)
+    return position, await queries.changes_after(db, position, limit)
+
+
 async def list_changes(request: Request) -> Response:
     params = query_params(request, PARAMETERS)
     limit = query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = query_int(params, "wait", 0, 0, MAX_WAIT)
-    db = db_of(request)
-    after = params.get("after")
+    field, after = "after", params.get("after")
+    if after not in (None, NOW):
+        position_of(after, field)  # refused when malformed, even if Last-Event-ID wins
+    # An EventSource reconnecting sends the id of the last event it saw.
+    if (last_event_id := request.headers.get("last-event-id")) is not None:
+        field, after = "Last-Event-ID", last_event_id
+    if wants_stream(request):
+        return await stream_changes(request, after, field)
+    metrics.FEED_REQUESTS.labels("long_poll" if wait else "page").inc()
     if after == NOW:
-        present = await queries.present_position(db)
+        present = await queries.present_position(db_of(request))
         return json_response(Changes(changes=[], next=cursor_of(present)))
-    if after is None:
-        position, rows = await from_the_oldest(db, limit)
-    else:
-        position = position_of(after)
-        rows = await queries.changes_after(db, position, limit)
+    position, rows = await start_of(db_of(request), after, limit, field)
     if rows == [] and wait:
         rows = await changes_within(request, position, limit, wait)
     if rows is None:
-        raise ProblemError(
-            410,
-            "The feed cannot go on from this cursor: the changes after it were purged (kept "
-            f"{settings_of(request).changes_retention} s), or no transaction has reached it "
-            "(a cursor from another database, or from before a failover that lost writes). "
-            f"List the users again, and follow the feed from after={NOW} taken before listing",
-            field="after",
-        )
+        raise gone(request, field)
     changes = [to_change(row) for row in rows]
     # Nothing new: the same cursor again, never the present, which a change
     # that became readable after this page's snapshot may already lie behind.
     next = changes[-1].cursor if changes else cursor_of(position)
     return json_response(Changes(changes=changes, next=next))
+
+
+async def stream_changes(request: Request, after: str | None, field: str) -> Response:
+    """The feed as server-sent events, from the cursor `after` given in `field`."""
+    metrics.FEED_REQUESTS.labels("stream").inc()
+    position, rows = await start_of(db_of(request), after, MAX_LIMIT, field)
+    if rows is None:
+        raise gone(request, field)
+    return StreamingResponse(
+        events(request, position, rows),
+        media_type=EVENT_STREAM,
+        # No proxy may keep the stream to answer others, or hold it back to buffer it.
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def event(row: ChangeRow) -> bytes:
+    """One change as an event: its cursor, its type, and the change as one line of JSON."""
+    data = _encoder.encode(to_change(row))
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        cursor_of(row.position).encode(), row.type.encode(), data,
+    )  # fmt: skip
+
+
+async def events(
+    request: Request, position: Position, rows: list[ChangeRow] | None
+) -> AsyncIterator[bytes]:
+    """Each change after `position` as it becomes readable, until the service stops.
+
+    A stream whose position the purge passes, or whose database fails, ends:
+    the consumer's reconnection with Last-Event-ID resumes it, or gets the 410.
+    """
+    watch = watch_of(request)
+    loop = asyncio.get_running_loop()
+    metrics.FEED_STREAMS.inc()
+    try:
+        sent = loop.time()
+        while rows is not None and not watch.stopping:
+            if rows:
+                yield b"".join(event(row) for row in rows)
+                position, sent = rows[-1].position, loop.time()
+            else:
+                if loop.time() - sent >= HEARTBEAT_SECONDS:
+                    yield HEARTBEAT
+                    sent = loop.time()
+                await watch.until_after(position, sent + HEARTBEAT_SECONDS - loop.time())
+                if watch.stopping:
+                    break
+            rows = await watch.changes_after(position, MAX_LIMIT)
+    except Exception as exc:  # the headers are sent: a problem can no longer be answered
+        logger.warning("a change feed stream ended on an error: %r", exc)
+    finally:
+        metrics.FEED_STREAMS.dec()
 
 
 async def changes_within(
@@ -111,7 +199,7 @@ async def changes_within(
     rows: list[ChangeRow] | None = []
     while rows == [] and (remaining := deadline - loop.time()) > 0:
         await watch.until_after(position, remaining)
-        rows = await queries.changes_after(db_of(request), position, limit)
+        rows = await watch.changes_after(position, limit)
         if watch.stopping:
             break
     return rows

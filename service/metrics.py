@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from bisect import bisect_left
 from collections import Counter as Occurrences
@@ -22,7 +23,10 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.database import pool_of
+from service import queries
+from service.database import db_of, pool_of
+
+logger = logging.getLogger("service")
 
 # Set by python -m service before uvicorn starts workers; prometheus_client
 # reads it at import, so each worker writes its values to files there.
@@ -58,6 +62,27 @@ REPLICAS_IN_USE = Gauge(
     "db_replicas_in_use",
     "Replicas within DB_READ_MAX_LAG, taking reads",
     multiprocess_mode="livemin",
+)
+
+# The change feed. Changes are counted by the writes that made them, once committed.
+CHANGES_WRITTEN = Counter(
+    "feed_changes_written_total", "Changes to users written to the feed", ["type"]
+)
+# Bound once: labels() is a locked lookup each time.
+USERS_CREATED, USERS_UPDATED, USERS_DELETED = (
+    CHANGES_WRITTEN.labels(type) for type in ("created", "updated", "deleted")
+)
+FEED_REQUESTS = Counter(
+    "feed_requests_total", "Requests of the change feed, by how they read", ["mode"]
+)
+FEED_STREAMS = Gauge(
+    "feed_streams_open", "Server-sent event streams of the feed open", multiprocess_mode="livesum"
+)
+FEED_DELAY = Gauge(
+    "feed_delay_seconds",
+    "How long the oldest committed change the feed cannot serve yet has waited, because an "
+    "older transaction is still running; 0 when it can serve every change",
+    multiprocess_mode="mostrecent",
 )
 
 
@@ -165,6 +190,10 @@ async def metrics(request: Request) -> Response:
     """Every worker's metrics, whichever worker is asked."""
     request_tally.write()  # this worker's requests of the current loop turn, too
     observe_gauges(pool_of(request))
+    try:
+        FEED_DELAY.set(await queries.feed_delay(db_of(request)))
+    except Exception as exc:  # the database down among them: the rest is still worth showing
+        logger.warning("reading the change feed's delay failed: %r", exc)
     if MULTIPROCESS_DIR is None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
     registry = CollectorRegistry()

@@ -53,6 +53,17 @@ ChangesLimit = Annotated[
     msgspec.Meta(ge=1, le=changes.MAX_LIMIT, extra_json_schema={"default": changes.DEFAULT_LIMIT}),
 ]
 ChangeCursor = Annotated[str, msgspec.Meta(pattern=f"^(?:{changes.CURSOR_PATTERN}|{changes.NOW})$")]
+ChangeEvents = Annotated[
+    str,
+    msgspec.Meta(
+        title="ChangeEvents",
+        description="Server-sent events, one per change as it commits: `id:` is its cursor, "
+        "`event:` its type, `data:` the change as one line of JSON (a `Change`). A comment "
+        f"line, `{changes.HEARTBEAT.decode().strip()}`, comes after "
+        f"{changes.HEARTBEAT_SECONDS:.0f} s without one. The stream has no end: the service "
+        "ends it when it stops, and a consumer resumes it with `Last-Event-ID`.",
+    ),
+]
 # No declared default: a generated client would then always send offset=0.
 Offset = Annotated[int, msgspec.Meta(ge=0, le=users.MAX_OFFSET)]
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
@@ -81,6 +92,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     body: object = None  # the type of the body; None for no body
     media_type: str = JSON
     headers: tuple[Header, ...] = ()
+    # Other media types the answer may come in, as Accept asks, and their types.
+    alternatives: tuple[tuple[str, object], ...] = ()
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
@@ -445,7 +458,9 @@ OPERATIONS: dict[Endpoint, Operation] = {
         "applying a change only when its `version` is above the one held. Changes are kept "
         "CHANGES_RETENTION seconds (a week by default). A deleted user's earlier changes "
         "are removed: its `deleted` change keeps only its id. A long transaction on the "
-        "database holds the feed back until it ends. Also served at `/users/changes/`.",
+        "database holds the feed back until it ends. With `Accept: text/event-stream`, the "
+        "changes come as server-sent events, each as soon as it can be read; `limit` and "
+        "`wait` then do not apply. Also served at `/users/changes/`.",
         parameters=(
             Parameter(
                 name="after",
@@ -469,8 +484,23 @@ OPERATIONS: dict[Endpoint, Operation] = {
                 "waiting request holds no database connection; a graceful stop answers "
                 "it at once.",
             ),
+            Parameter(
+                name="Last-Event-ID",
+                location="header",
+                type=ChangeCursor,
+                description="The cursor to go on after, in place of `after`: what an "
+                "EventSource sends as it reconnects a stream, the `id:` of the last event "
+                "it received.",
+            ),
         ),
-        replies={200: Reply(description="The changes after the cursor.", body=Changes)},
+        replies={
+            200: Reply(
+                description="The changes after the cursor; with `Accept: text/event-stream`, "
+                "a stream of them, as they come, until the service stops.",
+                body=Changes,
+                alternatives=((changes.EVENT_STREAM, ChangeEvents),),
+            )
+        },
         problems={
             410: "The feed cannot go on from this cursor: the changes after it were purged, "
             "or no transaction has reached it (another database's, or from before a failover "
@@ -580,6 +610,7 @@ def build_document(
         types += [parameter.type for parameter in (*operation.parameters, REQUEST_ID_PARAMETER)]
         for reply in operation.replies.values():
             types += [reply.body] if reply.body is not None else []
+            types += [body for _, body in reply.alternatives]
             types += [header.type for header in (*reply.headers, REQUEST_ID_HEADER)]
     types += [header.type for headers in PROBLEM_HEADERS.values() for header in headers]
     types = list(dict.fromkeys(types))
@@ -695,5 +726,8 @@ def response_object(reply: Reply, schema_of: dict[object, Any]) -> dict[str, Any
         },
     }
     if reply.body is not None:
-        result["content"] = {reply.media_type: {"schema": schema_of[reply.body]}}
+        result["content"] = {
+            media_type: {"schema": schema_of[body]}
+            for media_type, body in ((reply.media_type, reply.body), *reply.alternatives)
+        }
     return result

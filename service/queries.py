@@ -161,12 +161,12 @@ WITH changed AS (
 )
 SELECT public_id::text AS id, name, email, status, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version,
-    true AS unchanged
+    true AS unchanged, true AS changed
 FROM changed
 UNION ALL
 SELECT public_id::text, name, email, status, attributes, rfc3339(created_at),
     rfc3339(updated_at), version,
-    (name, email, status, attributes) IS NOT DISTINCT FROM {PATCHED}
+    (name, email, status, attributes) IS NOT DISTINCT FROM {PATCHED}, false
 FROM users
 WHERE NOT EXISTS (SELECT FROM changed)
   AND (lower(email) = $1 OR public_id = $2)
@@ -260,6 +260,13 @@ LIMIT 1
 """
 # The present position: before every change not yet readable.
 CHANGES_PRESENT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+# The feed's delay: how long the oldest change committed but not yet readable,
+# held back by an older transaction still running, has waited since it began.
+CHANGES_DELAY = """
+SELECT coalesce(extract(epoch FROM clock_timestamp() - min(at)), 0)::float8
+FROM user_changes
+WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())
+"""
 CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
 # Whether a page after ($1, $2) can miss changes: the purge has passed it, or
 # no transaction id has reached it yet (a cursor from before a failover that
@@ -487,10 +494,11 @@ async def update_user(
     email: str | None,
     status: str | None,
     attributes: dict[str, str | None] | None,
-) -> Stored | None:
-    """The user changed, or as it is when the patch changes nothing; None when no
-    user has the key or the condition failed. `attributes` is a merge patch of
-    them. Raises EmailTaken, AttributesOverflow or Contended."""
+) -> tuple[Stored, bool] | None:
+    """The user changed, or as it is when the patch changes nothing, and whether
+    it changed; None when no user has the key or the condition failed.
+    `attributes` is a merge patch of them. Raises EmailTaken, AttributesOverflow
+    or Contended."""
     sets = removals = None
     if attributes is not None:
         sets = encode_attributes({k: v for k, v in attributes.items() if v is not None})
@@ -506,7 +514,7 @@ async def update_user(
                 raise AttributesOverflow from None
             raise
         if row is None or row["unchanged"]:
-            return None if row is None else to_stored(row)
+            return None if row is None else (to_stored(row), row["changed"])
     raise Contended
 
 
@@ -604,6 +612,12 @@ async def present_position(db: Executor) -> Position:
     """Before every change not yet readable, and after every one that is."""
     xmin = await db.fetchval(CHANGES_PRESENT)
     return Position(int(str(xmin)), 0)
+
+
+async def feed_delay(db: Executor) -> float:
+    delay = await db.fetchval(CHANGES_DELAY)
+    assert isinstance(delay, float)
+    return delay
 
 
 async def purged_position(db: Executor) -> Position:

@@ -13,7 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import idempotency, queries
+from service import idempotency, metrics, queries
 from service.bodies import decode, read_body, read_json
 from service.conditions import etag, match_condition, none_match
 from service.database import db_of
@@ -175,6 +175,7 @@ async def create_one(conn: PoolConnectionProxy, *, new: NewUser) -> Response:
 def created(stored: Stored | None, new: NewUser) -> Response:
     if stored is None:
         raise ProblemError(409, "A user with that email already exists", conflicts=[new.email])
+    metrics.USERS_CREATED.inc()
     return user_response(stored, 201, {"Location": user_url(stored.user.email)})
 
 
@@ -428,6 +429,7 @@ async def insert_all(new_users: list[NewUser], conn: PoolConnectionProxy) -> Res
     # the repeats are looked for only when it did (1.6 ms of a 10,000-user load).
     taken = await queries.copy_users(conn, new_users)
     if taken is None:
+        metrics.USERS_CREATED.inc(len(new_users))
         return json_response(Inserted(inserted=len(new_users)), 201)
     spelt: dict[str, str] = {}  # email_key -> the email as the request first spelt it
     repeated: set[str] = set()
@@ -476,7 +478,7 @@ async def update_user(request: Request) -> Response:
     )
     email = None if patch.email is msgspec.UNSET else patch.email
     try:
-        stored = await queries.update_user(
+        updated = await queries.update_user(
             db_of(request),
             key,
             condition,
@@ -491,8 +493,11 @@ async def update_user(request: Request) -> Response:
     except queries.AttributesOverflow:
         message = f"The attributes, merged, would break their bounds: {ATTRIBUTE_BOUNDS}"
         raise ProblemError(422, message, field="$.attributes") from None
-    if stored is None:
+    if updated is None:
         raise await failed_write(request, key)
+    stored, changed = updated
+    if changed:
+        metrics.USERS_UPDATED.inc()
     # The user's address, which an email change has just moved.
     return user_response(stored, headers={"Content-Location": user_url(stored.user.email)})
 
@@ -503,4 +508,5 @@ async def delete_user(request: Request) -> Response:
     forgotten = idempotency.FORGOTTEN
     if not await queries.delete_user(db_of(request), key, condition, forgotten=forgotten):
         raise await failed_write(request, key)
+    metrics.USERS_DELETED.inc()
     return Response(status_code=204)

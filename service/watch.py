@@ -10,7 +10,7 @@ import asyncpg
 
 from service import queries
 from service.database import Database
-from service.queries import Position
+from service.queries import ChangeRow, Position
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -44,6 +44,7 @@ class Watch:
         self._changed = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._reads: dict[tuple[Position, int], asyncio.Future[list[ChangeRow] | None]] = {}
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
@@ -78,6 +79,21 @@ class Watch:
             await asyncio.wait({future}, timeout=seconds)
         finally:
             del self._waiters[future]
+
+    async def changes_after(self, position: Position, limit: int) -> list[ChangeRow] | None:
+        """queries.changes_after, read once for all the consumers that ask at the same time.
+
+        A change wakes every consumer at the end of the feed together, each
+        asking for the page after the same position: one query answers them all.
+        """
+        key = (position, limit)
+        reading = self._reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(queries.changes_after(self._db, position, limit))
+            self._reads[key] = reading
+            reading.add_done_callback(lambda _: self._reads.pop(key, None))
+        # One consumer gone (cancelled) does not cancel the others' read.
+        return await asyncio.shield(reading)
 
     async def _poll(self) -> None:
         while True:

