@@ -97,14 +97,20 @@ def gone(request: Request, field: str) -> ProblemError:
 
 
 async def start_of(
-    db: Database, after: str | None, limit: int, field: str
+    request: Request, after: str | None, limit: int, field: str, *, waits: bool
 ) -> tuple[Position, list[ChangeRow] | None]:
-    """Where `after` starts the feed, and the first page from there."""
+    """Where `after` starts the feed, and the first page from there. A consumer
+    that `waits` for changes shares its read with those asking for the same page
+    (a read may then have begun a moment before its request came); any other
+    reads on its own, so that it sees every write answered before it asked."""
+    db = db_of(request)
     if after == NOW:
         return await queries.present_position(db), []
     if after is None:
         return await from_the_oldest(db, limit)
     position = position_of(after, field)
+    if waits:
+        return position, await watch_of(request).changes_after(position, limit)
     return position, await queries.changes_after(db, position, limit)
 
 
@@ -124,7 +130,7 @@ async def list_changes(request: Request) -> Response:
     if after == NOW:
         present = await queries.present_position(db_of(request))
         return json_response(Changes(changes=[], next=cursor_of(present)))
-    position, rows = await start_of(db_of(request), after, limit, field)
+    position, rows = await start_of(request, after, limit, field, waits=wait > 0)
     if rows == [] and wait:
         rows = await changes_within(request, position, limit, wait)
     if rows is None:
@@ -139,7 +145,7 @@ async def list_changes(request: Request) -> Response:
 async def stream_changes(request: Request, after: str | None, field: str) -> Response:
     """The feed as server-sent events, from the cursor `after` given in `field`."""
     metrics.FEED_REQUESTS.labels("stream").inc()
-    position, rows = await start_of(db_of(request), after, MAX_LIMIT, field)
+    position, rows = await start_of(request, after, MAX_LIMIT, field, waits=True)
     if rows is None:
         raise gone(request, field)
     return StreamingResponse(
@@ -152,10 +158,27 @@ async def stream_changes(request: Request, after: str | None, field: str) -> Res
 
 def event(row: ChangeRow) -> bytes:
     """One change as an event: its cursor, its type, and the change as one line of JSON."""
-    data = _encoder.encode(to_change(row))
+    change = to_change(row)
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
-        cursor_of(row.position).encode(), row.type.encode(), data,
+        change.cursor.encode(), row.type.encode(), _encoder.encode(change),
     )  # fmt: skip
+
+
+class EventsOf:
+    """The events of the last page encoded, for every stream that read that same
+    page: the streams woken by a change share one read (Watch.changes_after)."""
+
+    def __init__(self) -> None:
+        self._rows: list[ChangeRow] = []
+        self._events = b""
+
+    def __call__(self, rows: list[ChangeRow]) -> bytes:
+        if rows is not self._rows:
+            self._rows, self._events = rows, b"".join(event(row) for row in rows)
+        return self._events
+
+
+events_of = EventsOf()
 
 
 async def events(
@@ -173,7 +196,7 @@ async def events(
         sent = loop.time()
         while rows is not None and not watch.stopping:
             if rows:
-                yield b"".join(event(row) for row in rows)
+                yield events_of(rows)
                 position, sent = rows[-1].position, loop.time()
             else:
                 if loop.time() - sent >= HEARTBEAT_SECONDS:

@@ -530,6 +530,30 @@ async def test_a_change_no_notification_announces_still_ends_a_long_poll_by_poll
     assert time.monotonic() - committed < 1 + 1.5  # the poll's second, and slack
 
 
+async def test_long_polls_woken_together_share_one_read_of_the_feed(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = await now(client)
+    reads = 0
+    real_read = queries.changes_after
+
+    async def counted(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(*args)
+
+    monkeypatch.setattr(queries, "changes_after", counted)
+    polls = [asyncio.ensure_future(page(client, start, wait=20)) for _ in range(50)]
+    await asyncio.sleep(0.5)
+    waiting = reads
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    bodies = await asyncio.wait_for(asyncio.gather(*polls), 10)
+    assert all([c["id"] for c in body["changes"]] == [created.json()["id"]] for body in bodies)
+    # One read for all 50, give or take one that began just before the change.
+    assert waiting <= 2
+    assert reads - waiting <= 3
+
+
 @pytest.mark.parametrize("wait", ["-1", "61", "x", "1.5"])
 async def test_a_wait_out_of_range_is_422_naming_it(client: httpx.AsyncClient, wait: str) -> None:
     problem = assert_problem(await client.get("/users/changes", params={"wait": wait}), 422)
