@@ -19,6 +19,7 @@ from bench.results import ScenarioResult, TargetCheck, comparisons
 COLORS = {
     "service": "#2a9d8f",
     "service-auth": "#8ab17d",
+    "service-nofeed": "#b5c99a",
     "tutorial": "#e76f51",
     "peer": "#f4a261",
     "floor": "#264653",

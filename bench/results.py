@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from bench.scenarios import Scenario
+from bench.scenarios import FEED_OFF, Scenario
 
 RSS_LIMIT_MB = 60.0
 
@@ -81,6 +81,10 @@ TARGETS = (
           base="tutorial", bound=3),
     Ratio(name="POST /users/bulk rows/s vs the COPY limit", scenario="bulk", label="service",
           base="COPY limit", bound=0.7),
+    Ratio(name="POST /users req/s with the change feed vs without", scenario="create",
+          label="service", base=FEED_OFF, bound=0.85),
+    Ratio(name="POST /users/bulk rows/s with the change feed vs without", scenario="bulk",
+          label="service", base=FEED_OFF, bound=0.85),
     Ratio(name="Users/s: a lookup of 100 vs a GET each", scenario="lookup",
           label="service lookup", base="service GETs", bound=5),
 )  # fmt: skip

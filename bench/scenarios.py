@@ -19,6 +19,8 @@ LOOKUP_HANDLES = 100
 LOOKUP_CONNECTIONS = 8
 # Not a server: the COPY limit is measured from this process (bench/copy_limit.py).
 COPY = "copy"
+# The service with the change feed's triggers off: what its writes cost without it.
+FEED_OFF = "service, feed off"
 # The floor and the ceiling answer GET /users/{email} only.
 APPS_WITH_ALL_ENDPOINTS = ("service", "tutorial", "peer")
 
@@ -109,7 +111,10 @@ SCENARIOS = (
         title="POST /users",
         unit="req/s",
         hits_only=True,
-        variants=wrk_variants(APPS_WITH_ALL_ENDPOINTS, "create_user.lua"),
+        variants=(
+            *wrk_variants(APPS_WITH_ALL_ENDPOINTS, "create_user.lua"),
+            Variant(label=FEED_OFF, app="service-nofeed", script="create_user.lua"),
+        ),
     ),
     Scenario(
         key="lookup",
@@ -137,6 +142,7 @@ SCENARIOS = (
         hits_only=True,
         variants=(
             *(Variant(label=app, app=app, driver="bulk") for app in APPS_WITH_ALL_ENDPOINTS),
+            Variant(label=FEED_OFF, app="service-nofeed", driver="bulk"),
             Variant(label="COPY limit", app=COPY, driver="copy"),
         ),
     ),

@@ -27,6 +27,8 @@ class App(msgspec.Struct, frozen=True, kw_only=True):
     # The key (in seed.DATABASES) of the database it serves; None for none.
     database: str | None
     env: tuple[tuple[str, str], ...] = ()
+    # Server settings of its connections, as DATABASE_URL query parameters (asyncpg's way).
+    server_settings: str = ""
 
 
 # A fresh bearer token per run, for the service with API_TOKENS set.
@@ -35,6 +37,13 @@ APPS = {
     "service": App(factory="service.app:create_app", database="service"),
     "service-auth": App(
         factory="service.app:create_app", database="service", env=(("API_TOKENS", AUTH_TOKEN),)
+    ),
+    # The service's writes without the change feed: its triggers do not fire on
+    # connections in the replica role, so the writes cost what they did before it.
+    "service-nofeed": App(
+        factory="service.app:create_app",
+        database="service",
+        server_settings="session_replication_role=replica",
     ),
     "tutorial": App(factory="bench.tutorial.app:create_app", database="tutorial"),
     "peer": App(factory="bench.peer:create_app", database="peer"),
@@ -76,7 +85,9 @@ def start(name: str, *, database_url: str | None, workers: int, log_dir: Path) -
     inherited = {key: value for key, value in os.environ.items() if key != "API_TOKENS"}
     env = {**inherited, **dict(app.env), "WEB_CONCURRENCY": str(workers)}
     if database_url is not None:
-        env["DATABASE_URL"] = database_url
+        separator = "&" if "?" in database_url else "?"
+        settings = f"{separator}{app.server_settings}" if app.server_settings else ""
+        env["DATABASE_URL"] = database_url + settings
     # The flags python -m service (the Procfile's web process) gives uvicorn.
     graceful_timeout = Settings().graceful_timeout
     args = uvicorn_args(
