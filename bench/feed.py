@@ -20,8 +20,10 @@ import httpx
 import msgspec
 
 from bench import machine, postgres, seed, servers
+from bench.bulk import run_bulk
 from bench.options import at_least
 from bench.report import bullet_list, markdown_table
+from bench.wrk import run_wrk
 
 BENCH_DIR = Path(__file__).resolve().parent
 DATABASE = "bench_feed"
@@ -40,9 +42,12 @@ READ_RATE = 50_000  # changes/s
 DELIVERY_P50_MS = 10.0
 DELIVERY_P99_MS = 100.0
 IDLE_MB = 50.0
+WRITE_RATIO = 0.85  # of the writes' rate without the feed
+WRITE_CONNECTIONS = 64  # wrk -c of POST /users, as python -m bench
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
+    duration: int
     changes: int
     rounds: int
     polls: int
@@ -56,6 +61,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__)
+    parser.add_argument(
+        "--duration", type=at_least(1), help="seconds of each write measure (10; smoke 1)"
+    )
     parser.add_argument("--changes", type=at_least(1), help="changes to read (100000; smoke 2000)")
     parser.add_argument("--rounds", type=at_least(1), help="rounds of each measure (5; smoke 1)")
     parser.add_argument("--polls", type=at_least(0), help="long-poll consumers (100; smoke 5)")
@@ -76,6 +84,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         return value if value is not None else (quick if smoke else full)
 
     return Options(
+        duration=given(args.duration, 10, 1),
         changes=given(args.changes, 100_000, 2_000),
         rounds=given(args.rounds, 5, 1),
         polls=given(args.polls, 100, 5),
@@ -111,6 +120,22 @@ def fill(url: str, changes: int) -> None:
                 for n in range(start, min(changes, start + BULK))
             ]
             client.post("/users/bulk", json=users).raise_for_status()
+
+
+def write_rates(urls: dict[str, str], duration: int, nonce: str) -> dict[tuple[str, str], float]:
+    """POST /users req/s (wrk, as python -m bench) and bulk rows/s of the service
+    with the feed and without it, taking turns: by (write, app)."""
+    rates = {}
+    for app in urls if nonce[-1] in "02468" else reversed(urls):
+        created = run_wrk(
+            urls[app], "create_user.lua", ("0", f"{nonce}{app}"),
+            duration=duration, connections=WRITE_CONNECTIONS,
+        )  # fmt: skip
+        rates["POST /users req/s", app] = created.rps
+    for app in urls if nonce[-1] in "13579" else reversed(urls):
+        loaded = run_bulk(urls[app], duration=duration, nonce=f"{nonce}{app}")
+        rates["POST /users/bulk rows/s", app] = loaded.rows_per_second
+    return rates
 
 
 def read_rate(url: str, changes: int) -> float:
@@ -260,6 +285,7 @@ async def idle_cost(service: servers.Server, database_url: str, polls: int) -> t
 
 class Figures(msgspec.Struct, kw_only=True):
     read_rates: list[float]
+    writes: list[dict[tuple[str, str], float]]  # each round's, by (write, app)
     delivery_p50: list[float]
     delivery_p99: list[float]
     kinds_p99: list[tuple[float, float]]
@@ -274,8 +300,9 @@ def measure(options: Options, logs: Path) -> Figures:
         url = seed.database_url(server_url, DATABASE)
         asyncio.run(seed.recreate_databases(server_url, [DATABASE]))
         seed.migrate_service(url)
+        apps = ["service", "service-nofeed"]
         with servers.running(
-            ["service"], database_urls={"service": url}, workers=1, log_dir=logs
+            apps, database_urls={"service": url}, workers=1, log_dir=logs
         ) as running:
             service = running["service"]
             print(f"filling the feed with {options.changes:,} changes", flush=True)
@@ -299,9 +326,20 @@ def measure(options: Options, logs: Path) -> Figures:
                     flush=True,
                 )
             idle_mb, idle_connections = asyncio.run(idle_cost(service, url, options.idle))
+            # Last, as they add changes by the thousand.
+            writes = []
+            for round_number in range(1, options.rounds + 1):
+                urls = {app: running[app].url for app in apps}
+                writes.append(write_rates(urls, options.duration, f"w{round_number}"))
+                print(
+                    f"  round {round_number}: "
+                    + ", ".join(f"{w} {app} {rate:,.0f}" for (w, app), rate in writes[-1].items()),
+                    flush=True,
+                )
         version = asyncio.run(seed.server_version(url))
     return Figures(
         read_rates=read_rates,
+        writes=writes,
         delivery_p50=p50s,
         delivery_p99=p99s,
         kinds_p99=kinds,
@@ -349,6 +387,17 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
             verdict(figures.idle_connections <= 0),
         ),
     ]
+    for index, write in enumerate(("POST /users req/s", "POST /users/bulk rows/s")):
+        with_feed = statistics.median(rates[write, "service"] for rates in figures.writes)
+        without = statistics.median(rates[write, "service-nofeed"] for rates in figures.writes)
+        rows.insert(
+            index,
+            (
+                f"{write} with the feed, against without (at least {WRITE_RATIO}x)",
+                f"{with_feed / without:.2f}x ({with_feed:,.0f} vs {without:,.0f})",
+                verdict(with_feed / without >= WRITE_RATIO),
+            ),
+        )
     versions = {
         "Python": platform.python_version(),
         **{name: machine.package_version(name) for name in ("uvicorn", "starlette", "asyncpg")},
@@ -364,6 +413,12 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         "machine. Each figure is the median of "
         f"{options.rounds} rounds.",
         "",
+        "- **Write cost.** `POST /users` from wrk (`-c 64`, `create_user.lua`, as "
+        "`python -m bench`) and bulk loads of 10,000 users (`bulk.py`), each "
+        f"{options.duration} s, against the service and against the same service on "
+        "connections in PostgreSQL's `replica` session role, where the feed's triggers do not "
+        "fire (`service-nofeed`): the writes as they cost before the feed. Both on the same "
+        "table, taking turns, after the measures below.",
         f"- **Read rate.** The feed holds {options.changes:,} changes, made by "
         f"`POST /users/bulk` of {BULK:,} users each. One consumer pages through all of them "
         f"with `limit={READ_LIMIT}` over one keep-alive connection, decoding every page.",
