@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import shlex
 import statistics
 import sys
@@ -398,11 +397,6 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
                 verdict(with_feed / without >= WRITE_RATIO),
             ),
         )
-    versions = {
-        "Python": platform.python_version(),
-        **{name: machine.package_version(name) for name in ("uvicorn", "starlette", "asyncpg")},
-        "PostgreSQL": figures.postgres,
-    }
     lines = [
         "# Change feed benchmark",
         "",
@@ -457,7 +451,7 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         "",
         bullet_list(machine.describe_machine()),
         "",
-        bullet_list(versions),
+        bullet_list(machine.describe_versions(figures.postgres)),
         "",
     ]
     options.out.write_text("\n".join(lines))

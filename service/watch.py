@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 
 import asyncpg
 
@@ -91,9 +92,16 @@ class Watch:
         if reading is None:
             reading = asyncio.ensure_future(queries.changes_after(self._db, position, limit))
             self._reads[key] = reading
-            reading.add_done_callback(lambda _: self._reads.pop(key, None))
+            reading.add_done_callback(partial(self._read, key))
         # One consumer gone (cancelled) does not cancel the others' read.
         return await asyncio.shield(reading)
+
+    def _read(
+        self, key: tuple[Position, int], reading: asyncio.Future[list[ChangeRow] | None]
+    ) -> None:
+        del self._reads[key]
+        if not reading.cancelled():
+            reading.exception()  # seen, should every consumer of a failed read be gone
 
     async def _poll(self) -> None:
         while True:
