@@ -151,6 +151,18 @@ FROM (
 WHERE idempotency_keys.caller = named.caller AND idempotency_keys.key = named.key
   AND named.id IS NOT NULL;
 
+-- The emails a stored 409 names (its `conflicts`), as email identities
+-- (lower()), so that deleting a user with one of them scrubs the answer: null
+-- for answers that name none.
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS emails text[];
+-- The 409s stored before the column came. A no-op once each has its emails.
+UPDATE idempotency_keys SET emails = ARRAY(
+    SELECT lower(email)
+    FROM jsonb_array_elements_text(convert_from(body, 'UTF8')::jsonb -> 'conflicts') AS email
+)
+WHERE status = 409 AND emails IS NULL
+  AND jsonb_typeof(convert_from(body, 'UTF8')::jsonb -> 'conflicts') = 'array';
+
 -- The change feed (GET /users/changes): every committed write to users, one
 -- row a user, written by the triggers below in the write's own statement.
 --
@@ -267,6 +279,8 @@ ALTER INDEX users_search_trgm ALTER COLUMN 1 SET STATISTICS 1000;
 -- Serves the scrubbing of the stored answers that show a deleted user.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_user_id ON idempotency_keys (user_id)
     WHERE user_id IS NOT NULL;
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_emails ON idempotency_keys
+    USING gin (emails) WHERE emails IS NOT NULL;
 
 -- Serves created_after and created_before when the range is narrow.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS users_created_at ON users (created_at);

@@ -74,10 +74,11 @@ async def answer_once(
                     422, "This Idempotency-Key was used with another request body or path"
                 )
             return replay(stored)
+        emails = None
         try:
             response = await write(conn)
         except ProblemError as error:
-            response = problem_response(error)
+            response, emails = problem_response(error), error.conflicts
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in response.raw_headers
@@ -85,7 +86,7 @@ async def answer_once(
         ]
         answer = StoredAnswer(
             route, fingerprint, response.status_code, headers, bytes(response.body),
-            user_id=shown_user(headers),
+            user_id=shown_user(headers), emails=emails,
         )  # fmt: skip
         await queries.store_answer(conn, caller, key, answer, ttl)
         await queries.purge_expired_keys(conn)
@@ -113,6 +114,19 @@ FORGOTTEN = StoredAnswer(
             ProblemError(410, "The user this request created has since been deleted")
         ).body
     ),
+)
+
+
+# What a stored 409 becomes when a user with an email it names is deleted:
+# the same refusal, naming no email.
+UNNAMED = bytes(
+    problem_response(
+        ProblemError(
+            409,
+            "Emails repeated or already existed; nothing was inserted. The answer no longer "
+            "names them: a user with one of them has since been deleted",
+        )
+    ).body
 )
 
 

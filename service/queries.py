@@ -176,17 +176,21 @@ WHERE NOT EXISTS (SELECT FROM changed)
 # The answers stored for the user's create (Idempotency-Key) are replaced in
 # the same statement by $6, $7 and $8, which show no trace of the user; the
 # fingerprint, a digest of the request body, goes too, so a retry of the key
-# gets that answer whatever its body.
+# gets that answer whatever its body. Stored 409s that name the user's email
+# keep their status, and their body becomes $9, which names no email.
 DELETE_USER = """
 WITH deleted AS (
     DELETE FROM users
     WHERE (lower(email) = $1 OR public_id = $2)
       AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-    RETURNING public_id
+    RETURNING public_id, lower(email) AS email_key
 ), scrubbed AS (
     UPDATE idempotency_keys
     SET status = $6, headers = $7::jsonb, body = $8, fingerprint = '', user_id = NULL
     WHERE user_id IN (SELECT public_id FROM deleted)
+), unnamed AS (
+    UPDATE idempotency_keys SET body = $9, emails = NULL
+    WHERE emails && ARRAY(SELECT email_key FROM deleted)
 )
 SELECT count(*) FROM deleted
 """
@@ -211,12 +215,13 @@ WHERE caller = $1 AND key = $2 AND expires_at > now()
 # An expired row of the same key, not yet purged, is replaced.
 STORE_ANSWER = """
 INSERT INTO idempotency_keys
-    (caller, key, route, fingerprint, status, headers, body, expires_at, user_id)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8), $9)
+    (caller, key, route, fingerprint, status, headers, body, expires_at, user_id, emails)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, now() + make_interval(secs => $8), $9,
+    (SELECT array_agg(lower(email)) FROM unnest($10::text[]) AS email))
 ON CONFLICT (caller, key) DO UPDATE SET
     route = excluded.route, fingerprint = excluded.fingerprint, status = excluded.status,
     headers = excluded.headers, body = excluded.body, created_at = now(),
-    expires_at = excluded.expires_at, user_id = excluded.user_id
+    expires_at = excluded.expires_at, user_id = excluded.user_id, emails = excluded.emails
 """
 
 # At most PURGE_BATCH expired keys a keyed write, skipping rows another
@@ -524,15 +529,16 @@ UPDATE_ATTEMPTS = 3
 
 
 async def delete_user(
-    db: Executor, key: UserKey, condition: Condition, *, forgotten: StoredAnswer
+    db: Executor, key: UserKey, condition: Condition, *, forgotten: StoredAnswer, unnamed: bytes
 ) -> bool:
     """Whether a user was deleted: False when none has the key or the condition failed.
 
-    The answers stored for its create become `forgotten`'s status, headers and body.
+    The answers stored for its create become `forgotten`'s status, headers and
+    body; the stored 409s that name its email get the body `unnamed`.
     """
     deleted = await db.fetchval(
         DELETE_USER, *key, *condition_arguments(condition), forgotten.status,
-        encode_headers(forgotten.headers), forgotten.body,
+        encode_headers(forgotten.headers), forgotten.body, unnamed,
     )  # fmt: skip
     return deleted == 1
 
@@ -639,6 +645,7 @@ class StoredAnswer(NamedTuple):
     headers: list[tuple[str, str]]
     body: bytes
     user_id: UUID | None = None  # the user it shows, if any
+    emails: list[str] | None = None  # the emails a 409 names, if any
 
 
 def encode_headers(headers: list[tuple[str, str]]) -> str:
@@ -666,7 +673,7 @@ async def store_answer(
 ) -> None:
     await conn.execute(
         STORE_ANSWER, caller, key, answer.route, answer.fingerprint, answer.status,
-        encode_headers(answer.headers), answer.body, float(ttl), answer.user_id,
+        encode_headers(answer.headers), answer.body, float(ttl), answer.user_id, answer.emails,
     )  # fmt: skip
 
 

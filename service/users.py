@@ -505,8 +505,11 @@ async def update_user(request: Request) -> Response:
 async def delete_user(request: Request) -> Response:
     key = path_user(request)
     condition = write_condition(request)
-    forgotten = idempotency.FORGOTTEN
-    if not await queries.delete_user(db_of(request), key, condition, forgotten=forgotten):
+    forgotten, unnamed = idempotency.FORGOTTEN, idempotency.UNNAMED
+    deleted = await queries.delete_user(
+        db_of(request), key, condition, forgotten=forgotten, unnamed=unnamed
+    )
+    if not deleted:
         raise await failed_write(request, key)
     metrics.USERS_DELETED.inc()
     return Response(status_code=204)

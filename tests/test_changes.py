@@ -432,11 +432,22 @@ async def test_a_deleted_user_is_nowhere_in_a_dump_of_the_database(
     assert created.status_code == 201
     await client.patch(f"/users/{email}", json={"name": name + " Jr"})
     await client.post("/users", json={"name": "Other", "email": "other@example.org"})
+    # Keyed creates refused over the email: their stored 409s name it.
+    duplicate = {"name": "Imposter", "email": email.upper()}
+    refused = await client.post("/users", json=duplicate, headers={"Idempotency-Key": "dup"})
+    assert assert_problem(refused, 409)["conflicts"] == [email.upper()]
+    bulk = [{"name": "Bo", "email": "bo@example.org"}, duplicate]
+    refused = await client.post("/users/bulk", json=bulk, headers={"Idempotency-Key": "dup-bulk"})
+    assert assert_problem(refused, 409)["conflicts"] == [email.upper()]
     assert (await client.delete(f"/users/{email}")).status_code == 204
     dump = pg_dump(database_url)
     assert "other@example.org" in dump  # the dump holds the data
+    # The stored answers' bodies are in it too, as hex: the 409s, unnamed.
+    assert b"The answer no longer names them".hex() in dump
     for text in (name, email, secret, email.split("@")[0]):
-        assert text not in dump
+        for spelt in (text, text.upper()):
+            assert spelt not in dump
+            assert spelt.encode().hex() not in dump
     # The feed keeps the deletion, by id alone.
     body = await first_page(client, count=2)
     deleted = [c for c in body["changes"] if c["type"] == "deleted"]
@@ -452,6 +463,11 @@ async def test_a_deleted_user_is_nowhere_in_a_dump_of_the_database(
     assert_problem(retry, 410)
     assert retry.headers["idempotent-replayed"] == "true"
     assert (await client.get(f"/users/{email}")).status_code == 404
+    # Retries of the refused ones are refused still, naming no email.
+    for path, body, key in (("/users", duplicate, "dup"), ("/users/bulk", bulk, "dup-bulk")):
+        retry = await client.post(path, json=body, headers={"Idempotency-Key": key})
+        assert "conflicts" not in assert_problem(retry, 409)
+        assert retry.headers["idempotent-replayed"] == "true"
 
 
 def pg_dump(database_url: str) -> str:

@@ -13,6 +13,7 @@ from tests.conftest import connect
 SEARCH_INDEXES = [
     "users_search_trgm",
     "idempotency_keys_user_id",
+    "idempotency_keys_emails",
     "users_created_at",
     "users_attributes",
     "users_disabled",
@@ -26,6 +27,11 @@ WHERE c.relname = ANY($1::text[]) ORDER BY c.relname
 
 async def indexes(conn: asyncpg.Connection) -> list[tuple[str, int, bool, bool]]:
     return [tuple(row) for row in await conn.fetch(INDEXES, SEARCH_INDEXES)]
+
+
+async def kinds(conn: asyncpg.Connection, name: str) -> tuple[bool, bool]:
+    """Whether the index `name` is valid, and whether it is unique."""
+    return {index: (valid, unique) for index, _, valid, unique in await indexes(conn)}[name]
 
 
 def test_schema_builds_its_search_indexes_outside_the_transaction() -> None:
@@ -43,6 +49,7 @@ async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
     try:
         built = await indexes(conn)
         assert [(name, valid) for name, _, valid, _ in built] == [
+            ("idempotency_keys_emails", True),
             ("idempotency_keys_user_id", True),
             ("users_attributes", True),
             ("users_created_at", True),
@@ -51,6 +58,26 @@ async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
         ]
         await migrate(fresh_database_url)
         assert await indexes(conn) == built  # the same indexes, not rebuilt
+    finally:
+        await conn.close()
+
+
+async def test_migrate_names_the_emails_of_409s_stored_before_it_could(
+    fresh_database_url: str,
+) -> None:
+    await migrate(fresh_database_url)
+    conn = await connect(fresh_database_url)
+    try:
+        # As the release before stored them: no emails column to fill.
+        await conn.execute(
+            "INSERT INTO idempotency_keys (caller, key, route, fingerprint, status, headers, "
+            "body, expires_at) VALUES ('', $1, '/users/bulk', '', $2, '[]', $3, now() + '1 day')"
+            " , ('', 'created', '/users', '', 201, '[]', '{}', now() + '1 day')",
+            "refused", 409, b'{"status":409,"conflicts":["Ann@X.io","bo@x.io"]}',
+        )  # fmt: skip
+        await migrate(fresh_database_url)
+        named = dict(await conn.fetch("SELECT key, emails FROM idempotency_keys"))
+        assert named == {"refused": ["ann@x.io", "bo@x.io"], "created": None}
     finally:
         await conn.close()
 
@@ -71,12 +98,10 @@ async def test_migrate_rebuilds_an_index_an_interrupted_build_left_invalid(
             await conn.execute(
                 "CREATE UNIQUE INDEX CONCURRENTLY users_created_at ON users (created_at)"
             )
-        [_, _, (_, _, valid, unique), _, _] = await indexes(conn)
-        assert (valid, unique) == (False, True)
+        assert await kinds(conn, "users_created_at") == (False, True)  # invalid, unique
 
         await migrate(fresh_database_url)
-        [_, _, (_, _, valid, unique), _, _] = await indexes(conn)
-        assert (valid, unique) == (True, False)
+        assert await kinds(conn, "users_created_at") == (True, False)
     finally:
         await conn.close()
 
