@@ -76,7 +76,8 @@ async def test_migrate_names_the_emails_of_409s_stored_before_it_could(
             "refused", 409, b'{"status":409,"conflicts":["Ann@X.io","bo@x.io"]}',
         )  # fmt: skip
         await migrate(fresh_database_url)
-        named = dict(await conn.fetch("SELECT key, emails FROM idempotency_keys"))
+        rows = await conn.fetch("SELECT key, emails FROM idempotency_keys")
+        named = {row["key"]: row["emails"] for row in rows}
         assert named == {"refused": ["ann@x.io", "bo@x.io"], "created": None}
     finally:
         await conn.close()
