@@ -37,6 +37,11 @@ ALTER TABLE users
     ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'active',
     ADD COLUMN IF NOT EXISTS attributes jsonb NOT NULL DEFAULT '{}';
 
+-- Added in the fourth release: the id a SCIM provider (Okta, Entra ID) keeps
+-- for the user, its externalId; null for users made otherwise. No default:
+-- adding it rewrites nothing.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS external_id text;
+
 -- The rules of attributes (service/schemas.py): at most 50 names of 1 to 64
 -- characters [a-z0-9_.-] starting with a letter, each a string of at most
 -- 1,000 characters without control characters or bidi overrides, and at most
@@ -114,6 +119,13 @@ DO $$ BEGIN
         ALTER TABLE users ADD CONSTRAINT users_attributes_valid
             CHECK (attributes = '{}' OR attributes_valid(attributes)) NOT VALID;
         COMMENT ON CONSTRAINT users_attributes_valid ON users IS 'version 1';
+    END IF;
+    IF obj_description((SELECT oid FROM pg_constraint WHERE conrelid = 'users'::regclass
+            AND conname = 'users_external_id_valid'), 'pg_constraint') IS DISTINCT FROM 'version 1' THEN
+        ALTER TABLE users DROP CONSTRAINT IF EXISTS users_external_id_valid;
+        ALTER TABLE users ADD CONSTRAINT users_external_id_valid
+            CHECK (char_length(external_id) BETWEEN 1 AND 255) NOT VALID;
+        COMMENT ON CONSTRAINT users_external_id_valid ON users IS 'version 1';
     END IF;
 END $$;
 
@@ -279,6 +291,9 @@ ALTER INDEX users_search_trgm ALTER COLUMN 1 SET STATISTICS 1000;
 -- Serves the scrubbing of the stored answers that show a deleted user.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_user_id ON idempotency_keys (user_id)
     WHERE user_id IS NOT NULL;
+-- One user per externalId, when set; serves SCIM's filter externalId eq.
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_external_id_key ON users (external_id)
+    WHERE external_id IS NOT NULL;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_emails ON idempotency_keys
     USING gin (emails) WHERE emails IS NOT NULL;
 
@@ -307,3 +322,5 @@ ALTER TABLE users VALIDATE CONSTRAINT users_email_valid;
 ALTER TABLE users VALIDATE CONSTRAINT users_status_valid;
 
 ALTER TABLE users VALIDATE CONSTRAINT users_attributes_valid;
+
+ALTER TABLE users VALIDATE CONSTRAINT users_external_id_valid;

@@ -24,6 +24,8 @@ from service.logs import configure_logging
 from service.lookups import Creates, Reads
 from service.replicas import open_replicas
 from service.schemas import UUID_PATTERN
+from service.scim import discovery
+from service.scim import users as scim_users
 from service.settings import Settings, SettingsError
 from service.watch import Watch
 
@@ -77,6 +79,21 @@ routes = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    # SCIM 2.0 for identity providers (service/scim); its discovery documents
+    # it, so /openapi.json leaves it out.
+    Route("/scim/v2/Users", scim_users.list_users, methods=["GET"]),
+    Route("/scim/v2/Users", scim_users.create_user, methods=["POST"]),
+    Route("/scim/v2/Users/.search", scim_users.search_users, methods=["POST"]),
+    Route("/scim/v2/.search", scim_users.search_users, methods=["POST"]),
+    Route("/scim/v2/Users/{id}", scim_users.get_user, methods=["GET"]),
+    Route("/scim/v2/Users/{id}", scim_users.replace_user, methods=["PUT"]),
+    Route("/scim/v2/Users/{id}", scim_users.patch_user, methods=["PATCH"]),
+    Route("/scim/v2/Users/{id}", scim_users.delete_user, methods=["DELETE"]),
+    Route("/scim/v2/ServiceProviderConfig", discovery.service_provider_config, methods=["GET"]),
+    Route("/scim/v2/ResourceTypes", discovery.resource_types, methods=["GET"]),
+    Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"]),
+    Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"]),
+    Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"]),
 ]
 
 

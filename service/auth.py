@@ -1,4 +1,4 @@
-"""Bearer tokens for the /users endpoints, when API_TOKENS is set."""
+"""Bearer tokens for the /users and /scim/v2 endpoints, when API_TOKENS is set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.types import Scope
 
 from service.problems import ProblemError
 
-PROTECTED_PREFIX = "/users"
+PROTECTED_PREFIXES = ("/users", "/scim/")
 
 
 def digest(token: bytes) -> bytes:
@@ -17,14 +17,14 @@ def digest(token: bytes) -> bytes:
 
 
 class BearerTokens:
-    """Refuses with 401 a /users request without one of the configured tokens."""
+    """Refuses with 401 a /users or /scim/ request without one of the configured tokens."""
 
     def __init__(self, tokens: tuple[str, ...]) -> None:
         # Digests, so that comparing them cannot reveal a token's length.
         self.digests = [digest(token.encode()) for token in tokens]
 
     def check(self, scope: Scope) -> None:
-        if scope["path"].startswith(PROTECTED_PREFIX) and not self.authorized(scope):
+        if scope["path"].startswith(PROTECTED_PREFIXES) and not self.authorized(scope):
             raise ProblemError(
                 401,
                 "A valid bearer token is required",

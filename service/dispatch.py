@@ -21,6 +21,7 @@ from service.auth import BearerTokens
 from service.logs import request_id, route_template
 from service.observe import Observer, request_id_of
 from service.problems import ProblemError, handler_for, problem_response
+from service.scim.errors import as_scim, is_scim
 from service.settings import Settings
 
 logger = logging.getLogger("service.requests")
@@ -137,11 +138,15 @@ class Dispatch:
         raise HTTPException(404)
 
     async def problem(self, request: Request, exc: BaseException) -> Response:
-        """The problem an exception stands for; any exception unforeseen is a logged 500."""
+        """The problem an exception stands for, as SCIM's error under /scim/; any
+        exception unforeseen is a logged 500."""
         handler = handler_for(exc)
         if handler is not None:
-            return await handler(request, exc)
-        logger.error(
-            "unexpected error on %s %s", request.method, route_template(request.scope), exc_info=exc
-        )
-        return problem_response(ProblemError(500, "An unexpected error occurred"))
+            response = await handler(request, exc)
+        else:
+            logger.error(
+                "unexpected error on %s %s",
+                request.method, route_template(request.scope), exc_info=exc,
+            )  # fmt: skip
+            response = problem_response(ProblemError(500, "An unexpected error occurred"))
+        return as_scim(response, exc) if is_scim(request) else response

@@ -19,7 +19,7 @@ MIGRATION_LOCK_KEY = 7_262_100_001
 LOCK_POLL_SECONDS = 0.2
 # In schema.sql, the line after which each statement builds an index concurrently.
 CONCURRENT_MARKER = re.compile(r"^-- concurrently:", re.MULTILINE)
-INDEX_NAME = re.compile(r"CREATE INDEX CONCURRENTLY IF NOT EXISTS (\w+)")
+INDEX_NAME = re.compile(r"CREATE (?:UNIQUE )?INDEX CONCURRENTLY IF NOT EXISTS (\w+)")
 
 # A DO block, sent whole by the simple protocol: a transaction that ran a
 # statement through the extended protocol keeps its snapshot while it stays

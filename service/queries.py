@@ -235,6 +235,42 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 """
 
 
+# SCIM (service/scim): the user with its externalId, which the native API
+# does not show. A list's count comes with its page, in one snapshot.
+SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
+SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS}", SCIM_COLUMNS)
+SCIM_CREATE = """
+INSERT INTO users (name, email, status, external_id) VALUES ($1, $2, $3, $4)
+RETURNING {COLUMNS}
+""".replace("{COLUMNS}", SCIM_COLUMNS)
+# A write of the whole user, made only if it is still at the version read
+# ($6) and meets If-Match ($7-$9), and only if it changes something.
+SCIM_REPLACE = """
+WITH changed AS (
+    UPDATE users SET (name, email, status, external_id) = ($2, $3, $4, $5),
+        updated_at = now(), version = version + 1
+    WHERE public_id = $1 AND version = $6
+      AND ($7 OR (public_id, version) IN (SELECT * FROM unnest($8::uuid[], $9::bigint[])))
+      AND (name, email, status, external_id) IS DISTINCT FROM ($2, $3, $4, $5)
+    RETURNING {COLUMNS}
+)
+SELECT * FROM changed
+UNION ALL
+SELECT {COLUMNS} FROM users
+WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $6
+  AND ($7 OR (public_id, version) IN (SELECT * FROM unnest($8::uuid[], $9::bigint[])))
+  AND (name, email, status, external_id) IS NOT DISTINCT FROM ($2, $3, $4, $5)
+""".replace("{COLUMNS}", SCIM_COLUMNS)
+SCIM_PAGE = """
+SELECT {COLUMNS}, count(*) OVER () AS total FROM users
+WHERE {where}
+ORDER BY {order}
+OFFSET ${offset} LIMIT ${limit}
+""".replace("{COLUMNS}", SCIM_COLUMNS)
+SCIM_COUNT = "SELECT count(*) FROM users WHERE {where}"
+
+
 # The change feed: positions are (xid, seq), see schema.sql's user_changes.
 # A page holds only changes of transactions below the snapshot's xmin: all
 # of them have ended, and none that ends later can fall behind the page.
@@ -319,10 +355,14 @@ class Filters(NamedTuple):
     attributes: dict[str, str] | None = None  # each name with this value
 
 
+def like_escaped(text: str) -> str:
+    """Text in a LIKE pattern, every character of it matching itself."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def like_pattern(text: str) -> str:
     """A LIKE pattern matching text anywhere, every character of it literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return f"%{like_escaped(text)}%"
 
 
 def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[object]]:

@@ -164,9 +164,9 @@ async def test_concurrent_migrations_both_succeed(fresh_database_url: str) -> No
     conn = await connect(fresh_database_url)
     try:
         indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'users'")
-        # The primary key, the unique lower(email) and id indexes, search, created_at,
-        # attributes and disabled users.
-        assert indexes == 7
+        # The primary key, the unique lower(email), id and externalId indexes, search,
+        # created_at, attributes and disabled users.
+        assert indexes == 8
     finally:
         await conn.close()
 

@@ -13,6 +13,7 @@ from tests.conftest import connect
 SEARCH_INDEXES = [
     "users_search_trgm",
     "idempotency_keys_user_id",
+    "users_external_id_key",
     "idempotency_keys_emails",
     "users_created_at",
     "users_attributes",
@@ -54,6 +55,7 @@ async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
             ("users_attributes", True),
             ("users_created_at", True),
             ("users_disabled", True),
+            ("users_external_id_key", True),
             ("users_search_trgm", True),
         ]
         await migrate(fresh_database_url)

@@ -1,0 +1,164 @@
+"""SCIM discovery (RFC 7644 §4): what the service supports, and the User schema it keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.scim.errors import ScimError
+from service.scim.resources import LIST_RESPONSE, MAX_EXTERNAL_ID_LENGTH, USER_SCHEMA
+from service.scim.users import MAX_COUNT, scim_response
+
+SERVICE_PROVIDER_CONFIG = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
+RESOURCE_TYPE = "urn:ietf:params:scim:schemas:core:2.0:ResourceType"
+SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Schema"
+
+
+def attribute(name: str, kind: str = "string", **overrides: Any) -> dict[str, Any]:
+    """An attribute of the schema, with RFC 7643 §7's defaults."""
+    return {
+        "name": name,
+        "type": kind,
+        "multiValued": False,
+        "description": "",
+        "required": False,
+        "caseExact": False,
+        "mutability": "readWrite",
+        "returned": "default",
+        "uniqueness": "none",
+        **overrides,
+    }
+
+
+# Exactly what the service keeps: userName and the one work email are the
+# user's email, displayName and name.formatted its name, active its status.
+USER_ATTRIBUTES = [
+    attribute(
+        "userName",
+        required=True,
+        uniqueness="server",
+        description="The user's email: unique regardless of letter case. The same value as "
+        "the primary work email; changing either changes both.",
+    ),
+    attribute(
+        "externalId",
+        caseExact=True,
+        uniqueness="server",
+        description=f"The provider's id of the user: 1 to {MAX_EXTERNAL_ID_LENGTH} characters, "
+        "unique when set.",
+    ),
+    # Every user has a name, an email and a status: these are required, in the
+    # sense that the service always holds a value (a create may leave the
+    # name out: it is then the email), and none can be removed.
+    attribute(
+        "displayName",
+        required=True,
+        description="The user's name, 1 to 200 characters; the same value as name.formatted.",
+    ),
+    attribute(
+        "name",
+        "complex",
+        required=True,
+        description="The user's name. givenName and familyName are accepted and not kept.",
+        subAttributes=[attribute("formatted", description="The same value as displayName.")],
+    ),
+    attribute(
+        "emails",
+        "complex",
+        multiValued=True,
+        required=True,
+        description="One email, the user's email, as userName; always of type work, and primary.",
+        subAttributes=[
+            attribute("value", required=True),
+            # Constants, so shown only when asked for (attributes=emails.type).
+            attribute("type", mutability="readOnly", returned="request", canonicalValues=["work"]),
+            attribute("primary", "boolean", mutability="readOnly", returned="request"),
+        ],
+    ),
+    attribute("active", "boolean", required=True, description="false for a disabled user."),
+]
+
+
+def meta(request: Request, kind: str, path: str) -> dict[str, str]:
+    return {"resourceType": kind, "location": f"{str(request.base_url).rstrip('/')}/scim/v2/{path}"}
+
+
+def user_schema(request: Request) -> dict[str, Any]:
+    return {
+        "schemas": [SCHEMA],
+        "id": USER_SCHEMA,
+        "name": "User",
+        "description": "A user of the service",
+        "attributes": USER_ATTRIBUTES,
+        "meta": meta(request, "Schema", f"Schemas/{USER_SCHEMA}"),
+    }
+
+
+def user_type(request: Request) -> dict[str, Any]:
+    return {
+        "schemas": [RESOURCE_TYPE],
+        "id": "User",
+        "name": "User",
+        "endpoint": "/Users",
+        "description": "A user of the service",
+        "schema": USER_SCHEMA,
+        "schemaExtensions": [],
+        "meta": meta(request, "ResourceType", "ResourceTypes/User"),
+    }
+
+
+def listed(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schemas": [LIST_RESPONSE],
+        "totalResults": len(resources),
+        "startIndex": 1,
+        "itemsPerPage": len(resources),
+        "Resources": resources,
+    }
+
+
+async def service_provider_config(request: Request) -> Response:
+    return scim_response(
+        {
+            "schemas": [SERVICE_PROVIDER_CONFIG],
+            "documentationUri": f"{str(request.base_url).rstrip('/')}/openapi.json",
+            "patch": {"supported": True},
+            "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": True, "maxResults": MAX_COUNT},
+            "changePassword": {"supported": False},
+            "sort": {"supported": True},
+            "etag": {"supported": True},
+            "authenticationSchemes": [
+                {
+                    "type": "oauthbearertoken",
+                    "name": "Bearer token",
+                    "description": "One of the service's API_TOKENS, as for /users; none "
+                    "when the service has no API_TOKENS.",
+                    "primary": True,
+                }
+            ],
+            "meta": meta(request, "ServiceProviderConfig", "ServiceProviderConfig"),
+        }
+    )
+
+
+async def resource_types(request: Request) -> Response:
+    return scim_response(listed([user_type(request)]))
+
+
+async def resource_type(request: Request) -> Response:
+    if request.path_params["id"] != "User":
+        raise ScimError(404, "The service has one resource type: User")
+    return scim_response(user_type(request))
+
+
+async def schemas(request: Request) -> Response:
+    return scim_response(listed([user_schema(request)]))
+
+
+async def schema(request: Request) -> Response:
+    if request.path_params["id"] != USER_SCHEMA:
+        raise ScimError(404, f"The service has one schema: {USER_SCHEMA}")
+    return scim_response(user_schema(request))

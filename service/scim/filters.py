@@ -1,0 +1,297 @@
+"""SCIM filters (RFC 7644 §3.4.2.2) on the attributes the service keeps, as SQL on users."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import NamedTuple
+from uuid import UUID
+
+import msgspec
+
+from service.queries import MATCHES, like_escaped
+from service.schemas import email_key
+
+# How deep parentheses, not and value paths may nest: a bound on the parser's
+# recursion, far above what any provider sends.
+MAX_DEPTH = 32
+MAX_LENGTH = 4096
+COMPARISONS = {"eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"}
+ORDERINGS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User:"
+
+_token = re.compile(
+    r"""\s*(?:
+        (?P<string>"(?:[^"\\\x00-\x1f]|\\.)*")
+      | (?P<punct>[()\[\]])
+      | (?P<word>[A-Za-z0-9$_:.+-]+)
+    )""",
+    re.VERBOSE,
+)
+_decode_string = msgspec.json.Decoder(str)
+_decode_instant = msgspec.json.Decoder(datetime)
+
+
+class InvalidFilter(Exception):
+    """A filter this service cannot apply: SCIM's 400 with scimType invalidFilter."""
+
+
+class Token(NamedTuple):
+    kind: str  # "string", "punct", "word" or "end"
+    text: str
+
+
+class Sql(NamedTuple):
+    """A condition on users, its values numbered from $first."""
+
+    text: str
+    arguments: list[object]
+
+
+def tokens(text: str) -> list[Token]:
+    if len(text) > MAX_LENGTH:
+        raise InvalidFilter(f"A filter may be at most {MAX_LENGTH} characters")
+    found: list[Token] = []
+    position = 0
+    while position < len(text):
+        if text[position:].isspace():
+            break
+        match = _token.match(text, position)
+        if match is None:
+            raise InvalidFilter(f"Unexpected character at {position + 1}: {text[position]!r}")
+        kind = match.lastgroup
+        assert kind is not None
+        found.append(Token(kind, match[kind]))
+        position = match.end()
+    return [*found, Token("end", "")]
+
+
+class Attribute(NamedTuple):
+    """A filterable attribute: how it reads in SQL and what values it compares with."""
+
+    column: str  # the SQL of its value; folded to lower case when `folded`
+    kind: str  # "text", "id", "bool" or "instant"
+    # caseExact false (RFC 7643): the column's SQL folds ASCII letters, as
+    # lower() does under the "C" collation, and so is the value compared.
+    folded: bool = False
+    # Part of the text the trigram index serves (queries.SEARCH_TEXT).
+    searched: bool = False
+
+
+# By lower-case path. userName and emails.value are the one email.
+EMAIL = Attribute("lower(email)", "text", folded=True, searched=True)
+NAME = Attribute('lower(name COLLATE "C")', "text", folded=True, searched=True)
+ATTRIBUTES = {
+    "id": Attribute("public_id", "id"),
+    "username": EMAIL,
+    "emails": EMAIL,
+    "emails.value": EMAIL,
+    "externalid": Attribute("external_id", "text"),
+    "displayname": NAME,
+    "name.formatted": NAME,
+    "active": Attribute("status = 'active'", "bool"),
+    "meta.created": Attribute("created_at", "instant"),
+    "meta.lastmodified": Attribute("updated_at", "instant"),
+}
+# The service's one email is of type work, and primary: these sub-attributes
+# compare with constants.
+EMAIL_CONSTANTS = {"emails.type": "work", "emails.primary": True}
+
+
+class Parser:
+    """Recursive descent over the grammar of RFC 7644 §3.4.2.2: or binds
+    loosest, then and, then not; attribute names and keywords in any case."""
+
+    def __init__(self, text: str, first: int) -> None:
+        self.tokens = tokens(text)
+        self.at = 0
+        self.arguments: list[object] = []
+        self.first = first
+        self.depth = 0
+
+    def parse(self) -> Sql:
+        condition = self.disjunction(prefix="")
+        if self.peek().kind != "end":
+            raise InvalidFilter(f"Unexpected {self.peek().text!r}")
+        return Sql(condition, self.arguments)
+
+    def peek(self) -> Token:
+        return self.tokens[self.at]
+
+    def take(self) -> Token:
+        token = self.tokens[self.at]
+        self.at += 1
+        return token
+
+    def keyword(self, *words: str) -> str | None:
+        token = self.peek()
+        if token.kind == "word" and token.text.lower() in words:
+            self.at += 1
+            return token.text.lower()
+        return None
+
+    def expect(self, punct: str) -> None:
+        token = self.take()
+        if token != Token("punct", punct):
+            raise InvalidFilter(f"Expected {punct!r}, found {token.text or 'the end'!r}")
+
+    def nested(self, parse: Callable[[], str]) -> str:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise InvalidFilter(f"A filter may nest at most {MAX_DEPTH} deep")
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
+
+    def disjunction(self, prefix: str) -> str:
+        terms = [self.conjunction(prefix)]
+        while self.keyword("or"):
+            terms.append(self.conjunction(prefix))
+        return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
+
+    def conjunction(self, prefix: str) -> str:
+        terms = [self.negation(prefix)]
+        while self.keyword("and"):
+            terms.append(self.negation(prefix))
+        return terms[0] if len(terms) == 1 else "(" + " AND ".join(terms) + ")"
+
+    def negation(self, prefix: str) -> str:
+        if self.keyword("not"):
+            self.expect("(")
+            inner = self.nested(lambda: self.disjunction(prefix))
+            self.expect(")")
+            return f"NOT coalesce({inner}, false)"
+        if self.peek() == Token("punct", "("):
+            self.take()
+            inner = self.nested(lambda: self.disjunction(prefix))
+            self.expect(")")
+            return inner
+        return self.comparison(prefix)
+
+    def comparison(self, prefix: str) -> str:
+        token = self.take()
+        if token.kind != "word" or token.text.lower() in ("and", "or", "not"):
+            raise InvalidFilter(f"Expected an attribute, found {token.text or 'the end'!r}")
+        path = token.text.lower()
+        if path.startswith(USER_URN.lower()):
+            path = path[len(USER_URN) :]
+        path = prefix + path
+        if self.peek() == Token("punct", "["):
+            # A value path: emails[type eq "work" and value co "x"].
+            if path != "emails" or prefix:
+                raise InvalidFilter(f"{token.text!r} takes no [filter]: it is not emails")
+            self.take()
+            inner = self.nested(lambda: self.disjunction("emails."))
+            self.expect("]")
+            return inner
+        operator = self.take()
+        name = operator.text.lower()
+        if operator.kind != "word" or (name not in COMPARISONS and name != "pr"):
+            raise InvalidFilter(f"Expected an operator after {token.text!r}")
+        if path in EMAIL_CONSTANTS:
+            return self.constant(token.text, name, EMAIL_CONSTANTS[path])
+        attribute = ATTRIBUTES.get(path)
+        if attribute is None:
+            raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + KNOWN)
+        if name == "pr":
+            # Every user has each of them but externalId, which may be null.
+            return f"({attribute.column} IS NOT NULL)"
+        return self.compare(token.text, attribute, name, self.value())
+
+    def value(self) -> object:
+        token = self.take()
+        if token.kind == "string":
+            text = _decode_string.decode(token.text)
+            if "\x00" in text:  # no stored text holds one: PostgreSQL's text cannot
+                raise InvalidFilter("A value may not hold the NUL character")
+            return text
+        text = token.text.lower()
+        if token.kind == "word" and text in ("true", "false"):
+            return text == "true"
+        if token.kind == "word" and text == "null":
+            return None
+        if token.kind == "word" and re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", text):
+            return float(text)
+        raise InvalidFilter(f"Expected a value, found {token.text or 'the end'!r}")
+
+    def argument(self, value: object) -> str:
+        self.arguments.append(value)
+        return f"${self.first + len(self.arguments) - 1}"
+
+    def constant(self, name: str, operator: str, held: object) -> str:
+        """A comparison with a value every user holds: true or false for all."""
+        if operator == "pr":
+            return "true"
+        value = self.value()
+        if operator not in ("eq", "ne") or type(value) is not type(held):
+            raise InvalidFilter(f"{name} takes eq or ne with {msgspec.json.encode(held).decode()}")
+        if isinstance(value, str) and isinstance(held, str):
+            value, held = value.lower(), held.lower()
+        return "true" if (value == held) == (operator == "eq") else "false"
+
+    def compare(self, name: str, attribute: Attribute, operator: str, value: object) -> str:
+        column = attribute.column
+        if value is None:
+            if operator not in ("eq", "ne"):
+                raise InvalidFilter(f"null compares only with eq and ne, not {operator}")
+            return f"({column} IS {'' if operator == 'eq' else 'NOT '}NULL)"
+        if attribute.kind == "bool":
+            if not isinstance(value, bool) or operator not in ("eq", "ne"):
+                raise InvalidFilter(f"{name} takes eq or ne with true or false")
+            return f"(({column}) = {'true' if (value == (operator == 'eq')) else 'false'})"
+        if not isinstance(value, str):
+            raise InvalidFilter(f"{name} compares with a string")
+        if attribute.kind == "id":
+            if operator not in ("eq", "ne"):
+                raise InvalidFilter(f"{name} takes eq or ne")
+            try:
+                user_id = UUID(value)
+            except ValueError:
+                return "false" if operator == "eq" else "true"  # no user has that id
+            return f"({column} {'=' if operator == 'eq' else '<>'} {self.argument(user_id)})"
+        if attribute.kind == "instant":
+            if operator in ("co", "sw", "ew"):
+                raise InvalidFilter(f"{name} takes eq, ne, gt, ge, lt or le")
+            try:
+                instant = _decode_instant.decode(msgspec.json.encode(value))
+            except msgspec.ValidationError:
+                raise InvalidFilter(f"{name} compares with an RFC 3339 date-time") from None
+            if instant.tzinfo is None:
+                raise InvalidFilter(f"{name} compares with a date-time that has an offset")
+            sql = {"eq": "=", "ne": "<>", **ORDERINGS}[operator]
+            return f"({column} {sql} {self.argument(instant)})"
+        return self.compare_text(attribute, operator, value)
+
+    def compare_text(self, attribute: Attribute, operator: str, value: str) -> str:
+        column = attribute.column
+        if attribute.folded:
+            value = email_key(value)
+        if operator in ("co", "sw", "ew"):
+            literal = like_escaped(value)
+            pattern = {"co": f"%{literal}%", "sw": f"{literal}%", "ew": f"%{literal}"}[operator]
+            found = f"({column} LIKE {self.argument(pattern)})"
+            if attribute.searched:
+                # The same text anywhere in the indexed email-and-name: what lets
+                # the trigram index find the few users to check.
+                found = f"({MATCHES.format(self.first + len(self.arguments))} AND {found})"
+                self.arguments.append(f"%{literal}%")
+            return found
+        if operator == "ne":
+            # ne holds for a user without the attribute too (externalId).
+            return f"({column} IS DISTINCT FROM {self.argument(value)})"
+        sql = {"eq": "=", **ORDERINGS}[operator]
+        return f"({column} {sql} {self.argument(value)})"
+
+
+KNOWN = (
+    "id, userName, externalId, displayName, name.formatted, emails (value, type, primary), "
+    "active, meta.created and meta.lastModified"
+)
+
+
+def to_sql(text: str, first: int = 1) -> Sql:
+    """The condition a filter names, its values numbered from $first; InvalidFilter when
+    it is malformed or names an attribute the service does not keep."""
+    return Parser(text, first).parse()

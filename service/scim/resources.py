@@ -1,0 +1,106 @@
+"""The SCIM User resource (RFC 7643 §4.1) as the service keeps it, and its messages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from service.schemas import Email, Name
+
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+SEARCH_REQUEST = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+MEDIA_TYPE = "application/scim+json"
+# An externalId: the provider's own id of the person; at most this long.
+MAX_EXTERNAL_ID_LENGTH = 255
+ExternalId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$"
+    ),
+]
+
+
+class UserName(msgspec.Struct, kw_only=True, omit_defaults=True):
+    formatted: str
+
+
+class UserEmail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    value: str
+    # Returned on request only: every user's one email is of type work, and primary.
+    type: str | None = None
+    primary: bool | None = None
+
+
+class UserMeta(msgspec.Struct, kw_only=True):
+    resourceType: str
+    created: str
+    lastModified: str
+    location: str
+    version: str
+
+
+class ScimUser(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A user as SCIM shows it: userName and the one work email are its email,
+    displayName and name.formatted its name, active its status."""
+
+    schemas: list[str]
+    id: str
+    externalId: str | None = None
+    userName: str
+    displayName: str
+    name: UserName
+    emails: list[UserEmail]
+    active: bool
+    meta: UserMeta
+
+
+# What a provider sends. Attributes the schema does not advertise are ignored
+# (RFC 7643 §3: a service may ignore them), so these Structs take unknown fields.
+class NameIn(msgspec.Struct, kw_only=True):
+    formatted: str | None = None
+    givenName: str | None = None
+    familyName: str | None = None
+
+
+class EmailIn(msgspec.Struct, kw_only=True):
+    value: str | None = None
+    type: str | None = None
+    primary: bool | None = None
+
+
+class UserIn(msgspec.Struct, kw_only=True):
+    """The body of POST /Users and PUT /Users/{id}."""
+
+    schemas: list[str] = []
+    userName: str
+    externalId: str | None = None
+    displayName: str | None = None
+    name: NameIn | None = None
+    emails: list[EmailIn] | None = None
+    active: bool = True
+
+
+class ListResponse(msgspec.Struct, kw_only=True):
+    schemas: list[str]
+    totalResults: int
+    startIndex: int
+    itemsPerPage: int
+    Resources: list[dict[str, object]]
+
+
+class ScimErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    schemas: list[str]
+    status: str  # a string, as RFC 7644 §3.12 writes it
+    detail: str
+    scimType: str | None = None
+
+
+# Checked after decoding, so that a value the service refuses is SCIM's
+# invalidValue naming the attribute, whatever msgspec's message.
+valid_email = msgspec.json.Decoder(Email)
+valid_name = msgspec.json.Decoder(Name)
+valid_external_id = msgspec.json.Decoder(ExternalId)

@@ -1,0 +1,510 @@
+"""/scim/v2/Users: the users as SCIM resources, read and written through the query module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import idempotency, metrics, queries
+from service.bodies import read_body
+from service.conditions import match_condition
+from service.database import Database, db_of
+from service.queries import Condition, UserKey, condition_arguments
+from service.scim import filters
+from service.scim.errors import ScimError
+from service.scim.resources import (
+    LIST_RESPONSE,
+    MEDIA_TYPE,
+    PATCH_OP,
+    SEARCH_REQUEST,
+    USER_SCHEMA,
+    ListResponse,
+    ScimUser,
+    UserEmail,
+    UserIn,
+    UserMeta,
+    UserName,
+    valid_email,
+    valid_external_id,
+    valid_name,
+)
+from service.users import settings_of
+
+DEFAULT_COUNT = 100
+MAX_COUNT = 1000
+MAX_OPERATIONS = 100
+WRITE_ATTEMPTS = 5  # reads and writes of a PATCH or PUT raced by other writes
+# sortBy: the attributes a list may be ordered by, each with a unique tiebreak.
+SORTS = {
+    "username": "lower(email)",
+    "emails": "lower(email)",
+    "emails.value": "lower(email)",
+    "displayname": 'lower(name COLLATE "C"), lower(email)',
+    "name.formatted": 'lower(name COLLATE "C"), lower(email)',
+    "externalid": "external_id, lower(email)",
+    "id": "public_id",
+    "meta.created": "created_at, lower(email)",
+    "meta.lastmodified": "updated_at, lower(email)",
+}
+ALWAYS_RETURNED = {"schemas", "id"}
+
+_encoder = msgspec.json.Encoder()
+_decode_any = msgspec.json.Decoder(dict[str, Any])
+
+
+class State(NamedTuple):
+    """What a SCIM write sets: the columns of the user it may change."""
+
+    name: str
+    email: str
+    status: str
+    external_id: str | None
+
+
+def scim_response(
+    content: object, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_encoder.encode(content), status_code, headers, media_type=MEDIA_TYPE)
+
+
+def location_of(request: Request, user_id: str) -> str:
+    return f"{str(request.base_url).rstrip('/')}/scim/v2/Users/{user_id}"
+
+
+def etag_of(row: asyncpg.Record) -> str:
+    return f'"{row["version"]}-{row["id"]}"'
+
+
+def to_scim(request: Request, row: asyncpg.Record) -> ScimUser:
+    return ScimUser(
+        schemas=[USER_SCHEMA],
+        id=row["id"],
+        externalId=row["external_id"],
+        userName=row["email"],
+        displayName=row["name"],
+        name=UserName(formatted=row["name"]),
+        emails=[UserEmail(value=row["email"])],
+        active=row["status"] == "active",
+        meta=UserMeta(
+            resourceType="User",
+            created=row["created_at"],
+            lastModified=row["updated_at"],
+            location=location_of(request, row["id"]),
+            version=etag_of(row),
+        ),
+    )
+
+
+def user_response(request: Request, row: asyncpg.Record, status_code: int = 200) -> Response:
+    headers = {"ETag": etag_of(row)}
+    if status_code == 201:
+        headers["Location"] = location_of(request, row["id"])
+    return scim_response(to_scim(request, row), status_code, headers)
+
+
+def checked(state: State) -> State:
+    """The state, if the service's rules for users take it; else invalidValue."""
+    for decoder, value, attribute in (
+        (valid_email, state.email, "userName"),
+        (valid_name, state.name, "displayName"),
+        (valid_external_id, state.external_id, "externalId"),
+    ):
+        if value is None:
+            continue
+        try:
+            decoder.decode(_encoder.encode(value))
+        except msgspec.ValidationError as exc:
+            raise ScimError(400, f"{attribute}: {exc}", "invalidValue") from None
+    return state
+
+
+def state_of(body: UserIn) -> State:
+    """The user a POST or PUT body describes. userName is the email; the name is
+    displayName, else name.formatted, else givenName and familyName, else userName."""
+    given = body.name
+    parts = [] if given is None else [p for p in (given.givenName, given.familyName) if p]
+    name = body.displayName or (given and given.formatted) or " ".join(parts) or body.userName
+    status = "active" if body.active else "disabled"
+    return checked(State(name, body.userName, status, body.externalId))
+
+
+def user_id_of(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["id"])
+    except ValueError:
+        raise ScimError(404, "No user has this id") from None
+
+
+def condition_of(request: Request) -> Condition:
+    lines = request.headers.getlist("if-match")
+    return None if not lines else match_condition(", ".join(lines))
+
+
+async def body_of(request: Request) -> bytes:
+    settings = settings_of(request)
+    return bytes(await read_body(request, settings.max_body_bytes, settings.body_timeout))
+
+
+def decoded(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ScimError(400, str(exc), "invalidValue") from None
+    except msgspec.DecodeError as exc:
+        raise ScimError(400, f"Malformed JSON: {exc}", "invalidSyntax") from None
+
+
+# Attribute names are case-insensitive (RFC 7643 §2.1): each spelling of the
+# names the service reads, by its lower case.
+CANONICAL = {
+    name.lower(): name
+    for name in (
+        *("schemas", "userName", "externalId", "displayName", "name", "emails", "active"),
+        *("formatted", "givenName", "familyName", "value", "type", "primary"),
+    )
+}
+
+
+def canonical(value: Any) -> Any:
+    """A body with the attribute names the service reads spelt as its Structs spell them."""
+    if isinstance(value, dict):
+        return {CANONICAL.get(key.lower(), key): canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def user_in(body: bytes) -> UserIn:
+    try:
+        return msgspec.convert(canonical(decoded(_decode_any, body)), UserIn)
+    except msgspec.ValidationError as exc:
+        raise ScimError(400, str(exc), "invalidValue") from None
+
+
+async def create_user(request: Request) -> Response:
+    state = state_of(user_in(await body_of(request)))
+    try:
+        row = await db_of(request).fetchrow(queries.SCIM_CREATE, *state)
+    except asyncpg.UniqueViolationError as exc:
+        raise taken(exc) from None
+    assert row is not None
+    metrics.USERS_CREATED.inc()
+    return user_response(request, row, 201)
+
+
+def taken(exc: asyncpg.UniqueViolationError) -> ScimError:
+    attribute = "externalId" if exc.constraint_name == "users_external_id_key" else "userName"
+    return ScimError(409, f"Another user has this {attribute}", "uniqueness")
+
+
+async def get_user(request: Request) -> Response:
+    row = await db_of(request).fetchrow(queries.SCIM_FIND, user_id_of(request))
+    if row is None:
+        raise ScimError(404, "No user has this id")
+    return scim_response(
+        selected(to_scim(request, row), *attribute_params(request)), headers={"ETag": etag_of(row)}
+    )
+
+
+async def replace_user(request: Request) -> Response:
+    state = state_of(user_in(await body_of(request)))
+    return await write(request, lambda _: state)
+
+
+async def patch_user(request: Request) -> Response:
+    body = decoded(_decode_any, await body_of(request))
+    operations = body.get("Operations")
+    if PATCH_OP not in body.get("schemas", [PATCH_OP]) or not isinstance(operations, list):
+        raise ScimError(400, f"A PATCH is a {PATCH_OP} with a list of Operations", "invalidSyntax")
+    if not 1 <= len(operations) <= MAX_OPERATIONS:
+        raise ScimError(400, f"A PATCH has 1 to {MAX_OPERATIONS} Operations", "invalidValue")
+    return await write(request, lambda state: patched(state, operations))
+
+
+async def write(request: Request, change: Callable[[State], State]) -> Response:
+    """The user read, changed by `change` and written back at the version read,
+    in one statement; read again and changed again when another write came
+    between. If-Match is checked in the same statement."""
+    user_id, condition = user_id_of(request), condition_of(request)
+    db = db_of(request)
+    for _ in range(WRITE_ATTEMPTS):
+        row = await db.fetchrow(queries.SCIM_FIND, user_id)
+        if row is None:
+            raise ScimError(404, "No user has this id")
+        if condition is not None and (UUID(row["id"]), row["version"]) not in condition:
+            raise ScimError(412, "The user has changed: If-Match does not name its version")
+        current = State(row["name"], row["email"], row["status"], row["external_id"])
+        state = checked(change(current))
+        try:
+            written = await db.fetchrow(
+                queries.SCIM_REPLACE,
+                user_id,
+                *state,
+                row["version"],
+                *condition_arguments(condition),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise taken(exc) from None
+        if written is not None:
+            if written["version"] != row["version"]:
+                metrics.USERS_UPDATED.inc()
+            return user_response(request, written)
+    raise queries.Contended
+
+
+async def delete_user(request: Request) -> Response:
+    user_id, condition = user_id_of(request), condition_of(request)
+    deleted = await queries.delete_user(
+        db_of(request), UserKey(None, user_id), condition,
+        forgotten=idempotency.FORGOTTEN, unnamed=idempotency.UNNAMED,
+    )  # fmt: skip
+    if not deleted:
+        exists = await db_of(request).fetchrow(queries.SCIM_FIND, user_id)
+        if exists is None:
+            raise ScimError(404, "No user has this id")
+        raise ScimError(412, "The user has changed: If-Match does not name its version")
+    metrics.USERS_DELETED.inc()
+    return Response(status_code=204)
+
+
+# PATCH (RFC 7644 §3.5.2): each operation applied in turn to the user as read.
+def patched(state: State, operations: list[Any]) -> State:
+    for operation in operations:
+        if not isinstance(operation, dict):
+            raise ScimError(400, "Each operation is an object", "invalidSyntax")
+        op = str(operation.get("op", "")).lower()
+        path = operation.get("path")
+        value = operation.get("value")
+        if op not in ("add", "replace", "remove"):
+            raise ScimError(400, f"Unknown op {operation.get('op')!r}", "invalidSyntax")
+        if path is not None and not isinstance(path, str):
+            raise ScimError(400, "path is a string", "invalidPath")
+        if op == "remove":
+            if path is None:
+                raise ScimError(400, "remove needs a path", "noTarget")
+            state = removed(state, path)
+        elif path is None:
+            if not isinstance(value, dict):
+                raise ScimError(400, f"{op} without a path takes an object", "invalidValue")
+            for attribute, given in value.items():
+                state = assigned(state, attribute, given)
+        else:
+            state = assigned(state, path, value)
+    return state
+
+
+def attribute_path(path: str) -> str:
+    """A path in lower case, without the User schema's URN; value filters on emails
+    that every user's one work email meets are dropped; others are noTarget."""
+    lowered = path.strip().lower()
+    if lowered.startswith(filters.USER_URN.lower()):
+        lowered = lowered[len(filters.USER_URN) :]
+    if lowered.startswith("emails[") and "]" in lowered:
+        inner, _, rest = lowered[len("emails[") :].partition("]")
+        try:
+            condition = filters.to_sql(f"emails[{inner}]").text
+        except filters.InvalidFilter as exc:
+            raise ScimError(400, f"path {path!r}: {exc}", "invalidPath") from None
+        if condition != "true":
+            raise ScimError(
+                400, f"path {path!r} selects no email: the user has one work email", "noTarget"
+            )
+        lowered = "emails" + rest
+    return lowered
+
+
+def text_value(path: str, value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]  # a multi-valued attribute given as one item
+    if isinstance(value, dict) and "value" in value:
+        value = value["value"]
+    if not isinstance(value, str):
+        raise ScimError(400, f"{path} takes a string", "invalidValue")
+    return value
+
+
+def assigned(state: State, path: str, value: Any) -> State:
+    attribute = attribute_path(path)
+    if attribute in ("username", "emails", "emails.value"):
+        if attribute == "emails" and isinstance(value, list):
+            chosen = [
+                v
+                for v in value
+                if isinstance(v, dict) and v.get("primary") in (True, "true", "True")
+            ]
+            value = (chosen or value)[:1]
+        return state._replace(email=text_value(path, value))
+    if attribute in ("displayname", "name.formatted"):
+        return state._replace(name=text_value(path, value))
+    if attribute == "name":
+        if not isinstance(value, dict):
+            raise ScimError(400, "name takes an object", "invalidValue")
+        formatted = value.get("formatted")
+        return (
+            state
+            if formatted is None
+            else state._replace(name=text_value("name.formatted", formatted))
+        )
+    if attribute in ("name.givenname", "name.familyname", "emails.type", "emails.primary"):
+        return state  # kept by no column: accepted, as the schema does not advertise them
+    if attribute == "externalid":
+        return state._replace(external_id=None if value is None else text_value(path, value))
+    if attribute == "active":
+        return state._replace(status="active" if truth(value) else "disabled")
+    if attribute in ("id", "meta", "schemas") or attribute.startswith("meta."):
+        raise ScimError(400, f"{path} is read-only", "mutability")
+    return state  # an attribute the schema does not advertise: ignored (RFC 7643 §3)
+
+
+def truth(value: Any) -> bool:
+    # Entra ID sends "True" and "False" as strings.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ScimError(400, "active takes true or false", "invalidValue")
+
+
+def removed(state: State, path: str) -> State:
+    attribute = attribute_path(path)
+    if attribute == "externalid":
+        return state._replace(external_id=None)
+    if attribute in ("displayname", "name", "name.formatted"):
+        return state._replace(name=state.email)  # a user always has a name: its email stands in
+    if attribute in (
+        "username",
+        "emails",
+        "emails.value",
+        "active",
+        "id",
+        "schemas",
+    ) or attribute.startswith("meta"):
+        raise ScimError(400, f"{path} is required and cannot be removed", "mutability")
+    return state
+
+
+# Lists and searches.
+class Listing(NamedTuple):
+    filter: str | None
+    start_index: int
+    per_page: int
+    sort_by: str | None
+    descending: bool
+    attributes: list[str]
+    excluded: list[str]
+
+
+def int_param(raw: object, name: str, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise ScimError(400, f"{name} is a whole number", "invalidValue") from None
+
+
+def names(raw: object) -> list[str]:
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return [attribute_path(str(item)) for item in items if str(item).strip()]
+
+
+def listing(given: dict[str, Any]) -> Listing:
+    order = str(given.get("sortOrder") or "ascending").lower()
+    if order not in ("ascending", "descending"):
+        raise ScimError(400, "sortOrder is ascending or descending", "invalidValue")
+    return Listing(
+        filter=None if given.get("filter") is None else str(given["filter"]),
+        start_index=max(1, int_param(given.get("startIndex"), "startIndex", 1)),
+        per_page=min(MAX_COUNT, max(0, int_param(given.get("count"), "count", DEFAULT_COUNT))),
+        sort_by=None if given.get("sortBy") is None else str(given["sortBy"]),
+        descending=order == "descending",
+        attributes=names(given.get("attributes")),
+        excluded=names(given.get("excludedAttributes")),
+    )
+
+
+def attribute_params(request: Request) -> tuple[list[str], list[str]]:
+    params = request.query_params
+    return names(params.get("attributes")), names(params.get("excludedAttributes"))
+
+
+def selected(user: ScimUser, attributes: list[str], excluded: list[str]) -> dict[str, Any]:
+    """The user with only `attributes` (and those always returned), or without `excluded`;
+    emails' type and primary only when asked for."""
+    for email in user.emails:
+        email.type = "work" if "emails.type" in attributes else None
+        email.primary = True if "emails.primary" in attributes else None
+    shown: dict[str, Any] = msgspec.to_builtins(user)
+    keys = {key.lower(): key for key in shown}
+    if attributes:
+        wanted = {name.partition(".")[0] for name in attributes} | ALWAYS_RETURNED
+        shown = {key: value for key, value in shown.items() if key.lower() in wanted}
+    for name in excluded:
+        key = keys.get(name.partition(".")[0])
+        if key is not None and key.lower() not in ALWAYS_RETURNED and "." not in name:
+            shown.pop(key, None)
+    return shown
+
+
+async def list_users(request: Request) -> Response:
+    return await answer_list(request, listing(dict(request.query_params)))
+
+
+async def search_users(request: Request) -> Response:
+    body = decoded(_decode_any, await body_of(request))
+    if SEARCH_REQUEST not in body.get("schemas", [SEARCH_REQUEST]):
+        raise ScimError(400, f"A search is a {SEARCH_REQUEST}", "invalidSyntax")
+    return await answer_list(request, listing(body))
+
+
+async def count(db: Database, where: str, arguments: list[object]) -> int:
+    """How many users a filter matches, for a page past the last or of none."""
+    found = await db.fetchval(queries.SCIM_COUNT.format(where=where), *arguments)
+    assert isinstance(found, int)
+    return found
+
+
+async def answer_list(request: Request, given: Listing) -> Response:
+    where, arguments = "true", list[object]()
+    if given.filter is not None:
+        try:
+            where, arguments = filters.to_sql(given.filter)
+        except filters.InvalidFilter as exc:
+            raise ScimError(400, str(exc), "invalidFilter") from None
+    order = "lower(email)"
+    if given.sort_by is not None:
+        found = SORTS.get(attribute_path(given.sort_by))
+        if found is None:
+            raise ScimError(400, f"sortBy takes one of {', '.join(SORTS)}", "invalidValue")
+        order = found
+    if given.descending:
+        order = ", ".join(f"{part} DESC" for part in order.split(", "))
+    db = db_of(request)
+    total: int
+    if given.per_page == 0:
+        total = await count(db, where, arguments)
+        rows = []
+    else:
+        query = queries.SCIM_PAGE.format(
+            where=where, order=order, offset=len(arguments) + 1, limit=len(arguments) + 2
+        )
+        rows = await db.fetch(query, *arguments, given.start_index - 1, given.per_page)
+        total = rows[0]["total"] if rows else await count(db, where, arguments)
+    resources = [selected(to_scim(request, row), given.attributes, given.excluded) for row in rows]
+    return scim_response(
+        ListResponse(
+            schemas=[LIST_RESPONSE],
+            totalResults=total,
+            startIndex=given.start_index,
+            itemsPerPage=len(resources),
+            Resources=resources,
+        )
+    )
