@@ -236,7 +236,8 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 
 
 # SCIM (service/scim): the user with its externalId, which the native API
-# does not show. A list's count comes with its page, in one snapshot.
+# does not show. A list's page and its count are read in one snapshot
+# (searching): the count reads every match, the page only up to its end.
 SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
 SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS}", SCIM_COLUMNS)
@@ -263,7 +264,7 @@ WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $6
   AND (name, email, status, external_id) IS NOT DISTINCT FROM ($2, $3, $4, $5)
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 SCIM_PAGE = """
-SELECT {COLUMNS}, count(*) OVER () AS total FROM users
+SELECT {COLUMNS} FROM users
 WHERE {where}
 ORDER BY {order}
 OFFSET ${offset} LIMIT ${limit}

@@ -463,3 +463,86 @@ async def test_an_external_id_with_a_control_character_is_refused(
     for external_id in ("a\u0000b", "tab\there", ""):
         response = await client.post("/scim/v2/Users", json=okta_user("a@x.io", external_id))
         scim_error(response, 400, "invalidValue")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": "\xff"}',
+        b'{"schemas": null, "Operations": []}',
+        b'{"schemas": 5, "Operations": []}',
+        b"[" * 3000 + b"]" * 3000,
+        b'{"Operations": [{"op": "add", "value": ' + b"[" * 3000 + b"]" * 3000 + b"}]}",
+    ],
+)
+async def test_a_body_that_is_no_scim_message_is_a_400_invalid_syntax(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
+    headers = {"content-type": SCIM_JSON}
+    for method, path in (
+        ("PATCH", f"/scim/v2/Users/{user['id']}"),
+        ("POST", "/scim/v2/Users/.search"),
+        ("POST", "/scim/v2/Users"),
+        ("PUT", f"/scim/v2/Users/{user['id']}"),
+    ):
+        response = await client.request(method, path, content=body, headers=headers)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["schemas"] == [ERROR]
+
+
+async def test_a_patch_of_emails_takes_the_primary_or_work_one_never_a_home_one(
+    client: httpx.AsyncClient,
+) -> None:
+    user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
+    path = f"/scim/v2/Users/{user['id']}"
+    home = [{"value": "home@x.io", "type": "home"}]
+    scim_error(
+        await client.patch(path, json=patch({"op": "add", "path": "emails", "value": home})),
+        400,
+        "noTarget",
+    )
+    both = [*home, {"value": "work@x.io", "type": "work"}]
+    changed = await client.patch(
+        path, json=patch({"op": "replace", "path": "emails", "value": both})
+    )
+    assert changed.json()["userName"] == "work@x.io"
+
+
+async def test_require_if_match_holds_for_scim_writes(db: asyncpg.Pool, settings: Any) -> None:
+    async with client_of(replace(settings, require_if_match=True)) as client:
+        user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
+        path = f"/scim/v2/Users/{user['id']}"
+        off = patch({"op": "replace", "path": "active", "value": False})
+        scim_error(await client.patch(path, json=off), 428)
+        scim_error(await client.delete(path), 428)
+        version = {"If-Match": user["meta"]["version"]}
+        assert (await client.patch(path, json=off, headers=version)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("params", "scim_type"),
+    [
+        ({"filter": r'userName eq "\q"'}, "invalidFilter"),
+        ({"startIndex": str(10**20)}, "invalidValue"),
+        ({"count": "many"}, "invalidValue"),
+    ],
+)
+async def test_a_list_that_cannot_be_read_is_a_scim_400(
+    client: httpx.AsyncClient, params: dict[str, str], scim_type: str
+) -> None:
+    scim_error(await client.get("/scim/v2/Users", params=params), 400, scim_type)
+
+
+@pytest.mark.parametrize("path", ["emails[", 'emails[type eq "work"]value', "a b", "name..x"])
+async def test_a_malformed_patch_path_is_a_400_invalid_path(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
+    body = patch({"op": "replace", "path": path, "value": "x"})
+    scim_error(await client.patch(f"/scim/v2/Users/{user['id']}", json=body), 400, "invalidPath")
+
+
+async def test_a_create_takes_active_as_entra_sends_it(client: httpx.AsyncClient) -> None:
+    body = {**okta_user("a@x.io", "1"), "active": "False"}
+    assert (await client.post("/scim/v2/Users", json=body)).json()["active"] is False

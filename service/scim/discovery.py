@@ -123,7 +123,6 @@ async def service_provider_config(request: Request) -> Response:
     return scim_response(
         {
             "schemas": [SERVICE_PROVIDER_CONFIG],
-            "documentationUri": f"{str(request.base_url).rstrip('/')}/openapi.json",
             "patch": {"supported": True},
             "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
             "filter": {"supported": True, "maxResults": MAX_COUNT},

@@ -203,7 +203,10 @@ class Parser:
     def value(self) -> object:
         token = self.take()
         if token.kind == "string":
-            text = _decode_string.decode(token.text)
+            try:
+                text = _decode_string.decode(token.text)
+            except msgspec.DecodeError:
+                raise InvalidFilter(f"A malformed string: {token.text}") from None
             if "\x00" in text:  # no stored text holds one: PostgreSQL's text cannot
                 raise InvalidFilter("A value may not hold the NUL character")
             return text

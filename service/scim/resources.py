@@ -81,7 +81,7 @@ class UserIn(msgspec.Struct, kw_only=True):
     displayName: str | None = None
     name: NameIn | None = None
     emails: list[EmailIn] | None = None
-    active: bool = True
+    active: bool | str = True  # Entra ID sends "True" and "False"
 
 
 class ListResponse(msgspec.Struct, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -13,8 +14,7 @@ from starlette.responses import Response
 
 from service import idempotency, metrics, queries
 from service.bodies import read_body
-from service.conditions import match_condition
-from service.database import Database, db_of
+from service.database import db_of
 from service.queries import Condition, UserKey, condition_arguments
 from service.scim import filters
 from service.scim.errors import ScimError
@@ -34,11 +34,12 @@ from service.scim.resources import (
     valid_external_id,
     valid_name,
 )
-from service.users import settings_of
+from service.users import settings_of, write_condition
 
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
 MAX_OPERATIONS = 100
+MAX_INDEX = 2**31 - 1  # startIndex and count, RFC 7644's integers
 WRITE_ATTEMPTS = 5  # reads and writes of a PATCH or PUT raced by other writes
 # sortBy: the attributes a list may be ordered by, each with a unique tiebreak.
 SORTS = {
@@ -54,6 +55,8 @@ SORTS = {
 }
 ALWAYS_RETURNED = {"schemas", "id"}
 
+# An attribute with a sub-attribute or not, or emails[filter] with one or not.
+_path = re.compile(r"[a-z][a-z0-9_$-]*(\.[a-z][a-z0-9_$-]*)?|emails\[.+\](\.[a-z]+)?", re.DOTALL)
 _encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder(dict[str, Any])
 
@@ -130,7 +133,7 @@ def state_of(body: UserIn) -> State:
     given = body.name
     parts = [] if given is None else [p for p in (given.givenName, given.familyName) if p]
     name = body.displayName or (given and given.formatted) or " ".join(parts) or body.userName
-    status = "active" if body.active else "disabled"
+    status = "active" if truth(body.active) else "disabled"
     return checked(State(name, body.userName, status, body.externalId))
 
 
@@ -142,8 +145,8 @@ def user_id_of(request: Request) -> UUID:
 
 
 def condition_of(request: Request) -> Condition:
-    lines = request.headers.getlist("if-match")
-    return None if not lines else match_condition(", ".join(lines))
+    """If-Match, as on /users: a 428 without one when REQUIRE_IF_MATCH is set."""
+    return write_condition(request)
 
 
 async def body_of(request: Request) -> bytes:
@@ -156,8 +159,19 @@ def decoded(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ScimError(400, str(exc), "invalidValue") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ScimError(400, f"Malformed JSON: {exc}", "invalidSyntax") from None
+    except RecursionError:
+        raise ScimError(400, "Malformed JSON: nested too deeply", "invalidSyntax") from None
+
+
+def message(body: bytes, schema: str) -> dict[str, Any]:
+    """A PATCH or search body: a JSON object whose schemas, if given, name `schema`."""
+    found: dict[str, Any] = decoded(_decode_any, body)
+    schemas = found.get("schemas", [schema])
+    if not isinstance(schemas, list) or schema not in schemas:
+        raise ScimError(400, f"The body's schemas must be [{schema!r}]", "invalidSyntax")
+    return found
 
 
 # Attribute names are case-insensitive (RFC 7643 §2.1): each spelling of the
@@ -171,12 +185,18 @@ CANONICAL = {
 }
 
 
-def canonical(value: Any) -> Any:
-    """A body with the attribute names the service reads spelt as its Structs spell them."""
+def canonical(value: Any, depth: int = 3) -> Any:
+    """A body with the attribute names the service reads spelt as its Structs spell them,
+    down to the emails' and the name's own: the levels it reads."""
+    if depth == 0:
+        return value
     if isinstance(value, dict):
-        return {CANONICAL.get(key.lower(), key): canonical(item) for key, item in value.items()}
+        return {
+            CANONICAL.get(key.lower(), key): canonical(item, depth - 1)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [canonical(item) for item in value]
+        return [canonical(item, depth) for item in value]
     return value
 
 
@@ -218,9 +238,8 @@ async def replace_user(request: Request) -> Response:
 
 
 async def patch_user(request: Request) -> Response:
-    body = decoded(_decode_any, await body_of(request))
-    operations = body.get("Operations")
-    if PATCH_OP not in body.get("schemas", [PATCH_OP]) or not isinstance(operations, list):
+    operations = message(await body_of(request), PATCH_OP).get("Operations")
+    if not isinstance(operations, list):
         raise ScimError(400, f"A PATCH is a {PATCH_OP} with a list of Operations", "invalidSyntax")
     if not 1 <= len(operations) <= MAX_OPERATIONS:
         raise ScimError(400, f"A PATCH has 1 to {MAX_OPERATIONS} Operations", "invalidValue")
@@ -305,7 +324,9 @@ def attribute_path(path: str) -> str:
     lowered = path.strip().lower()
     if lowered.startswith(filters.USER_URN.lower()):
         lowered = lowered[len(filters.USER_URN) :]
-    if lowered.startswith("emails[") and "]" in lowered:
+    if not _path.fullmatch(lowered):
+        raise ScimError(400, f"{path!r} is not an attribute path", "invalidPath")
+    if lowered.startswith("emails["):
         inner, _, rest = lowered[len("emails[") :].partition("]")
         try:
             condition = filters.to_sql(f"emails[{inner}]").text
@@ -333,12 +354,7 @@ def assigned(state: State, path: str, value: Any) -> State:
     attribute = attribute_path(path)
     if attribute in ("username", "emails", "emails.value"):
         if attribute == "emails" and isinstance(value, list):
-            chosen = [
-                v
-                for v in value
-                if isinstance(v, dict) and v.get("primary") in (True, "true", "True")
-            ]
-            value = (chosen or value)[:1]
+            value = the_email(path, value)
         return state._replace(email=text_value(path, value))
     if attribute in ("displayname", "name.formatted"):
         return state._replace(name=text_value(path, value))
@@ -360,6 +376,20 @@ def assigned(state: State, path: str, value: Any) -> State:
     if attribute in ("id", "meta", "schemas") or attribute.startswith("meta."):
         raise ScimError(400, f"{path} is read-only", "mutability")
     return state  # an attribute the schema does not advertise: ignored (RFC 7643 §3)
+
+
+def the_email(path: str, emails: list[Any]) -> Any:
+    """The email of a list that is the user's: the primary one, else the work one, else
+    one without a type. A home or other email alone is not."""
+    items = [item for item in emails if isinstance(item, dict)]
+    for chosen in (
+        [item for item in items if item.get("primary") in (True, "true", "True")],
+        [item for item in items if str(item.get("type", "")).lower() == "work"],
+        [item for item in items if item.get("type") is None],
+    ):
+        if chosen:
+            return chosen[0]
+    raise ScimError(400, f"{path}: no primary or work email to be the user's", "noTarget")
 
 
 def truth(value: Any) -> bool:
@@ -404,9 +434,12 @@ def int_param(raw: object, name: str, default: int) -> int:
     if raw is None:
         return default
     try:
-        return int(str(raw))
+        number = int(str(raw))
     except ValueError:
         raise ScimError(400, f"{name} is a whole number", "invalidValue") from None
+    if abs(number) > MAX_INDEX:
+        raise ScimError(400, f"{name} is at most {MAX_INDEX:,}", "invalidValue")
+    return number
 
 
 def names(raw: object) -> list[str]:
@@ -459,17 +492,7 @@ async def list_users(request: Request) -> Response:
 
 
 async def search_users(request: Request) -> Response:
-    body = decoded(_decode_any, await body_of(request))
-    if SEARCH_REQUEST not in body.get("schemas", [SEARCH_REQUEST]):
-        raise ScimError(400, f"A search is a {SEARCH_REQUEST}", "invalidSyntax")
-    return await answer_list(request, listing(body))
-
-
-async def count(db: Database, where: str, arguments: list[object]) -> int:
-    """How many users a filter matches, for a page past the last or of none."""
-    found = await db.fetchval(queries.SCIM_COUNT.format(where=where), *arguments)
-    assert isinstance(found, int)
-    return found
+    return await answer_list(request, listing(message(await body_of(request), SEARCH_REQUEST)))
 
 
 async def answer_list(request: Request, given: Listing) -> Response:
@@ -487,22 +510,19 @@ async def answer_list(request: Request, given: Listing) -> Response:
         order = found
     if given.descending:
         order = ", ".join(f"{part} DESC" for part in order.split(", "))
-    db = db_of(request)
-    total: int
-    if given.per_page == 0:
-        total = await count(db, where, arguments)
+    query = queries.SCIM_PAGE.format(
+        where=where, order=order, offset=len(arguments) + 1, limit=len(arguments) + 2
+    )
+    async with queries.searching(db_of(request)) as conn:
         rows = []
-    else:
-        query = queries.SCIM_PAGE.format(
-            where=where, order=order, offset=len(arguments) + 1, limit=len(arguments) + 2
-        )
-        rows = await db.fetch(query, *arguments, given.start_index - 1, given.per_page)
-        total = rows[0]["total"] if rows else await count(db, where, arguments)
+        if given.per_page:
+            rows = await conn.fetch(query, *arguments, given.start_index - 1, given.per_page)
+        total = await conn.fetchval(queries.SCIM_COUNT.format(where=where), *arguments)
     resources = [selected(to_scim(request, row), given.attributes, given.excluded) for row in rows]
     return scim_response(
         ListResponse(
             schemas=[LIST_RESPONSE],
-            totalResults=total,
+            totalResults=int(total),
             startIndex=given.start_index,
             itemsPerPage=len(resources),
             Resources=resources,
