@@ -511,6 +511,16 @@ async def test_a_long_poll_is_answered_as_soon_as_a_change_commits(
     assert time.monotonic() - committed < 0.8
 
 
+async def test_after_now_answers_the_present_at_once_even_with_wait(
+    client: httpx.AsyncClient,
+) -> None:
+    began = time.monotonic()
+    body = await page(client, "now", wait=30)
+    assert time.monotonic() - began < 1
+    assert body["changes"] == []
+    assert body["next"] == await now(client)
+
+
 async def test_a_long_poll_with_nothing_new_is_answered_empty_when_wait_runs_out(
     client: httpx.AsyncClient,
 ) -> None:
