@@ -246,13 +246,12 @@ INSERT INTO users (name, email, status, external_id) VALUES ($1, $2, $3, $4)
 RETURNING {COLUMNS}
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 # A write of the whole user, made only if it is still at the version read
-# ($6) and meets If-Match ($7-$9), and only if it changes something.
+# ($6), whose If-Match the caller checked, and only if it changes something.
 SCIM_REPLACE = """
 WITH changed AS (
     UPDATE users SET (name, email, status, external_id) = ($2, $3, $4, $5),
         updated_at = now(), version = version + 1
     WHERE public_id = $1 AND version = $6
-      AND ($7 OR (public_id, version) IN (SELECT * FROM unnest($8::uuid[], $9::bigint[])))
       AND (name, email, status, external_id) IS DISTINCT FROM ($2, $3, $4, $5)
     RETURNING {COLUMNS}
 )
@@ -260,7 +259,6 @@ SELECT * FROM changed
 UNION ALL
 SELECT {COLUMNS} FROM users
 WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $6
-  AND ($7 OR (public_id, version) IN (SELECT * FROM unnest($8::uuid[], $9::bigint[])))
   AND (name, email, status, external_id) IS NOT DISTINCT FROM ($2, $3, $4, $5)
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 SCIM_PAGE = """

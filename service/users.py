@@ -503,7 +503,12 @@ async def update_user(request: Request) -> Response:
 
 
 async def delete_user(request: Request) -> Response:
-    key = path_user(request)
+    return await delete(request, path_user(request))
+
+
+async def delete(request: Request, key: UserKey) -> Response:
+    """Delete the user `key` names, under the request's If-Match: a 204, else 404 or 412.
+    Also SCIM's DELETE (service/scim)."""
     condition = write_condition(request)
     forgotten, unnamed = idempotency.FORGOTTEN, idempotency.UNNAMED
     deleted = await queries.delete_user(

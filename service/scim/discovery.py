@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from service.scim.errors import ScimError
 from service.scim.resources import LIST_RESPONSE, MAX_EXTERNAL_ID_LENGTH, USER_SCHEMA
-from service.scim.users import MAX_COUNT, scim_response
+from service.scim.users import MAX_COUNT, scim_response, scim_url
 
 SERVICE_PROVIDER_CONFIG = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
 RESOURCE_TYPE = "urn:ietf:params:scim:schemas:core:2.0:ResourceType"
@@ -82,7 +82,7 @@ USER_ATTRIBUTES = [
 
 
 def meta(request: Request, kind: str, path: str) -> dict[str, str]:
-    return {"resourceType": kind, "location": f"{str(request.base_url).rstrip('/')}/scim/v2/{path}"}
+    return {"resourceType": kind, "location": scim_url(request, path)}
 
 
 def user_schema(request: Request) -> dict[str, Any]:

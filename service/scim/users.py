@@ -12,10 +12,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import idempotency, metrics, queries
+from service import metrics, queries
 from service.bodies import read_body
 from service.database import db_of
-from service.queries import Condition, UserKey, condition_arguments
+from service.queries import Condition, UserKey
 from service.scim import filters
 from service.scim.errors import ScimError
 from service.scim.resources import (
@@ -34,7 +34,7 @@ from service.scim.resources import (
     valid_external_id,
     valid_name,
 )
-from service.users import settings_of, write_condition
+from service.users import delete, settings_of, write_condition
 
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
@@ -76,8 +76,13 @@ def scim_response(
     return Response(_encoder.encode(content), status_code, headers, media_type=MEDIA_TYPE)
 
 
+def scim_url(request: Request, path: str) -> str:
+    """The absolute URL of a path under /scim/v2, as the caller reached the service."""
+    return f"{str(request.base_url).rstrip('/')}/scim/v2/{path}"
+
+
 def location_of(request: Request, user_id: str) -> str:
-    return f"{str(request.base_url).rstrip('/')}/scim/v2/Users/{user_id}"
+    return scim_url(request, f"Users/{user_id}")
 
 
 def etag_of(row: asyncpg.Record) -> str:
@@ -249,7 +254,8 @@ async def patch_user(request: Request) -> Response:
 async def write(request: Request, change: Callable[[State], State]) -> Response:
     """The user read, changed by `change` and written back at the version read,
     in one statement; read again and changed again when another write came
-    between. If-Match is checked in the same statement."""
+    between. If-Match is checked against the version read, which the write is
+    made at or not at all."""
     user_id, condition = user_id_of(request), condition_of(request)
     db = db_of(request)
     for _ in range(WRITE_ATTEMPTS):
@@ -261,13 +267,7 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
         current = State(row["name"], row["email"], row["status"], row["external_id"])
         state = checked(change(current))
         try:
-            written = await db.fetchrow(
-                queries.SCIM_REPLACE,
-                user_id,
-                *state,
-                row["version"],
-                *condition_arguments(condition),
-            )
+            written = await db.fetchrow(queries.SCIM_REPLACE, user_id, *state, row["version"])
         except asyncpg.UniqueViolationError as exc:
             raise taken(exc) from None
         if written is not None:
@@ -278,18 +278,7 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
 
 
 async def delete_user(request: Request) -> Response:
-    user_id, condition = user_id_of(request), condition_of(request)
-    deleted = await queries.delete_user(
-        db_of(request), UserKey(None, user_id), condition,
-        forgotten=idempotency.FORGOTTEN, unnamed=idempotency.UNNAMED,
-    )  # fmt: skip
-    if not deleted:
-        exists = await db_of(request).fetchrow(queries.SCIM_FIND, user_id)
-        if exists is None:
-            raise ScimError(404, "No user has this id")
-        raise ScimError(412, "The user has changed: If-Match does not name its version")
-    metrics.USERS_DELETED.inc()
-    return Response(status_code=204)
+    return await delete(request, UserKey(None, user_id_of(request)))
 
 
 # PATCH (RFC 7644 §3.5.2): each operation applied in turn to the user as read.
