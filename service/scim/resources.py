@@ -6,8 +6,6 @@ from typing import Annotated
 
 import msgspec
 
-from service.schemas import Email, Name
-
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -97,10 +95,3 @@ class ScimErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str  # a string, as RFC 7644 §3.12 writes it
     detail: str
     scimType: str | None = None
-
-
-# Checked after decoding, so that a value the service refuses is SCIM's
-# invalidValue naming the attribute, whatever msgspec's message.
-valid_email = msgspec.json.Decoder(Email)
-valid_name = msgspec.json.Decoder(Name)
-valid_external_id = msgspec.json.Decoder(ExternalId)

@@ -16,6 +16,7 @@ from service import metrics, queries
 from service.bodies import read_body
 from service.database import db_of
 from service.queries import Condition, UserKey
+from service.schemas import Email, Name
 from service.scim import filters
 from service.scim.errors import ScimError
 from service.scim.resources import (
@@ -24,15 +25,13 @@ from service.scim.resources import (
     PATCH_OP,
     SEARCH_REQUEST,
     USER_SCHEMA,
+    ExternalId,
     ListResponse,
     ScimUser,
     UserEmail,
     UserIn,
     UserMeta,
     UserName,
-    valid_email,
-    valid_external_id,
-    valid_name,
 )
 from service.users import delete, settings_of, write_condition
 
@@ -118,15 +117,15 @@ def user_response(request: Request, row: asyncpg.Record, status_code: int = 200)
 
 def checked(state: State) -> State:
     """The state, if the service's rules for users take it; else invalidValue."""
-    for decoder, value, attribute in (
-        (valid_email, state.email, "userName"),
-        (valid_name, state.name, "displayName"),
-        (valid_external_id, state.external_id, "externalId"),
+    for rule, value, attribute in (
+        (Email, state.email, "userName"),
+        (Name, state.name, "displayName"),
+        (ExternalId, state.external_id, "externalId"),
     ):
         if value is None:
             continue
         try:
-            decoder.decode(_encoder.encode(value))
+            msgspec.convert(value, rule)
         except msgspec.ValidationError as exc:
             raise ScimError(400, f"{attribute}: {exc}", "invalidValue") from None
     return state
