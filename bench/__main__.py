@@ -11,19 +11,18 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
-from bench import floor, machine, postgres, report, seed, servers
+from bench import machine, postgres, report, seed, servers
 from bench.bulk import run_bulk
 from bench.copy_limit import run_copy
 from bench.options import at_least, subset_of
 from bench.results import Sample, ScenarioResult, check_targets, summarize
 from bench.scenarios import COPY, LOOKUP_CONNECTIONS, SCENARIOS, Scenario, Variant
 from bench.wrk import INSTALL_HINT, run_wrk, wrk_binary
-from service import queries
 
 BENCH_DIR = Path(__file__).resolve().parent
 APP_NAMES = (*servers.APPS, COPY)
@@ -92,8 +91,13 @@ def parse_options(argv: Sequence[str]) -> Options:
     )
 
 
-def run_variant(variant: Variant, url: str, options: Options, duration: int) -> Sample:
-    """One round of variant; url is its server's, or the COPY limit's database."""
+def run_variant(
+    variant: Variant, url: str, options: Options, duration: int, seeded: Mapping[str, str]
+) -> Sample:
+    """One round of variant; url is its server's, or the COPY limit's database.
+
+    seeded fills the placeholders of the variant's args (bench.seed.feed_start).
+    """
     # A fresh nonce per run keeps the emails of POST scenarios unique across rounds.
     nonce = secrets.token_hex(4)
     if variant.driver != "wrk":
@@ -109,7 +113,7 @@ def run_variant(variant: Variant, url: str, options: Options, duration: int) -> 
     summary = run_wrk(
         url,
         variant.script,
-        (str(options.users), nonce, *variant.args),
+        (str(options.users), nonce, *(arg.format_map(seeded) for arg in variant.args)),
         duration=duration,
         connections=variant.connections or options.connections,
         headers=variant.headers,
@@ -123,7 +127,9 @@ def run_variant(variant: Variant, url: str, options: Options, duration: int) -> 
     )
 
 
-def run_scenario(scenario: Scenario, urls: dict[str, str], options: Options) -> ScenarioResult:
+def run_scenario(
+    scenario: Scenario, urls: dict[str, str], options: Options, seeded: Mapping[str, str]
+) -> ScenarioResult:
     """Warm each variant up, then run the variants interleaved, A B A B, for every round.
 
     urls maps each app of the run to its server's URL (or the COPY limit's database).
@@ -131,11 +137,11 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], options: Options) -> 
     variants = [variant for variant in scenario.variants if variant.app in urls]
     if options.warmup:
         for variant in variants:
-            run_variant(variant, urls[variant.app], options, options.warmup)
+            run_variant(variant, urls[variant.app], options, options.warmup, seeded)
     samples: dict[str, list[Sample]] = {variant.label: [] for variant in variants}
     for round_number in range(1, options.rounds + 1):
         for variant in variants:
-            sample = run_variant(variant, urls[variant.app], options, options.duration)
+            sample = run_variant(variant, urls[variant.app], options, options.duration, seeded)
             samples[variant.label].append(sample)
             print(
                 f"  {scenario.title} | {variant.label} | round {round_number}/{options.rounds}:"
@@ -193,6 +199,7 @@ def measure(options: Options, log_dir: Path) -> Run:
     with postgres.database_url() as server_url:
         database_urls = seed.prepare(server_url, databases_of(options.apps), options.users)
         postgres_version = asyncio.run(seed.server_version(server_url))
+        seeded = asyncio.run(seed.feed_start(database_urls["service"]))
         names = [app for app in options.apps if app in servers.APPS]
         with servers.running(
             names, database_urls=database_urls, workers=options.workers, log_dir=log_dir
@@ -201,7 +208,7 @@ def measure(options: Options, log_dir: Path) -> Run:
             if COPY in options.apps:
                 urls[COPY] = database_urls[COPY]
             results = tuple(
-                run_scenario(scenario, urls, options)
+                run_scenario(scenario, urls, options, seeded)
                 for scenario in SCENARIOS
                 if scenario.key in options.scenarios
                 and any(variant.app in urls for variant in scenario.variants)
@@ -211,18 +218,10 @@ def measure(options: Options, log_dir: Path) -> Run:
     return Run(results=results, service_rss=service_rss, postgres_version=postgres_version)
 
 
-def floor_is_current() -> bool:
-    """Whether the floor still sends the service's lookup query, whitespace aside."""
-    return floor.FIND_USERS_BY_KEYS.split() == queries.FIND_USERS_BY_KEYS.split()
-
-
 def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, servers.exit_on_sigterm)
     options = parse_options(argv)
     wrk_binary()
-    if not floor_is_current():
-        print("bench/floor.py no longer sends service/queries.py's FIND_USERS_BY_KEYS: update it")
-        return 2
     database = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
     print(f"PostgreSQL: {database}; seeding {options.users:,} users", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))

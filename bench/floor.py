@@ -1,155 +1,189 @@
-"""The floor: the service's GET /users/{email} work as a bare ASGI app, with no framework."""
+"""The floor: each scenario's work as a bare ASGI app, with no framework.
+
+The service's own queries and coalescing (service.queries, service.lookups)
+over its own pool, and the same msgspec Structs encoded; but no router (a
+string comparison picks the work), no Request or Response objects, and none
+of the service's features: no auth, ETags, Link headers, idempotency,
+metrics, request IDs, logs or problem details. What the service measures
+beyond it is what its framework and features cost.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl
 
-import asyncpg
 import msgspec
 
-from service.schemas import Email, User, email_key
+from service import queries
+from service.database import Database, close_pool, open_pool
+from service.lookups import Creates, Reads
+from service.queries import Filters, Position
+from service.schemas import (
+    Change,
+    Changes,
+    Email,
+    Handles,
+    Lookup,
+    NewUser,
+    SearchText,
+    User,
+    email_key,
+    is_handle,
+)
+from service.settings import Settings
 
 # ASGI's types, spelt out here so that not even a framework's type module is imported.
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Answer = tuple[int, bytes]
 
-# The service's lookup query, word for word; python -m bench checks that it still is.
-FIND_USERS_BY_KEYS = """
-SELECT public_id::text AS id, name, email, status, attributes,
-    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version
-FROM users WHERE lower(email) = ANY($1::text[])
-"""
-# The service's bound on the keys of one query.
-MAX_BATCH = 500
-# The service's pool bounds (DB_POOL_MIN, DB_POOL_MAX defaults).
-POOL_MIN = 1
-POOL_MAX = 10
-PREFIX = "/users/"
+USER_PREFIX = "/users/"
+JSON_HEADER = (b"content-type", b"application/json")
+NOT_FOUND: Answer = (404, b'{"title":"Not Found"}')
+CONFLICT: Answer = (409, b'{"title":"Conflict"}')
+BAD_REQUEST: Answer = (400, b'{"title":"Bad Request"}')
 
-JSON_TYPE = (b"content-type", b"application/json")
-NOT_FOUND_BODY = msgspec.json.encode(
-    {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "No user has that email"}
-)
-NOT_FOUND_HEADERS = [
-    (b"content-type", b"application/problem+json"),
-    (b"content-length", str(len(NOT_FOUND_BODY)).encode()),
-]
-
-encoder = msgspec.json.Encoder()
-decode_attributes = msgspec.json.Decoder(dict[str, str]).decode
+encode = msgspec.json.Encoder().encode
+decode_new_user = msgspec.json.Decoder(NewUser).decode
+decode_handles = msgspec.json.Decoder(Handles).decode
 
 
-async def keep_session(conn: asyncpg.Connection) -> None:
-    """No reset query on release, as in the service, which never changes session state."""
+def cursor_of(position: Position) -> str:
+    return f"{position.xid:x}-{position.seq:x}"
 
 
-class Lookups:
-    """The lookups of one loop turn answered by one query, as the service coalesces them."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.waiting: dict[str, list[asyncio.Future[User | None]]] = {}
-        self.queries: set[asyncio.Task[None]] = set()
-
-    async def get(self, key: str) -> User | None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[User | None] = loop.create_future()
-        if not self.waiting:
-            loop.call_soon(self.flush)
-        self.waiting.setdefault(key, []).append(future)
-        return await future
-
-    def flush(self) -> None:
-        waiting, self.waiting = self.waiting, {}
-        keys = list(waiting)
-        for start in range(0, len(keys), MAX_BATCH):
-            batch = {key: waiting[key] for key in keys[start : start + MAX_BATCH]}
-            task = asyncio.ensure_future(self.run(batch))
-            # Held until done: the loop keeps only weak references to tasks.
-            self.queries.add(task)
-            task.add_done_callback(self.queries.discard)
-
-    async def run(self, batch: dict[str, list[asyncio.Future[User | None]]]) -> None:
-        try:
-            rows = await self.pool.fetch(FIND_USERS_BY_KEYS, list(batch))
-        except Exception as exc:
-            for futures in batch.values():
-                for future in futures:
-                    future.set_exception(exc)
-            return
-        found = {
-            email_key(row["email"]): User(
-                id=row["id"],
-                name=row["name"],
-                email=row["email"],
-                status=row["status"],
-                attributes=decode_attributes(row["attributes"]),
-                created_at=row["created_at"],
-                updated_at=row["updated_at"],
-            )
-            for row in rows
-        }
-        for key, futures in batch.items():
-            for future in futures:
-                future.set_result(found.get(key))
+def position_of(cursor: str) -> Position:
+    xid, _, seq = cursor.partition("-")
+    return Position(int(xid, 16), int(seq, 16))
 
 
 class Floor:
-    """GET /users/{email}: validate the email, look it up coalesced, encode the User; else 404."""
+    """GET /users/{email}, GET /users (first, after= and q= pages), GET /users/changes,
+    POST /users and POST /users/lookup, as the service does them underneath."""
 
     def __init__(self) -> None:
-        self.lookups: Lookups | None = None
+        self.settings = Settings.from_env()
+        self.reads: Reads | None = None
+        self.creates: Creates | None = None
+        self.db: Database | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return
-        user = await self.find(scope)
-        if user is None:
-            await send({"type": "http.response.start", "status": 404, "headers": NOT_FOUND_HEADERS})
-            await send({"type": "http.response.body", "body": NOT_FOUND_BODY})
-            return
-        body = encoder.encode(user)
-        headers = [JSON_TYPE, (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            status, body = await self.answer(scope, receive)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+            status, body = BAD_REQUEST
+        headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def find(self, scope: Scope) -> User | None:
-        path: str = scope["path"]
-        if scope["method"] != "GET" or not path.startswith(PREFIX) or self.lookups is None:
-            return None
+    async def answer(self, scope: Scope, receive: Receive) -> Answer:
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path.startswith(USER_PREFIX) and path != "/users/changes":
+            return await self.get_user(path[len(USER_PREFIX) :])
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        if method == "GET" and path == "/users":
+            return await self.list_users(params)
+        if method == "GET" and path == "/users/changes":
+            return await self.list_changes(params)
+        if method == "POST" and path == "/users":
+            return await self.create_user(await read_body(receive))
+        if method == "POST" and path == "/users/lookup":
+            return await self.lookup_users(await read_body(receive))
+        return NOT_FOUND
+
+    async def get_user(self, email: str) -> Answer:
+        assert self.reads is not None
         # As the service reads its {email:path}: one trailing "/" belongs to the path.
-        email = path[len(PREFIX) :].removesuffix("/")
-        try:
-            email = msgspec.convert(email, Email)
-        except msgspec.ValidationError:
-            return None
-        return await self.lookups.get(email_key(email))
+        key = email_key(msgspec.convert(email.removesuffix("/"), Email))
+        stored = await self.reads.user.get(key)
+        return NOT_FOUND if stored is None else (200, encode(stored.user))
+
+    async def list_users(self, params: dict[str, str]) -> Answer:
+        assert self.reads is not None
+        limit = int(params.get("limit", "50"))
+        after = params.get("after")
+        if after is not None:
+            after = email_key(msgspec.convert(after, Email))
+        q = params.get("q")
+        users: list[User]
+        if q is not None:
+            filters = Filters(q=email_key(msgspec.convert(q, SearchText)), created_after=None,
+                              created_before=None)  # fmt: skip
+            search = partial(queries.search_users, filters=filters, after=after, limit=limit,
+                             offset=0)  # fmt: skip
+            users = await self.reads.in_snapshot(search)
+        elif after is None:
+            users = await self.reads.page_at.get((limit, 0))
+        else:
+            users = await self.reads.page_after.get((after, limit, 0))
+        return 200, encode(users)
+
+    async def list_changes(self, params: dict[str, str]) -> Answer:
+        assert self.db is not None
+        position = position_of(params["after"])
+        rows = await queries.changes_after(self.db, position, int(params.get("limit", "100")))
+        if rows is None:
+            return NOT_FOUND
+        changes = [
+            Change(cursor=cursor_of(row.position), type=row.type, id=row.id,  # type: ignore[arg-type]
+                   version=row.version, at=row.at, user=row.user)
+            for row in rows
+        ]  # fmt: skip
+        next = changes[-1].cursor if changes else cursor_of(position)
+        return 200, encode(Changes(changes=changes, next=next))
+
+    async def create_user(self, body: bytes) -> Answer:
+        assert self.creates is not None
+        stored = await self.creates.create(decode_new_user(body))
+        return CONFLICT if stored is None else (201, encode(stored.user))
+
+    async def lookup_users(self, body: bytes) -> Answer:
+        assert self.reads is not None
+        keys = {handle: email_key(handle) if is_handle(handle) else None
+                for handle in decode_handles(body)}  # fmt: skip
+        wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
+        named = await self.reads.handles.get(wanted) if wanted else {}
+        found: dict[str, User] = {}
+        missing: list[str] = []
+        for handle, key in keys.items():
+            user = None if key is None else named.get(key)
+            if user is None:
+                missing.append(handle)
+            elif user.id not in found:
+                found[user.id] = user
+        return 200, encode(Lookup(found=list(found.values()), missing=missing))
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        pool: asyncpg.Pool | None = None
         while True:
-            message: Message = await receive()
+            message = await receive()
             if message["type"] == "lifespan.startup":
-                pool = await asyncpg.create_pool(
-                    os.environ["DATABASE_URL"],
-                    min_size=POOL_MIN,
-                    max_size=POOL_MAX,
-                    reset=keep_session,
-                )
-                assert pool is not None
-                self.lookups = Lookups(pool)
+                pool = await open_pool(self.settings)
+                self.db = Database(pool, self.settings.db_pool_timeout)
+                self.reads = Reads(self.db)
+                self.creates = Creates(self.db)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if pool is not None:
-                    await pool.close()
+                if self.db is not None:
+                    await close_pool(self.db.pool)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def create_app() -> Floor:

@@ -1,5 +1,6 @@
--- GET /users pages. Arguments: USERS NONCE MODE LIMIT, MODE being first, after or offset.
--- after and offset pick a random depth in the back half of the seeded users.
+-- GET /users pages. Arguments: USERS NONCE MODE LIMIT, MODE being first, after, offset or q.
+-- after and offset pick a random depth in the back half of the seeded users; q searches
+-- for four random digits, which about 0.3% of the seeded users hold in their email or name.
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "summary.lua")
 
 local users, mode, limit
@@ -14,6 +15,9 @@ end
 function request()
    if mode == "first" then
       return wrk.format("GET", string.format("/users?limit=%d", limit))
+   end
+   if mode == "q" then
+      return wrk.format("GET", string.format("/users?q=%04d&limit=%d", math.random(0, 9999), limit))
    end
    local depth = math.random(math.floor(users / 2), users - 1)
    if mode == "after" then

@@ -244,11 +244,14 @@ METHOD = """\
   `State`, a pool from `asyncpg.create_pool(DATABASE_URL)` with its defaults opened in a
   lifespan, one query per request), serving the same four endpoints over the service's schema:
   lookups by `lower(email)`, pages in email order by `offset=` or `after=`, 404 and 409.
-- **The floor** (`bench/floor.py`) is the service's `GET /users/{email}` work with no framework:
-  a bare ASGI callable that validates the email as the service does, coalesces the lookups of
-  one event-loop turn into the service's one `lower(email) = ANY($1::text[])` query, and
-  msgspec-encodes the same `User`, or answers 404. `python -m bench` refuses to run when its
-  query is no longer the service's.
+- **The floor** (`bench/floor.py`) is each scenario's work with no framework: a bare ASGI
+  callable over the service's own pool, that calls the service's own query functions through
+  its own coalescing (`service.lookups`: a loop turn's lookups in one query, its `after=` pages
+  in one, its creates in one statement) and msgspec-encodes the same Structs. It picks the work
+  by comparing the path, not through a router, makes no Request or Response objects, and has
+  none of the service's features: no auth, ETags, Link headers, idempotency, metrics, request
+  IDs, logs or problem details. It serves every scenario but bulk, whose floor is the COPY
+  limit, on the service's database.
 - **The ceiling** (`bench/ceiling.py`) is a bare ASGI callable answering every request with one
   constant 45-byte JSON body: what uvicorn and wrk cost with no work at all.
 - **The COPY limit** (`bench/copy_limit.py`) is `copy_records_to_table` of the same 10,000
@@ -270,8 +273,10 @@ METHOD = """\
   the rounds, and the sums of non-2xx responses and socket errors.
 - wrk (one thread) runs the Lua scripts in `bench/`: random seeded emails for
   `GET /users/{email}` (and `missing...` emails for the 10% misses), a random depth in the back
-  half for deep pages (`after=` the email at that depth, or `offset=` that depth), and fresh
-  emails per run, thread and request for `POST /users`. The request timeout is 10 s.
+  half for deep pages (`after=` the email at that depth, or `offset=` that depth), four random
+  digits for `q=` searches (about 0.3% of the seeded users hold them), a page of 100 changes
+  after a random change of the seeding's for the feed, and fresh emails per run, thread and
+  request for `POST /users`. The request timeout is 10 s.
 - `POST /users/bulk` is driven from Python with httpx, since wrk is awkward with 10,000-user
   bodies: sequential requests of 10,000 fresh users for the duration of a round. A round's
   rows/s is 10,000 over its median request time, as the COPY limit's is over its median COPY.

@@ -21,8 +21,15 @@ LOOKUP_CONNECTIONS = 8
 COPY = "copy"
 # The service with the change feed's triggers off: what its writes cost without it.
 FEED_OFF = "service, feed off"
-# The floor and the ceiling answer GET /users/{email} only.
+# The ceiling answers GET /users/{email} only; the floor, every scenario but bulk,
+# whose floor is the COPY limit.
 APPS_WITH_ALL_ENDPOINTS = ("service", "tutorial", "peer")
+FLOOR = "floor"
+# Changes in a page of the feed scenario: its default limit.
+CHANGES_LIMIT = "100"
+# Placeholders in a variant's args, filled from the seeded database (bench.seed.feed_start).
+FEED_XID = "{feed_xid}"
+FEED_FIRST_SEQ = "{feed_first_seq}"
 
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,7 +83,7 @@ SCENARIOS = (
                 script="get_user.lua",
                 headers=(f"Authorization: Bearer {AUTH_TOKEN}",),
             ),
-            *wrk_variants(("tutorial", "peer", "floor", "ceiling"), "get_user.lua"),
+            *wrk_variants(("tutorial", "peer", FLOOR, "ceiling"), "get_user.lua"),
         ),
     ),
     Scenario(
@@ -91,7 +98,9 @@ SCENARIOS = (
         title="GET /users first page",
         unit="req/s",
         hits_only=True,
-        variants=wrk_variants(APPS_WITH_ALL_ENDPOINTS, "list_users.lua", "first", PAGE_LIMIT),
+        variants=wrk_variants(
+            (*APPS_WITH_ALL_ENDPOINTS, FLOOR), "list_users.lua", "first", PAGE_LIMIT
+        ),
     ),
     Scenario(
         key="deep_page",
@@ -104,16 +113,7 @@ SCENARIOS = (
             page_variant("tutorial", "offset"),
             page_variant("peer", "after"),
             page_variant("service", "offset"),
-        ),
-    ),
-    Scenario(
-        key="create",
-        title="POST /users",
-        unit="req/s",
-        hits_only=True,
-        variants=(
-            *wrk_variants(APPS_WITH_ALL_ENDPOINTS, "create_user.lua"),
-            Variant(label=FEED_OFF, app="service-nofeed", script="create_user.lua"),
+            page_variant(FLOOR, "after"),
         ),
     ),
     Scenario(
@@ -124,15 +124,44 @@ SCENARIOS = (
         hits_only=False,
         subject="service lookup",
         variants=(
-            Variant(
-                label="service lookup",
-                app="service",
-                script="lookup_users.lua",
-                args=(str(LOOKUP_HANDLES), MISS_RATIO),
-                per_request=LOOKUP_HANDLES,
-                connections=LOOKUP_CONNECTIONS,
+            *(
+                Variant(
+                    label=f"{app} lookup",
+                    app=app,
+                    script="lookup_users.lua",
+                    args=(str(LOOKUP_HANDLES), MISS_RATIO),
+                    per_request=LOOKUP_HANDLES,
+                    connections=LOOKUP_CONNECTIONS,
+                )
+                for app in ("service", FLOOR)
             ),
             Variant(label="service GETs", app="service", script="get_user.lua", args=(MISS_RATIO,)),
+        ),
+    ),
+    Scenario(
+        key="search",
+        title="GET /users?q= (four digits, ~0.3% of users match)",
+        unit="req/s",
+        hits_only=True,
+        variants=wrk_variants(("service", FLOOR), "list_users.lua", "q", PAGE_LIMIT),
+    ),
+    Scenario(
+        key="feed_page",
+        title=f"GET /users/changes, {CHANGES_LIMIT} changes a page",
+        unit="req/s",
+        hits_only=True,
+        variants=wrk_variants(
+            ("service", FLOOR), "changes_page.lua", FEED_XID, FEED_FIRST_SEQ, CHANGES_LIMIT
+        ),
+    ),
+    Scenario(
+        key="create",
+        title="POST /users",
+        unit="req/s",
+        hits_only=True,
+        variants=(
+            *wrk_variants((*APPS_WITH_ALL_ENDPOINTS, FLOOR), "create_user.lua"),
+            Variant(label=FEED_OFF, app="service-nofeed", script="create_user.lua"),
         ),
     ),
     Scenario(

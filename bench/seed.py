@@ -35,6 +35,10 @@ CREATE_DATABASE = 'CREATE DATABASE "{name}"'
 TRUNCATE_USERS = "TRUNCATE users RESTART IDENTITY"
 ANALYZE_USERS = "VACUUM ANALYZE users"
 SELECT_SERVER_VERSION = "SHOW server_version"
+# The seeding's COPY is one statement, so one transaction: its changes are the oldest.
+SELECT_FEED_START = """
+SELECT xid::text, seq FROM user_changes ORDER BY xid, seq LIMIT 1
+"""
 SERVICE_COLUMNS = ("name", "email", "created_at")
 TUTORIAL_COLUMNS = ("name", "email")
 
@@ -59,6 +63,17 @@ def migrate_service(url: str) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+async def feed_start(url: str) -> dict[str, str]:
+    """The seeding's transaction and its first change's seq, for the feed scenario's cursors."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(SELECT_FEED_START)
+    finally:
+        await conn.close()
+    assert row is not None, "the seeded users made no changes"
+    return {"feed_xid": row["xid"], "feed_first_seq": str(row["seq"])}
 
 
 async def server_version(url: str) -> str:
