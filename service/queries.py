@@ -291,6 +291,8 @@ WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
 ORDER BY xid, seq
 LIMIT $3
 """
+# Where CHANGES_PAGE's USER_COLUMNS begin.
+CHANGE_USER = 5
 # The last change a page could hold now; none when the feed is empty.
 CHANGES_END = """
 SELECT xid::text AS txid, seq FROM user_changes
@@ -411,15 +413,26 @@ def encode_attributes(attributes: dict[str, str]) -> str:
     return _encoder.encode(attributes).decode()
 
 
-def to_user(row: asyncpg.Record) -> User:
+# The columns, in order, of every query whose rows to_user reads.
+USER_COLUMNS = ("id", "name", "email", "status", "attributes", "created_at", "updated_at")
+
+
+def to_user(row: asyncpg.Record, first: int = 0) -> User:
+    """The user in a row whose columns from `first` on are USER_COLUMNS, in their order.
+
+    Unpacked by position: a Record's lookups by name made up 40% of a page's
+    conversion (16.6 µs for 50 users, 10 µs so).
+    """
+    id, name, email, status, attributes, created_at, updated_at = row[first : first + 7]
     return User(
-        id=row["id"],
-        name=row["name"],
-        email=row["email"],
-        status=row["status"],
-        attributes=_decode_attributes.decode(row["attributes"]),  # asyncpg's jsonb is text
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        id=id,
+        name=name,
+        email=email,
+        status=status,
+        # asyncpg's jsonb is text; most users have none.
+        attributes={} if attributes == "{}" else _decode_attributes.decode(attributes),
+        created_at=created_at,
+        updated_at=updated_at,
     )
 
 
@@ -513,7 +526,7 @@ async def list_pages_after(db: Executor, pages: list[tuple[str, int, int]]) -> l
 def to_pages(rows: list[asyncpg.Record], count: int) -> list[list[User]]:
     pages: list[list[User]] = [[] for _ in range(count)]
     for row in rows:  # in email order within each page, as the subquery gave them
-        pages[row["number"] - 1].append(to_user(row))
+        pages[row[0] - 1].append(to_user(row, 1))
     return pages
 
 
@@ -641,7 +654,7 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
     return [
         ChangeRow(
             Position(int(row["txid"]), row["seq"]), row["type"], row["id"], row["version"],
-            row["at"], None if row["name"] is None else to_user(row),
+            row["at"], None if row["name"] is None else to_user(row, CHANGE_USER),
         )
         for row in rows
     ]  # fmt: skip
