@@ -20,6 +20,7 @@ COLORS = {
     "service": "#2a9d8f",
     "service-auth": "#8ab17d",
     "service-nofeed": "#b5c99a",
+    "service-2": "#52796f",
     "tutorial": "#e76f51",
     "peer": "#f4a261",
     "floor": "#264653",
@@ -230,7 +231,8 @@ METHOD = """\
 - **The service** (`python -m service`'s app) runs as deployed, with every feature on: request
   IDs, metrics, error logging, the guarded HTTP protocol and validation. **Service, auth on** is
   a second process of it with `API_TOKENS` set, and wrk sends `Authorization: Bearer` on every
-  request.
+  request. **Service, 2 workers** is a third, with `WEB_CONCURRENCY=2`, whatever `--workers`
+  says: a figure, not a target, for a machine whose two cores the database shares.
 - **The tutorial** (`bench/tutorial/`) is the design the service replaces, exactly: a FastAPI
   app with one `APIRouter`, a pydantic `User(name, email)`, a pool from
   `asyncpg.create_pool(DATABASE_URL)` with its defaults and every query inside
@@ -287,17 +289,33 @@ METHOD = """\
 """
 
 
+def variant_labels(group: Sequence[ScenarioResult]) -> list[str]:
+    return [f"{result.scenario.title}: {v.label}" for result in group for v in result.variants]
+
+
 def rate_axis(axis: Axes, unit: str, group: Sequence[ScenarioResult]) -> None:
-    labels = [f"{result.scenario.title}: {v.label}" for result in group for v in result.variants]
     values = [variant.rate for result in group for variant in result.variants]
     colors = [COLORS[variant.app] for result in group for variant in result.variants]
-    bars = axis.barh(labels, values, color=colors)
+    bars = axis.barh(variant_labels(group), values, color=colors)
     axis.bar_label(bars, labels=[f"{value:,.0f}" for value in values], padding=3, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel(f"median {unit}")
     axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axis.margins(x=0.15)
     axis.tick_params(axis="y", labelsize=8)
+
+
+def p99_axis(axis: Axes, group: Sequence[ScenarioResult]) -> None:
+    """The same variants' median p99, on a log scale: tails differ by orders of magnitude."""
+    values = [variant.p99_ms for result in group for variant in result.variants]
+    colors = [COLORS[variant.app] for result in group for variant in result.variants]
+    bars = axis.barh(variant_labels(group), values, color=colors)
+    axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], padding=3, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xscale("log")
+    axis.set_xlabel("median p99, ms (log)")
+    axis.margins(x=0.15)
+    axis.tick_params(axis="y", labelleft=False)
 
 
 def target_axis(axis: Axes, checks: Sequence[TargetCheck]) -> None:
@@ -318,22 +336,19 @@ def target_axis(axis: Axes, checks: Sequence[TargetCheck]) -> None:
 def write_chart(
     path: Path, results: Sequence[ScenarioResult], checks: Sequence[TargetCheck]
 ) -> None:
-    """Horizontal bars: median rates (req/s and rows/s on their own axes), then the targets."""
+    """Horizontal bars: median rates (req/s, users/s and rows/s on their own axes) beside the
+    same variants' p99, then the targets."""
     units = list(dict.fromkeys(result.scenario.unit for result in results))
     groups = [[result for result in results if result.scenario.unit == unit] for unit in units]
     heights = [sum(len(result.variants) for result in group) for group in groups]
     heights.append(sum(check.score is not None for check in checks))
-    figure, axes = plt.subplots(
-        len(heights),
-        1,
-        figsize=(11, 1.6 + 0.4 * sum(heights)),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
-    )
-    for axis, unit, group in zip(axes[:-1, 0], units, groups, strict=True):
-        rate_axis(axis, unit, group)
-    target_axis(axes[-1, 0], checks)
-    figure.suptitle("users service vs its comparators, and the targets")
+    figure = plt.figure(figsize=(15, 1.6 + 0.4 * sum(heights)))
+    grid = figure.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=(3, 2))
+    for row, (unit, group) in enumerate(zip(units, groups, strict=True)):
+        rate_axis(figure.add_subplot(grid[row, 0]), unit, group)
+        p99_axis(figure.add_subplot(grid[row, 1]), group)
+    target_axis(figure.add_subplot(grid[-1, :]), checks)
+    figure.suptitle("users service vs its floors and comparators: rates, p99s, and the targets")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

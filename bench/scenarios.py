@@ -83,6 +83,7 @@ SCENARIOS = (
                 script="get_user.lua",
                 headers=(f"Authorization: Bearer {AUTH_TOKEN}",),
             ),
+            Variant(label="service, 2 workers", app="service-2", script="get_user.lua"),
             *wrk_variants(("tutorial", "peer", FLOOR, "ceiling"), "get_user.lua"),
         ),
     ),

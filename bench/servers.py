@@ -29,6 +29,8 @@ class App(msgspec.Struct, frozen=True, kw_only=True):
     env: tuple[tuple[str, str], ...] = ()
     # Server settings of its connections, as DATABASE_URL query parameters (asyncpg's way).
     server_settings: str = ""
+    # Its WEB_CONCURRENCY, whatever the run's --workers.
+    workers: int | None = None
 
 
 # A fresh bearer token per run, for the service with API_TOKENS set.
@@ -45,6 +47,8 @@ APPS = {
         database="service",
         server_settings="session_replication_role=replica",
     ),
+    # The service with two workers, beside the database on the same two cores.
+    "service-2": App(factory="service.app:create_app", database="service", workers=2),
     "tutorial": App(factory="bench.tutorial.app:create_app", database="tutorial"),
     "peer": App(factory="bench.peer:create_app", database="peer"),
     # The floor reads the service's own table.
@@ -79,6 +83,7 @@ def log_tail(server: Server, lines: int = 30) -> str:
 
 def start(name: str, *, database_url: str | None, workers: int, log_dir: Path) -> Server:
     app = APPS[name]
+    workers = app.workers or workers
     port = free_port()
     log = log_dir / f"{name}.log"
     # Only the app's own env turns auth on, whatever the caller's environment says.
