@@ -18,7 +18,7 @@ import msgspec
 
 from bench import machine, postgres, seed
 from bench.options import at_least
-from bench.report import markdown_table
+from bench.report import bullet_list, markdown_table
 from bench.search import FRAGMENTS, LIMIT, SEARCH_P99_MS, fill, percentile
 from service import queries
 from service.database import Database
@@ -282,7 +282,7 @@ The search target of `bench/SEARCH.md` is a p99 of at most {SEARCH_P99_MS:g} ms 
 
 ## Machine
 
-{machine.describe_machine()}
+{bullet_list(machine.describe_machine())}
 """)
 
 
