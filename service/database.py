@@ -217,7 +217,9 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_SECONDS) -> None:
     """Close gracefully within `grace` seconds, then cut whatever is still open."""
     try:
-        await asyncio.wait_for(pool.close(), grace)
+        # Not wait_for, which on Python 3.11 loses a cancel that lands as the close ends.
+        async with asyncio.timeout(grace):
+            await pool.close()
     except TimeoutError:
         logger.warning("pool did not close within %g s; terminating it", grace)
         pool.terminate()

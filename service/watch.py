@@ -105,8 +105,12 @@ class Watch:
 
     async def _poll(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns when
+            # stop()'s cancel lands just as a change sets the event (CPython
+            # gh-86296), and this loop would then outlive stop() forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._changed.wait()
             self._changed.clear()
             if not self._waiters:
                 continue

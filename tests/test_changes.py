@@ -420,6 +420,16 @@ async def test_the_watch_survives_errors_and_still_answers_long_polls(
     assert failures >= 2
 
 
+async def test_the_watch_stops_even_when_a_long_poll_wakes_it_just_before(app: Starlette) -> None:
+    watch = app.state.watch
+    waiting = asyncio.ensure_future(watch.until_after(queries.Position(0, 0), 30))
+    await asyncio.sleep(0)  # the wait has begun, and woken the watch's poll
+    # The stop's cancel lands before the poll runs: it once was lost there,
+    # and the poll went on for ever (as a notification just before stopping did).
+    await asyncio.wait_for(watch.stop(), 5)
+    await waiting
+
+
 async def test_a_deleted_user_is_nowhere_in_a_dump_of_the_database(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
