@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import partial
 from typing import NamedTuple
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 from uuid import UUID
 
 import msgspec
@@ -66,6 +67,9 @@ LATEST = datetime.max.replace(tzinfo=UTC)
 TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
     *(instant.isoformat().replace("+00:00", "Z") for instant in (EARLIEST, LATEST))
 )
+
+# What quote_plus leaves as it is, and "@", which it writes as %40.
+_plain = re.compile(r"[A-Za-z0-9_.~@-]*")
 
 _decode_new_user = msgspec.json.Decoder(NewUser)
 _decode_new_users = msgspec.json.Decoder(NewUsers)
@@ -137,6 +141,19 @@ def path_email_key(email: str) -> str:
         return email_key(msgspec.convert(email, Email))
     except msgspec.ValidationError:
         raise ProblemError(404, NO_USER) from None
+
+
+def query_string(params: dict[str, str]) -> str:
+    """urlencode's query string, made without quote_plus for plain values such as
+    most emails: the Link of a page took 6% of a first page's profile, mostly there."""
+    return "&".join(f"{query_value(name)}={query_value(value)}" for name, value in params.items())
+
+
+def query_value(text: str) -> str:
+    """`text` as urlencode writes it."""
+    if _plain.fullmatch(text):
+        return text.replace("@", "%40")
+    return quote_plus(text)
 
 
 def user_url(email: str) -> str:
@@ -406,7 +423,7 @@ async def list_users(request: Request) -> Response:
         headers["Preference-Applied"] = f"count={count}"
     if len(users) == query.limit:
         # Keyset paging: the next page starts after the last email of this one.
-        link = urlencode({**query.spelt, "after": users[-1].email, "limit": query.limit})
+        link = query_string({**query.spelt, "after": users[-1].email, "limit": str(query.limit)})
         headers["Link"] = f'</users?{link}>; rel="next"'
     return json_response(users, headers=headers)
 

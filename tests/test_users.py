@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
@@ -13,6 +14,7 @@ from msgspec.structs import replace
 
 from service import queries
 from service.settings import Settings
+from service.users import query_string
 from tests.conftest import assert_problem, attributes_of_bytes, client_of, connect
 
 
@@ -1710,3 +1712,17 @@ async def test_the_attribute_and_status_filters_are_served_by_their_indexes(
                 "EXPLAIN (FORMAT JSON) SELECT FROM users" + queries.where(clauses), *arguments
             )
             assert index in plan, plan
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"after": "ann@example.com", "limit": "50"},
+        {"q": "a b+c", "after": "x%y@example.com", "limit": "5"},
+        {"attr.team": "Ünï cødé", "after": "ann.o'neil+tag@example.com", "limit": "1000"},
+        {"q": "~_.-", "after": "a/b&c=d@example.com", "limit": "2"},
+        {"created_after": "2024-01-01T00:00:00+01:00", "after": '"q"@example.org', "limit": "3"},
+    ],
+)
+def test_a_next_link_query_is_what_urlencode_makes(params: dict[str, str]) -> None:
+    assert query_string(params) == urlencode(params)
