@@ -190,7 +190,7 @@ def databases_of(apps: Sequence[str]) -> set[str]:
     """The keys of seed.DATABASES that these apps need."""
     keys = {servers.APPS[app].database for app in apps if app in servers.APPS}
     if COPY in apps:
-        keys.add(COPY)
+        keys.add("service")
     return {key for key in keys if key is not None}
 
 
@@ -206,7 +206,7 @@ def measure(options: Options, log_dir: Path) -> Run:
         ) as running:
             urls = {name: server.url for name, server in running.items()}
             if COPY in options.apps:
-                urls[COPY] = database_urls[COPY]
+                urls[COPY] = database_urls["service"]
             results = tuple(
                 run_scenario(scenario, urls, options, seeded)
                 for scenario in SCENARIOS

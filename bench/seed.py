@@ -23,11 +23,9 @@ DATABASES = {
     "service": "bench_service",
     "tutorial": "bench_tutorial",
     "peer": "bench_peer",
-    "copy": "bench_copy",
 }
 # These take the service's schema.sql; the tutorial takes its own.
-SERVICE_SCHEMA = ("service", "peer", "copy")
-# The COPY limit's table starts empty; the others get the seeded users.
+SERVICE_SCHEMA = ("service", "peer")
 SEEDED = ("service", "tutorial", "peer")
 
 DROP_DATABASE = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
