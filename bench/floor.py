@@ -24,13 +24,13 @@ from service.queries import Filters, Position
 from service.schemas import (
     Change,
     Changes,
-    Email,
     Handles,
     Lookup,
     NewUser,
     SearchText,
     User,
     email_key,
+    is_email,
     is_handle,
 )
 from service.settings import Settings
@@ -102,8 +102,10 @@ class Floor:
     async def get_user(self, email: str) -> Answer:
         assert self.reads is not None
         # As the service reads its {email:path}: one trailing "/" belongs to the path.
-        key = email_key(msgspec.convert(email.removesuffix("/"), Email))
-        stored = await self.reads.user.get(key)
+        email = email.removesuffix("/")
+        if not is_email(email):
+            return NOT_FOUND
+        stored = await self.reads.user.get(email_key(email))
         return NOT_FOUND if stored is None else (200, encode(stored.user))
 
     async def list_users(self, params: dict[str, str]) -> Answer:
@@ -111,7 +113,9 @@ class Floor:
         limit = int(params.get("limit", "50"))
         after = params.get("after")
         if after is not None:
-            after = email_key(msgspec.convert(after, Email))
+            if not is_email(after):
+                return BAD_REQUEST
+            after = email_key(after)
         q = params.get("q")
         users: list[User]
         if q is not None:

@@ -30,7 +30,6 @@ from service.schemas import (
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
-    Email,
     Handles,
     Inserted,
     Lookup,
@@ -46,6 +45,7 @@ from service.schemas import (
     email_key,
     is_attribute_name,
     is_attribute_value,
+    is_email,
     is_handle,
 )
 from service.settings import Settings
@@ -137,10 +137,9 @@ def path_user(request: Request) -> UserKey:
 
 def path_email_key(email: str) -> str:
     """The email_key of a path's email; one that cannot be valid names no user: 404."""
-    try:
-        return email_key(msgspec.convert(email, Email))
-    except msgspec.ValidationError:
-        raise ProblemError(404, NO_USER) from None
+    if not is_email(email):
+        raise ProblemError(404, NO_USER)
+    return email_key(email)
 
 
 def query_string(params: dict[str, str]) -> str:
@@ -352,10 +351,9 @@ def list_query(request: Request) -> ListQuery:
     params = query_params(request, LIST_PARAMETERS, ATTRIBUTE_PREFIX)
     after = params.get("after")
     if after is not None:
-        try:
-            after = email_key(msgspec.convert(after, Email))
-        except msgspec.ValidationError:
-            raise ProblemError(422, "after must be an email address", field="after") from None
+        if not is_email(after):
+            raise ProblemError(422, "after must be an email address", field="after")
+        after = email_key(after)
     filters = Filters(
         q=query_search(params),
         created_after=query_timestamp(params, "created_after"),

@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from service.schemas import Email, UserHandle, email_key, is_handle
+from service.schemas import Email, UserHandle, email_key, is_email, is_handle
 from tests.conftest import assert_problem
 
 VALID_EMAILS = [
@@ -265,3 +265,13 @@ def test_the_email_pattern_refuses_every_ecma_262_space_and_invisible_character(
     for char in ECMA_SPACE | invisible:
         assert not email.search(f"a{char}@example.com"), hex(ord(char))
         assert not email.search(f"a@ex{char}ample.com"), hex(ord(char))
+
+
+@pytest.mark.parametrize("text", [*VALID_EMAILS, *INVALID_EMAILS, *HANDLES])
+def test_is_email_agrees_with_the_email_constraint(text: str) -> None:
+    try:
+        msgspec.convert(text, Email)
+    except msgspec.ValidationError:
+        assert not is_email(text)
+    else:
+        assert is_email(text)
