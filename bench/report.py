@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
-from matplotlib.ticker import StrMethodFormatter
+from matplotlib.ticker import NullFormatter, StrMethodFormatter
 
 from bench.results import ScenarioResult, TargetCheck, comparisons
 
@@ -93,55 +93,54 @@ def bullet_list(items: Mapping[str, str]) -> str:
 # name. Profiles: py-spy record at 500 Hz for 12 s of the worker under wrk -t1 -c64 on
 # 100,000 users; the commands and before/after figures are in the commits that acted on them.
 LIMITS: dict[str, str] = {
-    "GET /users/{email} req/s vs the floor": (
-        "The floor is the same lookup with nothing else: no routing, no Request or Response "
-        "objects, no request ID, metrics, log-level checks or token check. In the service's "
-        "profile, as in the floor's, uvicorn's socket writes, the event loop and asyncpg come "
-        "first; what the service adds is spread over small pieces, none above 2% of the "
-        "samples: Route.matches, Request and Response construction, the request ID, the "
-        "metrics tally. The large pieces are gone: Starlette's five layers around each "
+    "GET /users/{email}: rate vs its floor": (
+        "The floor looks the user up through the same coalescing and query, and encodes the "
+        "same User, with nothing around it. In py-spy's profile of the service (200 Hz, 10 s, "
+        "wrk -c64, 2026-12-05), uvicorn's protocol and socket writes, the event loop and "
+        "asyncpg come first, as in the floor's; what the service adds is spread over pieces "
+        "of 1 to 2% each: Starlette's route match and Request, the Response and its headers, "
+        "the ETag, the request ID, the metrics tally. The email check was the one piece above "
+        "that, 4% (msgspec.convert hashing the Annotated type each call), and is now one "
+        "compiled pattern. The large pieces went earlier: Starlette's five layers around each "
         "request (0.43x to 0.60x the floor), uvicorn's access-line arguments (+9%), metrics "
-        "written once a request (0.66x to 0.72x) and full garbage collections over the "
-        "start-up heap (p99 12 to 6 ms). Going further means leaving Starlette's Request, "
-        "Response and route matching, which the stack keeps."
+        "written once a request (0.66x to 0.72x), full collections over the start-up heap "
+        "(p99 12 to 6 ms). The rest is Starlette's Request, Response and route matching, "
+        "which the stack keeps."
     ),
-    "GET /users/{email} req/s vs the tutorial": (
-        "5x the tutorial asks the service to be about as fast as the floor, which does the "
-        "same lookup with no framework at all: across this machine's runs the floor itself "
-        "measured 4.4x to 5.3x the tutorial (Results). The line on the floor says what the "
-        "service's features cost over it."
+    "First page: rate vs its floor": (
+        "A turn's callers of the first page share its one query in both, so a request's own "
+        "work is mostly encoding and sending 50 users, which both do (json_response, 7.7% of "
+        "the service's samples in py-spy, 200 Hz, 10 s, wrk -c64). What the service adds: "
+        "reading the query through Starlette's QueryParams and checking every parameter "
+        "(5%), the Link header (6.7%, now a plain string for plain emails, which took it "
+        "to about 1%), Vary, the Response object (2.6%), the request ID and metrics."
     ),
-    "GET /users/{email} req/s vs the peer": (
-        "Likewise 4x the peer is about the floor's own rate: the floor measured 3.7x to 4.3x "
-        "the peer across this machine's runs."
+    "POST /users: rate vs its floor": (
+        "Both make the same coalesced INSERT. In py-spy's profile of the service (200 Hz, "
+        "10 s, wrk -c64), reading the body took 17.6% of the worker against the floor's "
+        "bare receive: the framing checks (Content-Type, charset, Content-Encoding, "
+        "HTTP/1.0 length), the size bound, and above all the body's deadline (asyncio.timeout "
+        "around the read, 5.5%), which keeps a client from holding a request open; then the "
+        "Idempotency-Key lookup (2.8%), the route match (3.2%), and Location and ETag on the "
+        "201 (4.5%). Each is a feature the floor lacks and the service keeps."
     ),
-    "POST /users req/s vs the tutorial": (
-        "Met at 3.35x in the run of 2026-11-25 13:41 UTC. Since then each new user also "
-        "goes into the trigram index that serves q= searches, about 30 GIN entries a row, "
-        "which the tutorial's table does not have: measured side by side (python -m bench "
-        "--apps service,floor --duration 5 --rounds 3, the code before the index and after "
-        "it), POST /users went from 12,675 to 10,221 req/s. Searching by part of an email "
-        "or name needs that index, and its defaults are the cheapest settings measured: "
-        "two-row inserts from pgbench (8 clients, 15 s, 100,000 users) ran at 5,996 tps "
-        "with them, 5,789 with a 64 MB pending list, 3,055 with fastupdate off, and 7,050 "
-        "without the index."
+    "POST /users: p99 vs the tutorial's": (
+        "The tail is the statement's, not the framework's: the floor, which makes the same "
+        "coalesced INSERT with no framework, has a p99 as long or longer in the same run "
+        "(Results). Each create writes its row, about 30 trigram entries for q= searches, and "
+        "its change for the feed, where the tutorial's table has one plain index; the service "
+        "with the feed off has the shorter tail in the same table (Results). Tried and not "
+        "kept, side by side with wrk -c64 and -c8 on 100,000 users: the trigger without its "
+        "NOTIFY (p99 51.4 against 45.8 ms with it: no gain); at most 2 create statements "
+        "under way, the rest waiting to go out together (p99 47 against 55 ms and 39 "
+        "against 47 in two runs, 62 against 55 in a third, rates within noise). The search "
+        "index's other forms cost creates no less while meeting the search targets "
+        "(bench/TRIGRAM.md)."
     ),
-    "Deep page: after= req/s vs the tutorial's offset=": (
-        "The tutorial's offset= page has no ORDER BY: PostgreSQL skips rows in whatever order "
-        "the heap gives them, cheap but not a page of any order. 15x its rate is about "
-        "13,000 pages of 50 users a second, near the floor's rate for one user. In the "
-        "service's profile on after= pages the worker waits much of the time for PostgreSQL, "
-        "which runs a batch's index range scans one after another in one backend; of the "
-        "busy time, building 50 User structs a page from asyncpg's records (to_pages, "
-        "to_user) is the largest share, 11% of all samples, then asyncpg's decoding and the "
-        "5 KB encode and write."
-    ),
-    "POST /users/bulk rows/s vs the COPY limit": (
-        "The service decodes and validates the 10,000 users before its COPY, which the limit "
-        "does not: msgspec takes about 10.5 ms a request, 9.5 ms of it the name and email "
-        "patterns (Python's re, once per string), timed in-process on this payload. "
-        "Validation stays on. The COPY is the limit's own cost; the check for emails "
-        "repeated in the payload now runs only when the unique index refuses a load."
+    "POST /users: req/s with the change feed vs without": (
+        "python -m bench.feed measured the same ratio at 1.03x (bench/FEED.md), on its own "
+        "database; here the service and the service with the feed off take turns on a table "
+        "that both grow by tens of thousands of users a round, and the rounds swing by 15%."
     ),
     "POST /users/lookup of 100 users p99": (
         "wrk keeps all 8 connections busy, so a lookup waits for the ones ahead of it: latency "
@@ -149,11 +148,33 @@ LIMITS: dict[str, str] = {
         "PostgreSQL 0.8 ms (GET /users/{email}: 0.27 and 0.06 ms), measured with psutil over a "
         "wrk run on this machine while it was shared, and the two compete with wrk for its two "
         "cores. In py-spy's profile of the worker (250 Hz, 12 s, -c8) asyncpg's execute and "
-        "decode of the 90 rows take 14%, checking the handles 7% (msgspec.convert per handle "
-        "took 1.4 ms a request before it gave way to one compiled pattern), building the Users "
-        "and their keys 6%, encoding and writing the 17 KB answer 12%; the statement itself, a "
-        "BitmapOr of the two unique indexes, runs in 0.8 to 1.2 ms under EXPLAIN ANALYZE. From "
+        "decode of the 90 rows take 14%, checking the handles 7%, building the Users and their "
+        "keys 6%, encoding and writing the 17 KB answer 12%; the statement itself, a BitmapOr "
+        "of the two unique indexes, runs in 0.8 to 1.2 ms under EXPLAIN ANALYZE. The floor, "
+        "doing the same with no framework, has the longer p99 in the same run (Results). From "
         "one connection, with no queue, the median was 2.3 ms."
+    ),
+    "POST /users/bulk: rows/s vs the COPY limit": (
+        "The service decodes and validates the 10,000 users before its COPY, which the limit "
+        "does not: msgspec takes about 10.5 ms a request, 9.5 ms of it the name and email "
+        "patterns (Python's re, once per string), timed in-process on this payload, and the "
+        "700 KB body crosses HTTP from a client on the same two cores."
+    ),
+    "GET /users/changes page: p99 vs the floor's": (
+        "Both read each page with a query of its own (a page without wait= sees every write "
+        "answered before it asked, so it shares no read), and both tails are the worker's "
+        "queue: in py-spy's profile of the service (200 Hz, 10 s, wrk -c64) building the 100 "
+        "changes of a page takes a quarter of the worker (their rows 10.5%, their cursors "
+        "8.1%), work the floor does alike, and asyncpg's execute 13%. The service adds the "
+        "parameter checks, Last-Event-ID and Accept, the Response and the request's metrics, "
+        "each 1 to 4%, and its tail follows its lower rate."
+    ),
+    "Deep after= page: req/s vs the peer's keyset page": (
+        "The floor, the same pages with no framework, measures about 1.5x the peer itself: the "
+        "pages are PostgreSQL's index range scans and 50 users' encoding, which the peer does "
+        "too. A loop turn's pages now go out as queries of at most 32 (service/lookups.py), "
+        "which run side by side: 6,089 against 4,650 req/s at wrk -c64, with no change at "
+        "-c1 or -c8."
     ),
 }
 UNEXPLAINED = "Not explained yet: the line, and the profile that shows it, are still to be written."
@@ -165,6 +186,42 @@ def limits(checks: Sequence[TargetCheck]) -> str:
         return ""
     lines = "\n".join(f"- **{name}.** {LIMITS.get(name, UNEXPLAINED)}" for name in missed)
     return f"\n### What limits the targets not met\n\n{lines}\n"
+
+
+CHOICES = """\
+- **Coalescing, at 1, 8 and 64 connections.** A loop turn's lookups go out as one query, its
+  creates as one statement, its first pages as one shared page: at -c1 each is its own
+  request's, and the tail at -c64 is the statement's, as the floor's shows. Its `after=` pages
+  went out as one LATERAL query, whose index range scans PostgreSQL runs one after another in
+  one backend; they now go out as queries of at most 32 pages, run side by side on the pool.
+  Deep pages of 50, wrk -c64, 6 interleaved rounds of 5 s on 100,000 users (PostgreSQL 15):
+  one query a turn 4,650 req/s, p99 22.2 ms; 32 a query 6,089, 20.3 ms; 24 a query 5,323,
+  23.9 ms; 16 and 8 lower again. At -c1 (p99 0.6 ms) and -c8 (3.8 to 4.0 ms), every size
+  within noise. Creates with at most 2 statements under way, the rest gathering behind them,
+  did not hold up over three runs (Targets, POST /users p99).
+- **The write cost of search.** `python -m bench.trigram` (`bench/TRIGRAM.md`, a million
+  users, 8 connections creating 2 users a statement, medians of 3 interleaved rounds) compared
+  schema.sql's GIN (fastupdate on, 4 MB pending list) with GIN without fastupdate (0.59x its
+  create rate), GIN with a 64 MB pending list (1.30x), GiST with 12- and 64-byte signatures
+  (1.00x, 1.01x), GIN on the email alone (1.03x) and no index (1.19x). Only schema.sql's GIN
+  kept every search of `bench/SEARCH.md` within its 25 ms p99: GiST took 100 to 150 ms on rare
+  fragments, the 64 MB pending list 89 ms on one (and a search reads the whole pending list,
+  which grows to 64 MB between vacuums), and the email alone cannot find names. It stays."""
+
+
+def choices(results: Sequence[ScenarioResult]) -> str:
+    """CHOICES, and the run's lookup rate with one worker and with two."""
+    get = next((result for result in results if result.scenario.key == "get"), None)
+    one = None if get is None else get.find("service")
+    two = None if get is None else get.find("service, 2 workers")
+    if one is None or two is None:
+        return CHOICES
+    return CHOICES + (
+        f"\n- **Workers.** `GET /users/{{email}}` with `WEB_CONCURRENCY=1`: {one.rate:,.0f} req/s,"
+        f" p99 {one.p99_ms:.2f} ms; with 2: {two.rate:,.0f} req/s, p99 {two.p99_ms:.2f} ms"
+        f" ({two.rate / one.rate:.2f}x), on two cores that PostgreSQL and wrk share. A figure,"
+        " not a target: `docs/DEPLOY.md` says what to expect on a bigger machine."
+    )
 
 
 def comparison_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
@@ -199,6 +256,10 @@ Each target and each comparison is a ratio of medians from this one run.
 
 {markdown_table(TARGET_COLUMNS, target_rows(checks))}
 {limits(checks)}
+## Choices measured
+
+{choices(results)}
+
 ## Comparisons
 
 {markdown_table(COMPARISON_COLUMNS, comparison_rows(results))}
@@ -313,6 +374,7 @@ def p99_axis(axis: Axes, group: Sequence[ScenarioResult]) -> None:
     axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], padding=3, fontsize=8)
     axis.invert_yaxis()
     axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel("median p99, ms (log)")
     axis.margins(x=0.15)
     axis.tick_params(axis="y", labelleft=False)
