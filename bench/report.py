@@ -126,7 +126,7 @@ LIMITS: dict[str, str] = {
     ),
     "POST /users: p99 vs the tutorial's": (
         "The tail is the statement's, not the framework's: the floor, which makes the same "
-        "coalesced INSERT with no framework, has a p99 as long or longer in the same run "
+        "coalesced INSERT with no framework, has about as long a p99 in the same run "
         "(Results). Each create writes its row, about 30 trigram entries for q= searches, and "
         "its change for the feed, where the tutorial's table has one plain index; the service "
         "with the feed off has the shorter tail in the same table (Results). Tried and not "
