@@ -199,7 +199,9 @@ def measure(options: Options, log_dir: Path) -> Run:
     with postgres.database_url() as server_url:
         database_urls = seed.prepare(server_url, databases_of(options.apps), options.users)
         postgres_version = asyncio.run(seed.server_version(server_url))
-        seeded = asyncio.run(seed.feed_start(database_urls["service"]))
+        # The feed scenario's cursors; only the service and the floor, on its database, use them.
+        service_url = database_urls.get("service")
+        seeded = {} if service_url is None else asyncio.run(seed.feed_start(service_url))
         names = [app for app in options.apps if app in servers.APPS]
         with servers.running(
             names, database_urls=database_urls, workers=options.workers, log_dir=log_dir

@@ -403,13 +403,17 @@ def write_chart(
     units = list(dict.fromkeys(result.scenario.unit for result in results))
     groups = [[result for result in results if result.scenario.unit == unit] for unit in units]
     heights = [sum(len(result.variants) for result in group) for group in groups]
-    heights.append(sum(check.score is not None for check in checks))
+    # A run of comparators alone measures no target: no row for them.
+    targets = sum(check.score is not None for check in checks)
+    if targets:
+        heights.append(targets)
     figure = plt.figure(figsize=(15, 1.6 + 0.4 * sum(heights)))
     grid = figure.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=(3, 2))
     for row, (unit, group) in enumerate(zip(units, groups, strict=True)):
         rate_axis(figure.add_subplot(grid[row, 0]), unit, group)
         p99_axis(figure.add_subplot(grid[row, 1]), group)
-    target_axis(figure.add_subplot(grid[-1, :]), checks)
+    if targets:
+        target_axis(figure.add_subplot(grid[-1, :]), checks)
     figure.suptitle("users service vs its floors and comparators: rates, p99s, and the targets")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
