@@ -1,7 +1,8 @@
 """The floor: each scenario's work as a bare ASGI app, with no framework.
 
-The service's own queries and coalescing (service.queries, service.lookups)
-over its own pool, and the same msgspec Structs encoded; but no router (a
+The service's own queries, coalescing and answers (service.queries,
+service.lookups, users.look_up, changes.to_change) over its own pool, and
+the same msgspec Structs encoded; but no router (a
 string comparison picks the work), no Request or Response objects, and none
 of the service's features: no auth, ETags, Link headers, idempotency,
 metrics, request IDs, logs or problem details. What the service measures
@@ -18,24 +19,24 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from service import queries
+from service.changes import cursor_of, position_of, to_change
 from service.database import Database, close_pool, open_pool
 from service.lookups import Creates, Reads
-from service.queries import Filters, Position
+from service.problems import ProblemError
+from service.queries import Filters
 from service.schemas import (
-    Change,
     Changes,
     Handles,
-    Lookup,
     NewUser,
     SearchText,
     User,
     email_key,
     is_email,
-    is_handle,
 )
 from service.settings import Settings
+from service.users import look_up
 
-# ASGI's types, spelt out here so that not even a framework's type module is imported.
+# ASGI's types, spelt out here: the floor serves requests with no framework's code.
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -51,15 +52,6 @@ BAD_REQUEST: Answer = (400, b'{"title":"Bad Request"}')
 encode = msgspec.json.Encoder().encode
 decode_new_user = msgspec.json.Decoder(NewUser).decode
 decode_handles = msgspec.json.Decoder(Handles).decode
-
-
-def cursor_of(position: Position) -> str:
-    return f"{position.xid:x}-{position.seq:x}"
-
-
-def position_of(cursor: str) -> Position:
-    xid, _, seq = cursor.partition("-")
-    return Position(int(xid, 16), int(seq, 16))
 
 
 class Floor:
@@ -78,7 +70,7 @@ class Floor:
             return
         try:
             status, body = await self.answer(scope, receive)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError, ProblemError):
             status, body = BAD_REQUEST
         headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -132,15 +124,11 @@ class Floor:
 
     async def list_changes(self, params: dict[str, str]) -> Answer:
         assert self.db is not None
-        position = position_of(params["after"])
+        position = position_of(params["after"], "after")
         rows = await queries.changes_after(self.db, position, int(params.get("limit", "100")))
         if rows is None:
             return NOT_FOUND
-        changes = [
-            Change(cursor=cursor_of(row.position), type=row.type, id=row.id,  # type: ignore[arg-type]
-                   version=row.version, at=row.at, user=row.user)
-            for row in rows
-        ]  # fmt: skip
+        changes = [to_change(row) for row in rows]
         next = changes[-1].cursor if changes else cursor_of(position)
         return 200, encode(Changes(changes=changes, next=next))
 
@@ -151,19 +139,7 @@ class Floor:
 
     async def lookup_users(self, body: bytes) -> Answer:
         assert self.reads is not None
-        keys = {handle: email_key(handle) if is_handle(handle) else None
-                for handle in decode_handles(body)}  # fmt: skip
-        wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
-        named = await self.reads.handles.get(wanted) if wanted else {}
-        found: dict[str, User] = {}
-        missing: list[str] = []
-        for handle, key in keys.items():
-            user = None if key is None else named.get(key)
-            if user is None:
-                missing.append(handle)
-            elif user.id not in found:
-                found[user.id] = user
-        return 200, encode(Lookup(found=list(found.values()), missing=missing))
+        return 200, encode(await look_up(self.reads, decode_handles(body)))
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -223,10 +223,15 @@ async def lookup_users(request: Request) -> Response:
     handles = await read_json(
         request, _decode_handles, handle_keys, MAX_LOOKUP_BYTES, settings.body_timeout
     )
+    return json_response(await look_up(reads_of(request), handles))
+
+
+async def look_up(reads: Reads, handles: list[str]) -> Lookup:
+    """The answer of a lookup of these handles, read through `reads`."""
     # By handle as given: a handle repeated verbatim is looked at once.
     keys = {handle: handle_key(handle) for handle in handles}
     wanted = tuple(dict.fromkeys(key for key in keys.values() if key is not None))
-    named = await reads_of(request).handles.get(wanted) if wanted else {}
+    named = await reads.handles.get(wanted) if wanted else {}
     found: dict[str, User] = {}  # by id: a user named twice appears once
     missing: list[str] = []
     for handle, key in keys.items():
@@ -235,7 +240,7 @@ async def lookup_users(request: Request) -> Response:
             missing.append(handle)
         elif user.id not in found:
             found[user.id] = user
-    return json_response(Lookup(found=list(found.values()), missing=missing))
+    return Lookup(found=list(found.values()), missing=missing)
 
 
 class ListQuery(NamedTuple):
