@@ -241,12 +241,15 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
 SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS}", SCIM_COLUMNS)
+# The user read to be changed and written back: a concurrent write waits for this one.
+SCIM_LOCK = SCIM_FIND + " FOR UPDATE"
 SCIM_CREATE = """
 INSERT INTO users (name, email, status, external_id) VALUES ($1, $2, $3, $4)
 RETURNING {COLUMNS}
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 # A write of the whole user, made only if it is still at the version read
-# ($6), whose If-Match the caller checked, and only if it changes something.
+# ($6), whose If-Match the caller checked, and only if it changes something;
+# else the user as it is.
 SCIM_REPLACE = """
 WITH changed AS (
     UPDATE users SET (name, email, status, external_id) = ($2, $3, $4, $5),

@@ -39,7 +39,6 @@ DEFAULT_COUNT = 100
 MAX_COUNT = 1000
 MAX_OPERATIONS = 100
 MAX_INDEX = 2**31 - 1  # startIndex and count, RFC 7644's integers
-WRITE_ATTEMPTS = 5  # reads and writes of a PATCH or PUT raced by other writes
 # sortBy: the attributes a list may be ordered by, each with a unique tiebreak.
 SORTS = {
     "username": "lower(email)",
@@ -251,14 +250,13 @@ async def patch_user(request: Request) -> Response:
 
 
 async def write(request: Request, change: Callable[[State], State]) -> Response:
-    """The user read, changed by `change` and written back at the version read,
-    in one statement; read again and changed again when another write came
-    between. If-Match is checked against the version read, which the write is
-    made at or not at all."""
+    """The user read and locked, changed by `change` and written back in one
+    transaction: a concurrent write to the same user waits for this one, as
+    the native PATCH's single UPDATE does. If-Match is checked against the
+    version locked."""
     user_id, condition = user_id_of(request), condition_of(request)
-    db = db_of(request)
-    for _ in range(WRITE_ATTEMPTS):
-        row = await db.fetchrow(queries.SCIM_FIND, user_id)
+    async with db_of(request).connection() as conn, conn.transaction():
+        row = await conn.fetchrow(queries.SCIM_LOCK, user_id)
         if row is None:
             raise ScimError(404, "No user has this id")
         if condition is not None and (UUID(row["id"]), row["version"]) not in condition:
@@ -266,14 +264,13 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
         current = State(row["name"], row["email"], row["status"], row["external_id"])
         state = checked(change(current))
         try:
-            written = await db.fetchrow(queries.SCIM_REPLACE, user_id, *state, row["version"])
+            written = await conn.fetchrow(queries.SCIM_REPLACE, user_id, *state, row["version"])
         except asyncpg.UniqueViolationError as exc:
             raise taken(exc) from None
-        if written is not None:
-            if written["version"] != row["version"]:
-                metrics.USERS_UPDATED.inc()
-            return user_response(request, written)
-    raise queries.Contended
+    assert written is not None  # the row stayed locked at the version read
+    if written["version"] != row["version"]:
+        metrics.USERS_UPDATED.inc()
+    return user_response(request, written)
 
 
 async def delete_user(request: Request) -> Response:
