@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -52,9 +52,17 @@ SORTS = {
     "meta.lastmodified": "updated_at, lower(email)",
 }
 ALWAYS_RETURNED = {"schemas", "id"}
+# The parameters of a list or search (RFC 7644 §3.4.2, §3.4.3), and of a read of one user.
+LIST_PARAMETERS = (
+    *("filter", "startIndex", "count", "sortBy", "sortOrder"),
+    *("attributes", "excludedAttributes"),
+)
+USER_PARAMETERS = ("attributes", "excludedAttributes")
 
 # An attribute with a sub-attribute or not, or emails[filter] with one or not.
 _path = re.compile(r"[a-z][a-z0-9_$-]*(\.[a-z][a-z0-9_$-]*)?|emails\[.+\](\.[a-z]+)?", re.DOTALL)
+# A paging number: int() alone also takes "+3", "1_0", " 1" and other scripts' digits.
+_whole = re.compile(r"-?[0-9]{1,19}")
 _encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder(dict[str, Any])
 
@@ -168,9 +176,36 @@ def decoded(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise ScimError(400, "Malformed JSON: nested too deeply", "invalidSyntax") from None
 
 
-def message(body: bytes, schema: str) -> dict[str, Any]:
-    """A PATCH or search body: a JSON object whose schemas, if given, name `schema`."""
-    found: dict[str, Any] = decoded(_decode_any, body)
+def parameters(
+    given: Iterable[tuple[str, Any]], known: tuple[str, ...], where: str, *, strict: bool = True
+) -> dict[str, Any]:
+    """The parameters by the names `known` spells, given in any letter case as RFC 7643
+    §2.1 has attribute names, each at most once; an unknown one is a 400 when `strict`,
+    else left out."""
+    spelling = {name.lower(): name for name in known}
+    found: dict[str, Any] = {}
+    for name, value in given:
+        known_name = spelling.get(name.lower())
+        if known_name is None:
+            if not strict:
+                continue
+            detail = f"Unknown parameter {name!r}: {where} takes {', '.join(known)}"
+            raise ScimError(400, detail, "invalidValue")
+        if known_name in found:
+            raise ScimError(
+                400, f"{known_name} may be given once, in any letter case", "invalidValue"
+            )
+        found[known_name] = value
+    return found
+
+
+def message(body: bytes, schema: str, known: tuple[str, ...], *, strict: bool) -> dict[str, Any]:
+    """A PATCH or search body: a JSON object whose schemas, if given, name `schema`,
+    its members by the names `known` spells."""
+    found = parameters(
+        decoded(_decode_any, body).items(), ("schemas", *known), schema.rpartition(":")[2],
+        strict=strict,
+    )  # fmt: skip
     schemas = found.get("schemas", [schema])
     if not isinstance(schemas, list) or schema not in schemas:
         raise ScimError(400, f"The body's schemas must be [{schema!r}]", "invalidSyntax")
@@ -241,7 +276,8 @@ async def replace_user(request: Request) -> Response:
 
 
 async def patch_user(request: Request) -> Response:
-    operations = message(await body_of(request), PATCH_OP).get("Operations")
+    body = message(await body_of(request), PATCH_OP, ("Operations",), strict=False)
+    operations = body.get("Operations")
     if not isinstance(operations, list):
         raise ScimError(400, f"A PATCH is a {PATCH_OP} with a list of Operations", "invalidSyntax")
     if not 1 <= len(operations) <= MAX_OPERATIONS:
@@ -416,12 +452,14 @@ class Listing(NamedTuple):
 
 
 def int_param(raw: object, name: str, default: int) -> int:
+    """A whole number in ASCII digits, optionally negative (clamped by the caller, as
+    RFC 7644 §3.4.2.4 says): a JSON integer in a search body, text in a query."""
     if raw is None:
         return default
-    try:
-        number = int(str(raw))
-    except ValueError:
-        raise ScimError(400, f"{name} is a whole number", "invalidValue") from None
+    text = str(raw) if type(raw) is int else raw
+    if not (isinstance(text, str) and _whole.fullmatch(text)):
+        raise ScimError(400, f"{name} is a whole number in the digits 0-9", "invalidValue")
+    number = int(text)
     if abs(number) > MAX_INDEX:
         raise ScimError(400, f"{name} is at most {MAX_INDEX:,}", "invalidValue")
     return number
@@ -449,8 +487,13 @@ def listing(given: dict[str, Any]) -> Listing:
     )
 
 
+def query_parameters(request: Request, known: tuple[str, ...]) -> dict[str, Any]:
+    where = f"{request.method} {request.url.path}"
+    return parameters(request.query_params.multi_items(), known, where)
+
+
 def attribute_params(request: Request) -> tuple[list[str], list[str]]:
-    params = request.query_params
+    params = query_parameters(request, USER_PARAMETERS)
     return names(params.get("attributes")), names(params.get("excludedAttributes"))
 
 
@@ -473,11 +516,12 @@ def selected(user: ScimUser, attributes: list[str], excluded: list[str]) -> dict
 
 
 async def list_users(request: Request) -> Response:
-    return await answer_list(request, listing(dict(request.query_params)))
+    return await answer_list(request, listing(query_parameters(request, LIST_PARAMETERS)))
 
 
 async def search_users(request: Request) -> Response:
-    return await answer_list(request, listing(message(await body_of(request), SEARCH_REQUEST)))
+    body = message(await body_of(request), SEARCH_REQUEST, LIST_PARAMETERS, strict=True)
+    return await answer_list(request, listing(body))
 
 
 async def answer_list(request: Request, given: Listing) -> Response:

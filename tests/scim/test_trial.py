@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from msgspec.structs import replace
 
 from service.settings import Settings
@@ -51,6 +52,99 @@ async def two_users(client: httpx.AsyncClient) -> None:
     await create(client, "bob@example.com", "Bob Ray")
 
 
+# 1. List parameters in another letter case, or misspelt.
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"Filter": 'userName eq "bob@example.com"', "COUNT": "5"},
+        {"FILTER": 'userName eq "bob@example.com"', "startindex": "1", "SortBy": "userName"},
+        {"filter": 'userName co "example.com"', "SORTORDER": "descending", "Count": "1"},
+    ],
+)
+async def test_list_parameters_are_honoured_in_any_letter_case(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    await two_users(client)
+    listed = await client.get("/scim/v2/Users", params=params)
+    assert listed.status_code == 200, listed.text
+    assert [user["userName"] for user in listed.json()["Resources"]] == ["bob@example.com"]
+
+
+async def test_attributes_parameters_are_honoured_in_any_letter_case(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await create(client, "ann@example.com")
+    path = f"/scim/v2/Users/{user['id']}"
+    read = await client.get(path, params={"Attributes": "userName"})
+    assert read.status_code == 200, read.text
+    assert set(read.json()) == {"schemas", "id", "userName"}
+    listed = await client.get("/scim/v2/Users", params={"EXCLUDEDattributes": "meta"})
+    assert "meta" not in listed.json()["Resources"][0]
+
+
+async def test_search_body_members_are_honoured_in_any_letter_case(
+    client: httpx.AsyncClient,
+) -> None:
+    await two_users(client)
+    body = {"SCHEMAS": [SEARCH], "Filter": 'userName eq "bob@example.com"', "Count": 5}
+    found = await client.post("/scim/v2/Users/.search", json=body)
+    assert found.status_code == 200, found.text
+    assert [user["userName"] for user in found.json()["Resources"]] == ["bob@example.com"]
+    few = await client.post("/scim/v2/.search", json={"schemas": [SEARCH], "COUNT": 1})
+    assert few.json()["itemsPerPage"] == 1
+
+
+@pytest.mark.parametrize("name", ["filtr", "limit", "attribute", "count2"])
+async def test_an_unknown_list_parameter_is_a_400_naming_it(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    await two_users(client)
+    listed = await client.get("/scim/v2/Users", params={name: "1"})
+    assert repr(name) in scim_error(listed, 400, "invalidValue")
+    body = {"schemas": [SEARCH], name: "1"}
+    searched = await client.post("/scim/v2/Users/.search", json=body)
+    assert repr(name) in scim_error(searched, 400, "invalidValue")
+
+
+async def test_an_unknown_parameter_on_a_user_is_a_400_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await create(client, "ann@example.com")
+    read = await client.get(f"/scim/v2/Users/{user['id']}", params={"filter": "x"})
+    assert "'filter'" in scim_error(read, 400, "invalidValue")
+
+
+@pytest.mark.parametrize(
+    "query", ["count=1&count=2", "count=1&Count=2", "filter=id%20pr&FILTER=id%20pr"]
+)
+async def test_a_list_parameter_given_twice_is_a_400_naming_it(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    await two_users(client)
+    listed = await client.get(f"/scim/v2/Users?{query}")
+    detail = scim_error(listed, 400, "invalidValue")
+    assert query.split("=")[0].lower() in detail.lower()
+    assert "once" in detail
+
+
+async def test_a_search_body_naming_a_member_twice_is_a_400(client: httpx.AsyncClient) -> None:
+    body = {"schemas": [SEARCH], "count": 1, "Count": 2}
+    assert "once" in scim_error(
+        await client.post("/scim/v2/.search", json=body), 400, "invalidValue"
+    )
+
+
+@pytest.mark.parametrize("member", ["operations", "OPERATIONS", "Operations"])
+async def test_patch_operations_are_taken_in_any_letter_case(
+    client: httpx.AsyncClient, member: str
+) -> None:
+    user = await create(client, "ann@example.com")
+    body = {"schemas": [PATCH], member: [{"op": "replace", "path": "displayName", "value": "Z"}]}
+    changed = await client.patch(f"/scim/v2/Users/{user['id']}", json=body)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["displayName"] == "Z"
+
+
 # 2. Writes to one user queue, as native ones do.
 def test_concurrent_patches_of_one_user_all_succeed_and_all_count(
     db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
@@ -75,6 +169,50 @@ def test_concurrent_patches_of_one_user_all_succeed_and_all_count(
     assert statuses == [200] * 20
     # ETags are "<version>-<id>": the version counts each write.
     assert int(final.strip('"').split("-")[0]) == int(first.strip('"').split("-")[0]) + 20
+
+
+# 7. startIndex and count take ASCII digits only.
+@pytest.mark.parametrize("name", ["count", "startIndex"])
+@pytest.mark.parametrize("raw", ["\uff11", "+3", "1_0", " 1", "1 ", "0x1", "1e1", "", "\u0661"])
+async def test_paging_numbers_take_ascii_digits_only(
+    client: httpx.AsyncClient, name: str, raw: str
+) -> None:
+    await two_users(client)
+    listed = await client.get("/scim/v2/Users", params={name: raw})
+    assert name in scim_error(listed, 400, "invalidValue")
+    body = {"schemas": [SEARCH], name: raw}
+    assert name in scim_error(await client.post("/scim/v2/.search", json=body), 400, "invalidValue")
+
+
+@pytest.mark.parametrize(
+    ("params", "start", "shown"),
+    [
+        ({"count": "-1"}, 1, 0),
+        ({"startIndex": "-5", "count": "1"}, 1, 1),
+        ({"startIndex": "0", "count": "007"}, 1, 2),
+        ({"startIndex": "2"}, 2, 1),
+    ],
+)
+async def test_paging_numbers_below_their_floor_clamp_as_rfc_7644_says(
+    client: httpx.AsyncClient, params: dict[str, str], start: int, shown: int
+) -> None:
+    await two_users(client)
+    listed = (await client.get("/scim/v2/Users", params=params)).json()
+    assert (listed["startIndex"], listed["itemsPerPage"], listed["totalResults"]) == (
+        start,
+        shown,
+        2,
+    )
+
+
+async def test_a_search_body_takes_paging_numbers_as_json_numbers(
+    client: httpx.AsyncClient,
+) -> None:
+    await two_users(client)
+    body = {"schemas": [SEARCH], "startIndex": 2, "count": 1}
+    assert (await client.post("/scim/v2/.search", json=body)).json()["startIndex"] == 2
+    flag = {"schemas": [SEARCH], "count": True}
+    scim_error(await client.post("/scim/v2/.search", json=flag), 400, "invalidValue")
 
 
 # 9. If-Match on PUT.
