@@ -24,7 +24,7 @@ from service.logs import configure_logging
 from service.lookups import Creates, Reads
 from service.replicas import open_replicas
 from service.schemas import UUID_PATTERN
-from service.scim import discovery
+from service.scim import discovery, groups
 from service.scim import users as scim_users
 from service.settings import Settings, SettingsError
 from service.watch import Watch
@@ -94,6 +94,8 @@ routes = [
     Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"]),
     Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"]),
     Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"]),
+    Route("/scim/v2/Groups", groups.groups, methods=groups.METHODS),
+    Route("/scim/v2/Groups/{rest:path}", groups.groups, methods=groups.METHODS),
 ]
 
 

@@ -20,6 +20,7 @@ from service.schemas import (
     MAX_BULK_USERS,
     MAX_LOOKUP_BYTES,
     MAX_LOOKUP_HANDLES,
+    TIMESTAMP_RANGE,
     AttributeValue,
     Changes,
     Email,
@@ -224,7 +225,7 @@ QUERY_PARAMETERS = {
             location="query",
             type=Timestamp,
             description="Only users created after this instant (exclusive): RFC 3339 with an "
-            f"offset, `2026-11-01T00:00:00Z`, {users.TIMESTAMP_RANGE}.",
+            f"offset, `2026-11-01T00:00:00Z`, {TIMESTAMP_RANGE}.",
         ),
         Parameter(
             name="created_before",

@@ -19,7 +19,7 @@ from service.database import UNAVAILABLE, PoolBusy
 from service.logs import route_template
 from service.metrics import DB_ERRORS
 from service.queries import Contended
-from service.schemas import AttributeRuleError, Problem
+from service.schemas import EMAIL_RULE, TEXT_RULE, AttributeRuleError, Problem
 
 logger = logging.getLogger("service")
 
@@ -88,12 +88,7 @@ def from_validation(exc: msgspec.ValidationError) -> ProblemError:
         field += exc.__cause__.path
     if "matching regex" in message:
         # The raw pattern helps nobody; say what the rule is instead.
-        message = (
-            "Expected an email address: one '@', a local part of 1 to 64 characters "
-            "and a domain, without whitespace, control or invisible characters"
-            if field.endswith("email")
-            else "Expected text without control characters or bidirectional overrides"
-        )
+        message = f"Expected {EMAIL_RULE if field.endswith('email') else TEXT_RULE}"
     return ProblemError(422, f"{message} at {field}", field=field)
 
 

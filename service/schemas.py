@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -43,6 +43,12 @@ _NOT_IN_EMAIL = f"{_SPACES}{_INVISIBLE}{_BIDI_CONTROLS}{_NO_CONTROL}"
 _EMAIL = rf"[^@{_NOT_IN_EMAIL}]{{1,64}}@[^@/{_NOT_IN_EMAIL}]+"
 MIN_EMAIL_LENGTH = 3
 MAX_EMAIL_LENGTH = 254
+# The rules the patterns below hold, in words: a 4xx says these, never the pattern.
+EMAIL_RULE = (
+    "an email address: one '@', a local part of 1 to 64 characters and a domain, "
+    "without whitespace, control or invisible characters"
+)
+TEXT_RULE = "text without control characters or bidirectional overrides"
 Email = Annotated[
     str,
     msgspec.Meta(
@@ -307,6 +313,23 @@ Patch = Annotated[UserPatch, msgspec.Meta(extra_json_schema={"minProperties": 1}
 # A time a request gives: tz=True asks for an offset, and the document says
 # "format: date-time".
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+# The instants a date filter may name: Python's datetime range, in UTC. asyncpg
+# converts each to UTC before sending it, and one outside it overflows there.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
+    *(instant.isoformat().replace("+00:00", "Z") for instant in (EARLIEST, LATEST))
+)
+
+
+def in_utc(instant: datetime) -> datetime | None:
+    """The instant in UTC; None when that is outside TIMESTAMP_RANGE."""
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
 # A time the service shows: RFC 3339 in UTC, as the database's rfc3339() writes it.
 TimestampText = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import NamedTuple
 from urllib.parse import quote, quote_plus
@@ -30,6 +30,7 @@ from service.schemas import (
     MAX_LOOKUP_BYTES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
+    TIMESTAMP_RANGE,
     Handles,
     Inserted,
     Lookup,
@@ -43,6 +44,7 @@ from service.schemas import (
     User,
     UserPatch,
     email_key,
+    in_utc,
     is_attribute_name,
     is_attribute_value,
     is_email,
@@ -60,14 +62,6 @@ COUNTS = {"exact": queries.count_users, "estimated": queries.estimate_users}
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
-# The instants a date filter may name: Python's datetime range, in UTC. asyncpg
-# converts each to UTC before sending it, and one outside it overflows there.
-EARLIEST = datetime.min.replace(tzinfo=UTC)
-LATEST = datetime.max.replace(tzinfo=UTC)
-TIMESTAMP_RANGE = "from {} to {} once in UTC".format(
-    *(instant.isoformat().replace("+00:00", "Z") for instant in (EARLIEST, LATEST))
-)
-
 # What quote_plus leaves as it is, and "@", which it writes as %40.
 _plain = re.compile(r"[A-Za-z0-9_.~@-]*")
 
@@ -277,11 +271,10 @@ def query_timestamp(params: dict[str, str], name: str) -> datetime | None:
             "(a + in the offset is sent as %2B)",
             field=name,
         ) from None
-    try:
-        return instant.astimezone(UTC)
-    except OverflowError:
-        detail = f"{name} must be an instant {TIMESTAMP_RANGE}"
-        raise ProblemError(422, detail, field=name) from None
+    found = in_utc(instant)
+    if found is None:
+        raise ProblemError(422, f"{name} must be an instant {TIMESTAMP_RANGE}", field=name)
+    return found
 
 
 def query_search(params: dict[str, str]) -> str | None:

@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 
 from service.queries import MATCHES, like_escaped
-from service.schemas import email_key
+from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
 
 # How deep parentheses, not and value paths may nest: a bound on the parser's
 # recursion, far above what any provider sends.
@@ -20,6 +20,8 @@ MAX_LENGTH = 4096
 COMPARISONS = {"eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"}
 ORDERINGS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User:"
+# Quotes a value may be mistyped with: SCIM's strings are JSON's, in '"'.
+OTHER_QUOTES = "'\u2018\u2019\u201c\u201d`"
 
 _token = re.compile(
     r"""\s*(?:
@@ -59,7 +61,14 @@ def tokens(text: str) -> list[Token]:
             break
         match = _token.match(text, position)
         if match is None:
-            raise InvalidFilter(f"Unexpected character at {position + 1}: {text[position]!r}")
+            at = len(text) - len(text[position:].lstrip())  # past the spaces the token skips
+            character = text[at]
+            if character in OTHER_QUOTES:
+                raise InvalidFilter(
+                    f'Values are quoted with " (a straight double quote): {character!r} '
+                    f"at {at + 1} is not one"
+                )
+            raise InvalidFilter(f"Unexpected character at {at + 1}: {character!r}")
         kind = match.lastgroup
         assert kind is not None
         found.append(Token(kind, match[kind]))
@@ -180,8 +189,15 @@ class Parser:
         path = prefix + path
         if self.peek() == Token("punct", "["):
             # A value path: emails[type eq "work" and value co "x"].
-            if path != "emails" or prefix:
-                raise InvalidFilter(f"{token.text!r} takes no [filter]: it is not emails")
+            if prefix:
+                raise InvalidFilter(
+                    f"{token.text!r}[…] inside emails[…]: value filters do not nest"
+                )
+            if path != "emails":
+                raise InvalidFilter(
+                    f"{token.text!r} takes no [filter]: only emails does, as the one "
+                    "multi-valued attribute here"
+                )
             self.take()
             inner = self.nested(lambda: self.disjunction("emails."))
             self.expect("]")
@@ -263,6 +279,11 @@ class Parser:
                 raise InvalidFilter(f"{name} compares with an RFC 3339 date-time") from None
             if instant.tzinfo is None:
                 raise InvalidFilter(f"{name} compares with a date-time that has an offset")
+            if in_utc(instant) is None:
+                raise InvalidFilter(
+                    f"{name} compares with an instant {TIMESTAMP_RANGE}; "
+                    f"{msgspec.json.encode(value).decode()} is not"
+                )
             sql = {"eq": "=", "ne": "<>", **ORDERINGS}[operator]
             return f"({column} {sql} {self.argument(instant)})"
         return self.compare_text(attribute, operator, value)

@@ -16,7 +16,7 @@ from service import metrics, queries
 from service.bodies import read_body
 from service.database import db_of
 from service.queries import Condition, UserKey
-from service.schemas import Email, Name
+from service.schemas import EMAIL_RULE, TEXT_RULE, Email, Name
 from service.scim import filters
 from service.scim.errors import ScimError
 from service.scim.resources import (
@@ -134,7 +134,11 @@ def checked(state: State) -> State:
         try:
             msgspec.convert(value, rule)
         except msgspec.ValidationError as exc:
-            raise ScimError(400, f"{attribute}: {exc}", "invalidValue") from None
+            detail = f"{attribute}: {exc}"
+            if "matching regex" in detail:
+                # The raw pattern helps nobody: the rule in words, as /users says it.
+                detail = f"{attribute} must be {EMAIL_RULE if rule is Email else TEXT_RULE}"
+            raise ScimError(400, detail, "invalidValue") from None
     return state
 
 

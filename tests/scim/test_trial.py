@@ -171,6 +171,97 @@ def test_concurrent_patches_of_one_user_all_succeed_and_all_count(
     assert int(final.strip('"').split("-")[0]) == int(first.strip('"').split("-")[0]) + 20
 
 
+# 3. Out-of-range dates in a filter.
+@pytest.mark.parametrize(
+    ("filter", "value"),
+    [
+        ('meta.created gt "0001-01-01T00:00:00+01:00"', "0001-01-01T00:00:00+01:00"),
+        ('meta.lastModified lt "9999-12-31T23:59:59-01:00"', "9999-12-31T23:59:59-01:00"),
+    ],
+)
+async def test_a_date_out_of_range_in_a_filter_is_an_invalid_filter_naming_it(
+    client: httpx.AsyncClient, filter: str, value: str
+) -> None:
+    await two_users(client)
+    listed = await client.get("/scim/v2/Users", params={"filter": filter})
+    assert value in scim_error(listed, 400, "invalidFilter")
+
+
+async def test_dates_at_the_edges_of_the_range_still_filter(client: httpx.AsyncClient) -> None:
+    await two_users(client)
+    for filter in (
+        'meta.created gt "0001-01-01T00:00:00Z"',
+        'meta.created lt "9999-12-31T23:00:00-00:59"',
+    ):
+        listed = await client.get("/scim/v2/Users", params={"filter": filter})
+        assert listed.json()["totalResults"] == 2, listed.text
+
+
+# 4. Errors an integrator can read.
+async def test_a_user_name_that_is_not_an_email_says_so(client: httpx.AsyncClient) -> None:
+    created = await client.post("/scim/v2/Users", json=new_user("not an email"))
+    detail = scim_error(created, 400, "invalidValue")
+    assert detail.startswith("userName must be an email address")
+    assert "regex" not in detail
+    assert "^" not in detail
+
+
+@pytest.mark.parametrize(
+    ("filter", "quote", "at"),
+    [
+        ("userName eq 'x'", "'", 13),
+        ("userName eq \u201cx\u201d", "\u201c", 13),
+        ("userName eq \u2018x\u2019", "\u2018", 13),
+        ('displayName eq "a" or userName eq \u201dx\u201d', "\u201d", 35),
+    ],
+)
+async def test_a_filter_value_in_other_quotes_says_values_take_double_quotes(
+    client: httpx.AsyncClient, filter: str, quote: str, at: int
+) -> None:
+    listed = await client.get("/scim/v2/Users", params={"filter": filter})
+    detail = scim_error(listed, 400, "invalidFilter")
+    assert detail.startswith('Values are quoted with "')
+    assert f"{quote!r} at {at} " in detail
+
+
+@pytest.mark.parametrize(
+    "filter", ['emails[emails[type eq "work"]]', 'emails[value[type eq "work"]]']
+)
+async def test_a_nested_value_filter_says_value_filters_do_not_nest(
+    client: httpx.AsyncClient, filter: str
+) -> None:
+    listed = await client.get("/scim/v2/Users", params={"filter": filter})
+    assert "do not nest" in scim_error(listed, 400, "invalidFilter")
+
+
+async def test_a_value_filter_on_another_attribute_names_the_one_that_takes_one(
+    client: httpx.AsyncClient,
+) -> None:
+    listed = await client.get("/scim/v2/Users", params={"filter": 'userName[value eq "x"]'})
+    assert "only emails" in scim_error(listed, 400, "invalidFilter")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/scim/v2/Groups"),
+        ("GET", "/scim/v2/Groups?filter=displayName%20eq%20%22Sales%22"),
+        ("POST", "/scim/v2/Groups"),
+        ("GET", "/scim/v2/Groups/3e7e6b0a-2f4c-4b38-9d5e-1c7a0c4c1a11"),
+        ("PATCH", "/scim/v2/Groups/3e7e6b0a-2f4c-4b38-9d5e-1c7a0c4c1a11"),
+        ("PUT", "/scim/v2/Groups/any/thing"),
+        ("DELETE", "/scim/v2/Groups/42"),
+    ],
+)
+async def test_groups_answer_a_scim_error_saying_to_turn_group_provisioning_off(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    answer = await client.request(method, path, json={"schemas": [USER]})
+    detail = scim_error(answer, 501)
+    assert "Groups are not supported" in detail
+    assert "group provisioning off" in detail
+
+
 # 7. startIndex and count take ASCII digits only.
 @pytest.mark.parametrize("name", ["count", "startIndex"])
 @pytest.mark.parametrize("raw", ["\uff11", "+3", "1_0", " 1", "1 ", "0x1", "1e1", "", "\u0661"])
