@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     require_if_match: bool = False
     idempotency_ttl: int = 86400
     changes_retention: int = 7 * 86400
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -93,6 +94,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             require_if_match=read("REQUIRE_IF_MATCH", boolean),
             idempotency_ttl=read("IDEMPOTENCY_TTL", integer(1, 366 * 86400)),
             changes_retention=read("CHANGES_RETENTION", integer(1, 366 * 86400)),
+            public_url=read("PUBLIC_URL", public_url),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
@@ -162,6 +164,30 @@ def origins(raw: str) -> tuple[str, ...]:
         ):
             raise ValueError(f"expected origins like https://app.example.com, or *; got {origin!r}")
     return found
+
+
+def public_url(raw: str) -> str:
+    """The service's URL as its callers reach it, https://users.example.com or one with a
+    path prefix; kept without a final "/"."""
+    parts = urlsplit(raw)
+    try:
+        valid_port = parts.port is None or parts.port > 0
+    except ValueError:  # not a number from 0 to 65535
+        valid_port = False
+    if (
+        not valid_port
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or "?" in raw
+        or "#" in raw
+        or any(character.isspace() for character in raw)
+    ):
+        raise ValueError(
+            "expected an absolute http:// or https:// URL without credentials, query or "
+            "fragment, like https://users.example.com"
+        )
+    return raw.rstrip("/")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -83,8 +83,12 @@ def scim_response(
 
 
 def scim_url(request: Request, path: str) -> str:
-    """The absolute URL of a path under /scim/v2, as the caller reached the service."""
-    return f"{str(request.base_url).rstrip('/')}/scim/v2/{path}"
+    """The absolute URL of a path under /scim/v2: under PUBLIC_URL when it is set; else
+    as the caller reached the service, Starlette's base_url, whose scheme uvicorn takes
+    from X-Forwarded-Proto only from a peer in --forwarded-allow-ips, and whose host is
+    the request's Host header, which nothing vets."""
+    base = settings_of(request).public_url or str(request.base_url).rstrip("/")
+    return f"{base}/scim/v2/{path}"
 
 
 def location_of(request: Request, user_id: str) -> str:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from msgspec.structs import replace
 
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from tests.conftest import Service, client_of
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -304,6 +304,59 @@ async def test_a_search_body_takes_paging_numbers_as_json_numbers(
     assert (await client.post("/scim/v2/.search", json=body)).json()["startIndex"] == 2
     flag = {"schemas": [SEARCH], "count": True}
     scim_error(await client.post("/scim/v2/.search", json=flag), 400, "invalidValue")
+
+
+# 8. meta.location and Location do not echo an untrusted Host.
+HOSTILE = {"Host": "evil.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+
+
+async def test_public_url_builds_locations_whatever_host_the_caller_sends(
+    db: asyncpg.Pool, settings: Settings
+) -> None:
+    public = replace(settings, public_url="https://id.example.com/people")
+    async with client_of(public) as client:
+        created = await client.post(
+            "/scim/v2/Users", json=new_user("ann@example.com"), headers=HOSTILE
+        )
+        assert created.status_code == 201, created.text
+        user = created.json()
+        location = f"https://id.example.com/people/scim/v2/Users/{user['id']}"
+        assert created.headers["location"] == user["meta"]["location"] == location
+        read = await client.get(f"/scim/v2/Users/{user['id']}", headers=HOSTILE)
+        assert read.json()["meta"]["location"] == location
+        listed = await client.get("/scim/v2/Users", headers=HOSTILE)
+        assert listed.json()["Resources"][0]["meta"]["location"] == location
+        types = await client.get("/scim/v2/ResourceTypes", headers=HOSTILE)
+        assert "evil.example" not in types.text
+        assert "https://id.example.com/people/scim/v2/ResourceTypes/User" in types.text
+
+
+async def test_without_public_url_locations_follow_the_request(client: httpx.AsyncClient) -> None:
+    # Starlette's base_url: the scheme uvicorn set (from X-Forwarded-Proto only for a
+    # peer in --forwarded-allow-ips; here none), the Host header as sent.
+    created = await client.post(
+        "/scim/v2/Users", json=new_user("ann@example.com"), headers={"Host": "users.example.com"}
+    )
+    user = created.json()
+    assert created.headers["location"] == f"http://users.example.com/scim/v2/Users/{user['id']}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        *("id.example.com", "ftp://id.example.com", "https://", "https://id.example.com:0"),
+        *("https://id.example.com:99999", "https://id.example.com/?a=1"),
+        *("https://id.example.com/#top", "https://user:pw@id.example.com"),
+    ],
+)
+def test_public_url_must_be_an_absolute_http_url_without_query(raw: str) -> None:
+    with pytest.raises(SettingsError, match="PUBLIC_URL"):
+        Settings.from_env({"PUBLIC_URL": raw})
+
+
+def test_public_url_is_read_without_a_trailing_slash() -> None:
+    settings = Settings.from_env({"PUBLIC_URL": "https://id.example.com/people/"})
+    assert settings.public_url == "https://id.example.com/people"
 
 
 # 9. If-Match on PUT.
