@@ -200,9 +200,8 @@ def parameters(
             detail = f"Unknown parameter {name!r}: {where} takes {', '.join(known)}"
             raise ScimError(400, detail, "invalidValue")
         if known_name in found:
-            raise ScimError(
-                400, f"{known_name} may be given once, in any letter case", "invalidValue"
-            )
+            detail = f"{known_name} may be given once; {name!r} gives it again"
+            raise ScimError(400, detail, "invalidValue")
         found[known_name] = value
     return found
 
