@@ -63,6 +63,7 @@ class Floor:
         self.reads: Reads | None = None
         self.creates: Creates | None = None
         self.db: Database | None = None
+        self.feed = ""  # the feed's identity, which its cursors carry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -124,12 +125,13 @@ class Floor:
 
     async def list_changes(self, params: dict[str, str]) -> Answer:
         assert self.db is not None
-        position = position_of(params["after"], "after")
+        position, _ = position_of(params["after"], "after")
         rows = await queries.changes_after(self.db, position, int(params.get("limit", "100")))
         if rows is None:
             return NOT_FOUND
-        changes = [to_change(row) for row in rows]
-        next = changes[-1].cursor if changes else cursor_of(position)
+        feed = self.feed
+        changes = [to_change(row, feed) for row in rows]
+        next = changes[-1].cursor if changes else cursor_of(position, feed)
         return 200, encode(Changes(changes=changes, next=next))
 
     async def create_user(self, body: bytes) -> Answer:
@@ -147,6 +149,7 @@ class Floor:
             if message["type"] == "lifespan.startup":
                 pool = await open_pool(self.settings)
                 self.db = Database(pool, self.settings.db_pool_timeout)
+                self.feed = await queries.feed_identity(self.db)
                 self.reads = Reads(self.db)
                 self.creates = Creates(self.db)
                 await send({"type": "lifespan.startup.complete"})

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
-from service import metrics, queries
+from service import metrics, queries, streams
 from service.database import Database, db_of
+from service.observe import WAITED
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.schemas import Change, Changes
@@ -20,6 +23,7 @@ from service.users import json_response, query_int, query_params, settings_of
 from service.watch import Watch
 
 logger = logging.getLogger("service")
+T = TypeVar("T")
 
 PARAMETERS = ("after", "limit", "wait")
 DEFAULT_LIMIT = 100
@@ -28,17 +32,28 @@ MAX_WAIT = 60  # seconds a long poll may be held
 # `after=now`: the present position, for a consumer about to list the users.
 NOW = "now"
 # The transaction id, an xid8, then seq, a bigint: 16 hex digits at most,
-# the sixteenth of a seq no higher than 7.
-CURSOR_PATTERN = "([0-9a-f]{1,16})-([0-9a-f]{1,15}|[0-7][0-9a-f]{15})"
+# the sixteenth of a seq no higher than 7; then the feed's identity
+# (queries.feed_identity), absent from the cursors made before it was added.
+CURSOR_PATTERN = "([0-9a-f]{1,16})-([0-9a-f]{1,15}|[0-7][0-9a-f]{15})(?:-([0-9a-f]{8}))?"
 _cursor = re.compile(CURSOR_PATTERN)
 # The purge: every PURGE_EVERY seconds, batches of PURGE_BATCH changes, at
 # most PURGE_BATCHES of them, so that each worker's share stays small.
 PURGE_EVERY = 10.0
 PURGE_BATCH = 1000
 PURGE_BATCHES = 20
-# Server-sent events: what asks for them, and how often a silent stream sends
-# a comment, so that proxies and load balancers keep it open.
+# Server-sent events: what asks for them (service/streams.py sends them).
 EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
+# One element of Accept: a media range and its weight (RFC 9110 §12.5.1).
+_MEDIA_RANGE = re.compile(
+    r"\s*([!#$%&'*+.^_`|~0-9a-z-]+)/([!#$%&'*+.^_`|~0-9a-z-]+)\s*((?:;[^;]*)*)", re.IGNORECASE
+)
+_WEIGHT = re.compile(r";\s*q\s*=\s*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\s*(?:;|$)", re.IGNORECASE)
+RETRY_FULL_SECONDS = "5"
+# A stream reads its backlog STREAM_PAGE changes at a time (about 40 KB as
+# events), and a silent one sends a comment every HEARTBEAT_SECONDS, so that
+# proxies and load balancers keep it open.
+STREAM_PAGE = 100
 HEARTBEAT_SECONDS = 15.0
 HEARTBEAT = b": keep-alive\n\n"
 
@@ -51,12 +66,15 @@ def watch_of(request: Request) -> Watch:
     return watch
 
 
-def cursor_of(position: Position) -> str:
-    return f"{position.xid:x}-{position.seq:x}"
+def cursor_of(position: Position, feed: str) -> str:
+    """The cursor of `position` in the feed whose identity is `feed`; opaque to callers."""
+    return f"{position.xid:x}-{position.seq:x}-{feed}"
 
 
-def position_of(cursor: str, field: str) -> Position:
-    """The position a cursor names; one this feed cannot have made, a 422 naming `field`."""
+def position_of(cursor: str, field: str) -> tuple[Position, str | None]:
+    """The position a cursor names, and the identity of the feed that made it
+    (None for a cursor made before cursors carried one); one this feed cannot
+    have made, a 422 naming `field`."""
     found = _cursor.fullmatch(cursor)
     if found is None:
         raise ProblemError(
@@ -65,12 +83,12 @@ def position_of(cursor: str, field: str) -> Position:
             f"or {NOW}",
             field=field,
         )
-    return Position(int(found[1], 16), int(found[2], 16))
+    return Position(int(found[1], 16), int(found[2], 16)), found[3]
 
 
-def to_change(row: ChangeRow) -> Change:
+def to_change(row: ChangeRow, feed: str) -> Change:
     return Change(
-        cursor=cursor_of(row.position),
+        cursor=cursor_of(row.position, feed),
         type=row.type,  # type: ignore[arg-type]  # the table holds only the three
         id=row.id,
         version=row.version,
@@ -79,10 +97,41 @@ def to_change(row: ChangeRow) -> Change:
     )
 
 
+def quality(accept: str, media_type: str, *, named: bool = False) -> float:
+    """The weight Accept gives `media_type`, from its most specific range (RFC
+    9110 §12.5.1): 0 when none matches; with `named`, only its own name counts."""
+    main, _, sub = media_type.partition("/")
+    best, weight = -1, 0.0
+    for element in accept.split(","):
+        found = _MEDIA_RANGE.fullmatch(element)
+        if found is None:
+            continue
+        kind, subkind = found[1].lower(), found[2].lower()
+        if (kind, subkind) == (main, sub):
+            specificity = 2
+        elif named:
+            continue
+        elif (kind, subkind) == (main, "*"):
+            specificity = 1
+        elif (kind, subkind) == ("*", "*"):
+            specificity = 0
+        else:
+            continue
+        if specificity > best:
+            q = _WEIGHT.search(found[3])
+            best, weight = specificity, 1.0 if q is None else float(q[1])
+    return weight
+
+
 def wants_stream(request: Request) -> bool:
-    """Whether Accept names server-sent events, as an EventSource's does."""
-    accept = request.headers.get("accept", "").split(",")
-    return any(item.partition(";")[0].strip().lower() == EVENT_STREAM for item in accept)
+    """Whether Accept names server-sent events, as an EventSource's does, with a
+    weight above 0 and no lower than JSON's: a wildcard alone (curl's */*)
+    asks for the page, whose end a client can wait for."""
+    accept = request.headers.get("accept")
+    if accept is None:
+        return False
+    stream = quality(accept, EVENT_STREAM, named=True)
+    return stream > 0 and stream >= quality(accept, JSON)
 
 
 def gone(request: Request, field: str) -> ProblemError:
@@ -94,6 +143,32 @@ def gone(request: Request, field: str) -> ProblemError:
         f"List the users again, and follow the feed from after={NOW} taken before listing",
         field=field,
     )
+
+
+def foreign(field: str) -> ProblemError:
+    return ProblemError(
+        410,
+        "This cursor was made by another database (another server, another database of "
+        "this one, or this one before it was restored from a dump): its positions mean "
+        f"nothing here. List the users again, and follow the feed from after={NOW} taken "
+        "before listing",
+        field=field,
+    )
+
+
+def admit(request: Request) -> Watch:
+    """Count a long poll or a stream among this worker's waiting consumers (until
+    Watch.leave); past FEED_MAX_CONSUMERS, a 503 that says when to come back."""
+    watch = watch_of(request)
+    if not watch.admit():
+        metrics.FEED_REFUSED.inc()
+        raise ProblemError(
+            503,
+            f"This worker already holds {watch.max_consumers} long polls and streams of the "
+            "change feed; retry shortly",
+            headers={"Retry-After": RETRY_FULL_SECONDS},
+        )
+    return watch
 
 
 async def start_of(
@@ -108,7 +183,12 @@ async def start_of(
         return await queries.present_position(db), []
     if after is None:
         return await from_the_oldest(db, limit)
-    position = position_of(after, field)
+    position, feed = position_of(after, field)
+    # A cursor without an identity keeps working: it was made before cursors
+    # carried one, by this database as a rule, and every answer hands out the
+    # new form. Refusing it would make every consumer list all users again.
+    if feed is not None and feed != await watch_of(request).identity():
+        raise foreign(field)
     if waits:
         return position, await watch_of(request).changes_after(position, limit)
     return position, await queries.changes_after(db, position, limit)
@@ -126,36 +206,66 @@ async def list_changes(request: Request) -> Response:
         field, after = "Last-Event-ID", last_event_id
     if wants_stream(request):
         return await stream_changes(request, after, field)
+    waits = wait > 0 and after != NOW  # `now` answers the present position at once
     metrics.FEED_REQUESTS.labels("long_poll" if wait else "page").inc()
-    position, rows = await start_of(request, after, limit, field, waits=wait > 0)
-    if rows == [] and wait and after != NOW:  # `now` answers the present position at once
-        rows = await changes_within(request, position, limit, wait)
+    watch = admit(request) if waits else watch_of(request)
+    try:
+        position, rows = await start_of(request, after, limit, field, waits=waits)
+        if rows == [] and waits:
+            rows = await unless_gone(request, changes_within(request, position, limit, wait))
+    finally:
+        if waits:
+            watch.leave()
     if rows is None:
         raise gone(request, field)
-    changes = [to_change(row) for row in rows]
+    feed = await watch.identity()
+    changes = [to_change(row, feed) for row in rows]
     # Nothing new: the same cursor again, never the present, which a change
     # that became readable after this page's snapshot may already lie behind.
-    next = changes[-1].cursor if changes else cursor_of(position)
+    next = changes[-1].cursor if changes else cursor_of(position, feed)
     return json_response(Changes(changes=changes, next=next))
+
+
+async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
+    """What `waiting` returns; ClientDisconnect (a 499) as soon as the client goes,
+    so that a consumer that hung up is not held, nor counted, to the end of its wait."""
+    waited = asyncio.ensure_future(waiting)
+    client = asyncio.ensure_future(streams.disconnected(request.receive))
+    began = time.perf_counter()
+    try:
+        await asyncio.wait({waited, client}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        client.cancel()
+        waited.cancel()  # a no-op once it is done
+        # Time spent waiting for changes is not time spent answering (observe.py).
+        request.scope[WAITED] = request.scope.get(WAITED, 0.0) + time.perf_counter() - began
+    if not waited.done():
+        raise ClientDisconnect
+    return waited.result()
 
 
 async def stream_changes(request: Request, after: str | None, field: str) -> Response:
     """The feed as server-sent events, from the cursor `after` given in `field`."""
     metrics.FEED_REQUESTS.labels("stream").inc()
-    position, rows = await start_of(request, after, MAX_LIMIT, field, waits=True)
-    if rows is None:
-        raise gone(request, field)
-    return StreamingResponse(
-        events(request, position, rows),
-        media_type=EVENT_STREAM,
-        # No proxy may keep the stream to answer others, or hold it back to buffer it.
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    watch = admit(request)
+    try:
+        position, rows = await start_of(request, after, STREAM_PAGE, field, waits=True)
+        if rows is None:
+            raise gone(request, field)
+        feed = await watch.identity()
+    except BaseException:
+        watch.leave()
+        raise
+    return streams.EventStream(
+        events(watch, feed, position, rows),
+        stall_seconds=settings_of(request).feed_stall_seconds,
+        ended=watch.leave,  # the stream holds its place until it ends
     )
 
 
-def event(row: ChangeRow) -> bytes:
+def event(row: ChangeRow, feed: str) -> bytes:
     """One change as an event: its cursor, its type, and the change as one line of JSON."""
-    change = to_change(row)
+    change = to_change(row, feed)
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         change.cursor.encode(), row.type.encode(), _encoder.encode(change),
     )  # fmt: skip
@@ -169,9 +279,9 @@ class EventsOf:
         self._rows: list[ChangeRow] = []
         self._events = b""
 
-    def __call__(self, rows: list[ChangeRow]) -> bytes:
+    def __call__(self, rows: list[ChangeRow], feed: str) -> bytes:
         if rows is not self._rows:
-            self._rows, self._events = rows, b"".join(event(row) for row in rows)
+            self._rows, self._events = rows, b"".join(event(row, feed) for row in rows)
         return self._events
 
 
@@ -179,32 +289,35 @@ events_of = EventsOf()
 
 
 async def events(
-    request: Request, position: Position, rows: list[ChangeRow] | None
-) -> AsyncIterator[bytes]:
-    """Each change after `position` as it becomes readable, until the service stops.
+    watch: Watch, feed: str, position: Position, rows: list[ChangeRow] | None
+) -> streams.Chunks:
+    """Each change after `position` as it becomes readable, a page at a time, until the
+    service stops. The next page is read only once the last has left for the socket.
 
-    A stream whose position the purge passes, or whose database fails, ends:
-    the consumer's reconnection with Last-Event-ID resumes it, or gets the 410.
+    First, an event with only an `id`, the start: an EventSource that reconnects
+    before any change sends it as Last-Event-ID, and misses nothing. A stream
+    whose position the purge passes, or whose database fails, ends: the
+    consumer's reconnection with Last-Event-ID resumes it, or gets the 410.
     """
-    watch = watch_of(request)
     loop = asyncio.get_running_loop()
     metrics.FEED_STREAMS.inc()
     try:
+        yield b"id: %s\n\n" % cursor_of(position, feed).encode(), 0
         sent = loop.time()
         while rows is not None and not watch.stopping:
             if rows:
-                yield events_of(rows)
-                position, sent = rows[-1].position, loop.time()
+                count, position = len(rows), rows[-1].position
+                chunk, rows = events_of(rows, feed), None  # held no longer than its bytes
+                yield chunk, count
+                sent = loop.time()
             else:
                 if loop.time() - sent >= HEARTBEAT_SECONDS:
-                    yield HEARTBEAT
+                    yield HEARTBEAT, 0
                     sent = loop.time()
                 await watch.until_after(position, sent + HEARTBEAT_SECONDS - loop.time())
                 if watch.stopping:
                     break
-            rows = await watch.changes_after(position, MAX_LIMIT)
-    except Exception as exc:  # the headers are sent: a problem can no longer be answered
-        logger.warning("a change feed stream ended on an error: %r", exc)
+            rows = await watch.changes_after(position, STREAM_PAGE)
     finally:
         metrics.FEED_STREAMS.dec()
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -20,7 +20,12 @@ from service import metrics
 from service.auth import BearerTokens
 from service.logs import request_id, route_template
 from service.observe import Observer, request_id_of
-from service.problems import ProblemError, handler_for, problem_response
+from service.problems import (
+    CLIENT_CLOSED_REQUEST,
+    ProblemError,
+    handler_for,
+    problem_response,
+)
 from service.scim.errors import as_scim, is_scim
 from service.settings import Settings
 
@@ -99,7 +104,10 @@ class Dispatch:
                 response = await self.respond(request)
             status = response.status_code
             response.raw_headers.append((b"x-request-id", rid.encode()))
-            await response(scope, receive, send)
+            try:
+                await response(scope, receive, send)
+            except ClientDisconnect:  # a stream whose client went
+                status = CLIENT_CLOSED_REQUEST
         finally:
             metrics.requests_in_flight.value -= 1
             self.observer.record(scope, status, time.perf_counter() - started)

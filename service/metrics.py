@@ -78,6 +78,10 @@ FEED_REQUESTS = Counter(
 FEED_STREAMS = Gauge(
     "feed_streams_open", "Server-sent event streams of the feed open", multiprocess_mode="livesum"
 )
+FEED_REFUSED = Counter(
+    "feed_consumers_refused_total",
+    "Long polls and streams refused (503) because the worker held FEED_MAX_CONSUMERS",
+)
 FEED_DELAY = Gauge(
     "feed_delay_seconds",
     "How long the oldest committed change the feed cannot serve yet has waited, because an "

@@ -17,6 +17,9 @@ logger = logging.getLogger("service.requests")
 # A caller's ID is kept when it looks like one (a UUID, a base64 token, ...).
 REQUEST_ID = re.compile(r"[A-Za-z0-9+/=-]{20,200}")
 PROBES = frozenset({"/livez", "/readyz"})
+# The scope's seconds a request spent waiting by design (a long poll's wait, a
+# stream): not time spent answering, so not what makes a request slow.
+WAITED = "service.waited"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -44,7 +47,7 @@ class Observer:
         metrics.request_tally.add((method, route, status), seconds)
         if status >= 500:
             level = logging.ERROR
-        elif seconds >= self.slow_seconds:
+        elif seconds - scope.get(WAITED, 0.0) >= self.slow_seconds:
             level = logging.WARNING
         elif status >= 400 or self.access_log:
             level = logging.INFO

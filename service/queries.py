@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -313,6 +314,15 @@ FROM user_changes
 WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())
 """
 CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
+# What the feed's positions belong to: this server's history (its system
+# identifier, which its standbys share) and this database in it. A cursor
+# carries a digest of it (service/changes.py).
+FEED_IDENTITY = """
+SELECT system_identifier::text || '/' || (
+    SELECT oid FROM pg_database WHERE datname = current_database()
+)::text
+FROM pg_control_system()
+"""
 # Whether a page after ($1, $2) can miss changes: the purge has passed it, or
 # no transaction id has reached it yet (a cursor from before a failover that
 # lost writes, or from another database), which would read nothing for ever.
@@ -679,6 +689,12 @@ async def feed_delay(db: Executor) -> float:
     delay = await db.fetchval(CHANGES_DELAY)
     assert isinstance(delay, float)
     return delay
+
+
+async def feed_identity(db: Executor) -> str:
+    """8 hex digits that tell this database's feed from any other's."""
+    identity = await db.fetchval(FEED_IDENTITY)
+    return hashlib.sha256(str(identity).encode()).hexdigest()[:8]
 
 
 async def purged_position(db: Executor) -> Position:

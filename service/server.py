@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from click.core import ParameterSource
+from starlette.types import Scope
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.lifespan.on import LifespanOn, LifespanSendMessage
 from uvicorn.main import main as uvicorn_main
@@ -24,6 +25,8 @@ from service.settings import Settings
 # 503 a closed pool gave them, or to see their client gone.
 HURRIED_ANSWER_SECONDS = 1.0
 UvicornProcess = multiprocess.Process
+# This process's server, for a response to cut off its own connection.
+serving: list[uvicorn.Server] = []
 
 
 class ServiceConfig(uvicorn.Config):
@@ -88,6 +91,10 @@ class Server(uvicorn.Server):
     and the requests are cancelled with the event loop, each with a traceback.
     """
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        serving[:] = [self]
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Long polls of the change feed answer now rather than hold the stop up.
         for feed_watch in list(watch.running):
@@ -111,6 +118,18 @@ class Server(uvicorn.Server):
     async def requests_done(self) -> None:
         if self.server_state.tasks:
             await asyncio.wait(self.server_state.tasks, timeout=HURRIED_ANSWER_SECONDS)
+
+
+def abort_connection(scope: Scope) -> None:
+    """Close the connection answering `scope` at once, dropping what it has not sent.
+
+    uvicorn's own close waits for the write buffer to drain, which a client
+    that reads nothing never lets happen. No-op outside a server of ours.
+    """
+    for running in serving:
+        for connection in running.server_state.connections:
+            if getattr(connection, "scope", None) is scope:
+                connection.transport.abort()
 
 
 class Worker(multiprocess.Process):

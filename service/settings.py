@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl: int = 86400
     changes_retention: int = 7 * 86400
     public_url: str | None = None
+    feed_poll_seconds: float = 1.0
+    feed_max_consumers: int = 1000
+    feed_stall_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -95,6 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             idempotency_ttl=read("IDEMPOTENCY_TTL", integer(1, 366 * 86400)),
             changes_retention=read("CHANGES_RETENTION", integer(1, 366 * 86400)),
             public_url=read("PUBLIC_URL", public_url),
+            feed_poll_seconds=read("FEED_POLL_SECONDS", seconds),
+            feed_max_consumers=read("FEED_MAX_CONSUMERS", integer(1, 100_000)),
+            feed_stall_seconds=read("FEED_STALL_SECONDS", seconds),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(

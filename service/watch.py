@@ -18,12 +18,8 @@ logger = logging.getLogger("service")
 
 # The channel schema.sql's trigger notifies when a statement writes changes.
 CHANNEL = "user_changes"
-# How often the feed's readable end is read while consumers wait: what a
-# change waits at most to wake them when no notification comes (behind a
-# pooler in transaction mode, where LISTEN cannot work), or when it was held
-# back by an older transaction at its notification.
-POLL_SECONDS = 1.0
 RECONNECT_SECONDS = 1.0
+FIRST_RECHECK_SECONDS = 0.01
 
 # Every worker's Watch, for the server to wake the waiting consumers when a
 # graceful stop begins, so that none holds the stop up.
@@ -46,6 +42,27 @@ class Watch:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: dict[tuple[Position, int], asyncio.Future[list[ChangeRow] | None]] = {}
+        self._identity: str | None = None
+        self._notified = False  # since the end was last read
+        self.listening = asyncio.Event()  # set while notifications can come
+        self.max_consumers = settings.feed_max_consumers
+        self.consumers = 0  # long polls and streams held now
+
+    def admit(self) -> bool:
+        """Whether one more consumer may wait here: if so it is counted, until it leaves."""
+        if self.consumers >= self.max_consumers:
+            return False
+        self.consumers += 1
+        return True
+
+    def leave(self) -> None:
+        self.consumers -= 1
+
+    async def identity(self) -> str:
+        """queries.feed_identity, read once, and again whenever the listener reconnects."""
+        if self._identity is None:
+            self._identity = await queries.feed_identity(self._db)
+        return self._identity
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
@@ -104,24 +121,49 @@ class Watch:
             reading.exception()  # seen, should every consumer of a failed read be gone
 
     async def _poll(self) -> None:
+        poll = self._settings.feed_poll_seconds
+        recheck = poll
         while True:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns when
             # stop()'s cancel lands just as a change sets the event (CPython
             # gh-86296), and this loop would then outlive stop() forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
+                # FEED_POLL_SECONDS: how often the feed's readable end is read while
+                # consumers wait, what a change waits at most to wake them when no
+                # notification comes (behind a pooler in transaction mode, where
+                # LISTEN cannot work).
+                async with asyncio.timeout(recheck):
                     await self._changed.wait()
             self._changed.clear()
+            notified, self._notified = self._notified, False
             if not self._waiters:
+                recheck = poll
                 continue
             try:
                 end = await queries.readable_end(self._db)
             except Exception as exc:  # a failover's errors among them: the loop must go on
                 logger.warning("reading the change feed's end failed: %r", exc)
                 continue
+            behind = False
             for future, position in self._waiters.items():
-                if end > position and not future.done():
-                    future.set_result(None)
+                if end > position:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    behind = True
+            # A change announced but held back by an older transaction still
+            # running (anywhere on the server) is looked for again soon, then
+            # less and less often, rather than only at the next poll.
+            if notified and behind:
+                recheck = FIRST_RECHECK_SECONDS
+            elif recheck < poll and behind:
+                recheck = min(recheck * 2, poll)
+            else:
+                recheck = poll
+
+    def _notify(self) -> None:
+        self._notified = True
+        self._changed.set()
 
     async def _listen(self) -> None:
         """LISTEN on a connection of its own, opened again whenever it is lost."""
@@ -144,7 +186,11 @@ class Watch:
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _: lost.set())
-            await conn.add_listener(CHANNEL, lambda *_: self._changed.set())
+            await conn.add_listener(CHANNEL, lambda *_: self._notify())
+            self.listening.set()
+            # A reconnection may have reached another server (a failover, a restore).
+            self._identity = await queries.feed_identity(conn)
             await lost.wait()
         finally:
+            self.listening.clear()
             conn.terminate()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -22,10 +25,17 @@ from msgspec.structs import replace
 from starlette.applications import Starlette
 
 from service import changes, queries
+from service.app import create_app
+from service.migration import migrate
+from service.settings import Settings
 from tests.conftest import Service, assert_problem, client_of, connect
 from tests.test_users import until_waiting_on_locks
 
 Change = dict[str, Any]
+# More pages than any test's changes fill, and than 10 s of empty ones at 20 ms.
+MAX_PAGES = 1000
+# Long polls that hang up at once (the issue's trial sent 3,000: bench/feed.py).
+ABANDONED = 300
 
 
 async def purge(db: asyncpg.Pool, *, older_than: int, batch: int) -> int:
@@ -49,7 +59,8 @@ async def follow(
     for a moment: a test that expects changes waits for them."""
     changes: list[Change] = []
     deadline = time.monotonic() + 10
-    while True:
+    # Bounded: a feed that hands the same change out again fails here, not hangs.
+    for _ in range(MAX_PAGES):
         body = await page(client, after, limit=limit)
         changes += body["changes"]
         after = body["next"]
@@ -57,6 +68,7 @@ async def follow(
             if len(changes) >= count or time.monotonic() > deadline:
                 return changes, after
             await asyncio.sleep(0.02)
+    raise AssertionError(f"the feed did not end within {MAX_PAGES} pages: {changes[-3:]}")
 
 
 async def first_page(client: httpx.AsyncClient, count: int) -> Any:
@@ -370,6 +382,22 @@ async def test_the_purge_removes_old_changes_only_up_to_the_first_one_kept(
     assert (await page(client, kept))["changes"] == body["changes"][1:]
 
 
+async def test_a_purge_of_batch_one_removes_exactly_one_change_and_records_its_position(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    start = await now(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    await client.post("/users", json={"name": "Bea", "email": "bea@x.io"})
+    [first, second], _ = await follow(client, start, count=2)
+    await asyncio.sleep(0.01)
+    assert await purge(db, older_than=0, batch=1) == 1
+    # The first is gone and the purge stands at it: after it, nothing was
+    # missed; before it (the start), the feed cannot go on.
+    assert (await page(client))["changes"] == [second]
+    assert (await page(client, first["cursor"]))["changes"] == [second]
+    assert_problem(await client.get("/users/changes", params={"after": start}), 410)
+
+
 async def test_the_purge_never_passes_a_transaction_still_running(
     client: httpx.AsyncClient, db: asyncpg.Pool, database_url: str
 ) -> None:
@@ -507,8 +535,9 @@ async def test_the_feed_needs_a_token_like_every_users_path(
 
 
 async def test_a_long_poll_is_answered_as_soon_as_a_change_commits(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, app: Starlette
 ) -> None:
+    await asyncio.wait_for(app.state.watch.listening.wait(), 10)
     start = await now(client)
     poll = asyncio.ensure_future(page(client, start, wait=20))
     await asyncio.sleep(0.3)
@@ -519,6 +548,30 @@ async def test_a_long_poll_is_answered_as_soon_as_a_change_commits(
     assert [change["id"] for change in body["changes"]] == [created.json()["id"]]
     # Woken by the notification, well before the watch's once-a-second poll.
     assert time.monotonic() - committed < 0.8
+
+
+async def test_a_long_poll_is_woken_by_the_notification_not_the_poll(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    # With the watch's poll slowed to 30 s, only LISTEN/NOTIFY can answer in time.
+    app = create_app(replace(settings, feed_poll_seconds=30))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        await asyncio.wait_for(app.state.watch.listening.wait(), 10)
+        start = await now(client)
+        poll = asyncio.ensure_future(page(client, start, wait=20))
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+        committed = time.monotonic()
+        await asyncio.wait({poll}, timeout=5)
+        answered = time.monotonic() - committed
+        assert poll.done(), "no notification woke the long poll"
+        assert [change["id"] for change in poll.result()["changes"]] == [created.json()["id"]]
+        assert answered < 0.3
 
 
 async def test_after_now_answers_the_present_at_once_even_with_wait(
@@ -590,6 +643,19 @@ async def test_long_polls_woken_together_share_one_read_of_the_feed(
     assert reads - waiting <= 3
 
 
+async def test_long_polls_at_one_cursor_with_different_limits_each_get_their_own_page(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    one = asyncio.ensure_future(page(client, start, wait=20, limit=1))
+    many = asyncio.ensure_future(page(client, start, wait=20, limit=1000))
+    await asyncio.sleep(0.3)
+    users = [{"name": "Ann", "email": f"ann{n}@x.io"} for n in range(3)]
+    assert (await client.post("/users/bulk", json=users)).status_code == 201
+    bodies = await asyncio.wait_for(asyncio.gather(one, many), 10)
+    assert [len(body["changes"]) for body in bodies] == [1, 3]
+
+
 @pytest.mark.parametrize("wait", ["-1", "61", "x", "1.5"])
 async def test_a_wait_out_of_range_is_422_naming_it(client: httpx.AsyncClient, wait: str) -> None:
     problem = assert_problem(await client.get("/users/changes", params={"wait": wait}), 422)
@@ -629,7 +695,14 @@ def feed_service(tmp_path: Path, database_url: str, services: list[Service]) -> 
 
 
 async def next_events(events: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
-    return [await asyncio.wait_for(anext(events), 10) for _ in range(count)]
+    """The next `count` changes. httpx-sse also yields a block with an id and no
+    data (the stream's start), which an EventSource takes as its last id only."""
+    found: list[ServerSentEvent] = []
+    while len(found) < count:
+        event = await asyncio.wait_for(anext(events), 10)
+        if event.data:
+            found.append(event)
+    return found
 
 
 async def test_a_stream_sends_each_change_as_an_event_with_its_cursor_type_and_json(
@@ -700,6 +773,8 @@ async def test_a_silent_stream_sends_a_comment_every_15_seconds(
         params = {"after": start}
         async with client.stream("GET", "/users/changes", params=params, headers=headers) as stream:
             lines = stream.aiter_lines()
+            assert (await asyncio.wait_for(anext(lines), 5)).startswith("id: ")  # the start
+            assert await asyncio.wait_for(anext(lines), 5) == ""
             assert await asyncio.wait_for(anext(lines), 20) == ": keep-alive"
     assert changes.HEARTBEAT_SECONDS <= time.monotonic() - began < changes.HEARTBEAT_SECONDS + 3
 
@@ -750,12 +825,200 @@ def test_a_sigterm_ends_open_streams_and_exits_cleanly_at_once(
                 await asyncio.sleep(0.5)
                 began = time.monotonic()
                 service.process.send_signal(signal.SIGTERM)
-                # Each stream ends, cleanly: its last chunk comes, with no error.
+                # Each stream ends, cleanly: its last chunk comes, with no error,
+                # after the id of its start alone.
                 for stream in streams:
-                    assert await asyncio.wait_for(stream.aread(), 10) == b""
+                    body = await asyncio.wait_for(stream.aread(), 10)
+                    assert body.startswith(b"id: ")
+                    assert body.count(b"\n\n") == 1
                 return time.monotonic() - began
 
     seconds = asyncio.run(streams_through_a_sigterm())
     assert seconds < 5  # far inside GRACEFUL_TIMEOUT
     assert service.process.wait(10) == 0, service.output()
     assert "Traceback" not in service.output()
+
+
+# Negotiation: a stream only when text/event-stream is named, acceptable, and
+# preferred to JSON or as good.
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/json, text/event-stream;q=0",
+        "text/event-stream;q=0, */*",
+        "text/event-stream;q=0.5, application/json",
+        "*/*",
+        "text/*",
+    ],
+)
+async def test_accept_that_does_not_prefer_the_stream_gets_the_page(
+    client: httpx.AsyncClient, accept: str
+) -> None:
+    start = await now(client)
+    request = client.get("/users/changes", params={"after": start}, headers={"Accept": accept})
+    response = await asyncio.wait_for(request, 5)  # a stream would never end
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"changes": [], "next": start}
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/event-stream",
+        "application/json, text/event-stream",
+        "text/event-stream;q=0.9, application/json;q=0.5",
+        "TEXT/Event-Stream; charset=utf-8, */*;q=0.1",
+    ],
+)
+def test_accept_that_prefers_the_stream_or_ranks_it_with_json_gets_the_stream(
+    tmp_path: Path, database_url: str, services: list[Service], accept: str
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    params = {"after": "now"}
+    with httpx.stream(
+        "GET", f"{service.url}/users/changes", params=params, headers={"Accept": accept}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_a_stream_names_its_start_so_a_reconnect_before_any_change_misses_none(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    headers = {"Accept": "text/event-stream"}
+    params = {"after": "now"}
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params=params, headers=headers
+        ) as source:
+            # Its first bytes: an id and no data, which an EventSource keeps as
+            # its last id without firing an event.
+            start = await asyncio.wait_for(anext(source.aiter_sse()), 5)
+        assert start.id
+        assert start.data == ""
+        # The connection drops; meanwhile a user is created; the EventSource
+        # reconnects to the same URL with the last id it saw.
+        created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+        resumed = {**headers, "Last-Event-ID": start.id}
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params=params, headers=resumed
+        ) as source:
+            [change] = await next_events(source.aiter_sse(), 1)
+    assert change.json()["id"] == created.json()["id"]
+
+
+# A cursor knows its database.
+@pytest.fixture
+async def other_database_url(fresh_database_url: str) -> str:
+    """A second database on the same server, with the schema."""
+    await migrate(fresh_database_url)
+    return fresh_database_url
+
+
+async def test_a_cursor_from_another_database_on_the_server_is_410(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings, other_database_url: str
+) -> None:
+    async with client_of(replace(settings, database_url=other_database_url)) as other:
+        start = await now(other)
+        await other.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+        [change], end = await follow(other, start, count=1)
+    # This database has changes of its own, all after the other's cursors.
+    await client.post("/users", json={"name": "Bea", "email": "bea@x.io"})
+    for cursor in (start, change["cursor"], end):
+        problem = assert_problem(await client.get("/users/changes", params={"after": cursor}), 410)
+        assert problem["field"] == "after"
+        assert "another database" in problem["detail"]
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": cursor}
+        response = await asyncio.wait_for(client.get("/users/changes", headers=headers), 5)
+        assert assert_problem(response, 410)["field"] == "Last-Event-ID"
+
+
+async def test_a_cursor_handed_out_before_cursors_named_their_database_still_works(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    changes, _ = await follow(client, start, count=1)
+    earlier_form = start.rpartition("-")[0]  # the position alone, as cursors once were
+    assert (await page(client, earlier_form))["changes"] == changes
+
+
+# Careless consumers: gone, or too many.
+def in_flight(service: Service) -> float:
+    text = httpx.get(f"{service.url}/metrics", timeout=5).text
+    found = re.search(r"^http_requests_in_flight (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found[1]) - 1  # the scrape itself
+
+
+def answered(service: Service, status: int) -> float:
+    text = httpx.get(f"{service.url}/metrics", timeout=5).text
+    found = re.search(
+        rf'^http_requests_total{{method="GET",route="/users/changes",status="{status}"}} (\S+)$',
+        text,
+        re.MULTILINE,
+    )
+    return 0.0 if found is None else float(found[1])
+
+
+def test_abandoned_long_polls_are_released_at_once_and_counted_as_499(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = feed_service(tmp_path, database_url, services)
+    start = httpx.get(f"{service.url}/users/changes?after=now").json()["next"]
+    request = f"GET /users/changes?after={start}&wait=60 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    sockets = []
+    try:
+        for _ in range(ABANDONED):
+            sock = socket.create_connection(("127.0.0.1", service.port))
+            sock.sendall(request)
+            sockets.append(sock)
+        deadline = time.monotonic() + 10
+        while in_flight(service) < ABANDONED and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert in_flight(service) == ABANDONED  # all held, waiting for a change
+    finally:
+        for sock in sockets:
+            sock.close()
+    closed = time.monotonic()
+    while in_flight(service) > 2 and time.monotonic() - closed < 5:
+        time.sleep(0.05)
+    assert time.monotonic() - closed < 1, in_flight(service)
+    assert answered(service, 499) == ABANDONED
+    assert answered(service, 200) == 1  # the `after=now` alone
+
+
+async def test_long_polls_past_the_cap_are_503_with_retry_after(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with client_of(replace(settings, feed_max_consumers=2)) as client:
+        start = await now(client)
+        polls = [asyncio.ensure_future(page(client, start, wait=1)) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        response = await client.get("/users/changes", params={"after": start, "wait": 1})
+        problem = assert_problem(response, 503)
+        assert response.headers["retry-after"] == changes.RETRY_FULL_SECONDS
+        assert "2 long polls and streams" in problem["detail"]
+        # Pages, and `after=now`, are not held: they are answered all the same.
+        assert (await page(client, start)) == {"changes": [], "next": start}
+        assert (await page(client, "now", wait=1))["changes"] == []
+        await asyncio.gather(*polls)
+        assert (await page(client, start, wait=1))["changes"] == []  # room again
+
+
+async def test_a_long_poll_that_waits_out_is_not_a_slow_request(
+    settings: Settings, db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.requests")
+    async with client_of(replace(settings, slow_request_ms=200, access_log=True)) as client:
+        start = await now(client)
+        await page(client, start, wait=1)
+    lines = [
+        record
+        for record in caplog.records
+        if record.name == "service.requests" and record.route == "/users/changes"  # type: ignore[attr-defined]
+    ]
+    assert [line.levelno for line in lines] == [logging.INFO, logging.INFO]
+    assert lines[-1].duration_ms >= 1000  # type: ignore[attr-defined]
