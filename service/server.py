@@ -120,16 +120,14 @@ class Server(uvicorn.Server):
             await asyncio.wait(self.server_state.tasks, timeout=HURRIED_ANSWER_SECONDS)
 
 
-def abort_connection(scope: Scope) -> None:
-    """Close the connection answering `scope` at once, dropping what it has not sent.
-
-    uvicorn's own close waits for the write buffer to drain, which a client
-    that reads nothing never lets happen. No-op outside a server of ours.
-    """
+def transport_of(scope: Scope) -> asyncio.Transport | None:
+    """The connection answering `scope`; None outside a server of ours (an in-process test)."""
     for running in serving:
         for connection in running.server_state.connections:
             if getattr(connection, "scope", None) is scope:
-                connection.transport.abort()
+                transport: asyncio.Transport = connection.transport
+                return transport
+    return None
 
 
 class Worker(multiprocess.Process):

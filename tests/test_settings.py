@@ -44,6 +44,9 @@ def test_every_variable_is_read() -> None:
             "IDEMPOTENCY_TTL": "3600",
             "DATABASE_READ_URLS": "postgresql://u:p@r1.internal/app, postgres://u:p@r2.internal/app",
             "DB_READ_MAX_LAG": "0.5",
+            "FEED_POLL_SECONDS": "0.25",
+            "FEED_MAX_CONSUMERS": "50",
+            "FEED_STALL_SECONDS": "10",
         }
     )
     assert settings == Settings(
@@ -70,6 +73,9 @@ def test_every_variable_is_read() -> None:
         graceful_timeout=2,
         database_read_urls=("postgresql://u:p@r1.internal/app", "postgres://u:p@r2.internal/app"),
         db_read_max_lag=0.5,
+        feed_poll_seconds=0.25,
+        feed_max_consumers=50,
+        feed_stall_seconds=10.0,
     )
 
 
@@ -92,6 +98,10 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("DATABASE_READ_URLS", "postgresql://r1/app?sslmode=sometimes"),
         ("DB_READ_MAX_LAG", "0"),
         ("DB_READ_MAX_LAG", "soon"),
+        ("FEED_POLL_SECONDS", "0"),
+        ("FEED_MAX_CONSUMERS", "0"),
+        ("FEED_MAX_CONSUMERS", "lots"),
+        ("FEED_STALL_SECONDS", "-1"),
         ("PORT", "eighty"),
         ("PORT", "0"),
         ("PORT", "70000"),
