@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import msgspec
 
+from bench import consumers as consumers_section
 from bench import machine, postgres, seed, servers
 from bench.bulk import run_bulk
 from bench.options import at_least
@@ -454,7 +455,10 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         bullet_list(machine.describe_versions(figures.postgres)),
         "",
     ]
-    options.out.write_text("\n".join(lines))
+    # python -m bench.consumers's section, at the end, is its own to write.
+    text = options.out.read_text() if options.out.exists() else ""
+    kept = text.partition(consumers_section.MARKER)
+    options.out.write_text("\n".join(lines) + (f"\n{kept[1]}{kept[2]}" if kept[1] else ""))
 
 
 def main(argv: Sequence[str]) -> int:
