@@ -29,6 +29,7 @@ HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 # write buffer above it (uvicorn's transport pauses at 64 KiB).
 SEND_BUFFER = 64 * 1024
 RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset
+STOPPED = "the service stopped"
 # Seconds after the last stream ended that the memory they freed is trimmed.
 TRIM_AFTER_SECONDS = 1.0
 # Chunks of the stream, each with the number of events it holds.
@@ -66,7 +67,7 @@ class EventStream(Response):
             # fast link, and the stream would read as much of its backlog into it.
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        outcome, level = "the service stopped", logging.INFO
+        outcome, level = "", logging.INFO
         stream = asyncio.ensure_future(self.stream(send))
         client = asyncio.ensure_future(disconnected(receive))
         try:
@@ -74,8 +75,7 @@ class EventStream(Response):
             if not stream.done():
                 outcome = "its client went"
                 raise ClientDisconnect
-            error = stream.exception()
-            if isinstance(error, TimeoutError):
+            if isinstance(stream.exception(), Stalled):
                 outcome = f"its client read nothing for {self.stall_seconds:g} s"
                 # Its buffers are full: uvicorn's close would wait for them to drain,
                 # and the kernel's would go on sending; a reset drops them.
@@ -84,9 +84,9 @@ class EventStream(Response):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
                     transport.abort()
                     await asyncio.sleep(0)  # for uvicorn to see the connection lost
-            elif error is not None:  # the headers are sent: no problem can be answered
-                outcome = f"an error: {error!r}"
-                level = logging.WARNING
+            else:
+                outcome = stream.result()
+                level = logging.INFO if outcome == STOPPED else logging.WARNING
         finally:
             stream.cancel()
             client.cancel()
@@ -103,14 +103,31 @@ class EventStream(Response):
                 route_template(scope), seconds, self.events, outcome,
             )  # fmt: skip
 
-    async def stream(self, send: Send) -> None:
+    async def stream(self, send: Send) -> str:
+        """Send the chunks, then the end; why the stream ended. Stalled when a
+        chunk waits `stall_seconds` for the client to read."""
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for chunk, events in self.chunks:
-            # The send waits while the write buffer is full: for the client to read.
-            async with asyncio.timeout(self.stall_seconds):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            self.events += events
+        outcome = STOPPED
+        try:
+            async for chunk, events in self.chunks:
+                try:
+                    # The send waits while the write buffer is full: for the client to read.
+                    async with asyncio.timeout(self.stall_seconds):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except TimeoutError:
+                    raise Stalled from None
+                self.events += events
+        except Stalled:
+            raise
+        except Exception as exc:  # a failover's among them: the headers are sent, so
+            # no problem can be answered; the stream ends, and the client reconnects.
+            outcome = f"an error: {exc!r}"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+
+class Stalled(Exception):
+    """A stream's client read nothing for its stall_seconds."""
 
 
 class Trim:

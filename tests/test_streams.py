@@ -146,7 +146,7 @@ def test_a_stream_whose_client_reads_nothing_is_cut_off_and_logged(
 def test_a_stream_whose_client_goes_ends_at_once_and_is_counted_as_499(
     tmp_path: Path, database_url: str, services: list[Service]
 ) -> None:
-    service = Service(tmp_path, {"DATABASE_URL": database_url})
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "SLOW_REQUEST_MS": "100"})
     services.append(service)
     service.wait_ready()
     with socket.create_connection(("127.0.0.1", service.port)) as sock:
@@ -156,6 +156,7 @@ def test_a_stream_whose_client_goes_ends_at_once_and_is_counted_as_499(
         while streams_open(service) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert streams_open(service) == 1
+        time.sleep(0.5)  # longer than SLOW_REQUEST_MS: streaming is not answering slowly
     closed = time.monotonic()
     while streams_open(service) > 0 and time.monotonic() - closed < 5:
         time.sleep(0.05)
@@ -167,3 +168,4 @@ def test_a_stream_whose_client_goes_ends_at_once_and_is_counted_as_499(
         r"its client went",
         service.output(),
     ), service.output()
+    assert "WARNING  service.requests" not in service.output()
