@@ -463,7 +463,9 @@ OPERATIONS: dict[Endpoint, Operation] = {
         "are removed: its `deleted` change keeps only its id. A long transaction on the "
         "database holds the feed back until it ends. With `Accept: text/event-stream`, the "
         "changes come as server-sent events, each as soon as it can be read; `limit` and "
-        "`wait` then do not apply. Also served at `/users/changes/`.",
+        "`wait` then do not apply. A stream is sent when Accept names `text/event-stream` "
+        "with a weight above 0 and no lower than JSON's; its first bytes are an `id:` "
+        "alone, the position it starts from. Also served at `/users/changes/`.",
         parameters=(
             Parameter(
                 name="after",
@@ -506,9 +508,12 @@ OPERATIONS: dict[Endpoint, Operation] = {
         },
         problems={
             410: "The feed cannot go on from this cursor: the changes after it were purged, "
-            "or no transaction has reached it (another database's, or from before a failover "
-            "that lost writes). List the users again, and follow the feed from `after=now` "
-            "taken before listing.",
+            "it was made by another database (another server, another database of this one, "
+            "or this one before a restore from a dump), or no transaction has reached it "
+            "(from before a failover that lost writes). List the users again, and follow the "
+            "feed from `after=now` taken before listing.",
+            503: "The database is down or too slow; or, for a long poll or a stream, the "
+            "worker already holds FEED_MAX_CONSUMERS of them (`Retry-After: 5`).",
             422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
             "feed did not make among them; `field` names it.",
         },
