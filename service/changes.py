@@ -42,13 +42,14 @@ PURGE_EVERY = 10.0
 PURGE_BATCH = 1000
 PURGE_BATCHES = 20
 # Server-sent events: what asks for them (service/streams.py sends them).
-EVENT_STREAM = "text/event-stream"
+EVENT_STREAM = streams.EVENT_STREAM
 JSON = "application/json"
 # One element of Accept: a media range and its weight (RFC 9110 §12.5.1).
 _MEDIA_RANGE = re.compile(
     r"\s*([!#$%&'*+.^_`|~0-9a-z-]+)/([!#$%&'*+.^_`|~0-9a-z-]+)\s*((?:;[^;]*)*)", re.IGNORECASE
 )
 _WEIGHT = re.compile(r";\s*q\s*=\s*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\s*(?:;|$)", re.IGNORECASE)
+_Q = re.compile(r";\s*q\s*=", re.IGNORECASE)
 RETRY_FULL_SECONDS = "5"
 # A stream reads its backlog STREAM_PAGE changes at a time (about 40 KB as
 # events), and a silent one sends a comment every HEARTBEAT_SECONDS, so that
@@ -119,6 +120,8 @@ def quality(accept: str, media_type: str, *, named: bool = False) -> float:
             continue
         if specificity > best:
             q = _WEIGHT.search(found[3])
+            if q is None and _Q.search(found[3]):
+                continue  # a weight that is not one: the element says nothing
             best, weight = specificity, 1.0 if q is None else float(q[1])
     return weight
 
@@ -127,9 +130,7 @@ def wants_stream(request: Request) -> bool:
     """Whether Accept names server-sent events, as an EventSource's does, with a
     weight above 0 and no lower than JSON's: a wildcard alone (curl's */*)
     asks for the page, whose end a client can wait for."""
-    accept = request.headers.get("accept")
-    if accept is None:
-        return False
+    accept = ", ".join(request.headers.getlist("accept"))
     stream = quality(accept, EVENT_STREAM, named=True)
     return stream > 0 and stream >= quality(accept, JSON)
 

@@ -868,6 +868,7 @@ def test_a_sigterm_ends_open_streams_and_exits_cleanly_at_once(
         "text/event-stream;q=0.5, application/json",
         "*/*",
         "text/*",
+        "text/event-stream;q=2, application/json",
     ],
 )
 async def test_accept_that_does_not_prefer_the_stream_gets_the_page(
