@@ -1024,6 +1024,10 @@ async def test_long_polls_past_the_cap_are_503_with_retry_after(
         # Pages, and `after=now`, are not held: they are answered all the same.
         assert (await page(client, start)) == {"changes": [], "next": start}
         assert (await page(client, "now", wait=1))["changes"] == []
+        # A stream takes a place as a long poll does, and is refused the same way.
+        headers = {"Accept": "text/event-stream"}
+        response = await asyncio.wait_for(client.get("/users/changes", headers=headers), 5)
+        assert assert_problem(response, 503)["detail"] == problem["detail"]
         await asyncio.gather(*polls)
         assert (await page(client, start, wait=1))["changes"] == []  # room again
 

@@ -146,7 +146,8 @@ def test_a_stream_whose_client_reads_nothing_is_cut_off_and_logged(
 def test_a_stream_whose_client_goes_ends_at_once_and_is_counted_as_499(
     tmp_path: Path, database_url: str, services: list[Service]
 ) -> None:
-    service = Service(tmp_path, {"DATABASE_URL": database_url, "SLOW_REQUEST_MS": "100"})
+    env = {"DATABASE_URL": database_url, "SLOW_REQUEST_MS": "100", "FEED_MAX_CONSUMERS": "1"}
+    service = Service(tmp_path, env)
     services.append(service)
     service.wait_ready()
     with socket.create_connection(("127.0.0.1", service.port)) as sock:
@@ -156,11 +157,16 @@ def test_a_stream_whose_client_goes_ends_at_once_and_is_counted_as_499(
         while streams_open(service) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert streams_open(service) == 1
+        held = httpx.get(f"{service.url}/users/changes?after=now", timeout=5).json()["next"]
+        refused = httpx.get(f"{service.url}/users/changes?after={held}&wait=1", timeout=5)
+        assert refused.status_code == 503  # the stream holds the worker's one place
         time.sleep(0.5)  # longer than SLOW_REQUEST_MS: streaming is not answering slowly
     closed = time.monotonic()
     while streams_open(service) > 0 and time.monotonic() - closed < 5:
         time.sleep(0.05)
     assert time.monotonic() - closed < 1
+    # Its place is free again.
+    assert httpx.get(f"{service.url}/users/changes?after={held}&wait=1", timeout=5).is_success
     text = httpx.get(f"{service.url}/metrics", timeout=5).text
     assert 'route="/users/changes",status="499"} 1.0' in text
     assert re.search(
