@@ -60,11 +60,14 @@ ChangeEvents = Annotated[
     str,
     msgspec.Meta(
         title="ChangeEvents",
-        description="Server-sent events, one per change as it commits: `id:` is its cursor, "
+        description="Server-sent events. First an `id:` alone, the position the stream starts "
+        "from, which an EventSource keeps as its last id without firing an event; then one "
+        "per change as it commits: `id:` is its cursor, "
         "`event:` its type, `data:` the change as one line of JSON (a `Change`). A comment "
         f"line, `{changes.HEARTBEAT.decode().strip()}`, comes after "
         f"{changes.HEARTBEAT_SECONDS:.0f} s without one. The stream has no end: the service "
-        "ends it when it stops, and a consumer resumes it with `Last-Event-ID`.",
+        "ends it when it stops, or when its client reads nothing for FEED_STALL_SECONDS, and "
+        "a consumer resumes it with `Last-Event-ID`.",
     ),
 ]
 # No declared default: a generated client would then always send offset=0.
