@@ -129,7 +129,13 @@ def test_a_stream_whose_client_reads_nothing_is_cut_off_and_logged(
     services.append(service)
     service.wait_ready()
     with slow_stream(service.port) as sock:
-        time.sleep(3)  # its buffers fill at once, then a second with no read
+        deadline = time.monotonic() + 10
+        while streams_open(service) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert streams_open(service) == 1
+        # Its buffers fill within a moment, then a second passes with no read.
+        while streams_open(service) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert streams_open(service) == 0
         # The connection was cut: what was buffered is dropped, and reading
         # ends in a reset or an end of stream, with no complete response.
