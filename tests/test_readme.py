@@ -1,5 +1,9 @@
 """The curl examples of README.md and docs/*.md, run against a real service.
 
+The README stays a front door of at most 300 lines, and every relative link in
+README.md, docs/*.md and bench/*.md leads to a file that exists and, with a
+`#fragment`, to a heading of that file, as GitHub makes its anchors.
+
 An example is a ```sh block that calls curl on localhost:8000, followed at once
 by a fenced block, not another ```sh one, showing its output. Each document's
 examples run in order, in one shell (so a variable one sets is there for the
@@ -24,12 +28,15 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from tests.conftest import EMPTY_TABLES, ROOT, Service, connect, stop_services
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINKED_DOCUMENTS = [*DOCUMENTS, *sorted((ROOT / "bench").glob("*.md"))]
+README_MAX_LINES = 300
 
 PLACEHOLDERS = {
     "<uuid>": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -39,6 +46,12 @@ PLACEHOLDERS = {
 }
 PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS)) + ")")
 FENCE = re.compile(r"^(?P<indent> *)```(?P<info>\S*)\s*$")
+HEADING = re.compile(r"^#{1,6}\s+(?P<text>.+?)\s*#*\s*$")
+# [text](target "title"), images included; code spans are removed first.
+INLINE_LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*(?P<target>\S+)")
+CODE_SPAN = re.compile(r"(`+).+?\1")
+EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//)", re.IGNORECASE)
 STATUS_LINE = re.compile(r"^HTTP/\d(?:\.\d)? \d{3}\b", re.MULTILINE)
 # Printed after each example, to cut the shell's output into the examples'.
 END = "~~ end of example ~~"
@@ -78,6 +91,58 @@ def blocks(markdown: str) -> Iterator[Block]:
             opening = None
         else:
             body.append(line)
+
+
+def prose(markdown: str) -> Iterator[tuple[int, str]]:
+    """(number, line) of each line of `markdown` outside its fenced blocks."""
+    inside = False
+    for number, line in enumerate(markdown.splitlines(), start=1):
+        fence = FENCE.match(line)
+        if fence and (not inside or not fence["info"]):
+            inside = not inside
+        elif not inside:
+            yield number, line
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces
+    to hyphens (`## Follow the changes` is `#follow-the-changes`)."""
+    text = INLINE_LINK.sub(lambda link: link[0][1 : link[0].index("]")], heading)
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+def anchors(document: Path) -> set[str]:
+    """Every heading's anchor in `document`; a repeated one gets -1, -2, …"""
+    found: set[str] = set()
+    for _, line in prose(document.read_text()):
+        heading = HEADING.match(line)
+        if heading:
+            base = anchor(heading["text"])
+            name, count = base, 0
+            while name in found:
+                count += 1
+                name = f"{base}-{count}"
+            found.add(name)
+    return found
+
+
+def broken_links(document: Path) -> list[str]:
+    """Each relative link of `document` to a missing file or heading, with its line."""
+    broken = []
+    for number, line in prose(document.read_text()):
+        text = CODE_SPAN.sub("", line)
+        targets = [m["target"] for m in INLINE_LINK.finditer(text)]
+        targets += [m["target"] for m in REFERENCE_LINK.finditer(text)]
+        for target in targets:
+            if EXTERNAL.match(target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (document.parent / unquote(path)).resolve() if path else document
+            if not linked.exists():
+                broken.append(f"{document.name}:{number}: {target}: no such file")
+            elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
+                broken.append(f"{document.name}:{number}: {target}: no such heading")
+    return broken
 
 
 def examples(document: Path) -> list[Example]:
@@ -249,6 +314,37 @@ def test_example_shows_what_the_service_answers(outputs: list[str], index: int) 
 
 def test_the_readme_has_examples_to_check() -> None:
     assert [example for example in EXAMPLES if example.document.name == "README.md"]
+
+
+def test_the_readme_is_a_front_door_of_at_most_300_lines() -> None:
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move reference to docs/"
+
+
+@pytest.mark.parametrize(
+    "document", LINKED_DOCUMENTS, ids=[str(d.relative_to(ROOT)) for d in LINKED_DOCUMENTS]
+)
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist(document: Path) -> None:
+    broken = broken_links(document)
+    assert not broken, "\n".join(broken)
+
+
+def test_a_link_to_a_missing_file_or_heading_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "OTHER.md").write_text("# Other\n\n## Follow the changes (SCIM 2.0)\n")
+    document = tmp_path / "README.md"
+    document.write_text(
+        "# Title\n\n"
+        "[fine](OTHER.md#follow-the-changes-scim-20), [here](#title), [web](https://x.test/#n)\n"
+        "`[code](NOWHERE.md)`\n\n"
+        "```sh\n[in a block](NOWHERE.md)\n```\n"
+        "[gone](GONE.md) and [moved](OTHER.md#follow-the-changes)\n"
+        "[here too](#nothing)\n"
+    )
+    assert broken_links(document) == [
+        "README.md:9: GONE.md: no such file",
+        "README.md:9: OTHER.md#follow-the-changes: no such heading",
+        "README.md:10: #nothing: no such heading",
+    ]
 
 
 def test_an_etag_is_shown_as_a_version_and_a_dashed_uuid() -> None:
