@@ -17,6 +17,9 @@ from service.settings import Settings
 # KiB), far below what matters to a worker's memory.
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TOO_LARGE = "Request line and headers too large."
+# The scope's key for the connection's transport: a stream sizes its socket's
+# buffer and cuts off a stalled client through it, which ASGI has no words for.
+TRANSPORT = "service.transport"
 
 
 class HeadTooLarge(Exception):
@@ -140,6 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = False
         self.stop_head_clock()
         super().on_headers_complete()
+        self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -10,7 +10,6 @@ from typing import Any
 
 import uvicorn
 from click.core import ParameterSource
-from starlette.types import Scope
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.lifespan.on import LifespanOn, LifespanSendMessage
 from uvicorn.main import main as uvicorn_main
@@ -25,8 +24,6 @@ from service.settings import Settings
 # 503 a closed pool gave them, or to see their client gone.
 HURRIED_ANSWER_SECONDS = 1.0
 UvicornProcess = multiprocess.Process
-# This process's server, for a response to cut off its own connection.
-serving: list[uvicorn.Server] = []
 
 
 class ServiceConfig(uvicorn.Config):
@@ -91,10 +88,6 @@ class Server(uvicorn.Server):
     and the requests are cancelled with the event loop, each with a traceback.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        serving[:] = [self]
-
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Long polls of the change feed answer now rather than hold the stop up.
         for feed_watch in list(watch.running):
@@ -118,16 +111,6 @@ class Server(uvicorn.Server):
     async def requests_done(self) -> None:
         if self.server_state.tasks:
             await asyncio.wait(self.server_state.tasks, timeout=HURRIED_ANSWER_SECONDS)
-
-
-def transport_of(scope: Scope) -> asyncio.Transport | None:
-    """The connection answering `scope`; None outside a server of ours (an in-process test)."""
-    for running in serving:
-        for connection in running.server_state.connections:
-            if getattr(connection, "scope", None) is scope:
-                transport: asyncio.Transport = connection.transport
-                return transport
-    return None
 
 
 class Worker(multiprocess.Process):

@@ -15,9 +15,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service import server
 from service.logs import route_template
 from service.observe import WAITED
+from service.protocol import TRANSPORT
 
 logger = logging.getLogger("service")
 
@@ -61,7 +61,8 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         began = time.perf_counter()
-        transport = server.transport_of(scope)
+        # None outside the service's protocol (an in-process test).
+        transport: asyncio.Transport | None = scope.get(TRANSPORT)
         if transport is not None:
             # A fixed send buffer: the kernel's own would grow to megabytes on a
             # fast link, and the stream would read as much of its backlog into it.
