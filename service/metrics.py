@@ -88,6 +88,11 @@ FEED_DELAY = Gauge(
     "older transaction is still running; 0 when it can serve every change",
     multiprocess_mode="mostrecent",
 )
+# SCIM attributes outside the published schema, skipped; the path labels are
+# bounded (service/scim/kept.py).
+SCIM_SKIPPED = Counter(
+    "scim_attributes_skipped_total", "SCIM attributes not kept, skipped, by path", ["path"]
+)
 
 
 class Tally:

@@ -239,31 +239,35 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 # SCIM (service/scim): the user with its externalId, which the native API
 # does not show. A list's page and its count are read in one snapshot
 # (searching): the count reads every match, the page only up to its end.
-SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id,
+SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
 SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS}", SCIM_COLUMNS)
 # The user read to be changed and written back: a concurrent write waits for this one.
 SCIM_LOCK = SCIM_FIND + " FOR UPDATE"
 SCIM_CREATE = """
-INSERT INTO users (name, email, status, external_id) VALUES ($1, $2, $3, $4)
+INSERT INTO users (name, email, status, external_id, attributes)
+VALUES ($1, $2, $3, $4, $5::jsonb)
 RETURNING {COLUMNS}
 """.replace("{COLUMNS}", SCIM_COLUMNS)
-# A write of the whole user, made only if it is still at the version read
-# ($6), whose If-Match the caller checked, and only if it changes something;
+# A write of the whole user, its attributes with it, made only if it is still
+# at the version read ($7), whose If-Match the caller checked, and only if it
+# changes something (jsonb's = compares objects whatever their keys' order);
 # else the user as it is.
 SCIM_REPLACE = """
 WITH changed AS (
-    UPDATE users SET (name, email, status, external_id) = ($2, $3, $4, $5),
+    UPDATE users SET (name, email, status, external_id, attributes) = ($2, $3, $4, $5, $6::jsonb),
         updated_at = now(), version = version + 1
-    WHERE public_id = $1 AND version = $6
-      AND (name, email, status, external_id) IS DISTINCT FROM ($2, $3, $4, $5)
+    WHERE public_id = $1 AND version = $7
+      AND (name, email, status, external_id, attributes)
+        IS DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)
     RETURNING {COLUMNS}
 )
 SELECT * FROM changed
 UNION ALL
 SELECT {COLUMNS} FROM users
-WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $6
-  AND (name, email, status, external_id) IS NOT DISTINCT FROM ($2, $3, $4, $5)
+WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $7
+  AND (name, email, status, external_id, attributes)
+    IS NOT DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 SCIM_PAGE = """
 SELECT {COLUMNS} FROM users

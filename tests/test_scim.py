@@ -265,7 +265,7 @@ async def test_if_match_guards_writes_with_412(client: httpx.AsyncClient) -> Non
         (patch({"op": "replace", "path": "active", "value": "maybe"}), "invalidValue"),
         (patch({"op": "replace", "path": "userName", "value": "not an email"}), "invalidValue"),
         (
-            patch({"op": "replace", "path": 'emails[type eq "home"].value', "value": "a@b.c"}),
+            patch({"op": "replace", "path": 'emails[value eq "b@x.io"].value', "value": "a@b.c"}),
             "noTarget",
         ),
         ({"Operations": "replace"}, "invalidSyntax"),
@@ -387,7 +387,7 @@ operations = st.fixed_dictionaries(
 
 @given(st.lists(operations | json_values, max_size=4))
 def test_any_patch_operations_make_a_user_or_a_scim_400(ops: list[Any]) -> None:
-    state = State("Ann", "ann@example.com", "active", None)
+    state = State("Ann", "ann@example.com", "active", None, {})
     refused: tuple[int, str | None] | None
     try:
         result = checked(patched(state, ops))
@@ -505,10 +505,13 @@ async def test_a_patch_of_emails_takes_the_primary_or_work_one_never_a_home_one(
     path = f"/scim/v2/Users/{user['id']}"
     home = [{"value": "home@x.io", "type": "home"}]
     scim_error(
-        await client.patch(path, json=patch({"op": "add", "path": "emails", "value": home})),
+        await client.patch(path, json=patch({"op": "replace", "path": "emails", "value": home})),
         400,
         "noTarget",
     )
+    added = await client.patch(path, json=patch({"op": "add", "path": "emails", "value": home}))
+    assert added.json()["userName"] == "a@x.io"  # a home email is a second one, kept beside
+    assert added.json()["emails"] == [{"value": "a@x.io"}, {"type": "home", "value": "home@x.io"}]
     both = [*home, {"value": "work@x.io", "type": "work"}]
     changed = await client.patch(
         path, json=patch({"op": "replace", "path": "emails", "value": both})

@@ -22,40 +22,6 @@ ExternalId = Annotated[
 ]
 
 
-class UserName(msgspec.Struct, kw_only=True, omit_defaults=True):
-    formatted: str
-
-
-class UserEmail(msgspec.Struct, kw_only=True, omit_defaults=True):
-    value: str
-    # Returned on request only: every user's one email is of type work, and primary.
-    type: str | None = None
-    primary: bool | None = None
-
-
-class UserMeta(msgspec.Struct, kw_only=True):
-    resourceType: str
-    created: str
-    lastModified: str
-    location: str
-    version: str
-
-
-class ScimUser(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A user as SCIM shows it: userName and the one work email are its email,
-    displayName and name.formatted its name, active its status."""
-
-    schemas: list[str]
-    id: str
-    externalId: str | None = None
-    userName: str
-    displayName: str
-    name: UserName
-    emails: list[UserEmail]
-    active: bool
-    meta: UserMeta
-
-
 # What a provider sends. Attributes the schema does not advertise are ignored
 # (RFC 7643 §3: a service may ignore them), so these Structs take unknown fields.
 class NameIn(msgspec.Struct, kw_only=True):
@@ -67,7 +33,7 @@ class NameIn(msgspec.Struct, kw_only=True):
 class EmailIn(msgspec.Struct, kw_only=True):
     value: str | None = None
     type: str | None = None
-    primary: bool | None = None
+    primary: bool | str | None = None  # "True" from Entra ID
 
 
 class UserIn(msgspec.Struct, kw_only=True):
@@ -79,7 +45,8 @@ class UserIn(msgspec.Struct, kw_only=True):
     displayName: str | None = None
     name: NameIn | None = None
     emails: list[EmailIn] | None = None
-    active: bool | str = True  # Entra ID sends "True" and "False"
+    # Entra ID sends "True" and "False". None: active for a create, as it was for a PUT.
+    active: bool | str | None = None
 
 
 class ListResponse(msgspec.Struct, kw_only=True):

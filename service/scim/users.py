@@ -15,10 +15,19 @@ from starlette.responses import Response
 from service import metrics, queries
 from service.bodies import read_body
 from service.database import db_of
-from service.queries import Condition, UserKey
-from service.schemas import EMAIL_RULE, TEXT_RULE, Email, Name
-from service.scim import filters
+from service.queries import Condition, UserKey, encode_attributes
+from service.schemas import (
+    ATTRIBUTE_BOUNDS,
+    EMAIL_RULE,
+    MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_BYTES,
+    TEXT_RULE,
+    Email,
+    Name,
+)
+from service.scim import filters, kept
 from service.scim.errors import ScimError
+from service.scim.mapping import ENTERPRISE_URN, NAMES, TYPES
 from service.scim.resources import (
     LIST_RESPONSE,
     MEDIA_TYPE,
@@ -27,11 +36,7 @@ from service.scim.resources import (
     USER_SCHEMA,
     ExternalId,
     ListResponse,
-    ScimUser,
-    UserEmail,
     UserIn,
-    UserMeta,
-    UserName,
 )
 from service.users import delete, settings_of, write_condition
 
@@ -59,21 +64,37 @@ LIST_PARAMETERS = (
 )
 USER_PARAMETERS = ("attributes", "excludedAttributes")
 
-# An attribute with a sub-attribute or not, or emails[filter] with one or not.
-_path = re.compile(r"[a-z][a-z0-9_$-]*(\.[a-z][a-z0-9_$-]*)?|emails\[.+\](\.[a-z]+)?", re.DOTALL)
 # A paging number: int() alone also takes "+3", "1_0", " 1" and other scripts' digits.
 _whole = re.compile(r"-?[0-9]{1,19}")
 _encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder(dict[str, Any])
+_decode_attributes = msgspec.json.Decoder(dict[str, str])
 
 
 class State(NamedTuple):
-    """What a SCIM write sets: the columns of the user it may change."""
+    """What a SCIM write sets: the columns of the user it may change. `attributes`
+    are all the user's: the table's (service/scim/mapping.py) and others, which
+    SCIM leaves as they are. Never changed in place."""
 
     name: str
     email: str
     status: str
     external_id: str | None
+    attributes: dict[str, str]
+
+    def columns(self) -> tuple[str, str, str, str | None, str]:
+        return (*self[:4], encode_attributes(self.attributes) if self.attributes else "{}")
+
+
+def state_of_row(row: asyncpg.Record) -> State:
+    attributes = row["attributes"]
+    return State(
+        row["name"],
+        row["email"],
+        row["status"],
+        row["external_id"],
+        {} if attributes == "{}" else _decode_attributes.decode(attributes),
+    )
 
 
 def scim_response(
@@ -99,24 +120,32 @@ def etag_of(row: asyncpg.Record) -> str:
     return f'"{row["version"]}-{row["id"]}"'
 
 
-def to_scim(request: Request, row: asyncpg.Record) -> ScimUser:
-    return ScimUser(
-        schemas=[USER_SCHEMA],
-        id=row["id"],
-        externalId=row["external_id"],
-        userName=row["email"],
-        displayName=row["name"],
-        name=UserName(formatted=row["name"]),
-        emails=[UserEmail(value=row["email"])],
-        active=row["status"] == "active",
-        meta=UserMeta(
-            resourceType="User",
-            created=row["created_at"],
-            lastModified=row["updated_at"],
-            location=location_of(request, row["id"]),
-            version=etag_of(row),
-        ),
-    )
+def to_scim(request: Request, row: asyncpg.Record) -> dict[str, Any]:
+    """The user as SCIM shows it: userName and the one work email are its email,
+    displayName and name.formatted its name, active its status, and the table's
+    attributes in their SCIM shapes."""
+    attributes = row["attributes"]
+    values = {} if attributes == "{}" else kept.scim_values(_decode_attributes.decode(attributes))
+    user: dict[str, Any] = {
+        "schemas": [USER_SCHEMA, ENTERPRISE_URN] if ENTERPRISE_URN in values else [USER_SCHEMA],
+        "id": row["id"],
+    }
+    if row["external_id"] is not None:
+        user["externalId"] = row["external_id"]
+    user["userName"] = row["email"]
+    user["displayName"] = row["name"]
+    user["name"] = {"formatted": row["name"], **values.pop("name", {})}
+    user["emails"] = [{"value": row["email"]}, *values.pop("emails", [])]
+    user.update(values)
+    user["active"] = row["status"] == "active"
+    user["meta"] = {
+        "resourceType": "User",
+        "created": row["created_at"],
+        "lastModified": row["updated_at"],
+        "location": location_of(request, row["id"]),
+        "version": etag_of(row),
+    }
+    return user
 
 
 def user_response(request: Request, row: asyncpg.Record, status_code: int = 200) -> Response:
@@ -143,17 +172,61 @@ def checked(state: State) -> State:
                 # The raw pattern helps nobody: the rule in words, as /users says it.
                 detail = f"{attribute} must be {EMAIL_RULE if rule is Email else TEXT_RULE}"
             raise ScimError(400, detail, "invalidValue") from None
+    # The bounds of a user's attributes, the native API's: a write past them changes nothing.
+    size = len(_encoder.encode(state.attributes)) if state.attributes else 0
+    if len(state.attributes) > MAX_ATTRIBUTES or size > MAX_ATTRIBUTES_BYTES:
+        raise ScimError(
+            400,
+            f"The user's attributes would be {len(state.attributes)} names and {size:,} bytes "
+            f"of JSON: a user holds {ATTRIBUTE_BOUNDS}",
+            "invalidValue",
+        )
     return state
 
 
-def state_of(body: UserIn) -> State:
+def state_of(body: UserIn, raw: dict[str, Any], current: State | None, skipped: list[str]) -> State:
     """The user a POST or PUT body describes. userName is the email; the name is
-    displayName, else name.formatted, else givenName and familyName, else userName."""
+    displayName, else name.formatted, else givenName and familyName, else userName.
+    Without active, a PUT keeps the status (re-enabling a user is never implied)
+    and a create is active. The table's attributes are those the body gives: a PUT
+    removes those it leaves out, and keeps the user's other attributes."""
     given = body.name
     parts = [] if given is None else [p for p in (given.givenName, given.familyName) if p]
     name = body.displayName or (given and given.formatted) or " ".join(parts) or body.userName
-    status = "active" if truth(body.active) else "disabled"
-    return checked(State(name, body.userName, status, body.externalId))
+    if body.active is not None:
+        status = "active" if truth(body.active) else "disabled"
+    else:
+        status = "active" if current is None else current.status
+    others = {} if current is None else current.attributes
+    changes = kept.Changes(skipped)
+    for key, value in raw.items():
+        described(changes, key, value)
+    attributes = changes.applied({k: v for k, v in others.items() if k not in NAMES})
+    return checked(State(name, body.userName, status, body.externalId, attributes))
+
+
+# The attributes of a POST or PUT body that the user's columns hold, and those
+# a service sets; read by UserIn, or ignored.
+BODY_COLUMNS = {"schemas", "id", "meta", "username", "externalid", "displayname", "active"}
+
+
+def described(changes: kept.Changes, key: str, value: Any) -> None:
+    """A POST or PUT body's attribute `key`, if the table keeps it; else skipped."""
+    try:
+        path = kept.parse(key)
+    except ScimError:
+        changes.skip(key, value)  # no attribute of any schema: ignored, as any unknown one
+        return
+    if path.schema == USER_SCHEMA and path.filter is None and path.sub is None:
+        if path.attribute in BODY_COLUMNS:
+            return
+        if path.attribute == "name" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k.lower() != "formatted"}
+        if path.attribute == "emails":  # the user's own is userName; the others are kept
+            entries = value if isinstance(value, list) else [value]
+            own = the_email(key, entries, required=False)
+            value = [entry for entry in entries if entry is not own]
+    changes.assign(path, value, replace=True)
 
 
 def user_id_of(request: Request) -> UUID:
@@ -245,21 +318,30 @@ def canonical(value: Any, depth: int = 3) -> Any:
     return value
 
 
-def user_in(body: bytes) -> UserIn:
+def user_in(body: bytes) -> tuple[UserIn, dict[str, Any]]:
+    """A POST or PUT body: what the user's columns take, and the whole of it."""
+    raw: dict[str, Any] = decoded(_decode_any, body)
     try:
-        return msgspec.convert(canonical(decoded(_decode_any, body)), UserIn)
+        return msgspec.convert(canonical(raw), UserIn), raw
     except msgspec.ValidationError as exc:
         raise ScimError(400, str(exc), "invalidValue") from None
 
 
+def reported(skipped: list[str]) -> None:
+    for path in dict.fromkeys(skipped):
+        kept.skip(path)
+
+
 async def create_user(request: Request) -> Response:
-    state = state_of(user_in(await body_of(request)))
+    skipped: list[str] = []
+    state = state_of(*user_in(await body_of(request)), None, skipped)
     try:
-        row = await db_of(request).fetchrow(queries.SCIM_CREATE, *state)
+        row = await db_of(request).fetchrow(queries.SCIM_CREATE, *state.columns())
     except asyncpg.UniqueViolationError as exc:
         raise taken(exc) from None
     assert row is not None
     metrics.USERS_CREATED.inc()
+    reported(skipped)
     return user_response(request, row, 201)
 
 
@@ -278,8 +360,11 @@ async def get_user(request: Request) -> Response:
 
 
 async def replace_user(request: Request) -> Response:
-    state = state_of(user_in(await body_of(request)))
-    return await write(request, lambda _: state)
+    body, raw = user_in(await body_of(request))
+    skipped: list[str] = []
+    response = await write(request, lambda current: state_of(body, raw, current, skipped))
+    reported(skipped)
+    return response
 
 
 async def patch_user(request: Request) -> Response:
@@ -289,7 +374,10 @@ async def patch_user(request: Request) -> Response:
         raise ScimError(400, f"A PATCH is a {PATCH_OP} with a list of Operations", "invalidSyntax")
     if not 1 <= len(operations) <= MAX_OPERATIONS:
         raise ScimError(400, f"A PATCH has 1 to {MAX_OPERATIONS} Operations", "invalidValue")
-    return await write(request, lambda state: patched(state, operations))
+    skipped: list[str] = []
+    response = await write(request, lambda state: patched(state, operations, skipped))
+    reported(skipped)
+    return response
 
 
 async def write(request: Request, change: Callable[[State], State]) -> Response:
@@ -304,10 +392,11 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
             raise ScimError(404, "No user has this id")
         if condition is not None and (UUID(row["id"]), row["version"]) not in condition:
             raise ScimError(412, "The user has changed: If-Match does not name its version")
-        current = State(row["name"], row["email"], row["status"], row["external_id"])
-        state = checked(change(current))
+        state = checked(change(state_of_row(row)))
         try:
-            written = await conn.fetchrow(queries.SCIM_REPLACE, user_id, *state, row["version"])
+            written = await conn.fetchrow(
+                queries.SCIM_REPLACE, user_id, *state.columns(), row["version"]
+            )
         except asyncpg.UniqueViolationError as exc:
             raise taken(exc) from None
     assert written is not None  # the row stayed locked at the version read
@@ -321,7 +410,10 @@ async def delete_user(request: Request) -> Response:
 
 
 # PATCH (RFC 7644 §3.5.2): each operation applied in turn to the user as read.
-def patched(state: State, operations: list[Any]) -> State:
+# An operation on a path outside the published schema is skipped (its path
+# added to `skipped`) and the others applied; a malformed path is a 400.
+def patched(state: State, operations: list[Any], skipped: list[str] | None = None) -> State:
+    skipped = [] if skipped is None else skipped
     for operation in operations:
         if not isinstance(operation, dict):
             raise ScimError(400, "Each operation is an object", "invalidSyntax")
@@ -332,40 +424,51 @@ def patched(state: State, operations: list[Any]) -> State:
             raise ScimError(400, f"Unknown op {operation.get('op')!r}", "invalidSyntax")
         if path is not None and not isinstance(path, str):
             raise ScimError(400, "path is a string", "invalidPath")
+        changes = kept.Changes(skipped)
         if op == "remove":
             if path is None:
                 raise ScimError(400, "remove needs a path", "noTarget")
-            state = removed(state, path)
+            state = removed(state, kept.parse(path), changes)
         elif path is None:
             if not isinstance(value, dict):
                 raise ScimError(400, f"{op} without a path takes an object", "invalidValue")
             for attribute, given in value.items():
-                state = assigned(state, attribute, given)
+                state = assigned(state, kept.parse(attribute), given, op, changes)
         else:
-            state = assigned(state, path, value)
+            state = assigned(state, kept.parse(path), value, op, changes)
+        state = state._replace(attributes=changes.applied(state.attributes))
     return state
 
 
-def attribute_path(path: str) -> str:
-    """A path in lower case, without the User schema's URN; value filters on emails
-    that every user's one work email meets are dropped; others are noTarget."""
-    lowered = path.strip().lower()
-    if lowered.startswith(filters.USER_URN.lower()):
-        lowered = lowered[len(filters.USER_URN) :]
-    if not _path.fullmatch(lowered):
-        raise ScimError(400, f"{path!r} is not an attribute path", "invalidPath")
-    if lowered.startswith("emails["):
-        inner, _, rest = lowered[len("emails[") :].partition("]")
+def core_attribute(path: kept.Path) -> str | None:
+    """The user's own column a path names, in lower case ("emails.value" and the
+    like), or None for a path the table keeps or does not know. A value filter on
+    emails that every user's one work email meets names it; another is noTarget."""
+    attribute = path.attribute
+    if path.schema != USER_SCHEMA or attribute not in CORE:
+        return None
+    if attribute == "name" and path.sub not in (None, "formatted"):
+        return None
+    if attribute == "emails" and path.filter is not None:
+        if kept.typed(path) in TYPES["emails"]:
+            return None
         try:
-            condition = filters.to_sql(f"emails[{inner}]").text
+            condition = filters.to_sql(f"emails[{path.filter}]").text
         except filters.InvalidFilter as exc:
-            raise ScimError(400, f"path {path!r}: {exc}", "invalidPath") from None
+            raise ScimError(400, f"path {path.text!r}: {exc}", "invalidPath") from None
         if condition != "true":
             raise ScimError(
-                400, f"path {path!r} selects no email: the user has one work email", "noTarget"
+                400, f"path {path.text!r} selects no email: the user has one work email", "noTarget"
             )
-        lowered = "emails" + rest
-    return lowered
+    elif path.filter is not None:
+        raise ScimError(400, f"{path.text!r}: {attribute} takes no [filter]", "invalidPath")
+    return attribute if path.sub is None else f"{attribute}.{path.sub}"
+
+
+# The user's own columns, and what the service sets, by lower-case name.
+CORE = {
+    "username", "emails", "displayname", "name", "externalid", "active", "id", "meta", "schemas",
+}  # fmt: skip
 
 
 def text_value(path: str, value: Any) -> str:
@@ -378,37 +481,46 @@ def text_value(path: str, value: Any) -> str:
     return value
 
 
-def assigned(state: State, path: str, value: Any) -> State:
-    attribute = attribute_path(path)
-    if attribute in ("username", "emails", "emails.value"):
-        if attribute == "emails" and isinstance(value, list):
-            value = the_email(path, value)
-        return state._replace(email=text_value(path, value))
+def assigned(state: State, path: kept.Path, value: Any, op: str, changes: kept.Changes) -> State:
+    attribute = core_attribute(path)
+    if attribute is None:
+        changes.assign(path, value, replace=op == "replace")
+        return state
+    text = path.text
+    if attribute == "emails":
+        entries = value if isinstance(value, list) else [value]
+        own = the_email(text, entries, required=op == "replace")
+        others = [entry for entry in entries if entry is not own]
+        if others or op == "replace":  # replace: the other emails are those given
+            changes.assign(path, others, replace=op == "replace")
+        return state if own is None else state._replace(email=text_value(text, own))
+    if attribute in ("username", "emails.value"):
+        return state._replace(email=text_value(text, value))
     if attribute in ("displayname", "name.formatted"):
-        return state._replace(name=text_value(path, value))
+        return state._replace(name=text_value(text, value))
     if attribute == "name":
         if not isinstance(value, dict):
             raise ScimError(400, "name takes an object", "invalidValue")
-        formatted = value.get("formatted")
-        return (
-            state
-            if formatted is None
-            else state._replace(name=text_value("name.formatted", formatted))
-        )
-    if attribute in ("name.givenname", "name.familyname", "emails.type", "emails.primary"):
-        return state  # kept by no column: accepted, as the schema does not advertise them
+        parts = {key: item for key, item in value.items() if key.lower() != "formatted"}
+        changes.assign(path, parts, replace=False)
+        formatted = next((v for k, v in value.items() if k.lower() == "formatted"), None)
+        return state if formatted is None else state._replace(name=text_value(text, formatted))
+    if attribute in ("emails.type", "emails.primary"):
+        return state  # constants of the user's one email: accepted, and unchanged
     if attribute == "externalid":
-        return state._replace(external_id=None if value is None else text_value(path, value))
+        return state._replace(external_id=None if value is None else text_value(text, value))
     if attribute == "active":
         return state._replace(status="active" if truth(value) else "disabled")
     if attribute in ("id", "meta", "schemas") or attribute.startswith("meta."):
-        raise ScimError(400, f"{path} is read-only", "mutability")
-    return state  # an attribute the schema does not advertise: ignored (RFC 7643 §3)
+        raise ScimError(400, f"{text} is read-only", "mutability")
+    changes.skip(text, value)  # userName.x and the like: not in the schema
+    return state
 
 
-def the_email(path: str, emails: list[Any]) -> Any:
+def the_email(path: str, emails: list[Any], required: bool = True) -> Any:
     """The email of a list that is the user's: the primary one, else the work one, else
-    one without a type. A home or other email alone is not."""
+    one without a type. A home or other email alone is not: None, or noTarget when
+    `required`."""
     items = [item for item in emails if isinstance(item, dict)]
     for chosen in (
         [item for item in items if item.get("primary") in (True, "true", "True")],
@@ -417,7 +529,9 @@ def the_email(path: str, emails: list[Any]) -> Any:
     ):
         if chosen:
             return chosen[0]
-    raise ScimError(400, f"{path}: no primary or work email to be the user's", "noTarget")
+    if required:
+        raise ScimError(400, f"{path}: no primary or work email to be the user's", "noTarget")
+    return None
 
 
 def truth(value: Any) -> bool:
@@ -429,11 +543,16 @@ def truth(value: Any) -> bool:
     raise ScimError(400, "active takes true or false", "invalidValue")
 
 
-def removed(state: State, path: str) -> State:
-    attribute = attribute_path(path)
+def removed(state: State, path: kept.Path, changes: kept.Changes) -> State:
+    attribute = core_attribute(path)
+    if attribute is None:
+        changes.remove(path)
+        return state
     if attribute == "externalid":
         return state._replace(external_id=None)
     if attribute in ("displayname", "name", "name.formatted"):
+        if attribute == "name":
+            changes.remove(path)  # givenName, familyName and the rest too
         return state._replace(name=state.email)  # a user always has a name: its email stands in
     if attribute in (
         "username",
@@ -443,7 +562,7 @@ def removed(state: State, path: str) -> State:
         "id",
         "schemas",
     ) or attribute.startswith("meta"):
-        raise ScimError(400, f"{path} is required and cannot be removed", "mutability")
+        raise ScimError(400, f"{path.text} is required and cannot be removed", "mutability")
     return state
 
 
@@ -454,8 +573,8 @@ class Listing(NamedTuple):
     per_page: int
     sort_by: str | None
     descending: bool
-    attributes: list[str]
-    excluded: list[str]
+    attributes: list[Steps]
+    excluded: list[Steps]
 
 
 def int_param(raw: object, name: str, default: int) -> int:
@@ -472,11 +591,21 @@ def int_param(raw: object, name: str, default: int) -> int:
     return number
 
 
-def names(raw: object) -> list[str]:
+# An attribute of attributes= or excludedAttributes=, as the keys that lead to
+# it in lower case: ("name", "formatted"), or (the extension's URN, "manager", "value").
+Steps = tuple[str, ...]
+
+
+def names(raw: object) -> list[Steps]:
     if raw is None:
         return []
     items = raw if isinstance(raw, list) else str(raw).split(",")
-    return [attribute_path(str(item)) for item in items if str(item).strip()]
+    return [steps(kept.parse(str(item))) for item in items if str(item).strip()]
+
+
+def steps(path: kept.Path) -> Steps:
+    found = () if path.schema == USER_SCHEMA else (path.schema.lower(),)
+    return found + tuple(part for part in (path.attribute, path.sub) if part is not None)
 
 
 def listing(given: dict[str, Any]) -> Listing:
@@ -499,27 +628,69 @@ def query_parameters(request: Request, known: tuple[str, ...]) -> dict[str, Any]
     return parameters(request.query_params.multi_items(), known, where)
 
 
-def attribute_params(request: Request) -> tuple[list[str], list[str]]:
+def attribute_params(request: Request) -> tuple[list[Steps], list[Steps]]:
     params = query_parameters(request, USER_PARAMETERS)
     return names(params.get("attributes")), names(params.get("excludedAttributes"))
 
 
-def selected(user: ScimUser, attributes: list[str], excluded: list[str]) -> dict[str, Any]:
-    """The user with only `attributes` (and those always returned), or without `excluded`;
-    emails' type and primary only when asked for."""
-    for email in user.emails:
-        email.type = "work" if "emails.type" in attributes else None
-        email.primary = True if "emails.primary" in attributes else None
-    shown: dict[str, Any] = msgspec.to_builtins(user)
-    keys = {key.lower(): key for key in shown}
+def selected(
+    user: dict[str, Any], attributes: list[Steps], excluded: list[Steps]
+) -> dict[str, Any]:
+    """The user with only `attributes` (and those always returned), or without `excluded`,
+    sub-attributes and the extension's included; the own email's type and primary only
+    when asked for; `schemas` naming the extension only when it is shown."""
+    own = user["emails"][0]
+    if ("emails", "type") in attributes:
+        own["type"] = "work"
+    if ("emails", "primary") in attributes:
+        own["primary"] = True
+    shown = user
     if attributes:
-        wanted = {name.partition(".")[0] for name in attributes} | ALWAYS_RETURNED
-        shown = {key: value for key, value in shown.items() if key.lower() in wanted}
-    for name in excluded:
-        key = keys.get(name.partition(".")[0])
-        if key is not None and key.lower() not in ALWAYS_RETURNED and "." not in name:
-            shown.pop(key, None)
+        shown = picked(user, [*attributes, *((name,) for name in ALWAYS_RETURNED)])
+    if excluded:
+        shown = dropped(shown, [name for name in excluded if name[0] not in ALWAYS_RETURNED])
+    if ENTERPRISE_URN not in shown:
+        shown["schemas"] = [USER_SCHEMA]
     return shown
+
+
+def picked(value: Any, wanted: list[Steps]) -> Any:
+    """Of `value`, what the steps lead to; an entry of a list keeps its value and type."""
+    if any(not name for name in wanted):
+        return value
+    if isinstance(value, list):
+        entries = [picked(entry, [*wanted, ("value",), ("type",)]) for entry in value]
+        return [entry for entry in entries if entry]
+    if not isinstance(value, dict):
+        return None  # a sub-attribute of a simple value: none
+    found = {}
+    for key, item in value.items():
+        inner = [name[1:] for name in wanted if name[0] == key.lower()]
+        if inner:
+            item = picked(item, inner)
+            if item not in (None, {}, []):
+                found[key] = item
+    return found
+
+
+def dropped(value: Any, unwanted: list[Steps]) -> Any:
+    """`value` without what the steps lead to, and without what that leaves empty."""
+    if isinstance(value, list):
+        entries = [dropped(entry, unwanted) for entry in value]
+        return [entry for entry in entries if entry != {}]
+    if not isinstance(value, dict):
+        return value
+    found = {}
+    for key, item in value.items():
+        inner = [name[1:] for name in unwanted if name[0] == key.lower()]
+        if any(not name for name in inner):
+            continue
+        if inner:
+            item = dropped(item, inner)
+            if item in ({}, []):
+                continue
+        found[key] = item
+    return found
 
 
 async def list_users(request: Request) -> Response:
@@ -540,7 +711,7 @@ async def answer_list(request: Request, given: Listing) -> Response:
             raise ScimError(400, str(exc), "invalidFilter") from None
     order = "lower(email)"
     if given.sort_by is not None:
-        found = SORTS.get(attribute_path(given.sort_by))
+        found = SORTS.get(".".join(steps(kept.parse(given.sort_by))))
         if found is None:
             raise ScimError(400, f"sortBy takes one of {', '.join(SORTS)}", "invalidValue")
         order = found

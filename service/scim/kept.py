@@ -1,0 +1,256 @@
+"""The table's SCIM attributes (service/scim/mapping.py) written to and read from a
+user's attributes, by path."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, NamedTuple
+
+from service import metrics
+from service.schemas import ATTRIBUTE_VALUE_RULE, is_attribute_value
+from service.scim import filters
+from service.scim.errors import ScimError
+from service.scim.mapping import BY_KEY, ENTERPRISE_URN, TABLE, TYPES, USER_URN, Key, key_of
+
+logger = logging.getLogger("service")
+
+# A path after its schema's URN: an attribute, a value filter, a sub-attribute.
+_path = re.compile(
+    r"""(?P<attribute>[a-z][a-z0-9_$-]*)
+    (?:\[(?P<filter>(?:[^\[\]"]|"(?:[^"\\]|\\.)*")+)\])?
+    (?:\.(?P<sub>[a-z][a-z0-9_$-]*))?""",
+    re.VERBOSE | re.DOTALL,
+)
+_urn = re.compile(r"urn:[a-z0-9][a-z0-9-]*:\S+")
+_typed = re.compile(r'\s*type\s+eq\s+"([^"\\]*)"\s*')
+# Keys of a multi-valued entry that say which entry it is, not what it holds.
+ENTRY_KEYS = {"type", "primary", "display"}
+# Skipped paths: a label each for the first MAX_SKIPPED_LABELS a worker meets,
+# then "other", so that a provider sending made-up paths cannot grow the
+# metrics without bound; a warning once per path, for as many paths.
+MAX_SKIPPED_LABELS = 20
+MAX_SKIPPED_WARNINGS = 1000
+_skipped_labels: set[str] = set()
+_warned: set[str] = set()
+
+
+class Path(NamedTuple):
+    """A parsed attribute path, in lower case but `text`, which is as given."""
+
+    schema: str  # USER_URN, ENTERPRISE_URN, or another schema's URN
+    attribute: str | None  # None: the whole of an extension
+    filter: str | None
+    sub: str | None
+    text: str
+
+    def key(self, type: str | None) -> Key:
+        assert self.attribute is not None
+        return key_of(self.schema, self.attribute, type, self.sub)
+
+
+def parse(text: str) -> Path:
+    """The path, or invalidPath when it is malformed (an unknown one is not)."""
+    lowered = text.strip().lower()
+    schema, rest = USER_URN, lowered
+    if lowered == ENTERPRISE_URN.lower():
+        return Path(ENTERPRISE_URN, None, None, None, text)
+    for urn in (USER_URN, ENTERPRISE_URN):
+        if lowered.startswith(urn.lower() + ":"):
+            schema, rest = urn, lowered[len(urn) + 1 :]
+            break
+    else:
+        if lowered.startswith("urn:"):
+            if not _urn.fullmatch(lowered):
+                raise ScimError(400, f"{text!r} is not an attribute path", "invalidPath")
+            return Path(lowered, None, None, None, text)  # another schema's: unknown
+    match = _path.fullmatch(rest)
+    if match is None:
+        raise ScimError(400, f"{text!r} is not an attribute path", "invalidPath")
+    found = Path(schema, match["attribute"], match["filter"], match["sub"], text)
+    if found.filter is not None and typed(found) is None:
+        try:
+            filters.tokens(found.filter)
+        except filters.InvalidFilter as exc:
+            raise ScimError(400, f"path {text!r}: {exc}", "invalidPath") from None
+    return found
+
+
+def typed(path: Path) -> str | None:
+    """The type a value filter `[type eq "..."]` names; None for another filter."""
+    match = None if path.filter is None else _typed.fullmatch(path.filter)
+    return None if match is None else match[1]
+
+
+def skip(path: str) -> None:
+    """An attribute outside the published schema, left aside: logged once, counted."""
+    if path not in _warned and len(_warned) < MAX_SKIPPED_WARNINGS:
+        _warned.add(path)
+        logger.warning("SCIM attribute %r is not kept: skipped", path)
+    if path not in _skipped_labels and len(_skipped_labels) < MAX_SKIPPED_LABELS:
+        _skipped_labels.add(path)
+    metrics.SCIM_SKIPPED.labels(path if path in _skipped_labels else "other").inc()
+
+
+def text_of(path: str, value: Any) -> str | None:
+    """A kept attribute's value: a string, or None to remove it. A one-item list
+    and {"value": ...} stand for their value; null and "" are no value."""
+    if isinstance(value, list) and len(value) <= 1:
+        value = value[0] if value else None
+    if isinstance(value, dict) and "value" in value:
+        value = value["value"]
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ScimError(400, f"{path} takes a string", "invalidValue")
+    if not is_attribute_value(value):
+        raise ScimError(400, f"{path} takes {ATTRIBUTE_VALUE_RULE}", "invalidValue")
+    return value
+
+
+def under(path: Path) -> list[str]:
+    """The names of the table's attributes at or below a path."""
+    schema, attribute = path.schema.lower(), path.attribute
+    type = typed(path)
+    if path.filter is not None and type is None:
+        return []  # a filter other than on type: no entry the table keeps
+    return [
+        m.name
+        for m in TABLE
+        if m.key[0] == schema
+        and (attribute is None or m.key[1] == attribute)
+        and (path.filter is None or m.key[2] == type)
+        and (path.sub is None or m.key[3] == path.sub)
+    ]
+
+
+class Changes:
+    """What a write does to the kept attributes: names cleared, then names set
+    (to a value) or removed (None)."""
+
+    def __init__(self, skipped: list[str]) -> None:
+        self.cleared: set[str] = set()
+        self.given: dict[str, str | None] = {}
+        self.skipped = skipped
+
+    def applied(self, attributes: dict[str, str]) -> dict[str, str]:
+        found = {k: v for k, v in attributes.items() if k not in self.cleared}
+        for name, value in self.given.items():
+            if value is None:
+                found.pop(name, None)
+            else:
+                found[name] = value
+        return found
+
+    def assign(self, path: Path, value: Any, replace: bool) -> None:
+        """Set what `value` gives at `path`, as add or replace (RFC 7644 §3.5.2):
+        replacing a multi-valued attribute replaces every entry."""
+        attribute = path.attribute
+        if attribute is None:
+            if path.schema != ENTERPRISE_URN:
+                self.skip(path.text, value)
+            elif not isinstance(value, dict):
+                raise ScimError(400, f"{path.text} takes an object", "invalidValue")
+            else:
+                for key, item in value.items():
+                    inner = Path(ENTERPRISE_URN, key.lower(), None, None, f"{path.text}:{key}")
+                    self.assign(inner, item, replace)
+            return
+        if attribute in TYPES and path.schema == USER_URN:
+            self.assign_entries(path, value, replace)
+            return
+        mapped = BY_KEY.get(path.key(None))
+        if mapped is not None:
+            self.given[mapped.name] = text_of(path.text, value)
+            return
+        if path.sub is None and under(path):  # a complex attribute: name, manager
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    sub = path._replace(sub=key.lower(), text=f"{path.text}.{key}")
+                    self.assign(sub, item, replace)
+                return
+            manager = BY_KEY.get(key_of(path.schema, attribute, None, "value"))
+            if manager is not None:  # a bare id for manager.value
+                self.given[manager.name] = text_of(path.text, value)
+                return
+            raise ScimError(400, f"{path.text} takes an object", "invalidValue")
+        self.skip(path.text, value)
+
+    def assign_entries(self, path: Path, value: Any, replace: bool) -> None:
+        """emails, phoneNumbers or addresses: entries told apart by their type."""
+        assert path.attribute is not None
+        if path.filter is None and path.sub is not None:
+            self.skip(path.text, value)  # phoneNumbers.value: which entry is not said
+            return
+        if path.filter is not None:
+            type = typed(path)
+            if type not in TYPES[path.attribute]:
+                self.skip(path.text, value)
+            elif path.sub is not None:
+                self.set_entry_value(path, type, value)
+            else:
+                self.set_entry(path, type, value)
+            return
+        entries = value if isinstance(value, list) else [value]
+        if replace:
+            self.cleared.update(under(path))
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ScimError(400, f"{path.text} takes objects", "invalidValue")
+            type = entry.get("type")
+            type = type.lower() if isinstance(type, str) else None
+            if type in TYPES[path.attribute]:
+                self.set_entry(path, type, entry)
+            else:
+                self.skip(f'{path.text}[type eq "{type}"]', entry)
+
+    def set_entry(self, path: Path, type: str, entry: Any) -> None:
+        if isinstance(entry, list) and len(entry) == 1:
+            entry = entry[0]
+        if not isinstance(entry, dict):
+            raise ScimError(400, f"{path.text} takes an object", "invalidValue")
+        for key, item in entry.items():
+            if key.lower() not in ENTRY_KEYS:
+                sub = Path(path.schema, path.attribute, path.filter, key.lower(), "")
+                self.set_entry_value(sub._replace(text=f"{path.text}.{key}"), type, item)
+
+    def set_entry_value(self, path: Path, type: str, value: Any) -> None:
+        mapped = BY_KEY.get(path.key(type))
+        if mapped is None:
+            self.skip(path.text, value)
+        else:
+            self.given[mapped.name] = text_of(path.text, value)
+
+    def remove(self, path: Path) -> None:
+        names = under(path)
+        if names:
+            self.given.update(dict.fromkeys(names))
+        else:
+            self.skipped.append(path.text)
+
+    def skip(self, path: str, value: Any) -> None:
+        if value not in (None, "", [], {}):  # nothing lost in skipping no value
+            self.skipped.append(path)
+
+
+def scim_values(attributes: dict[str, str]) -> dict[str, Any]:
+    """The kept attributes in SCIM's shapes: by attribute name, the extension
+    under its URN; empty when the user has none."""
+    found: dict[str, Any] = {}
+    for mapped in TABLE:
+        value = attributes.get(mapped.name)
+        if value is None:
+            continue
+        holder = found if mapped.schema == USER_URN else found.setdefault(mapped.schema, {})
+        if mapped.type is not None:
+            entries: list[dict[str, str]] = holder.setdefault(mapped.attribute, [])
+            entry = next((e for e in entries if e["type"] == mapped.type), None)
+            if entry is None:
+                entry = {"type": mapped.type}
+                entries.append(entry)
+            entry[mapped.sub or "value"] = value
+        elif mapped.sub is not None:
+            holder.setdefault(mapped.attribute, {})[mapped.sub] = value
+        else:
+            holder[mapped.attribute] = value
+    return found

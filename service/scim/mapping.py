@@ -1,0 +1,106 @@
+"""The SCIM attributes kept in a user's attributes: the one table that writes, reads,
+filters, discovery and the docs all read."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
+ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+# Multi-valued attributes whose entries the table tells apart by type.
+MULTI_VALUED = {"emails", "phoneNumbers", "addresses"}
+
+
+class Mapped(NamedTuple):
+    """A SCIM attribute kept as the user's attribute `name`: `attribute`, its `sub`
+    attribute if any, of the entry of this `type` for a multi-valued one."""
+
+    name: str
+    attribute: str
+    sub: str | None = None
+    type: str | None = None
+    schema: str = USER_URN
+    description: str = ""
+
+    @property
+    def path(self) -> str:
+        """The path as a provider writes it, e.g. phoneNumbers[type eq "mobile"].value."""
+        found = self.attribute
+        if self.type is not None:
+            found += f'[type eq "{self.type}"]'
+        if self.sub is not None:
+            found += f".{self.sub}"
+        return found if self.schema == USER_URN else f"{self.schema}:{found}"
+
+    @property
+    def key(self) -> Key:
+        return key_of(self.schema, self.attribute, self.type, self.sub)
+
+
+# (schema, attribute, type, sub attribute), in lower case: how a path finds its entry.
+Key = tuple[str, str, str | None, str | None]
+
+
+def key_of(schema: str, attribute: str, type: str | None, sub: str | None) -> Key:
+    return (
+        schema.lower(),
+        attribute.lower(),
+        None if type is None else type.lower(),
+        None if sub is None else sub.lower(),
+    )
+
+
+def address(sub: str, name: str) -> Mapped:
+    return Mapped(
+        f"address.work.{name}", "addresses", sub, "work", description=f"Work address: {sub}"
+    )
+
+
+def enterprise(attribute: str, name: str, sub: str | None = None) -> Mapped:
+    return Mapped(
+        name, attribute, sub, schema=ENTERPRISE_URN, description=f"Enterprise {attribute}"
+    )
+
+
+# Entra ID's default mappings for a non-gallery app, the rest of the enterprise
+# extension, and Okta's SCIM template profile. userName, displayName,
+# name.formatted, the work email, active and externalId are the user's own
+# columns (service/scim/users.py), not attributes.
+TABLE = [
+    Mapped("given_name", "name", "givenName", description="Given name"),
+    Mapped("family_name", "name", "familyName", description="Family name"),
+    Mapped("middle_name", "name", "middleName", description="Middle name"),
+    Mapped("honorific_prefix", "name", "honorificPrefix", description="Honorific prefix"),
+    Mapped("honorific_suffix", "name", "honorificSuffix", description="Honorific suffix"),
+    Mapped("nick_name", "nickName", description="Nickname"),
+    Mapped("title", "title", description="Job title"),
+    Mapped("user_type", "userType", description="User type, e.g. Employee"),
+    Mapped("preferred_language", "preferredLanguage", description="Preferred language, e.g. en-US"),
+    Mapped("locale", "locale", description="Locale, e.g. en-US"),
+    Mapped("timezone", "timezone", description="Time zone, e.g. America/Los_Angeles"),
+    Mapped("profile_url", "profileUrl", description="Profile URL"),
+    Mapped("email.home", "emails", "value", "home", description="A second email, of type home"),
+    Mapped("email.other", "emails", "value", "other", description="A second email, of type other"),
+    Mapped("phone.work", "phoneNumbers", "value", "work", description="Work phone"),
+    Mapped("phone.mobile", "phoneNumbers", "value", "mobile", description="Mobile phone"),
+    Mapped("phone.fax", "phoneNumbers", "value", "fax", description="Fax"),
+    address("formatted", "formatted"),
+    address("streetAddress", "street_address"),
+    address("locality", "locality"),
+    address("region", "region"),
+    address("postalCode", "postal_code"),
+    address("country", "country"),
+    enterprise("employeeNumber", "employee_number"),
+    enterprise("costCenter", "cost_center"),
+    enterprise("organization", "organization"),
+    enterprise("division", "division"),
+    enterprise("department", "department"),
+    enterprise("manager", "manager", "value"),
+]
+BY_KEY = {mapped.key: mapped for mapped in TABLE}
+NAMES = frozenset(mapped.name for mapped in TABLE)
+# The types each multi-valued attribute keeps, by its lower-case name.
+TYPES = {
+    attribute.lower(): [m.type for m in TABLE if m.attribute == attribute and m.type]
+    for attribute in MULTI_VALUED
+}
