@@ -55,7 +55,7 @@ def test_co_sw_ew_match_their_text_literally_and_use_the_trigram_index() -> None
 def test_value_paths_and_sub_attributes_of_the_one_work_email() -> None:
     assert to_sql('emails[type eq "work"]').text == "true"
     assert to_sql('emails[type eq "work" and value co "x"]').arguments == ["%x%", "%x%"]
-    assert to_sql('emails[type eq "home"]').text == "false"
+    assert to_sql('emails[type eq "other"]').text == "(attributes ?| $1::text[])"
     assert to_sql("emails[primary eq true]").text == "true"
     assert to_sql('emails.value eq "A@x.io"') == to_sql('userName eq "a@x.io"')
 
@@ -90,7 +90,7 @@ def test_values_are_numbered_from_the_first_given() -> None:
         "userName eq",
         'userName eq "a" and',
         'password eq "x"',  # an attribute the service does not keep
-        'name.givenName eq "Ann"',
+        'name.middle eq "Ann"',
         'userName xx "a"',
         'userName eq "a" extra',
         '(userName eq "a"',

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.scim.errors import ScimError
+from service.scim.mapping import ENTERPRISE_URN, TABLE, TYPES, USER_URN, Mapped
 from service.scim.resources import LIST_RESPONSE, MAX_EXTERNAL_ID_LENGTH, USER_SCHEMA
 from service.scim.users import MAX_COUNT, scim_response, scim_url
 
@@ -32,8 +33,56 @@ def attribute(name: str, kind: str = "string", **overrides: Any) -> dict[str, An
     }
 
 
+def kept(mapped: Mapped, name: str) -> dict[str, Any]:
+    """An attribute of the table: a string kept as the user's attribute, compared
+    exactly as the native API's attribute filters compare it."""
+    if mapped.type is not None:
+        description = f"Kept as the attribute {mapped.name} for {mapped.type}."
+    else:
+        description = f"{mapped.description}: the attribute {mapped.name}."
+    return attribute(name, caseExact=True, description=description)
+
+
+def kept_attributes(schema: str) -> list[dict[str, Any]]:
+    """The table's attributes of a schema, complex ones with their sub-attributes."""
+    found: dict[str, dict[str, Any]] = {}
+    for mapped in TABLE:
+        if mapped.schema != schema:
+            continue
+        if mapped.sub is None:
+            found[mapped.attribute] = kept(mapped, mapped.attribute)
+            continue
+        holder = found.setdefault(
+            mapped.attribute,
+            attribute(
+                mapped.attribute,
+                "complex",
+                multiValued=mapped.type is not None,
+                subAttributes=[],
+            ),
+        )
+        subs = holder["subAttributes"]
+        same = next((sub for sub in subs if sub["name"] == mapped.sub), None)
+        if same is None:
+            subs.append(kept(mapped, mapped.sub))
+        else:  # one sub-attribute of each typed entry: value of work, mobile and fax
+            same["description"] = (
+                same["description"].rstrip(".") + f"; {mapped.name} for {mapped.type}."
+            )
+    for name, holder in found.items():
+        types = TYPES.get(name.lower())
+        if types:
+            holder["description"] = f"Kept for the types {', '.join(types)}."
+            holder["subAttributes"].append(attribute("type", canonicalValues=types))
+    return list(found.values())
+
+
+KEPT = {attribute["name"]: attribute for attribute in kept_attributes(USER_URN)}
+ENTERPRISE_ATTRIBUTES = kept_attributes(ENTERPRISE_URN)
+
 # Exactly what the service keeps: userName and the one work email are the
-# user's email, displayName and name.formatted its name, active its status.
+# user's email, displayName and name.formatted its name, active its status;
+# the table's attributes (service/scim/mapping.py) are the user's attributes.
 USER_ATTRIBUTES = [
     attribute(
         "userName",
@@ -61,23 +110,30 @@ USER_ATTRIBUTES = [
         "name",
         "complex",
         required=True,
-        description="The user's name. givenName and familyName are accepted and not kept.",
-        subAttributes=[attribute("formatted", description="The same value as displayName.")],
+        description="The user's name.",
+        subAttributes=[
+            attribute("formatted", description="The same value as displayName."),
+            *KEPT.pop("name")["subAttributes"],
+        ],
     ),
     attribute(
         "emails",
         "complex",
         multiValued=True,
         required=True,
-        description="One email, the user's email, as userName; always of type work, and primary.",
+        description="The user's email, as userName: of type work, and primary, which it "
+        "shows when asked for (attributes=emails.type); and a second email, of type "
+        f"{' or '.join(TYPES['emails'])}, kept as the attribute email.<type>.",
         subAttributes=[
             attribute("value", required=True),
-            # Constants, so shown only when asked for (attributes=emails.type).
+            # The user's own email is of type work, shown when asked for; a
+            # second email's entry always shows its type, which tells it apart.
             attribute("type", mutability="readOnly", returned="request", canonicalValues=["work"]),
             attribute("primary", "boolean", mutability="readOnly", returned="request"),
         ],
     ),
     attribute("active", "boolean", required=True, description="false for a disabled user."),
+    *(attribute for name, attribute in KEPT.items() if name != "emails"),
 ]
 
 
@@ -96,6 +152,20 @@ def user_schema(request: Request) -> dict[str, Any]:
     }
 
 
+def enterprise_schema(request: Request) -> dict[str, Any]:
+    return {
+        "schemas": [SCHEMA],
+        "id": ENTERPRISE_URN,
+        "name": "EnterpriseUser",
+        "description": "Enterprise user: each attribute kept as the user's attribute",
+        "attributes": ENTERPRISE_ATTRIBUTES,
+        "meta": meta(request, "Schema", f"Schemas/{ENTERPRISE_URN}"),
+    }
+
+
+SCHEMAS = {USER_SCHEMA: user_schema, ENTERPRISE_URN: enterprise_schema}
+
+
 def user_type(request: Request) -> dict[str, Any]:
     return {
         "schemas": [RESOURCE_TYPE],
@@ -104,7 +174,7 @@ def user_type(request: Request) -> dict[str, Any]:
         "endpoint": "/Users",
         "description": "A user of the service",
         "schema": USER_SCHEMA,
-        "schemaExtensions": [],
+        "schemaExtensions": [{"schema": ENTERPRISE_URN, "required": False}],
         "meta": meta(request, "ResourceType", "ResourceTypes/User"),
     }
 
@@ -154,10 +224,11 @@ async def resource_type(request: Request) -> Response:
 
 
 async def schemas(request: Request) -> Response:
-    return scim_response(listed([user_schema(request)]))
+    return scim_response(listed([found(request) for found in SCHEMAS.values()]))
 
 
 async def schema(request: Request) -> Response:
-    if request.path_params["id"] != USER_SCHEMA:
-        raise ScimError(404, f"The service has one schema: {USER_SCHEMA}")
-    return scim_response(user_schema(request))
+    found = SCHEMAS.get(request.path_params["id"])
+    if found is None:
+        raise ScimError(404, f"The service has the schemas {' and '.join(SCHEMAS)}")
+    return scim_response(found(request))

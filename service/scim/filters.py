@@ -10,8 +10,9 @@ from uuid import UUID
 
 import msgspec
 
-from service.queries import MATCHES, like_escaped
+from service.queries import HAS_ATTRIBUTES, MATCHES, encode_attributes, like_escaped
 from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
+from service.scim.mapping import BY_KEY, TABLE, TYPES, USER_URN, Mapped, key_of
 
 # How deep parentheses, not and value paths may nest: a bound on the parser's
 # recursion, far above what any provider sends.
@@ -19,7 +20,6 @@ MAX_DEPTH = 32
 MAX_LENGTH = 4096
 COMPARISONS = {"eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"}
 ORDERINGS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User:"
 # Quotes a value may be mistyped with: SCIM's strings are JSON's, in '"'.
 OTHER_QUOTES = "'\u2018\u2019\u201c\u201d`"
 
@@ -86,6 +86,13 @@ class Attribute(NamedTuple):
     folded: bool = False
     # Part of the text the trigram index serves (queries.SEARCH_TEXT).
     searched: bool = False
+    # The user's attribute of this name: eq is attributes @> {name: value}, which
+    # the users_attributes index serves, as for GET /users?attribute.<name>=.
+    contained: str | None = None
+
+
+def kept(mapped: Mapped) -> Attribute:
+    return Attribute(f"(attributes ->> '{mapped.name}')", "text", contained=mapped.name)
 
 
 # By lower-case path. userName and emails.value are the one email.
@@ -102,6 +109,14 @@ ATTRIBUTES = {
     "active": Attribute("status = 'active'", "bool"),
     "meta.created": Attribute("created_at", "instant"),
     "meta.lastmodified": Attribute("updated_at", "instant"),
+    # The table's single-valued attributes, by path: title, name.givenname,
+    # urn:...:enterprise:2.0:user:department, its manager and manager.value.
+    **{mapped.path.lower(): kept(mapped) for mapped in TABLE if mapped.type is None},
+    **{
+        mapped.path.lower().removesuffix(".value"): kept(mapped)
+        for mapped in TABLE
+        if mapped.type is None and mapped.sub == "value"
+    },
 }
 # The service's one email is of type work, and primary: these sub-attributes
 # compare with constants.
@@ -184,31 +199,81 @@ class Parser:
         if token.kind != "word" or token.text.lower() in ("and", "or", "not"):
             raise InvalidFilter(f"Expected an attribute, found {token.text or 'the end'!r}")
         path = token.text.lower()
-        if path.startswith(USER_URN.lower()):
-            path = path[len(USER_URN) :]
+        if path.startswith(USER_URN.lower() + ":"):
+            path = path[len(USER_URN) + 1 :]
         path = prefix + path
         if self.peek() == Token("punct", "["):
-            # A value path: emails[type eq "work" and value co "x"].
+            # A value path: emails[type eq "work" and value co "x"], and the
+            # table's typed entries: phoneNumbers[type eq "mobile"].value eq "x".
             if prefix:
                 raise InvalidFilter(
                     f"{token.text!r}[…] inside emails[…]: value filters do not nest"
                 )
-            if path != "emails":
+            if path not in TYPES:
                 raise InvalidFilter(
-                    f"{token.text!r} takes no [filter]: only emails does, as the one "
-                    "multi-valued attribute here"
+                    f"{token.text!r} takes no [filter]: only emails, phoneNumbers and "
+                    "addresses do, as the multi-valued attributes here"
                 )
             self.take()
+            entry = self.entry_type(path)
+            if entry is not None:
+                if not (self.peek().kind == "word" and self.peek().text.startswith(".")):
+                    # emails[type eq "home"]: the user has such an entry.
+                    names = [m.name for m in TABLE if m.key[1:3] == (path, entry)]
+                    return f"(attributes ?| {self.argument(names)}::text[])"
+                sub = self.sub_attribute(token.text)
+                mapped = BY_KEY.get(key_of(USER_URN, path, entry, sub))
+                if mapped is None:
+                    raise InvalidFilter(f"Unknown attribute {token.text}[...].{sub}")
+                return self.operation(mapped.path, kept(mapped))
+            if path != "emails":
+                raise InvalidFilter(
+                    f'{token.text!r} takes [type eq "..."], of {", ".join(TYPES[path])}'
+                )
             inner = self.nested(lambda: self.disjunction("emails."))
             self.expect("]")
+            if self.peek().kind == "word" and self.peek().text.startswith("."):
+                sub = self.sub_attribute(token.text)
+                return f"({inner} AND {self.operation(token.text, f'emails.{sub}')})"
             return inner
+        return self.operation(token.text, path)
+
+    def entry_type(self, path: str) -> str | None:
+        """The type of `[type eq "mobile"]`, taken, when it names an entry the table
+        keeps; else None, and nothing taken."""
+        ahead = self.tokens[self.at : self.at + 4]
+        if len(ahead) < 4 or [t.kind for t in ahead] != ["word", "word", "string", "punct"]:
+            return None
+        if ahead[0].text.lower() != "type" or ahead[1].text.lower() != "eq" or ahead[3].text != "]":
+            return None
+        try:
+            entry = _decode_string.decode(ahead[2].text).lower()
+        except msgspec.DecodeError:
+            return None
+        if entry not in TYPES[path]:
+            return None
+        self.at += 4
+        return entry
+
+    def sub_attribute(self, name: str) -> str:
+        token = self.take()
+        if token.kind != "word" or not token.text.startswith(".") or len(token.text) < 2:
+            raise InvalidFilter(f"Expected .value or another sub-attribute after {name}[...]")
+        return token.text[1:].lower()
+
+    def operation(self, name: str, path: str | Attribute) -> str:
+        """The operator and value after an attribute: `path` by name, or the attribute."""
+        token = Token("word", name)
         operator = self.take()
         name = operator.text.lower()
         if operator.kind != "word" or (name not in COMPARISONS and name != "pr"):
             raise InvalidFilter(f"Expected an operator after {token.text!r}")
-        if path in EMAIL_CONSTANTS:
+        if isinstance(path, Attribute):
+            attribute: Attribute | None = path
+        elif path in EMAIL_CONSTANTS:
             return self.constant(token.text, name, EMAIL_CONSTANTS[path])
-        attribute = ATTRIBUTES.get(path)
+        else:
+            attribute = ATTRIBUTES.get(path)
         if attribute is None:
             raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + KNOWN)
         if name == "pr":
@@ -262,6 +327,9 @@ class Parser:
             return f"(({column}) = {'true' if (value == (operator == 'eq')) else 'false'})"
         if not isinstance(value, str):
             raise InvalidFilter(f"{name} compares with a string")
+        if attribute.contained is not None and operator == "eq":
+            found = self.argument(encode_attributes({attribute.contained: value}))
+            return "(" + HAS_ATTRIBUTES.format(found.removeprefix("$")) + ")"
         if attribute.kind == "id":
             if operator not in ("eq", "ne"):
                 raise InvalidFilter(f"{name} takes eq or ne")
@@ -311,7 +379,8 @@ class Parser:
 
 KNOWN = (
     "id, userName, externalId, displayName, name.formatted, emails (value, type, primary), "
-    "active, meta.created and meta.lastModified"
+    "active, meta.created, meta.lastModified, and the other attributes /Schemas lists "
+    '(a typed entry as phoneNumbers[type eq "mobile"].value)'
 )
 
 

@@ -489,7 +489,8 @@ def assigned(state: State, path: kept.Path, value: Any, op: str, changes: kept.C
     text = path.text
     if attribute == "emails":
         entries = value if isinstance(value, list) else [value]
-        own = the_email(text, entries, required=op == "replace")
+        # A list without the user's own email (a home one alone) leaves it as it is.
+        own = the_email(text, entries, required=False)
         others = [entry for entry in entries if entry is not own]
         if others or op == "replace":  # replace: the other emails are those given
             changes.assign(path, others, replace=op == "replace")
