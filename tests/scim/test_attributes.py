@@ -294,3 +294,15 @@ async def test_discovery_advertises_exactly_what_is_kept(client: httpx.AsyncClie
             "profileUrl", "addresses"} <= set(by_name)  # fmt: skip
     assert "password" not in by_name
     assert "x509Certificates" not in by_name
+
+
+async def test_excluded_attributes_drops_a_sub_attribute_and_what_it_leaves_empty(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"schemas": [USER], "userName": "hal@example.com", "displayName": "Hal"}
+    location = await create(client, body)
+    user = (await client.get(location, params={"excludedAttributes": "name.formatted"})).json()
+    assert "name" not in user
+    assert user["displayName"] == "Hal"
+    user = (await client.get(location, params={"excludedAttributes": "emails.value"})).json()
+    assert "emails" not in user

@@ -83,7 +83,8 @@ def at(user: dict[str, Any], path: str) -> Any:
         attribute, _, tail = rest.partition("[")
         kind, _, sub = tail.partition("].")
         kind = kind.removeprefix('type eq "').removesuffix('"')
-        entry = next((e for e in holder.get(attribute, []) if e.get("type") == kind), {})
+        entries: list[dict[str, Any]] = holder.get(attribute, [])
+        entry = next((e for e in entries if e.get("type") == kind), {})
         return entry.get(sub)
     attribute, _, sub = rest.partition(".")
     found = holder.get(attribute)
@@ -144,7 +145,7 @@ async def test_every_patch_form_entra_sends_is_applied_and_read_back(
     async def patched(*operations: Any) -> dict[str, Any]:
         response = await client.patch(path, json=patch(*operations))
         assert response.status_code == 200, response.text
-        read = (await client.get(path)).json()
+        read: dict[str, Any] = (await client.get(path)).json()
         assert read == response.json()
         return read
 
