@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.scim import filters
+from service.scim.mapping import TABLE
+from tests.conftest import ROOT
 from tests.scim.test_providers import ENTERPRISE, USER, entra_user, native_attributes, patch
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -268,7 +271,13 @@ async def test_the_change_feed_carries_what_scim_writes(client: httpx.AsyncClien
     start = (await client.get("/users/changes", params={"after": "now"})).json()["next"]
     location = await create(client)
     await client.patch(location, json=patch({"op": "replace", "path": "title", "value": "Lead"}))
-    changes = (await client.get("/users/changes", params={"after": start})).json()["changes"]
+    changes: list[dict[str, Any]] = []
+    for _ in range(10):  # a long poll: the feed serves a change once older transactions end
+        page = await client.get("/users/changes", params={"after": start, "wait": 5})
+        changes += page.json()["changes"]
+        start = page.json()["next"]
+        if len(changes) >= 2:
+            break
     assert [c["type"] for c in changes] == ["created", "updated"]
     assert changes[-1]["user"]["attributes"]["title"] == "Lead"
     assert changes[-1]["user"]["attributes"]["department"] == "Sales"
@@ -306,3 +315,14 @@ async def test_excluded_attributes_drops_a_sub_attribute_and_what_it_leaves_empt
     assert user["displayName"] == "Hal"
     user = (await client.get(location, params={"excludedAttributes": "emails.value"})).json()
     assert "emails" not in user
+
+
+def test_the_docs_table_is_the_mapping_table() -> None:
+    """The docs' table of SCIM paths and attribute names says what the code keeps."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(document.read_text() for document in documents)
+    _, _, after = text.partition("| SCIM path | attribute |")
+    table = after.partition("\n\n")[0]
+    rows = re.findall(r"^\| `([^`]+)` \| `([a-z][a-z0-9_.-]*)` \|", table, re.MULTILINE)
+    shown = [(path.replace("urn:…:enterprise:2.0:User", ENTERPRISE), name) for path, name in rows]
+    assert shown == [(mapped.path, mapped.name) for mapped in TABLE]
