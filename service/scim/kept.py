@@ -28,9 +28,11 @@ _typed = re.compile(r'\s*type\s+eq\s+"([^"\\]*)"\s*')
 ENTRY_KEYS = {"type", "primary", "display"}
 # Skipped paths: a label each for the first MAX_SKIPPED_LABELS a worker meets,
 # then "other", so that a provider sending made-up paths cannot grow the
-# metrics without bound; a warning once per path, for as many paths.
+# metrics without bound; a warning once per path, for the first
+# MAX_SKIPPED_WARNINGS paths (a set of seen paths that stays bounded too).
 MAX_SKIPPED_LABELS = 20
 MAX_SKIPPED_WARNINGS = 1000
+MAX_PATH_SHOWN = 200  # characters of a skipped path in its log line and label
 _skipped_labels: set[str] = set()
 _warned: set[str] = set()
 
@@ -84,6 +86,7 @@ def typed(path: Path) -> str | None:
 
 def skip(path: str) -> None:
     """An attribute outside the published schema, left aside: logged once, counted."""
+    path = path[:MAX_PATH_SHOWN]
     if path not in _warned and len(_warned) < MAX_SKIPPED_WARNINGS:
         _warned.add(path)
         logger.warning("SCIM attribute %r is not kept: skipped", path)
