@@ -1,5 +1,4 @@
-"""The table's SCIM attributes (service/scim/mapping.py) written to and read from a
-user's attributes, by path."""
+"""A user's attributes as SCIM paths and values, by the table of service/scim/mapping.py."""
 
 from __future__ import annotations
 

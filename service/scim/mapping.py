@@ -1,5 +1,4 @@
-"""The SCIM attributes kept in a user's attributes: the one table that writes, reads,
-filters, discovery and the docs all read."""
+"""The one table of SCIM attributes kept as a user's attributes, by path and name."""
 
 from __future__ import annotations
 
@@ -62,6 +61,8 @@ def enterprise(attribute: str, name: str, sub: str | None = None) -> Mapped:
     )
 
 
+# Writes, reads, filters, /Schemas and the docs' table (checked by a test) all
+# read TABLE: an attribute added here is kept, returned, filtered and advertised.
 # Entra ID's default mappings for a non-gallery app, the rest of the enterprise
 # extension, and Okta's SCIM template profile. userName, displayName,
 # name.formatted, the work email, active and externalId are the user's own
