@@ -55,10 +55,8 @@ def address(sub: str, name: str) -> Mapped:
     )
 
 
-def enterprise(attribute: str, name: str, sub: str | None = None) -> Mapped:
-    return Mapped(
-        name, attribute, sub, schema=ENTERPRISE_URN, description=f"Enterprise {attribute}"
-    )
+def enterprise(attribute: str, name: str, description: str, sub: str | None = None) -> Mapped:
+    return Mapped(name, attribute, sub, schema=ENTERPRISE_URN, description=description)
 
 
 # Writes, reads, filters, /Schemas and the docs' table (checked by a test) all
@@ -91,12 +89,12 @@ TABLE = [
     address("region", "region"),
     address("postalCode", "postal_code"),
     address("country", "country"),
-    enterprise("employeeNumber", "employee_number"),
-    enterprise("costCenter", "cost_center"),
-    enterprise("organization", "organization"),
-    enterprise("division", "division"),
-    enterprise("department", "department"),
-    enterprise("manager", "manager", "value"),
+    enterprise("employeeNumber", "employee_number", "Employee number"),
+    enterprise("costCenter", "cost_center", "Cost center"),
+    enterprise("organization", "organization", "Organization"),
+    enterprise("division", "division", "Division"),
+    enterprise("department", "department", "Department"),
+    enterprise("manager", "manager", "The manager's id, as the provider knows it", "value"),
 ]
 BY_KEY = {mapped.key: mapped for mapped in TABLE}
 NAMES = frozenset(mapped.name for mapped in TABLE)
