@@ -379,7 +379,11 @@ PATCH_ERRORS = {"invalidSyntax", "invalidValue", "invalidPath", "noTarget", "mut
 paths = st.sampled_from(
     ["userName", "displayName", "name", "name.formatted", "name.givenName", "emails",
      'emails[type eq "work"].value', "emails[primary eq true]", 'emails[value co "a"]',
-     "externalId", "active", "id", "meta.created", "nickName", f"{USER}:userName", "emails["]
+     "externalId", "active", "id", "meta.created", "nickName", f"{USER}:userName", "emails[",
+     'emails[type eq "home"].value', "phoneNumbers", 'phoneNumbers[type eq "mobile"].value',
+     'phoneNumbers[type eq "mobile"]', "addresses", 'addresses[type eq "work"].locality',
+     ENTERPRISE, f"{ENTERPRISE}:manager", f"{ENTERPRISE}:manager.value",
+     f"{ENTERPRISE}:department", "urn:example:other:badge", "roles"]
 ) | st.text(max_size=20)  # fmt: skip
 operations = st.fixed_dictionaries(
     {"op": st.sampled_from(["add", "Replace", "REMOVE", "copy"]) | st.text(max_size=8)},
@@ -445,7 +449,20 @@ async def test_any_patch_is_a_user_or_a_scim_4xx(client: httpx.AsyncClient, ops:
     await client.delete(path)
 
 
-@given(body=st.dictionaries(st.sampled_from(list(CANONICAL)) | st.text(max_size=8), json_values))
+create_keys = st.sampled_from(
+    [
+        *CANONICAL,
+        "phoneNumbers",
+        "addresses",
+        "title",
+        ENTERPRISE,
+        "urn:example:x",
+        "name.givenName",
+    ]
+)
+
+
+@given(body=st.dictionaries(create_keys | st.text(max_size=8), json_values))
 @fuzzed
 async def test_any_create_is_a_user_or_a_scim_4xx(
     client: httpx.AsyncClient, body: dict[str, Any]
