@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from service.scim import filters
 from service.scim.mapping import TABLE
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Service
 from tests.scim.test_providers import ENTERPRISE, USER, entra_user, native_attributes, patch
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -326,3 +327,22 @@ def test_the_docs_table_is_the_mapping_table() -> None:
     rows = re.findall(r"^\| `([^`]+)` \| `([a-z][a-z0-9_.-]*)` \|", table, re.MULTILINE)
     shown = [(path.replace("urn:…:enterprise:2.0:User", ENTERPRISE), name) for path, name in rows]
     assert shown == [(mapped.path, mapped.name) for mapped in TABLE]
+
+
+async def test_skips_are_logged_once_a_worker_and_counted_across_workers(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "2"})
+    services.append(service)
+    service.wait_ready()
+    unknown = "urn:example:custom:2.0:User:badge"
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        location = await create(client)
+        body = patch({"op": "add", "path": unknown, "value": "gold"})
+        for _ in range(12):  # over new connections: both workers answer some
+            async with httpx.AsyncClient(base_url=service.url) as one:
+                assert (await one.patch(location, json=body)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert f'scim_attributes_skipped_total{{path="{unknown}"}} 12.0' in metrics
+    warnings = [line for line in service.output().splitlines() if unknown in line]
+    assert 1 <= len(warnings) <= 2, warnings  # once a worker, whichever answered

@@ -113,6 +113,13 @@ async def test_entra_default_mappings_are_kept_returned_and_searchable(
     assert user["schemas"] == [USER, ENTERPRISE]
     read = (await client.get(f"/scim/v2/Users/{user['id']}")).json()
     assert read == user
+    # The six defaults that are the user's own fields.
+    assert (read["userName"], read["active"], read["displayName"]) == (
+        "ada@contoso.com", True, "Ada Lovelace",
+    )  # fmt: skip
+    assert read["emails"] == [{"value": "ada@contoso.com"}]
+    assert read["externalId"] == "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef"
+    assert read["name"]["formatted"] == "Ada Lovelace"
     attributes = await native_attributes(client, "ada@contoso.com")
     for path, value, name in ENTRA_DEFAULTS:
         assert at(read, path) == value, path
