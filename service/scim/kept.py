@@ -199,12 +199,16 @@ class Changes:
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ScimError(400, f"{path.text} takes objects", "invalidValue")
-            type = entry.get("type")
-            type = type.lower() if isinstance(type, str) else None
+            given = entry.get("type")
+            type = given.lower() if isinstance(given, str) else ""
+            # The entry as a path names it: phoneNumbers[type eq "mobile"].
+            typed_path = path._replace(
+                filter=f'type eq "{type}"', text=f'{path.text}[type eq "{type}"]'
+            )
             if type in TYPES[path.attribute]:
-                self.set_entry(path, type, entry)
+                self.set_entry(typed_path, type, entry)
             else:
-                self.skip(f'{path.text}[type eq "{type}"]', entry)
+                self.skip(typed_path.text, entry)
 
     def set_entry(self, path: Path, type: str, entry: Any) -> None:
         if isinstance(entry, list) and len(entry) == 1:
@@ -213,8 +217,8 @@ class Changes:
             raise ScimError(400, f"{path.text} takes an object", "invalidValue")
         for key, item in entry.items():
             if key.lower() not in ENTRY_KEYS:
-                sub = Path(path.schema, path.attribute, path.filter, key.lower(), "")
-                self.set_entry_value(sub._replace(text=f"{path.text}.{key}"), type, item)
+                sub = path._replace(sub=key.lower(), text=f"{path.text}.{key}")
+                self.set_entry_value(sub, type, item)
 
     def set_entry_value(self, path: Path, type: str, value: Any) -> None:
         mapped = BY_KEY.get(path.key(type))

@@ -346,3 +346,12 @@ async def test_skips_are_logged_once_a_worker_and_counted_across_workers(
     assert f'scim_attributes_skipped_total{{path="{unknown}"}} 12.0' in metrics
     warnings = [line for line in service.output().splitlines() if unknown in line]
     assert 1 <= len(warnings) <= 2, warnings  # once a worker, whichever answered
+
+
+async def test_a_bad_value_in_an_entry_is_named_by_its_typed_path(
+    client: httpx.AsyncClient,
+) -> None:
+    body = entra_user("ada@contoso.com") | {"phoneNumbers": [{"type": "Mobile", "value": 5}]}
+    response = await client.post("/scim/v2/Users", json=body)
+    assert response.status_code == 400
+    assert 'phoneNumbers[type eq "mobile"].value takes a string' in response.json()["detail"]
