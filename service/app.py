@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from starlette import routing
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp
@@ -19,13 +17,15 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service import changes, health, metrics, openapi, users
 from service.database import CannotStart, Database, close_pool, open_pool
-from service.dispatch import Dispatch, Endpoint
+from service.dispatch import Dispatch
 from service.logs import configure_logging
 from service.lookups import Creates, Reads
 from service.replicas import open_replicas
+from service.routes import Route
 from service.schemas import UUID_PATTERN
 from service.scim import discovery, groups
 from service.scim import users as scim_users
+from service.scopes import OPEN
 from service.settings import Settings, SettingsError
 from service.watch import Watch
 
@@ -52,50 +52,45 @@ class UserConvertor(Convertor[str]):
 register_url_convertor("user", UserConvertor())
 
 
-class Route(routing.Route):
-    """Starlette's Route, whose path must match to its very end."""
-
-    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str]) -> None:
-        super().__init__(path, endpoint, methods=methods)
-        # Starlette ends the regex in "$", which in Python also matches before
-        # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
-        # not, and costs nothing more per request than "$".
-        self.path_regex = re.compile(self.path_regex.pattern.removesuffix("$") + r"\Z")
-
-
-# The map of the API. Each path also answers with a trailing slash ("/users/")
-# without a redirect, as existing callers use it: Dispatch strips it before
-# routing. Routes are tried in order, so the busiest come first.
+# The map of the API, each route with the scope a caller needs (service/scopes.py),
+# or OPEN. Each path also answers with a trailing slash ("/users/") without a
+# redirect, as existing callers use it: Dispatch strips it before routing.
+# Routes are tried in order, so the busiest come first.
 routes = [
-    Route("/users/{user:user}", users.get_user, methods=["GET"]),
-    Route("/users", users.list_users, methods=["GET"]),
-    Route("/users", users.create_user, methods=["POST"]),
-    Route("/users/lookup", users.lookup_users, methods=["POST"]),
-    Route("/users/changes", changes.list_changes, methods=["GET"]),
-    Route("/users/{user:user}", users.update_user, methods=["PATCH"]),
-    Route("/users/{user:user}", users.delete_user, methods=["DELETE"]),
-    Route("/users/bulk", users.create_users, methods=["POST"]),
-    Route("/livez", health.livez, methods=["GET"]),
-    Route("/readyz", health.readyz, methods=["GET"]),
-    Route("/metrics", metrics.metrics, methods=["GET"]),
-    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/users/{user:user}", users.get_user, methods=["GET"], scope="users:read"),
+    Route("/users", users.list_users, methods=["GET"], scope="users:read"),
+    Route("/users", users.create_user, methods=["POST"], scope="users:create"),
+    Route("/users/lookup", users.lookup_users, methods=["POST"], scope="users:read"),
+    Route("/users/changes", changes.list_changes, methods=["GET"], scope="users:changes"),
+    Route("/users/{user:user}", users.update_user, methods=["PATCH"], scope="users:update"),
+    Route("/users/{user:user}", users.delete_user, methods=["DELETE"], scope="users:delete"),
+    Route("/users/bulk", users.create_users, methods=["POST"], scope="users:create"),
+    Route("/livez", health.livez, methods=["GET"], scope=OPEN),
+    Route("/readyz", health.readyz, methods=["GET"], scope=OPEN),
+    Route("/metrics", metrics.metrics, methods=["GET"], scope=OPEN),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"], scope=OPEN),
     # SCIM 2.0 for identity providers (service/scim); its discovery documents
     # it, so /openapi.json leaves it out.
-    Route("/scim/v2/Users", scim_users.list_users, methods=["GET"]),
-    Route("/scim/v2/Users", scim_users.create_user, methods=["POST"]),
-    Route("/scim/v2/Users/.search", scim_users.search_users, methods=["POST"]),
-    Route("/scim/v2/.search", scim_users.search_users, methods=["POST"]),
-    Route("/scim/v2/Users/{id}", scim_users.get_user, methods=["GET"]),
-    Route("/scim/v2/Users/{id}", scim_users.replace_user, methods=["PUT"]),
-    Route("/scim/v2/Users/{id}", scim_users.patch_user, methods=["PATCH"]),
-    Route("/scim/v2/Users/{id}", scim_users.delete_user, methods=["DELETE"]),
-    Route("/scim/v2/ServiceProviderConfig", discovery.service_provider_config, methods=["GET"]),
-    Route("/scim/v2/ResourceTypes", discovery.resource_types, methods=["GET"]),
-    Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"]),
-    Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"]),
-    Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"]),
-    Route("/scim/v2/Groups", groups.groups, methods=groups.METHODS),
-    Route("/scim/v2/Groups/{rest:path}", groups.groups, methods=groups.METHODS),
+    Route("/scim/v2/Users", scim_users.list_users, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Users", scim_users.create_user, methods=["POST"], scope="scim"),
+    Route("/scim/v2/Users/.search", scim_users.search_users, methods=["POST"], scope="scim"),
+    Route("/scim/v2/.search", scim_users.search_users, methods=["POST"], scope="scim"),
+    Route("/scim/v2/Users/{id}", scim_users.get_user, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Users/{id}", scim_users.replace_user, methods=["PUT"], scope="scim"),
+    Route("/scim/v2/Users/{id}", scim_users.patch_user, methods=["PATCH"], scope="scim"),
+    Route("/scim/v2/Users/{id}", scim_users.delete_user, methods=["DELETE"], scope="scim"),
+    Route(
+        "/scim/v2/ServiceProviderConfig",
+        discovery.service_provider_config,
+        methods=["GET"],
+        scope="scim",
+    ),
+    Route("/scim/v2/ResourceTypes", discovery.resource_types, methods=["GET"], scope="scim"),
+    Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Groups", groups.groups, methods=groups.METHODS, scope="scim"),
+    Route("/scim/v2/Groups/{rest:path}", groups.groups, methods=groups.METHODS, scope="scim"),
 ]
 
 

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,12 +25,11 @@ from service.problems import (
     handler_for,
     problem_response,
 )
+from service.routes import Endpoint
 from service.scim.errors import as_scim, is_scim
 from service.settings import Settings
 
 logger = logging.getLogger("service.requests")
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 # What a browser on an origin in CORS_ORIGINS may send and read.
 CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")

@@ -9,6 +9,9 @@ import httpx
 import pytest
 from msgspec.structs import replace
 
+from service.app import routes
+from service.routes import Route
+from service.scopes import OPEN, SCOPES
 from service.settings import Settings
 from tests.conftest import assert_problem, client_of
 
@@ -62,3 +65,24 @@ async def test_health_and_metrics_stay_open(guarded: httpx.AsyncClient, path: st
 
 async def test_without_tokens_users_is_open(client: httpx.AsyncClient) -> None:
     assert (await client.get("/users")).status_code == 200
+
+
+def test_every_route_names_its_scope_or_says_it_is_open() -> None:
+    for route in routes:
+        assert isinstance(route, Route), f"{route!r} is not a service.routes.Route"
+        assert route.scope is OPEN or route.scope in SCOPES, route.path
+        if route.path.startswith("/scim/v2"):
+            assert route.scope == "scim", route.path
+    open_paths = {
+        route.path for route in routes if isinstance(route, Route) and route.scope is OPEN
+    }
+    assert open_paths == {"/livez", "/readyz", "/metrics", "/openapi.json"}
+
+
+def test_every_scope_grants_some_route() -> None:
+    assert {route.scope for route in routes if isinstance(route, Route)} - {OPEN} == set(SCOPES)
+
+
+def test_a_route_with_an_unknown_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match="users:write"):
+        Route("/users", routes[0].endpoint, methods=["GET"], scope="users:write")  # type: ignore[arg-type]

@@ -1,0 +1,31 @@
+"""A route of the API: its path, methods and endpoint, with the scope a caller needs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.scopes import SCOPES, ScopeName
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Route(routing.Route):
+    """Starlette's Route, whose path must match to its very end, and which names the scope
+    a caller must hold: one of SCOPES, or OPEN (None) for a route without auth."""
+
+    def __init__(
+        self, path: str, endpoint: Endpoint, *, methods: list[str], scope: ScopeName | None
+    ) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"{path}: unknown scope {scope!r}")
+        self.scope = scope
+        # Starlette ends the regex in "$", which in Python also matches before
+        # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
+        # not, and costs nothing more per request than "$".
+        self.path_regex = re.compile(self.path_regex.pattern.removesuffix("$") + r"\Z")
