@@ -1,10 +1,13 @@
-"""python -m service [migrate]: serve or migrate, on DATABASE_URL or an embedded database."""
+"""python -m service [migrate | token]: serve, migrate, or make a client's token."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -15,11 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import msgspec
+
 from service import server
 from service.database import CannotStart
 from service.logs import configure_logging
 from service.migration import migrate
-from service.settings import Settings, SettingsError
+from service.scopes import SCOPES
+from service.settings import CLIENT_NAME, Settings, SettingsError
 
 APP = "service.app:create_app"
 logger = logging.getLogger("service")
@@ -135,8 +141,10 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
     configure_logging(settings)
-    if not settings.api_tokens:
-        logger.warning("API_TOKENS is not set: /users is open to any caller")
+    if not settings.callers():
+        logger.warning(
+            "neither API_CLIENTS nor API_TOKENS is set: /users and /scim/v2 are open to any caller"
+        )
     with metrics_directory():
         if settings.database_url is not None:
             return run_uvicorn(settings, host="0.0.0.0")  # noqa: S104 - the platform's router needs it
@@ -173,7 +181,51 @@ def report_configuration_error(exc: SettingsError) -> None:
         print(f"configuration error: {exc}", file=sys.stderr)
 
 
+def make_token(argv: list[str]) -> int:
+    """python -m service token NAME --scope SCOPE ...: a new random token, printed once,
+    and the API_CLIENTS entry that holds its digest.
+
+    The token and the entry are the only lines on stdout, in that order, for a script to
+    read; what to do with them goes to stderr.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m service token",
+        description="Make a token for a new API client, and the API_CLIENTS entry to add.",
+    )
+    parser.add_argument("name", help="the client's name, as log lines will show it")
+    parser.add_argument(
+        "--scope",
+        dest="scopes",
+        action="extend",
+        nargs="+",
+        required=True,
+        choices=list(SCOPES),
+        metavar="SCOPE",
+        help=f"a scope the client holds, one or more: {', '.join(SCOPES)}",
+    )
+    arguments = parser.parse_args(argv)
+    if not CLIENT_NAME.fullmatch(arguments.name):
+        parser.error("NAME must be 1 to 64 letters, digits and . _ @ : -, starting with one")
+    # 256 random bits: a digest of it cannot be turned back into it.
+    token = secrets.token_urlsafe(32)
+    entry = {
+        "name": arguments.name,
+        "scopes": list(dict.fromkeys(arguments.scopes)),
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+    }
+    print(
+        f"The token for {arguments.name}, shown this once: give it to the client as a secret.",
+        file=sys.stderr,
+    )
+    print(token, flush=True)
+    print("Add this entry to the service's API_CLIENTS array:", file=sys.stderr, flush=True)
+    print(msgspec.json.encode(entry).decode())
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["token"]:
+        return make_token(argv[1:])  # needs no settings: it may run anywhere
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -182,7 +234,7 @@ def main(argv: list[str]) -> int:
     if argv == ["migrate"]:
         return apply_schema(settings)
     if argv:
-        print("usage: python -m service [migrate]", file=sys.stderr)
+        print("usage: python -m service [migrate | token NAME --scope SCOPE ...]", file=sys.stderr)
         return 2
     return serve(settings)
 

@@ -1,43 +1,95 @@
-"""Bearer tokens for the /users and /scim/v2 endpoints, when API_TOKENS is set."""
+"""Callers: the client a request's bearer token names, refused without the route's scope."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
 from service.problems import ProblemError
+from service.routes import Route
+from service.settings import Client
 
-PROTECTED_PREFIXES = ("/users", "/scim/")
+REALM = 'Bearer realm="users"'
+NO_QUERY_TOKENS = (
+    "A token in the query string (access_token) is not accepted: URLs end up in logs. "
+    "Send it as Authorization: Bearer <token>"
+)
 
 
-def digest(token: bytes) -> bytes:
-    return hashlib.sha256(token).digest()
+def caller_of(scope: Scope) -> Client | None:
+    """The client that made this request, once its token was checked; None on an open route
+    or when the service has no clients."""
+    caller: Client | None = scope.get("caller")
+    return caller
 
 
-class BearerTokens:
-    """Refuses with 401 a /users or /scim/ request without one of the configured tokens."""
+class Callers:
+    """The service's clients, told apart by their bearer tokens."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        # Digests, so that comparing them cannot reveal a token's length.
-        self.digests = [digest(token.encode()) for token in tokens]
+    def __init__(self, clients: Iterable[Client]) -> None:
+        # Found by the token's SHA-256 in a dict, not compared in constant time:
+        # the lookup's timing can at most hint at how a stored digest begins,
+        # and a digest is of no use to an attacker, who would still need a
+        # token hashing to it (the environment holds the very same digests).
+        self.by_digest = {bytes.fromhex(client.token_sha256): client for client in clients}
 
     def check(self, scope: Scope) -> None:
-        if scope["path"].startswith(PROTECTED_PREFIXES) and not self.authorized(scope):
+        """Let the request through if its route is open or its caller holds the route's
+        scope; the caller, once known, is put in the scope. Refuse it otherwise."""
+        route = scope["route"]
+        needed = route.scope if isinstance(route, Route) else None
+        if needed is None:
+            return
+        caller = self.authenticate(scope)
+        scope["caller"] = caller
+        if needed not in caller.scopes:
             raise ProblemError(
-                401,
-                "A valid bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="users"'},
+                403,
+                f"This request needs the scope {needed}, which the client {caller.name} "
+                "does not hold",
+                headers={
+                    "WWW-Authenticate": (f'{REALM}, error="insufficient_scope", scope="{needed}"')
+                },
             )
 
-    def authorized(self, scope: Scope) -> bool:
-        header = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
-        scheme, _, given = header.partition(b" ")
+    def authenticate(self, scope: Scope) -> Client:
+        """The client whose token the Authorization header holds (RFC 6750 §2.1), or a 401."""
+        if b"access_token" in scope["query_string"] and any(
+            name == "access_token"
+            for name, _ in parse_qsl(scope["query_string"].decode("latin-1"), True)
+        ):
+            raise refusal("invalid_request", NO_QUERY_TOKENS)
+        header = next((value for key, value in scope["headers"] if key == b"authorization"), None)
+        if header is None:
+            raise ProblemError(
+                401,
+                "A bearer token is required: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": REALM},
+            )
+        scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
-        # Compare with every token, in constant time each, so neither the
-        # match nor its position shows in the response time.
-        given_digest = digest(given.strip())
-        matches = [hmac.compare_digest(given_digest, known) for known in self.digests]
-        return any(matches)
+            # Credentials of another kind are no bearer credentials at all (RFC 6750 §3.1).
+            raise ProblemError(
+                401,
+                "Authorization must use the Bearer scheme: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": REALM},
+            )
+        caller = self.by_digest.get(hashlib.sha256(token.strip()).digest())
+        if caller is None:
+            raise refusal("invalid_token", "The bearer token is not one this service accepts")
+        return caller
+
+
+def refusal(error: str, description: str) -> ProblemError:
+    """A 401 naming what is wrong with the credentials, in the problem and in
+    WWW-Authenticate (whose quoted text holds no quote or backslash)."""
+    return ProblemError(
+        401,
+        description,
+        headers={
+            "WWW-Authenticate": f'{REALM}, error="{error}", error_description="{description}"'
+        },
+    )

@@ -16,7 +16,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from service import metrics
-from service.auth import BearerTokens
+from service.auth import Callers
 from service.logs import request_id, route_template
 from service.observe import Observer, request_id_of
 from service.problems import (
@@ -44,7 +44,7 @@ CORS_RESPONSE_HEADERS = (
 
 
 class Dispatch:
-    """Token, route, endpoint, error mapping, request ID and record, in one call.
+    """Route, caller, endpoint, error mapping, request ID and record, in one call.
 
     Starlette would run each request through five layers (server errors, a
     middleware of the service's own, exceptions, the router, the route's
@@ -59,7 +59,8 @@ class Dispatch:
     def __init__(self, app: Starlette, settings: Settings) -> None:
         self.router = app.router
         self.observer = Observer(settings)
-        self.tokens = BearerTokens(settings.api_tokens) if settings.api_tokens else None
+        clients = settings.callers()
+        self.callers = Callers(clients) if clients else None
         # Only its origin checks and headers are used; it wraps nothing.
         self.cors = (
             CORSMiddleware(
@@ -112,9 +113,12 @@ class Dispatch:
 
     async def respond(self, request: Request) -> Response:
         try:
-            if self.tokens is not None:
-                self.tokens.check(request.scope)
-            return await self.route(request.scope)(request)
+            endpoint = self.route(request.scope)
+            # After routing, as the route names the scope it needs: a path or
+            # method that does not exist is a 404 or 405 to any caller.
+            if self.callers is not None:
+                self.callers.check(request.scope)
+            return await endpoint(request)
         except asyncio.CancelledError as exc:
             # Answered rather than passed on, so that the caller gets a 503
             # problem instead of uvicorn's plain 500 and traceback; the task

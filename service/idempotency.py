@@ -10,7 +10,7 @@ from asyncpg.pool import PoolConnectionProxy
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import queries
+from service import auth, queries
 from service.conditions import match_condition
 from service.database import db_of
 from service.problems import MEDIA_TYPE, ProblemError, problem_response
@@ -42,11 +42,9 @@ def key_of(request: Request) -> str | None:
 
 
 def caller_of(request: Request) -> str:
-    """Whose keys these are: the bearer token's digest, or "" when the service has no tokens."""
-    if not request.app.state.settings.api_tokens:
-        return ""
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return hashlib.sha256(token.encode()).hexdigest()
+    """Whose keys these are: the digest of the caller's token, or "" when the service is open."""
+    caller = auth.caller_of(request.scope)
+    return "" if caller is None else caller.token_sha256
 
 
 async def answer_once(

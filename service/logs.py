@@ -17,7 +17,7 @@ from service.settings import Settings
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # What a request's log line adds to the message, when present.
-REQUEST_FIELDS = ("method", "route", "status", "duration_ms")
+REQUEST_FIELDS = ("method", "route", "status", "duration_ms", "client")
 _encoder = msgspec.json.Encoder()
 
 

@@ -9,6 +9,7 @@ import re
 from starlette.types import Scope
 
 from service import metrics
+from service.auth import caller_of
 from service.logs import route_template
 from service.settings import Settings
 
@@ -62,4 +63,7 @@ class Observer:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
             }
+            caller = caller_of(scope)
+            if caller is not None:
+                fields["client"] = caller.name
             logger.log(level, "%s %s %s", method, route, status, extra=fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -9,6 +10,8 @@ from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+
+from service.scopes import SCOPES, ScopeName
 
 T = TypeVar("T")
 
@@ -21,6 +24,20 @@ SESSION_ATTRS = frozenset(
 
 class SettingsError(Exception):
     """An environment variable has a value the service cannot start with."""
+
+
+# A client's name goes on log lines and, later, on each change it makes: a word, no spaces.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+CLIENT_FIELDS = ("name", "scopes", "token_sha256")
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class Client(msgspec.Struct, frozen=True, kw_only=True):
+    """A named caller: the scopes it holds, and the SHA-256 of its token in lowercase hex."""
+
+    name: str
+    scopes: frozenset[ScopeName]
+    token_sha256: str
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     access_log: bool = False
     slow_request_ms: int = 500
     api_tokens: tuple[str, ...] = ()
+    api_clients: tuple[Client, ...] = ()
     db_statement_cache_size: int = 100
     db_pool_timeout: float = 2.0
     db_start_timeout: float = 30.0
@@ -87,6 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             access_log=read("ACCESS_LOG", boolean),
             slow_request_ms=read("SLOW_REQUEST_MS", integer(0, 3_600_000)),
             api_tokens=read("API_TOKENS", tokens, secret=True),
+            api_clients=clients(environ.get("API_CLIENTS", "")),
             db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000)),
             db_pool_timeout=read("DB_POOL_TIMEOUT", seconds),
             db_start_timeout=read("DB_START_TIMEOUT", seconds),
@@ -107,7 +126,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"DB_POOL_MIN={settings.db_pool_min} is greater than "
                 f"DB_POOL_MAX={settings.db_pool_max}"
             )
+        check_clients_against_tokens(settings)
         return settings
+
+    def callers(self) -> tuple[Client, ...]:
+        """Every client that may call: API_CLIENTS, then each of API_TOKENS as a client
+        named token-1, token-2, ... (by its place in the list) holding every scope."""
+        return self.api_clients + tuple(
+            Client(
+                name=f"token-{place}",
+                scopes=frozenset(SCOPES),
+                token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            )
+            for place, token in enumerate(self.api_tokens, start=1)
+        )
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:
@@ -156,6 +188,82 @@ def tokens(raw: str) -> tuple[str, ...]:
     if any(len(token) < 16 for token in found):
         raise ValueError("every token must be at least 16 characters")
     return found
+
+
+def clients(raw: str) -> tuple[Client, ...]:
+    """API_CLIENTS: a JSON array of {"name", "scopes", "token_sha256"} objects.
+
+    Each fault is one line naming the entry by its place and name: the value holds only
+    digests, but a whole array would not fit on the line.
+    """
+    if not raw.strip():
+        return ()
+    try:
+        entries = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise SettingsError(f"API_CLIENTS is not JSON: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise SettingsError(
+            'API_CLIENTS: expected a JSON array of {"name", "scopes", "token_sha256"} objects, '
+            "at least one"
+        )
+    found: list[Client] = []
+    for place, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = f"API_CLIENTS[{place}]" + (f" ({name})" if isinstance(name, str) else "")
+        try:
+            client = client_of(entry)
+            for earlier, other in enumerate(found):
+                if other.name == client.name:
+                    raise ValueError(f"the name {client.name} is also API_CLIENTS[{earlier}]'s")
+                if other.token_sha256 == client.token_sha256:
+                    raise ValueError(f"token_sha256 is also API_CLIENTS[{earlier}]'s")
+        except ValueError as exc:
+            raise SettingsError(f"{label}: {exc}") from None
+        found.append(client)
+    return tuple(found)
+
+
+def client_of(entry: object) -> Client:
+    """One entry of API_CLIENTS, or a ValueError saying what is wrong with it."""
+    if not isinstance(entry, dict):
+        raise ValueError('expected an object with "name", "scopes" and "token_sha256"')
+    unknown = sorted(set(entry) - set(CLIENT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}; the fields are {', '.join(CLIENT_FIELDS)}")
+    missing = [field for field in CLIENT_FIELDS if field not in entry]
+    if missing:
+        raise ValueError(f"{missing[0]!r} is missing")
+    name, scopes, digest = (entry[field] for field in CLIENT_FIELDS)
+    if not (isinstance(name, str) and CLIENT_NAME.fullmatch(name)):
+        raise ValueError(
+            "name must be 1 to 64 letters, digits and . _ @ : -, starting with a letter or digit"
+        )
+    if not (isinstance(scopes, list) and scopes and all(isinstance(s, str) for s in scopes)):
+        raise ValueError("scopes must be a non-empty array of scope names")
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; the scopes are {', '.join(SCOPES)}")
+    if not (isinstance(digest, str) and SHA256_HEX.fullmatch(digest)):
+        raise ValueError("token_sha256 must be 64 hex digits, the SHA-256 of the token")
+    return Client(name=name, scopes=frozenset(scopes), token_sha256=digest.lower())
+
+
+def check_clients_against_tokens(settings: Settings) -> None:
+    """No API_CLIENTS entry may take the name or the token of one of API_TOKENS."""
+    tokens = settings.callers()[len(settings.api_clients) :]
+    for place, client in enumerate(settings.api_clients):
+        for token in tokens:
+            if client.name == token.name:
+                raise SettingsError(
+                    f"API_CLIENTS[{place}] ({client.name}): the name {client.name} is taken by "
+                    f"API_TOKENS, whose tokens are named token-1, token-2, ..."
+                )
+            if client.token_sha256 == token.token_sha256:
+                raise SettingsError(
+                    f"API_CLIENTS[{place}] ({client.name}): token_sha256 is that of a token in "
+                    "API_TOKENS"
+                )
 
 
 def origins(raw: str) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -330,3 +331,55 @@ def test_an_unmigrated_database_stops_start_up_with_one_line_saying_to_migrate(
     assert said[0].startswith("ERROR    service: database at ")
     assert said[0].endswith(" has no users table: run `python -m service migrate`")
     assert "Traceback" not in output
+
+
+def test_a_malformed_api_clients_entry_stops_start_up_with_one_line_naming_it() -> None:
+    entry = {"name": "reporting", "scopes": ["users:write"], "token_sha256": "ab" * 32}
+    result = run_service({"API_CLIENTS": json.dumps([entry])}, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: API_CLIENTS[0] (reporting): unknown scope 'users:write'; the "
+        "scopes are users:read, users:create, users:update, users:delete, users:changes, scim"
+    ]
+
+
+def token_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "token", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_token_command_prints_a_new_token_and_the_entry_holding_its_digest() -> None:
+    first = token_command("reporting", "--scope", "users:read", "users:changes")
+    again = token_command("reporting", "--scope", "users:read", "--scope", "users:changes")
+    assert first.returncode == again.returncode == 0, first.stderr
+    token, line = first.stdout.splitlines()
+    assert len(token) >= 43
+    assert token != again.stdout.splitlines()[0]
+    assert json.loads(line) == {
+        "name": "reporting",
+        "scopes": ["users:read", "users:changes"],
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+    }
+    assert Settings.from_env({"API_CLIENTS": f"[{line}]"}).api_clients[0].name == "reporting"
+    assert "shown this once" in first.stderr
+    assert "API_CLIENTS" in first.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fault"),
+    [
+        (["reporting"], "--scope"),
+        (["reporting", "--scope", "users:write"], "invalid choice: 'users:write'"),
+        (["has space", "--scope", "users:read"], "NAME must be"),
+    ],
+)
+def test_the_token_command_refuses_a_bad_name_or_scope(args: list[str], fault: str) -> None:
+    result = token_command(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert fault in result.stderr

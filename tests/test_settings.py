@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import msgspec
 import pytest
 
-from service.settings import Settings, SettingsError
+from service.scopes import SCOPES
+from service.settings import Client, Settings, SettingsError
 
 
 def test_defaults_with_an_empty_environment() -> None:
@@ -185,3 +189,94 @@ def test_several_hosts_in_a_url_stay_one_url() -> None:
     )
     assert Settings.from_env({}).database_read_urls == ()
     assert Settings.from_env({}).db_read_max_lag == 1.0
+
+
+DIGEST = "ab" * 32
+READER = {"name": "reporting", "scopes": ["users:read"], "token_sha256": DIGEST}
+
+
+def test_api_clients_are_read_as_named_clients_with_scopes() -> None:
+    raw = msgspec.json.encode(
+        [READER, {"name": "okta", "scopes": ["scim", "scim"], "token_sha256": "CD" * 32}]
+    ).decode()
+    settings = Settings.from_env({"API_CLIENTS": raw})
+    assert settings.api_clients == (
+        Client(name="reporting", scopes=frozenset({"users:read"}), token_sha256=DIGEST),
+        Client(name="okta", scopes=frozenset({"scim"}), token_sha256="cd" * 32),
+    )
+
+
+def test_each_of_api_tokens_is_a_client_named_by_its_place_with_every_scope() -> None:
+    settings = Settings.from_env(
+        {
+            "API_TOKENS": "first-token-0123456789, second-token-0123456789",
+            "API_CLIENTS": msgspec.json.encode([READER]).decode(),
+        }
+    )
+    reporting, first, second = settings.callers()
+    assert reporting.name == "reporting"
+    assert (first.name, second.name) == ("token-1", "token-2")
+    assert first.scopes == second.scopes == frozenset(SCOPES)
+    assert first.token_sha256 == hashlib.sha256(b"first-token-0123456789").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("value", "fault"),
+    [
+        ("[", "API_CLIENTS is not JSON"),
+        ("[]", "API_CLIENTS: expected a JSON array"),
+        ('{"name": "x"}', "API_CLIENTS: expected a JSON array"),
+        ('["reporting"]', "API_CLIENTS[0]: expected an object"),
+        (
+            [READER, {**READER, "name": "audit", "role": "x"}],
+            "API_CLIENTS[1] (audit): unknown field 'role'",
+        ),
+        (
+            [{"name": "a", "scopes": ["users:read"]}],
+            "API_CLIENTS[0] (a): 'token_sha256' is missing",
+        ),
+        ([{**READER, "name": "has space"}], "API_CLIENTS[0] (has space): name must be"),
+        ([{**READER, "name": ""}], "API_CLIENTS[0] (): name must be"),
+        ([{**READER, "name": 7}], "API_CLIENTS[0]: name must be"),
+        ([{**READER, "scopes": []}], "API_CLIENTS[0] (reporting): scopes must be a non-empty"),
+        ([{**READER, "scopes": "users:read"}], "API_CLIENTS[0] (reporting): scopes must be"),
+        (
+            [{**READER, "scopes": ["users:write"]}],
+            "API_CLIENTS[0] (reporting): unknown scope 'users:write'",
+        ),
+        (
+            [{**READER, "token_sha256": "ab" * 31}],
+            "API_CLIENTS[0] (reporting): token_sha256 must be 64 hex",
+        ),
+        (
+            [{**READER, "token_sha256": "zz" * 32}],
+            "API_CLIENTS[0] (reporting): token_sha256 must be 64 hex",
+        ),
+        (
+            [READER, {**READER, "token_sha256": "cd" * 32}],
+            "API_CLIENTS[1] (reporting): the name reporting is also API_CLIENTS[0]'s",
+        ),
+        (
+            [READER, {**READER, "name": "audit", "token_sha256": "AB" * 32}],
+            "API_CLIENTS[1] (audit): token_sha256 is also API_CLIENTS[0]'s",
+        ),
+    ],
+)
+def test_a_malformed_client_stops_the_start_with_one_line_naming_it(
+    value: object, fault: str
+) -> None:
+    raw = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"API_CLIENTS": raw})
+    assert str(error.value).startswith(fault)
+    assert "\n" not in str(error.value)
+
+
+def test_a_client_may_not_take_the_name_or_the_token_of_one_of_api_tokens() -> None:
+    first = "first-token-0123456789"
+    named = [{**READER, "name": "token-1"}]
+    with pytest.raises(SettingsError, match=r"API_CLIENTS\[0\] \(token-1\): the name token-1"):
+        Settings.from_env({"API_TOKENS": first, "API_CLIENTS": msgspec.json.encode(named).decode()})
+    same = [{**READER, "token_sha256": hashlib.sha256(first.encode()).hexdigest()}]
+    with pytest.raises(SettingsError, match="token_sha256 is that of a token in API_TOKENS"):
+        Settings.from_env({"API_TOKENS": first, "API_CLIENTS": msgspec.json.encode(same).decode()})

@@ -203,8 +203,8 @@ async def service_provider_config(request: Request) -> Response:
                 {
                     "type": "oauthbearertoken",
                     "name": "Bearer token",
-                    "description": "One of the service's API_TOKENS, as for /users; none "
-                    "when the service has no API_TOKENS.",
+                    "description": "The token of an API_CLIENTS client holding the scim "
+                    "scope, or one of API_TOKENS; none when the service has neither.",
                     "primary": True,
                 }
             ],
