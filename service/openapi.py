@@ -7,13 +7,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import msgspec
+from starlette import routing
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from service import changes, health, metrics, users
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.queries import ESTIMATE_EXACT_BELOW
+from service.routes import Route
 from service.schemas import (
     MAX_ATTRIBUTE_NAME_LENGTH,
     MAX_ATTRIBUTES,
@@ -38,6 +40,7 @@ from service.schemas import (
     User,
     UserHandle,
 )
+from service.scopes import OPEN, SCOPES, ScopeName
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 JSON = "application/json"
@@ -112,7 +115,6 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     replies: dict[int, Reply]
     problems: dict[int, str] = {}
     uses_database: bool = False  # adds 503
-    needs_token: bool = False  # adds bearerAuth and 401
     conditional: bool = False  # adds If-Match and 412; with REQUIRE_IF_MATCH, required and 428
 
 
@@ -141,9 +143,13 @@ LINK = Header(
 )
 RETRY_AFTER = Header(name="Retry-After", type=Seconds, description="Seconds to wait.")
 WWW_AUTHENTICATE = Header(
-    name="WWW-Authenticate", type=str, description='The scheme to use: `Bearer realm="users"`.'
+    name="WWW-Authenticate",
+    type=str,
+    description='The challenge (RFC 6750): `Bearer realm="users"`, then `error="invalid_token"` '
+    "and an `error_description` for a token the service does not accept, or "
+    '`error="insufficient_scope", scope="…"` naming the scope the client lacks.',
 )
-PROBLEM_HEADERS = {401: (WWW_AUTHENTICATE,), 503: (RETRY_AFTER,)}
+PROBLEM_HEADERS = {401: (WWW_AUTHENTICATE,), 403: (WWW_AUTHENTICATE,), 503: (RETRY_AFTER,)}
 # On every request and every response. Any value is accepted (one that is not
 # an ID is replaced), so the request's schema is any string.
 REQUEST_ID_DESCRIPTION = (
@@ -309,7 +315,10 @@ BODY_PROBLEMS = {
 BEARER_AUTH = {
     "type": "http",
     "scheme": "bearer",
-    "description": "One of the tokens in the service's API_TOKENS.",
+    "description": "The token of a client in the service's API_CLIENTS, which may call the "
+    "operations whose security lists a scope it holds, or one of API_TOKENS, which holds every "
+    "scope. Sent only in the Authorization header, never in the query string. The scopes: "
+    + "; ".join(f"`{scope}`: {grants}" for scope, grants in SCOPES.items()),
 }
 TAGS = [
     {"name": "users", "description": "Create, look up, list, update and delete users."},
@@ -327,7 +336,7 @@ async def openapi_json(request: Request) -> Response:
         settings = state.settings
         document = build_document(
             request.app.routes,
-            tokens=bool(settings.api_tokens),
+            tokens=bool(settings.callers()),
             require_if_match=settings.require_if_match,
         )
         content = state.openapi = _encoder.encode(document)
@@ -384,7 +393,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             422: "A parameter that is unknown, given twice or breaks its rule; `field` names it."
         },
         uses_database=True,
-        needs_token=True,
     ),
     users.create_user: Operation(
         operation_id="createUser",
@@ -404,7 +412,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "since been deleted: its stored answer keeps nothing of the user.",
         },
         uses_database=True,
-        needs_token=True,
     ),
     users.create_users: Operation(
         operation_id="createUsers",
@@ -426,7 +433,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "Idempotency-Key was used with another body or path.",
         },
         uses_database=True,
-        needs_token=True,
     ),
     users.lookup_users: Operation(
         operation_id="lookupUsers",
@@ -449,7 +455,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             f"`$[3]`), or holds more than {MAX_LOOKUP_HANDLES:,} (`field` is `$`).",
         },
         uses_database=True,
-        needs_token=True,
     ),
     changes.list_changes: Operation(
         operation_id="listChanges",
@@ -521,7 +526,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "feed did not make among them; `field` names it.",
         },
         uses_database=True,
-        needs_token=True,
     ),
     users.get_user: Operation(
         operation_id="getUser",
@@ -535,7 +539,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
         },
         problems={404: "No user has that email or id."},
         uses_database=True,
-        needs_token=True,
     ),
     users.update_user: Operation(
         operation_id="updateUser",
@@ -567,7 +570,6 @@ OPERATIONS: dict[Endpoint, Operation] = {
             "more than 50 names or 8,192 bytes (`$.attributes`); nothing changed.",
         },
         uses_database=True,
-        needs_token=True,
         conditional=True,
     ),
     users.delete_user: Operation(
@@ -579,16 +581,15 @@ OPERATIONS: dict[Endpoint, Operation] = {
         replies={204: Reply(description="Deleted.")},
         problems={404: "No user has that email or id."},
         uses_database=True,
-        needs_token=True,
         conditional=True,
     ),
     openapi_json: Operation(
         operation_id="openapi",
         tag="operations",
         summary="This OpenAPI document",
-        description="The contract of this service as it runs: bearer tokens appear only when "
-        "it was started with API_TOKENS, and a required If-Match (and its 428) only with "
-        "REQUIRE_IF_MATCH=1.",
+        description="The contract of this service as it runs: bearer tokens and their scopes "
+        "appear only when it was started with API_CLIENTS or API_TOKENS, and a required "
+        "If-Match (and its 428) only with REQUIRE_IF_MATCH=1.",
         replies={200: Reply(description="OpenAPI 3.1.", body=dict[str, Any])},
     ),
 }
@@ -598,8 +599,10 @@ def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Ope
     """Each route and method (HEAD aside, Starlette adds it to GET) with its operation."""
     found: list[tuple[Route, str, Operation]] = []
     for route in routes:
-        if not isinstance(route, Route) or route.path.startswith(SCIM_PREFIX):
+        if not isinstance(route, routing.Route) or route.path.startswith(SCIM_PREFIX):
             continue
+        if not isinstance(route, Route):
+            raise LookupError(f"{route.path} names no scope: build it with service.routes.Route")
         operation = OPERATIONS.get(route.endpoint)
         if operation is None:
             raise LookupError(f"{route.path} has no entry in service.openapi.OPERATIONS")
@@ -631,7 +634,10 @@ def build_document(
     paths: dict[str, dict[str, Any]] = {}
     for route, method, operation in documented:
         paths.setdefault(route.path_format, {})[method.lower()] = operation_object(
-            operation, schema_of, tokens=tokens, require_if_match=require_if_match
+            operation,
+            schema_of,
+            scope=route.scope if tokens else OPEN,
+            require_if_match=require_if_match,
         )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -656,8 +662,14 @@ def build_document(
 
 
 def operation_object(
-    operation: Operation, schema_of: dict[object, Any], *, tokens: bool, require_if_match: bool
+    operation: Operation,
+    schema_of: dict[object, Any],
+    *,
+    scope: ScopeName | None,
+    require_if_match: bool,
 ) -> dict[str, Any]:
+    """The operation as the running service serves it: `scope`, the scope a caller needs,
+    OPEN when the service has no clients or the route is open."""
     parameters = list(operation.parameters)
     problems = dict(operation.problems)
     if operation.conditional:
@@ -682,11 +694,15 @@ def operation_object(
             "description": "JSON: application/json, any application/*+json, or no Content-Type.",
             "content": {JSON: {"schema": schema_of[operation.body]}},
         }
-    # The running service's truth: open endpoints are marked open, and
-    # /users needs a token only when API_TOKENS is set.
-    result["security"] = [{"bearerAuth": []}] if tokens and operation.needs_token else []
-    if tokens and operation.needs_token:
-        problems[401] = "The request has none of the service's bearer tokens."
+    # The running service's truth: open endpoints are marked open, and the
+    # others need a token with their route's scope only when clients are set.
+    result["security"] = [] if scope is OPEN else [{"bearerAuth": [scope]}]
+    if scope is not OPEN:
+        problems[401] = (
+            "No bearer token in the Authorization header, one the service does not accept, "
+            "or a token in the query string."
+        )
+        problems[403] = f"The client does not hold the scope `{scope}`."
     if operation.uses_database:
         problems.setdefault(503, UNAVAILABLE)
     responses = {

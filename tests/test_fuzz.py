@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from service.app import create_app, routes
 from service.bodies import read_json
 from service.problems import MEDIA_TYPE, handler_for
 from service.schemas import NewUser, UserPatch
+from service.scopes import SCOPES
 from service.settings import Settings
 from tests.conftest import (
     EMPTY_TABLES,
@@ -102,8 +104,8 @@ TOKEN = "a-token-of-16-characters-or-more"  # noqa: S105 - a test's own token
 
 @pytest.mark.parametrize(
     "setting",
-    [None, "API_TOKENS", "REQUIRE_IF_MATCH"],
-    ids=["open", "API_TOKENS", "REQUIRE_IF_MATCH"],
+    [None, "API_TOKENS", "API_CLIENTS", "REQUIRE_IF_MATCH"],
+    ids=["open", "API_TOKENS", "API_CLIENTS", "REQUIRE_IF_MATCH"],
 )
 def test_schemathesis_with_every_check_and_phase_finds_nothing(
     tmp_path: Path, services: list[Service], database_url: str, setting: str | None
@@ -115,6 +117,11 @@ def test_schemathesis_with_every_check_and_phase_finds_nothing(
     auth: list[str] = []
     if setting == "API_TOKENS":
         env["API_TOKENS"] = TOKEN
+        auth = ["--header", f"Authorization: Bearer {TOKEN}"]
+    if setting == "API_CLIENTS":
+        digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+        client = {"name": "fuzzer", "scopes": list(SCOPES), "token_sha256": digest}
+        env["API_CLIENTS"] = json.dumps([client])
         auth = ["--header", f"Authorization: Bearer {TOKEN}"]
     if setting == "REQUIRE_IF_MATCH":
         env["REQUIRE_IF_MATCH"] = "1"

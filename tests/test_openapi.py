@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -14,13 +15,14 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service import openapi
-from service.app import create_app
+from service.app import create_app, routes
 from service.openapi import SCIM_PREFIX
+from service.routes import Route
 from service.schemas import AttributeValue, Email, SearchText
-from service.settings import Settings
+from service.scopes import OPEN, SCOPES
+from service.settings import Client, Settings
 from tests.conftest import client_of
 
 Document = dict[str, Any]
@@ -220,21 +222,36 @@ async def test_without_api_tokens_every_operation_is_open(client: httpx.AsyncCli
         assert "401" not in operation["responses"]
 
 
-async def test_with_api_tokens_only_users_operations_need_a_bearer_token(
-    settings: Settings,
+@pytest.mark.parametrize("configured", ["api_tokens", "api_clients"])
+async def test_with_clients_each_users_operation_needs_a_bearer_token_with_its_routes_scope(
+    settings: Settings, configured: str
 ) -> None:
-    async with client_of(msgspec.structs.replace(settings, api_tokens=TOKENS)) as client:
+    reporting = Client(name="reporting", scopes=frozenset({"users:read"}), token_sha256="ab" * 32)
+    clients = {"api_tokens": TOKENS, "api_clients": (reporting,)}[configured]
+    async with client_of(msgspec.structs.replace(settings, **{configured: clients})) as client:
         document = await fetch_document(client)
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert all(scope in scheme["description"] for scope in SCOPES)
     assert "security" not in document
-    for path, _, operation in operations(document):
+    scope_of = {
+        (route.path_format, method.lower()): route.scope
+        for route in routes
+        for method in route.methods or ()
+    }
+    for path, method, operation in operations(document):
+        scope = scope_of[path, method]
         if path.startswith("/users"):
-            assert operation["security"] == [{"bearerAuth": []}]
+            assert scope is not None
+            assert operation["security"] == [{"bearerAuth": [scope]}]
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+            assert "WWW-Authenticate" in operation["responses"]["403"]["headers"]
+            assert scope in operation["responses"]["403"]["description"]
         else:
+            assert scope is None
             assert operation["security"] == []
             assert "401" not in operation["responses"]
+            assert "403" not in operation["responses"]
 
 
 async def test_without_require_if_match_if_match_is_optional_on_writes_and_no_428(
@@ -302,7 +319,9 @@ async def test_a_route_without_operation_metadata_is_refused() -> None:
 
     with pytest.raises(LookupError, match="/undocumented"):
         openapi.build_document(
-            [Route("/undocumented", undocumented)], tokens=False, require_if_match=False
+            [Route("/undocumented", undocumented, methods=["GET"], scope=OPEN)],
+            tokens=False,
+            require_if_match=False,
         )
 
 
@@ -398,3 +417,18 @@ async def test_the_conformance_check_refuses_a_body_that_breaks_the_schema(
     }
     assert OAS31Validator(schema).is_valid(user)
     assert not OAS31Validator(schema).is_valid({"name": "Ann"})
+
+
+async def test_refusals_for_a_bad_token_and_a_missing_scope_conform_to_the_document(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    token = "reporting-token-0123456789"  # noqa: S105 - a test's own token
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    reporting = Client(name="reporting", scopes=frozenset({"users:read"}), token_sha256=digest)
+    async with client_of(msgspec.structs.replace(settings, api_clients=(reporting,))) as client:
+        document = await fetch_document(client)
+        wrong = {"Authorization": "Bearer not-the-token-0123456789"}
+        assert_conforms(document, "/users", await client.get("/users", headers=wrong), 401)
+        auth = {"Authorization": f"Bearer {token}"}
+        answer = await client.delete("/users/ann@x.io", headers=auth)
+        assert_conforms(document, "/users/{user}", answer, 403)
