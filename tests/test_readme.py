@@ -7,7 +7,9 @@ README.md, docs/*.md and bench/*.md leads to a file that exists and, with a
 An example is a ```sh block that calls curl on localhost:8000, followed at once
 by a fenced block, not another ```sh one, showing its output. Each document's
 examples run in order, in one shell (so a variable one sets is there for the
-next), on an empty table.
+next), on an empty table, against a service started without settings beyond
+DATABASE_URL, or with those the document names in comments of their own lines,
+`<!-- examples run with API_CLIENTS=[...] -->` (one variable a comment).
 The shown output is checked by shape:
 
 - a response (from `curl -i`) is its status line, the headers shown (each must
@@ -53,6 +55,8 @@ REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*(?P<target>\S+)")
 CODE_SPAN = re.compile(r"(`+).+?\1")
 EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//)", re.IGNORECASE)
 STATUS_LINE = re.compile(r"^HTTP/\d(?:\.\d)? \d{3}\b", re.MULTILINE)
+# A setting the service a document's examples run against is started with.
+SETTING = re.compile(r"^<!-- examples run with (?P<name>[A-Z_]+)=(?P<value>.*) -->$", re.MULTILINE)
 # Printed after each example, to cut the shell's output into the examples'.
 END = "~~ end of example ~~"
 
@@ -286,22 +290,32 @@ async def empty_tables(url: str) -> None:
         await conn.close()
 
 
+def settings_of(document: Path) -> dict[str, str]:
+    return dict(SETTING.findall(document.read_text()))
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[list[str]]:
     """Each example's output, each document's examples from an empty table."""
     folder = tmp_path_factory.mktemp("readme")
-    service = Service(folder, {"DATABASE_URL": database_url})
+    # One service for the documents that need no settings, one for each that does.
+    services: dict[tuple[tuple[str, str], ...], Service] = {}
     try:
-        service.wait_ready()
         found: list[str] = []
         for document in DOCUMENTS:
             listed = [example for example in EXAMPLES if example.document == document]
             if listed:
+                settings = tuple(sorted(settings_of(document).items()))
+                if settings not in services:
+                    services[settings] = Service(
+                        folder, {"DATABASE_URL": database_url, **dict(settings)}
+                    )
+                    services[settings].wait_ready()
                 asyncio.run(empty_tables(database_url))
-                found += run_examples(folder, service.url, listed)
+                found += run_examples(folder, services[settings].url, listed)
         yield found
     finally:
-        stop_services([service])
+        stop_services(list(services.values()))
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=[e.name for e in EXAMPLES])
