@@ -136,9 +136,11 @@ async def test_entra_filters_patches_soft_deletes_finds_the_disabled_user_and_de
     )
     assert changed.status_code == 200, changed.text
     body = changed.json()
+    # The work email is Entra's mail, kept beside userName, which it never changes.
     assert (body["userName"], body["displayName"], body.get("externalId")) == (
-        "bo.b@contoso.com", "Bo B", None,
+        "bo@contoso.com", "Bo B", None,
     )  # fmt: skip
+    assert body["emails"] == [{"value": "bo.b@contoso.com"}]
     restored = await client.patch(
         path, json=patch({"op": "add", "path": "externalId", "value": "e-42"})
     )
@@ -517,7 +519,7 @@ async def test_a_body_that_is_no_scim_message_is_a_400_invalid_syntax(
         assert response.json()["schemas"] == [ERROR]
 
 
-async def test_a_patch_of_emails_takes_the_primary_or_work_one_never_a_home_one(
+async def test_a_patch_of_emails_sets_the_work_email_from_the_primary_or_work_one(
     client: httpx.AsyncClient,
 ) -> None:
     user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
@@ -533,7 +535,10 @@ async def test_a_patch_of_emails_takes_the_primary_or_work_one_never_a_home_one(
     changed = await client.patch(
         path, json=patch({"op": "replace", "path": "emails", "value": both})
     )
-    assert changed.json()["userName"] == "work@x.io"
+    assert changed.json()["userName"] == "a@x.io"  # the identity: emails never change it
+    assert changed.json()["emails"] == [
+        {"value": "work@x.io"}, {"type": "home", "value": "home@x.io"}
+    ]  # fmt: skip
 
 
 async def test_require_if_match_holds_for_scim_writes(db: asyncpg.Pool, settings: Any) -> None:

@@ -54,10 +54,12 @@ def test_co_sw_ew_match_their_text_literally_and_use_the_trigram_index() -> None
 
 def test_value_paths_and_sub_attributes_of_the_one_work_email() -> None:
     assert to_sql('emails[type eq "work"]').text == "true"
-    assert to_sql('emails[type eq "work" and value co "x"]').arguments == ["%x%", "%x%"]
+    assert to_sql('emails[type eq "work" and value co "x"]').arguments == ["%x%"]
     assert to_sql('emails[type eq "other"]').text == "(attributes ?| $1::text[])"
     assert to_sql("emails[primary eq true]").text == "true"
-    assert to_sql('emails.value eq "A@x.io"') == to_sql('userName eq "a@x.io"')
+    # The work email: the email where no email.work is kept, or email.work.
+    assert to_sql('emails.value eq "A@x.io"').arguments[:2] == ["a@x.io", '{"email.work":"A@x.io"}']
+    assert to_sql('emails.value eq "A@x.io"') == to_sql('emails[type eq "work"].value eq "A@x.io"')
 
 
 def test_pr_ne_and_null() -> None:

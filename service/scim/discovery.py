@@ -8,7 +8,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.scim.errors import ScimError
-from service.scim.mapping import ENTERPRISE_URN, TABLE, TYPES, USER_URN, Mapped
+from service.scim.mapping import (
+    ENTERPRISE_URN,
+    FORMATTED_NAME,
+    TABLE,
+    TYPES,
+    USER_URN,
+    WORK_EMAIL,
+    Mapped,
+)
 from service.scim.resources import LIST_RESPONSE, MAX_EXTERNAL_ID_LENGTH, USER_SCHEMA
 from service.scim.users import MAX_COUNT, scim_response, scim_url
 
@@ -80,16 +88,16 @@ def kept_attributes(schema: str) -> list[dict[str, Any]]:
 KEPT = {attribute["name"]: attribute for attribute in kept_attributes(USER_URN)}
 ENTERPRISE_ATTRIBUTES = kept_attributes(ENTERPRISE_URN)
 
-# Exactly what the service keeps: userName and the one work email are the
-# user's email, displayName and name.formatted its name, active its status;
-# the table's attributes (service/scim/mapping.py) are the user's attributes.
+# Exactly what the service keeps: userName is the user's email, displayName its
+# name, active its status; the table's attributes (service/scim/mapping.py),
+# the work email and name.formatted among them, are the user's attributes.
 USER_ATTRIBUTES = [
     attribute(
         "userName",
         required=True,
         uniqueness="server",
-        description="The user's email: unique regardless of letter case. The same value as "
-        "the primary work email; changing either changes both.",
+        description="The user's email and identity: unique regardless of letter case. "
+        "Writes to emails never change it.",
     ),
     attribute(
         "externalId",
@@ -104,7 +112,7 @@ USER_ATTRIBUTES = [
     attribute(
         "displayName",
         required=True,
-        description="The user's name, 1 to 200 characters; the same value as name.formatted.",
+        description="The user's name, 1 to 200 characters.",
     ),
     attribute(
         "name",
@@ -112,8 +120,12 @@ USER_ATTRIBUTES = [
         required=True,
         description="The user's name.",
         subAttributes=[
-            attribute("formatted", description="The same value as displayName."),
-            *KEPT.pop("name")["subAttributes"],
+            attribute(
+                "formatted",
+                description="displayName, unless the provider sends another: then kept as "
+                f"the attribute {FORMATTED_NAME}.",
+            ),
+            *(sub for sub in KEPT.pop("name")["subAttributes"] if sub["name"] != "formatted"),
         ],
     ),
     attribute(
@@ -121,9 +133,11 @@ USER_ATTRIBUTES = [
         "complex",
         multiValued=True,
         required=True,
-        description="The user's email, as userName: of type work, and primary, which it "
-        "shows when asked for (attributes=emails.type); and a second email, of type "
-        f"{' or '.join(TYPES['emails'])}, kept as the attribute email.<type>.",
+        description="The work email, the same as userName unless the provider sends "
+        f"another (kept as the attribute {WORK_EMAIL}): of type work, and primary, which "
+        "it shows when asked for (attributes=emails.type); and a second email, of type "
+        f"{' or '.join(t for t in TYPES['emails'] if t != 'work')}, kept as the attribute "
+        "email.<type>.",
         subAttributes=[
             attribute("value", required=True),
             # The user's own email is of type work, shown when asked for; a

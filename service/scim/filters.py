@@ -12,7 +12,16 @@ import msgspec
 
 from service.queries import HAS_ATTRIBUTES, MATCHES, encode_attributes, like_escaped
 from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
-from service.scim.mapping import BY_KEY, TABLE, TYPES, USER_URN, Mapped, key_of
+from service.scim.mapping import (
+    BY_KEY,
+    FORMATTED_NAME,
+    TABLE,
+    TYPES,
+    USER_URN,
+    WORK_EMAIL,
+    Mapped,
+    key_of,
+)
 
 # How deep parentheses, not and value paths may nest: a bound on the parser's
 # recursion, far above what any provider sends.
@@ -89,29 +98,41 @@ class Attribute(NamedTuple):
     # The user's attribute of this name: eq is attributes @> {name: value}, which
     # the users_attributes index serves, as for GET /users?attribute.<name>=.
     contained: str | None = None
+    # The user's attribute of this name holds the value when set, else the column
+    # `alone` does: eq is either served by its index (the work email, name.formatted).
+    kept_over: str | None = None
+    alone: str = ""
 
 
 def kept(mapped: Mapped) -> Attribute:
     return Attribute(f"(attributes ->> '{mapped.name}')", "text", contained=mapped.name)
 
 
-# By lower-case path. userName and emails.value are the one email.
+def kept_over(name: str, column: str) -> Attribute:
+    """A value the attribute `name` holds when it is set, else the text `column`."""
+    over = f"lower(coalesce(attributes ->> '{name}', {column}))"
+    return Attribute(over, "text", folded=True, kept_over=name, alone=f"lower({column})")
+
+
+# By lower-case path. userName is the email; emails.value the work email, the
+# attribute email.work when set, else the email; name.formatted likewise.
 EMAIL = Attribute("lower(email)", "text", folded=True, searched=True)
 NAME = Attribute('lower(name COLLATE "C")', "text", folded=True, searched=True)
+WORK = kept_over(WORK_EMAIL, "email")
 ATTRIBUTES = {
     "id": Attribute("public_id", "id"),
     "username": EMAIL,
-    "emails": EMAIL,
-    "emails.value": EMAIL,
+    "emails": WORK,
+    "emails.value": WORK,
     "externalid": Attribute("external_id", "text"),
     "displayname": NAME,
-    "name.formatted": NAME,
     "active": Attribute("status = 'active'", "bool"),
     "meta.created": Attribute("created_at", "instant"),
     "meta.lastmodified": Attribute("updated_at", "instant"),
     # The table's single-valued attributes, by path: title, name.givenname,
     # urn:...:enterprise:2.0:user:department, its manager and manager.value.
     **{mapped.path.lower(): kept(mapped) for mapped in TABLE if mapped.type is None},
+    "name.formatted": kept_over(FORMATTED_NAME, 'name COLLATE "C"'),
     **{
         mapped.path.lower().removesuffix(".value"): kept(mapped)
         for mapped in TABLE
@@ -218,6 +239,8 @@ class Parser:
             entry = self.entry_type(path)
             if entry is not None:
                 if not (self.peek().kind == "word" and self.peek().text.startswith(".")):
+                    if (path, entry) == ("emails", "work"):
+                        return "true"  # every user has a work email
                     # emails[type eq "home"]: the user has such an entry.
                     names = [m.name for m in TABLE if m.key[1:3] == (path, entry)]
                     return f"(attributes ?| {self.argument(names)}::text[])"
@@ -225,6 +248,8 @@ class Parser:
                 mapped = BY_KEY.get(key_of(USER_URN, path, entry, sub))
                 if mapped is None:
                     raise InvalidFilter(f"Unknown attribute {token.text}[...].{sub}")
+                if mapped.name == WORK_EMAIL:
+                    return self.operation(mapped.path, WORK)
                 return self.operation(mapped.path, kept(mapped))
             if path != "emails":
                 raise InvalidFilter(
@@ -327,6 +352,13 @@ class Parser:
             return f"(({column}) = {'true' if (value == (operator == 'eq')) else 'false'})"
         if not isinstance(value, str):
             raise InvalidFilter(f"{name} compares with a string")
+        if attribute.kept_over is not None and operator == "eq":
+            # Either index finds the user: the column's where the attribute is not set.
+            alone = f"{attribute.alone} = {self.argument(email_key(value))}"
+            held = self.argument(encode_attributes({attribute.kept_over: value}))
+            over = self.argument(attribute.kept_over)
+            has = HAS_ATTRIBUTES.format(held.removeprefix("$"))
+            return f"(({alone} AND NOT attributes ? {over}) OR ({has}))"
         if attribute.contained is not None and operator == "eq":
             found = self.argument(encode_attributes({attribute.contained: value}))
             return "(" + HAS_ATTRIBUTES.format(found.removeprefix("$")) + ")"

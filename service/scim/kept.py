@@ -7,7 +7,7 @@ import re
 from typing import Any, NamedTuple
 
 from service import metrics
-from service.schemas import ATTRIBUTE_VALUE_RULE, is_attribute_value
+from service.schemas import ATTRIBUTE_VALUE_RULE, EMAIL_RULE, is_attribute_value, is_email
 from service.scim import filters
 from service.scim.errors import ScimError
 from service.scim.mapping import BY_KEY, ENTERPRISE_URN, TABLE, TYPES, USER_URN, Key, key_of
@@ -225,7 +225,10 @@ class Changes:
         if mapped is None:
             self.skip(path.text, value)
         else:
-            self.given[mapped.name] = text_of(path.text, value)
+            text = text_of(path.text, value)
+            if text is not None and mapped.attribute == "emails" and not is_email(text):
+                raise ScimError(400, f"{path.text} must be {EMAIL_RULE}", "invalidValue")
+            self.given[mapped.name] = text
 
     def remove(self, path: Path) -> None:
         names = under(path)

@@ -59,13 +59,18 @@ def enterprise(attribute: str, name: str, description: str, sub: str | None = No
     return Mapped(name, attribute, sub, schema=ENTERPRISE_URN, description=description)
 
 
+# Kept apart from the user's email and name only when they differ from them.
+WORK_EMAIL = "email.work"
+FORMATTED_NAME = "formatted_name"
 # Writes, reads, filters, /Schemas and the docs' table (checked by a test) all
 # read TABLE: an attribute added here is kept, returned, filtered and advertised.
 # Entra ID's default mappings for a non-gallery app, the rest of the enterprise
-# extension, and Okta's SCIM template profile. userName, displayName,
-# name.formatted, the work email, active and externalId are the user's own
-# columns (service/scim/users.py), not attributes.
+# extension, and Okta's SCIM template profile. userName, displayName, active
+# and externalId are the user's own columns (service/scim/users.py), not
+# attributes; a work email or name.formatted is kept only when it differs from
+# userName or displayName (Entra's mail and user principal name often do).
 TABLE = [
+    Mapped(FORMATTED_NAME, "name", "formatted", description="name.formatted, when not displayName"),
     Mapped("given_name", "name", "givenName", description="Given name"),
     Mapped("family_name", "name", "familyName", description="Family name"),
     Mapped("middle_name", "name", "middleName", description="Middle name"),
@@ -78,6 +83,7 @@ TABLE = [
     Mapped("locale", "locale", description="Locale, e.g. en-US"),
     Mapped("timezone", "timezone", description="Time zone, e.g. America/Los_Angeles"),
     Mapped("profile_url", "profileUrl", description="Profile URL"),
+    Mapped(WORK_EMAIL, "emails", "value", "work", description="The work email, when not userName"),
     Mapped("email.home", "emails", "value", "home", description="A second email, of type home"),
     Mapped("email.other", "emails", "value", "other", description="A second email, of type other"),
     Mapped("phone.work", "phoneNumbers", "value", "work", description="Work phone"),

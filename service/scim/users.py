@@ -24,10 +24,11 @@ from service.schemas import (
     TEXT_RULE,
     Email,
     Name,
+    email_key,
 )
 from service.scim import filters, kept
 from service.scim.errors import ScimError
-from service.scim.mapping import ENTERPRISE_URN, NAMES, TYPES
+from service.scim.mapping import ENTERPRISE_URN, FORMATTED_NAME, NAMES, TYPES, WORK_EMAIL
 from service.scim.resources import (
     LIST_RESPONSE,
     MEDIA_TYPE,
@@ -121,9 +122,10 @@ def etag_of(row: asyncpg.Record) -> str:
 
 
 def to_scim(request: Request, row: asyncpg.Record) -> dict[str, Any]:
-    """The user as SCIM shows it: userName and the one work email are its email,
-    displayName and name.formatted its name, active its status, and the table's
-    attributes in their SCIM shapes."""
+    """The user as SCIM shows it: userName is its email, displayName its name,
+    active its status; the work email and name.formatted are the attributes
+    email.work and formatted_name when set, else the email and the name; and the
+    table's other attributes in their SCIM shapes."""
     attributes = row["attributes"]
     values = {} if attributes == "{}" else kept.scim_values(_decode_attributes.decode(attributes))
     user: dict[str, Any] = {
@@ -135,7 +137,9 @@ def to_scim(request: Request, row: asyncpg.Record) -> dict[str, Any]:
     user["userName"] = row["email"]
     user["displayName"] = row["name"]
     user["name"] = {"formatted": row["name"], **values.pop("name", {})}
-    user["emails"] = [{"value": row["email"]}, *values.pop("emails", [])]
+    entries = values.pop("emails", [])
+    work = next((entry["value"] for entry in entries if entry["type"] == "work"), row["email"])
+    user["emails"] = [{"value": work}, *(entry for entry in entries if entry["type"] != "work")]
     user.update(values)
     user["active"] = row["status"] == "active"
     user["meta"] = {
@@ -156,7 +160,15 @@ def user_response(request: Request, row: asyncpg.Record, status_code: int = 200)
 
 
 def checked(state: State) -> State:
-    """The state, if the service's rules for users take it; else invalidValue."""
+    """The state, if the service's rules for users take it; else invalidValue. A work
+    email that is userName (in any letter case), or a name.formatted that is
+    displayName, is not kept apart."""
+    attributes = state.attributes
+    if email_key(attributes.get(WORK_EMAIL, "")) == email_key(state.email):
+        attributes = {k: v for k, v in attributes.items() if k != WORK_EMAIL}
+    if attributes.get(FORMATTED_NAME) == state.name:
+        attributes = {k: v for k, v in attributes.items() if k != FORMATTED_NAME}
+    state = state._replace(attributes=attributes)
     for rule, value, attribute in (
         (Email, state.email, "userName"),
         (Name, state.name, "displayName"),
@@ -220,13 +232,17 @@ def described(changes: kept.Changes, key: str, value: Any) -> None:
     if path.schema == USER_SCHEMA and path.filter is None and path.sub is None:
         if path.attribute in BODY_COLUMNS:
             return
-        if path.attribute == "name" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k.lower() != "formatted"}
-        if path.attribute == "emails":  # the user's own is userName; the others are kept
-            entries = value if isinstance(value, list) else [value]
-            own = the_email(key, entries, required=False)
-            value = [entry for entry in entries if entry is not own]
+        if path.attribute == "emails":
+            value = as_work(key, value)
     changes.assign(path, value, replace=True)
+
+
+def as_work(path: str, value: Any) -> list[Any]:
+    """A list of emails with the user's own one (primary, else work, else without a
+    type) as the work one: userName is the identity, this its work email."""
+    entries = value if isinstance(value, list) else [value]
+    own = the_email(path, entries, required=False)
+    return [{**entry, "type": "work"} if entry is own else entry for entry in entries]
 
 
 def user_id_of(request: Request) -> UUID:
@@ -447,7 +463,7 @@ def core_attribute(path: kept.Path) -> str | None:
     attribute = path.attribute
     if path.schema != USER_SCHEMA or attribute not in CORE:
         return None
-    if attribute == "name" and path.sub not in (None, "formatted"):
+    if attribute == "name" and path.sub is not None:
         return None
     if attribute == "emails" and path.filter is not None:
         if kept.typed(path) in TYPES["emails"]:
@@ -465,6 +481,7 @@ def core_attribute(path: kept.Path) -> str | None:
     return attribute if path.sub is None else f"{attribute}.{path.sub}"
 
 
+WORK_ENTRY = 'type eq "work"'
 # The user's own columns, and what the service sets, by lower-case name.
 CORE = {
     "username", "emails", "displayname", "name", "externalid", "active", "id", "meta", "schemas",
@@ -487,25 +504,26 @@ def assigned(state: State, path: kept.Path, value: Any, op: str, changes: kept.C
         changes.assign(path, value, replace=op == "replace")
         return state
     text = path.text
+    # The work email, never userName: Entra's mail and user principal name differ.
     if attribute == "emails":
-        entries = value if isinstance(value, list) else [value]
-        # A list without the user's own email (a home one alone) leaves it as it is.
-        own = the_email(text, entries, required=False)
-        others = [entry for entry in entries if entry is not own]
-        if others or op == "replace":  # replace: the other emails are those given
-            changes.assign(path, others, replace=op == "replace")
-        return state if own is None else state._replace(email=text_value(text, own))
-    if attribute in ("username", "emails.value"):
+        if path.filter is not None:  # emails[primary eq true]: the work entry
+            changes.assign(path._replace(filter=WORK_ENTRY), value, op == "replace")
+        else:
+            changes.assign(path, as_work(text, value), op == "replace")
+        return state
+    if attribute == "emails.value":
+        work = path._replace(filter=WORK_ENTRY, sub="value")
+        changes.assign(work, text_value(text, value), replace=True)
+        return state
+    if attribute == "username":
         return state._replace(email=text_value(text, value))
-    if attribute in ("displayname", "name.formatted"):
+    if attribute == "displayname":
         return state._replace(name=text_value(text, value))
     if attribute == "name":
         if not isinstance(value, dict):
             raise ScimError(400, "name takes an object", "invalidValue")
-        parts = {key: item for key, item in value.items() if key.lower() != "formatted"}
-        changes.assign(path, parts, replace=False)
-        formatted = next((v for k, v in value.items() if k.lower() == "formatted"), None)
-        return state if formatted is None else state._replace(name=text_value(text, formatted))
+        changes.assign(path, value, replace=False)
+        return state
     if attribute in ("emails.type", "emails.primary"):
         return state  # constants of the user's one email: accepted, and unchanged
     if attribute == "externalid":
@@ -551,18 +569,15 @@ def removed(state: State, path: kept.Path, changes: kept.Changes) -> State:
         return state
     if attribute == "externalid":
         return state._replace(external_id=None)
-    if attribute in ("displayname", "name", "name.formatted"):
+    if attribute in ("displayname", "name"):
         if attribute == "name":
             changes.remove(path)  # givenName, familyName and the rest too
         return state._replace(name=state.email)  # a user always has a name: its email stands in
-    if attribute in (
-        "username",
-        "emails",
-        "emails.value",
-        "active",
-        "id",
-        "schemas",
-    ) or attribute.startswith("meta"):
+    if attribute in ("emails", "emails.value"):  # the work email is userName again
+        whole = path.filter is None and path.sub is None
+        changes.remove(path if whole else path._replace(filter=WORK_ENTRY, sub="value"))
+        return state
+    if attribute in ("username", "active", "id", "schemas") or attribute.startswith("meta"):
         raise ScimError(400, f"{path.text} is required and cannot be removed", "mutability")
     return state
 

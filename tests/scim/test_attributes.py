@@ -355,3 +355,114 @@ async def test_a_bad_value_in_an_entry_is_named_by_its_typed_path(
     response = await client.post("/scim/v2/Users", json=body)
     assert response.status_code == 400
     assert 'phoneNumbers[type eq "mobile"].value takes a string' in response.json()["detail"]
+
+
+async def found_names(client: httpx.AsyncClient, filter: str) -> list[str]:
+    response = await client.get("/scim/v2/Users", params={"filter": filter})
+    assert response.status_code == 200, response.text
+    return [user["userName"] for user in response.json()["Resources"]]
+
+
+async def test_entras_mail_is_the_work_email_and_never_changes_user_name(
+    client: httpx.AsyncClient,
+) -> None:
+    upn, mail = "ada@contoso.onmicrosoft.com", "ada.lovelace@contoso.com"
+    body = entra_user(upn) | {"emails": [{"primary": True, "type": "work", "value": mail}]}
+    location = await create(client, body)
+    user = (await client.get(location)).json()
+    assert (user["userName"], user["emails"][0]) == (upn, {"value": mail})
+    for filter in (f'emails[type eq "work"].value eq "{mail}"', f'emails.value eq "{mail}"',
+                   f'userName eq "{upn}"', f'emails[value eq "{mail}"]'):  # fmt: skip
+        assert await found_names(client, filter) == [upn], filter
+    assert await found_names(client, f'userName eq "{mail}"') == []
+    assert await found_names(client, f'emails.value eq "{upn}"') == []
+    # Entra's PATCH of mail: userName stays, so its next match by userName finds the user.
+    new_mail = "ada.l@contoso.com"
+    for operation in (
+        {"op": "Replace", "path": 'emails[type eq "work"].value', "value": new_mail},
+        {"op": "Replace", "path": "emails.value", "value": new_mail},
+        {"op": "Replace", "path": "emails", "value": [{"primary": True, "value": new_mail}]},
+        {"op": "Replace", "value": {'emails[type eq "work"].value': new_mail}},
+    ):
+        changed = await client.patch(location, json=patch(operation))
+        assert changed.status_code == 200, changed.text
+        assert (changed.json()["userName"], changed.json()["emails"][0]["value"]) == (
+            upn, new_mail,
+        )  # fmt: skip
+        assert await found_names(client, f'userName eq "{upn}"') == [upn]
+        assert await found_names(client, f'emails[type eq "work"].value eq "{new_mail}"') == [upn]
+    assert (await native_attributes(client, upn))["email.work"] == new_mail
+    # Set equal to userName (in another case), or removed: no longer kept apart.
+    for operation in (
+        {"op": "Replace", "path": 'emails[type eq "work"].value', "value": upn.upper()},
+        {"op": "Remove", "path": 'emails[type eq "work"].value'},
+    ):
+        await client.patch(location, json=patch({"op": "Replace", "path": "emails.value",
+                                                 "value": mail}))  # fmt: skip
+        changed = (await client.patch(location, json=patch(operation))).json()
+        assert (changed["userName"], changed["emails"][0]["value"]) == (upn, upn)
+        assert "email.work" not in await native_attributes(client, upn)
+        assert await found_names(client, f'emails.value eq "{upn}"') == [upn]
+
+
+async def test_a_work_email_equal_to_user_name_is_not_kept_apart(
+    client: httpx.AsyncClient,
+) -> None:
+    body = entra_user("ada@contoso.com") | {
+        "emails": [{"primary": True, "type": "work", "value": "Ada@Contoso.com"}]
+    }
+    await create(client, body)
+    assert "email.work" not in await native_attributes(client, "ada@contoso.com")
+
+
+async def test_name_formatted_that_differs_from_display_name_is_kept_apart(
+    client: httpx.AsyncClient,
+) -> None:
+    body = entra_user("ada@contoso.com") | {
+        "displayName": "Ada Lovelace (Contractor)",
+        "name": {"formatted": "Ada Lovelace", "givenName": "Ada", "familyName": "Lovelace"},
+    }
+    location = await create(client, body)
+    user = (await client.get(location)).json()
+    assert (user["displayName"], user["name"]["formatted"]) == (
+        "Ada Lovelace (Contractor)", "Ada Lovelace",
+    )  # fmt: skip
+    assert await found_names(client, 'name.formatted eq "Ada Lovelace"') == ["ada@contoso.com"]
+    changed = await client.patch(
+        location, json=patch({"op": "Replace", "path": "name.formatted", "value": "Ada L"})
+    )
+    assert (changed.json()["displayName"], changed.json()["name"]["formatted"]) == (
+        "Ada Lovelace (Contractor)", "Ada L",
+    )  # fmt: skip
+    same = {"op": "Replace", "path": "name.formatted", "value": "Ada Lovelace (Contractor)"}
+    changed = await client.patch(location, json=patch(same))
+    assert changed.json()["name"]["formatted"] == "Ada Lovelace (Contractor)"
+    assert "formatted_name" not in await native_attributes(client, "ada@contoso.com")
+
+
+@pytest.mark.parametrize(
+    "filter", ['emails.value eq "ada@contoso.com"', 'emails[type eq "work"].value eq "a@x.io"']
+)
+async def test_eq_on_the_work_email_is_served_by_both_indexes(
+    db: asyncpg.Pool, filter: str
+) -> None:
+    where, arguments = filters.to_sql(filter)
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        rows = await conn.fetch(f"EXPLAIN SELECT FROM users WHERE {where}", *arguments)
+    plan = "\n".join(row[0] for row in rows)
+    assert "users_email_lower_key" in plan, plan
+    assert "users_attributes" in plan, plan
+
+
+async def test_a_second_or_work_email_that_is_not_an_email_is_a_400(
+    client: httpx.AsyncClient,
+) -> None:
+    location = await create(client)
+    for path in ('emails[type eq "home"].value', 'emails[type eq "work"].value'):
+        bad = patch({"op": "add", "path": path, "value": "not-an-email"})
+        response = await client.patch(location, json=bad)
+        assert (response.status_code, response.json()["scimType"]) == (400, "invalidValue")
+    assert not {"email.home", "email.work"} & set(
+        await native_attributes(client, "ada@contoso.com")
+    )
