@@ -148,8 +148,10 @@ class Parser:
     """Recursive descent over the grammar of RFC 7644 §3.4.2.2: or binds
     loosest, then and, then not; attribute names and keywords in any case."""
 
-    def __init__(self, text: str, first: int) -> None:
+    def __init__(self, text: str, first: int, *, any_attribute: bool = False) -> None:
         self.tokens = tokens(text)
+        # Check the syntax alone: an attribute the service does not keep is no error.
+        self.any_attribute = any_attribute
         self.at = 0
         self.arguments: list[object] = []
         self.first = first
@@ -299,6 +301,10 @@ class Parser:
             return self.constant(token.text, name, EMAIL_CONSTANTS[path])
         else:
             attribute = ATTRIBUTES.get(path)
+        if attribute is None and self.any_attribute:
+            if name != "pr":
+                self.value()
+            return "true"
         if attribute is None:
             raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + KNOWN)
         if name == "pr":
@@ -414,6 +420,15 @@ KNOWN = (
     "active, meta.created, meta.lastModified, and the other attributes /Schemas lists "
     '(a typed entry as phoneNumbers[type eq "mobile"].value)'
 )
+
+
+def check(text: str, attribute: str) -> None:
+    """InvalidFilter unless `text` is a well-formed value filter of `attribute`, as
+    inside attribute[...]; its attributes may be any, kept or not."""
+    parser = Parser(text, 1, any_attribute=True)
+    parser.disjunction(prefix=f"{attribute}.")
+    if parser.peek().kind != "end":
+        raise InvalidFilter(f"Unexpected {parser.peek().text!r}")
 
 
 def to_sql(text: str, first: int = 1) -> Sql:

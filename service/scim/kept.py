@@ -68,10 +68,11 @@ def parse(text: str) -> Path:
     match = _path.fullmatch(rest)
     if match is None:
         raise ScimError(400, f"{text!r} is not an attribute path", "invalidPath")
-    found = Path(schema, match["attribute"], match["filter"], match["sub"], text)
+    attribute = match["attribute"]
+    found = Path(schema, attribute, match["filter"], match["sub"], text)
     if found.filter is not None and typed(found) is None:
         try:
-            filters.tokens(found.filter)
+            filters.check(found.filter, attribute)
         except filters.InvalidFilter as exc:
             raise ScimError(400, f"path {text!r}: {exc}", "invalidPath") from None
     return found

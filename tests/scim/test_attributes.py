@@ -466,3 +466,35 @@ async def test_a_second_or_work_email_that_is_not_an_email_is_a_400(
     assert not {"email.home", "email.work"} & set(
         await native_attributes(client, "ada@contoso.com")
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["phoneNumbers[value eq]", "phoneNumbers[))]", "phoneNumbers[type eq]",
+     'addresses[value eq "a" or]', "emails[value eq]", 'x509Certificates[value eq "a" and]'],
+)  # fmt: skip
+async def test_a_malformed_value_filter_in_a_patch_path_is_a_400_and_changes_nothing(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    location = await create(client)
+    before = (await client.get(location)).json()
+    body = patch(
+        {"op": "replace", "path": "displayName", "value": "Changed"},
+        {"op": "replace", "path": path, "value": "x"},
+    )
+    response = await client.patch(location, json=body)
+    assert (response.status_code, response.json()["scimType"]) == (400, "invalidPath")
+    assert (await client.get(location)).json() == before
+
+
+async def test_a_well_formed_value_filter_on_an_unknown_entry_is_still_skipped(
+    client: httpx.AsyncClient,
+) -> None:
+    location = await create(client)
+    body = patch(
+        {"op": "replace", "path": 'phoneNumbers[value eq "+1 555"].value', "value": "x"},
+        {"op": "replace", "path": "title", "value": "Lead"},
+    )
+    response = await client.patch(location, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["title"] == "Lead"
