@@ -23,6 +23,9 @@ _path = re.compile(
 )
 _urn = re.compile(r"urn:[a-z0-9][a-z0-9-]*:\S+")
 _typed = re.compile(r'\s*type\s+eq\s+"([^"\\]*)"\s*')
+# The table's single-valued attributes, as (schema, attribute) in lower case:
+# a value filter on one is malformed, not unknown.
+SINGLE_VALUED = {mapped.key[:2] for mapped in TABLE if mapped.type is None}
 # Keys of a multi-valued entry that say which entry it is, not what it holds.
 ENTRY_KEYS = {"type", "primary", "display"}
 # Skipped paths: a label each for the first MAX_SKIPPED_LABELS a worker meets,
@@ -70,6 +73,9 @@ def parse(text: str) -> Path:
         raise ScimError(400, f"{text!r} is not an attribute path", "invalidPath")
     attribute = match["attribute"]
     found = Path(schema, attribute, match["filter"], match["sub"], text)
+    if found.filter is not None and (schema.lower(), attribute) in SINGLE_VALUED:
+        detail = f"path {text!r}: {attribute} is not multi-valued, and takes no [filter]"
+        raise ScimError(400, detail, "invalidPath")
     if found.filter is not None and typed(found) is None:
         try:
             filters.check(found.filter, attribute)

@@ -498,3 +498,21 @@ async def test_a_well_formed_value_filter_on_an_unknown_entry_is_still_skipped(
     response = await client.patch(location, json=body)
     assert response.status_code == 200, response.text
     assert response.json()["title"] == "Lead"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ['title[value eq "nomatch"]', f'{ENTERPRISE}:manager[value eq "zzz"].value',
+     'name[givenName eq "zzz"].familyName', f'{USER}:title[value eq "a"]'],
+)  # fmt: skip
+async def test_a_value_filter_on_a_single_valued_attribute_is_a_400_invalid_path(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    location = await create(client)
+    before = (await client.get(location)).json()
+    response = await client.patch(
+        location, json=patch({"op": "replace", "path": path, "value": "X"})
+    )
+    assert (response.status_code, response.json()["scimType"]) == (400, "invalidPath")
+    assert "not multi-valued" in response.json()["detail"]
+    assert (await client.get(location)).json() == before
