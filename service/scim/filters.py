@@ -14,6 +14,7 @@ from service.queries import HAS_ATTRIBUTES, MATCHES, encode_attributes, like_esc
 from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
 from service.scim.mapping import (
     BY_KEY,
+    ENTERPRISE_URN,
     FORMATTED_NAME,
     TABLE,
     TYPES,
@@ -139,6 +140,15 @@ ATTRIBUTES = {
         if mapped.type is None and mapped.sub == "value"
     },
 }
+# The extension's attributes unqualified too, as Entra may send them: no core
+# attribute's name clashes with one.
+ATTRIBUTES.update(
+    {
+        path.removeprefix(ENTERPRISE_URN.lower() + ":"): attribute
+        for path, attribute in ATTRIBUTES.items()
+        if path.startswith(ENTERPRISE_URN.lower() + ":")
+    }
+)
 # The service's one email is of type work, and primary: these sub-attributes
 # compare with constants.
 EMAIL_CONSTANTS = {"emails.type": "work", "emails.primary": True}

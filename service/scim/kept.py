@@ -26,6 +26,11 @@ _typed = re.compile(r'\s*type\s+eq\s+"([^"\\]*)"\s*')
 # The table's single-valued attributes, as (schema, attribute) in lower case:
 # a value filter on one is malformed, not unknown.
 SINGLE_VALUED = {mapped.key[:2] for mapped in TABLE if mapped.type is None}
+# The extension's attributes, which no core attribute's name clashes with:
+# Entra may send them unqualified ("manager").
+EXTENSION_ONLY = {m.key[1] for m in TABLE if m.schema == ENTERPRISE_URN} - {
+    m.key[1] for m in TABLE if m.schema == USER_URN
+}
 # Keys of a multi-valued entry that say which entry it is, not what it holds.
 ENTRY_KEYS = {"type", "primary", "display"}
 # Skipped paths: a label each for the first MAX_SKIPPED_LABELS a worker meets,
@@ -72,6 +77,8 @@ def parse(text: str) -> Path:
     if match is None:
         raise ScimError(400, f"{text!r} is not an attribute path", "invalidPath")
     attribute = match["attribute"]
+    if rest == lowered and attribute in EXTENSION_ONLY:
+        schema = ENTERPRISE_URN  # Entra's unqualified manager, department, ...
     found = Path(schema, attribute, match["filter"], match["sub"], text)
     if found.filter is not None and (schema.lower(), attribute) in SINGLE_VALUED:
         detail = f"path {text!r}: {attribute} is not multi-valued, and takes no [filter]"

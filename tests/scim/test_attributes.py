@@ -516,3 +516,19 @@ async def test_a_value_filter_on_a_single_valued_attribute_is_a_400_invalid_path
     assert (response.status_code, response.json()["scimType"]) == (400, "invalidPath")
     assert "not multi-valued" in response.json()["detail"]
     assert (await client.get(location)).json() == before
+
+
+async def test_an_unqualified_enterprise_attribute_is_the_extensions(
+    client: httpx.AsyncClient,
+) -> None:
+    location = await create(client)
+    manager = {"op": "Add", "path": "manager", "value": [{"$ref": None, "value": "mgr-3"}]}
+    department = {"op": "Replace", "path": "department", "value": "Research"}
+    response = await client.patch(location, json=patch(manager, department))
+    assert response.status_code == 200, response.text
+    extension = (await client.get(location)).json()[ENTERPRISE]
+    assert (extension["manager"], extension["department"]) == ({"value": "mgr-3"}, "Research")
+    found = await found_names(client, 'manager eq "mgr-3" and department eq "Research"')
+    assert found == ["ada@contoso.com"]
+    removed = await client.patch(location, json=patch({"op": "Remove", "path": "manager"}))
+    assert "manager" not in removed.json()[ENTERPRISE]
