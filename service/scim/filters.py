@@ -16,6 +16,7 @@ from service.scim.mapping import (
     BY_KEY,
     ENTERPRISE_URN,
     FORMATTED_NAME,
+    KEYED,
     TABLE,
     TYPES,
     USER_URN,
@@ -254,7 +255,7 @@ class Parser:
                     if (path, entry) == ("emails", "work"):
                         return "true"  # every user has a work email
                     # emails[type eq "home"]: the user has such an entry.
-                    names = [m.name for m in TABLE if m.key[1:3] == (path, entry)]
+                    names = [name for key, name in KEYED if key[1:3] == (path, entry)]
                     return f"(attributes ?| {self.argument(names)}::text[])"
                 sub = self.sub_attribute(token.text)
                 mapped = BY_KEY.get(key_of(USER_URN, path, entry, sub))

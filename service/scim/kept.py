@@ -10,7 +10,7 @@ from service import metrics
 from service.schemas import ATTRIBUTE_VALUE_RULE, EMAIL_RULE, is_attribute_value, is_email
 from service.scim import filters
 from service.scim.errors import ScimError
-from service.scim.mapping import BY_KEY, ENTERPRISE_URN, TABLE, TYPES, USER_URN, Key, key_of
+from service.scim.mapping import BY_KEY, ENTERPRISE_URN, KEYED, TABLE, TYPES, USER_URN, Key, key_of
 
 logger = logging.getLogger("service")
 
@@ -131,12 +131,12 @@ def under(path: Path) -> list[str]:
     if path.filter is not None and type is None:
         return []  # a filter other than on type: no entry the table keeps
     return [
-        m.name
-        for m in TABLE
-        if m.key[0] == schema
-        and (attribute is None or m.key[1] == attribute)
-        and (path.filter is None or m.key[2] == type)
-        and (path.sub is None or m.key[3] == path.sub)
+        name
+        for key, name in KEYED
+        if key[0] == schema
+        and (attribute is None or key[1] == attribute)
+        and (path.filter is None or key[2] == type)
+        and (path.sub is None or key[3] == path.sub)
     ]
 
 
