@@ -16,9 +16,8 @@ from prometheus_client import REGISTRY
 from service.scim import filters
 from service.scim.mapping import TABLE
 from tests.conftest import ROOT, Service
-from tests.scim.test_providers import ENTERPRISE, USER, entra_user, native_attributes, patch
-
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+from tests.scim.messages import USER, patch
+from tests.scim.test_providers import ENTERPRISE, entra_user, native_attributes
 
 
 async def create(client: httpx.AsyncClient, body: dict[str, Any] | None = None) -> str:

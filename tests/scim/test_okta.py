@@ -13,11 +13,10 @@ from msgspec.structs import replace
 
 from service.settings import Settings
 from tests.conftest import client_of
+from tests.scim.messages import ERROR, USER
 
 TOKEN = "okta-provisioning-token-0123456789"  # noqa: S105
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 # The headers of every request Okta's test sends, but its creates'.
 OKTA_HEADERS = {
     "Accept-Charset": "utf-8",

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+from tests.scim.messages import USER, patch
+
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 # Entra ID's default user mappings for a non-gallery app ("Tutorial: Develop and
 # plan provisioning for a SCIM endpoint") beyond userName, active, displayName,
@@ -91,10 +91,6 @@ def at(user: dict[str, Any], path: str) -> Any:
     if attribute == "manager" and found is not None:
         return found["value"]
     return found.get(sub) if sub and found is not None else found
-
-
-def patch(*operations: Any) -> dict[str, Any]:
-    return {"schemas": [PATCH], "Operations": list(operations)}
 
 
 async def native_attributes(client: httpx.AsyncClient, email: str) -> dict[str, str]:

@@ -13,32 +13,13 @@ from msgspec.structs import replace
 
 from service.settings import Settings, SettingsError
 from tests.conftest import Service, client_of
+from tests.scim.messages import PATCH, USER, patch, scim_error
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-SCIM_JSON = "application/scim+json"
 
 
 def new_user(email: str, name: str = "Ann Lee") -> Any:
     return {"schemas": [USER], "userName": email, "displayName": name, "active": True}
-
-
-def patch(*operations: Any) -> Any:
-    return {"schemas": [PATCH], "Operations": list(operations)}
-
-
-def scim_error(response: httpx.Response, status: int, scim_type: str | None = None) -> str:
-    """The detail of a SCIM error with this status and scimType."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == SCIM_JSON
-    error = response.json()
-    assert error["schemas"] == [ERROR]
-    assert error["status"] == str(status)
-    assert error.get("scimType") == scim_type
-    detail: str = error["detail"]
-    return detail
 
 
 async def create(client: httpx.AsyncClient, email: str, name: str = "Ann Lee") -> Any:

@@ -24,12 +24,9 @@ from scim2_tester import Status, check_server, filling
 from service.scim.errors import ScimError
 from service.scim.users import CANONICAL, State, checked, patched
 from tests.conftest import Service, client_of
+from tests.scim.messages import ERROR, SCIM_JSON, USER, patch, scim_error
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-SCIM_JSON = "application/scim+json"
 
 
 def okta_user(email: str, external_id: str | None, given: str = "Ann", family: str = "Lee") -> Any:
@@ -43,21 +40,6 @@ def okta_user(email: str, external_id: str | None, given: str = "Ann", family: s
         "displayName": f"{given} {family}",
         "active": True,
     }
-
-
-def patch(*operations: Any) -> Any:
-    return {"schemas": [PATCH], "Operations": list(operations)}
-
-
-def scim_error(response: httpx.Response, status: int, scim_type: str | None = None) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == SCIM_JSON
-    error = response.json()
-    assert error["schemas"] == [ERROR]
-    assert error["status"] == str(status)
-    assert error["detail"]
-    assert error.get("scimType") == scim_type
-    return error
 
 
 async def found(client: httpx.AsyncClient, filter: str) -> list[Any]:
@@ -177,9 +159,9 @@ async def test_a_taken_username_or_external_id_is_409_uniqueness(
 ) -> None:
     await client.post("/scim/v2/Users", json=okta_user("ann@example.com", "00u1"))
     taken = await client.post("/scim/v2/Users", json=okta_user("ANN@example.com", "00u2"))
-    assert "userName" in scim_error(taken, 409, "uniqueness")["detail"]
+    assert "userName" in scim_error(taken, 409, "uniqueness")
     taken = await client.post("/scim/v2/Users", json=okta_user("bo@example.com", "00u1"))
-    assert "externalId" in scim_error(taken, 409, "uniqueness")["detail"]
+    assert "externalId" in scim_error(taken, 409, "uniqueness")
 
 
 @pytest.mark.parametrize(
