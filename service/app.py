@@ -53,22 +53,34 @@ register_url_convertor("user", UserConvertor())
 
 
 # The map of the API, each route with the scope a caller needs (service/scopes.py),
-# or OPEN. Each path also answers with a trailing slash ("/users/") without a
-# redirect, as existing callers use it: Dispatch strips it before routing.
-# Routes are tried in order, so the busiest come first.
+# or OPEN, and its operation in /openapi.json, written beside its endpoint. Each
+# path also answers with a trailing slash ("/users/") without a redirect, as
+# existing callers use it: Dispatch strips it before routing. Routes are tried in
+# order, so the busiest come first. Laid out by hand to read as a table: a route
+# too long for one line has its operation on the next.
+# fmt: off
 routes = [
-    Route("/users/{user:user}", users.get_user, methods=["GET"], scope="users:read"),
-    Route("/users", users.list_users, methods=["GET"], scope="users:read"),
-    Route("/users", users.create_user, methods=["POST"], scope="users:create"),
-    Route("/users/lookup", users.lookup_users, methods=["POST"], scope="users:read"),
-    Route("/users/changes", changes.list_changes, methods=["GET"], scope="users:changes"),
-    Route("/users/{user:user}", users.update_user, methods=["PATCH"], scope="users:update"),
-    Route("/users/{user:user}", users.delete_user, methods=["DELETE"], scope="users:delete"),
-    Route("/users/bulk", users.create_users, methods=["POST"], scope="users:create"),
-    Route("/livez", health.livez, methods=["GET"], scope=OPEN),
-    Route("/readyz", health.readyz, methods=["GET"], scope=OPEN),
-    Route("/metrics", metrics.metrics, methods=["GET"], scope=OPEN),
-    Route("/openapi.json", openapi.openapi_json, methods=["GET"], scope=OPEN),
+    Route("/users/{user:user}", users.get_user, methods=["GET"], scope="users:read",
+          operation=users.GET_USER),
+    Route("/users", users.list_users, methods=["GET"], scope="users:read",
+          operation=users.LIST_USERS),
+    Route("/users", users.create_user, methods=["POST"], scope="users:create",
+          operation=users.CREATE_USER),
+    Route("/users/lookup", users.lookup_users, methods=["POST"], scope="users:read",
+          operation=users.LOOKUP_USERS),
+    Route("/users/changes", changes.list_changes, methods=["GET"], scope="users:changes",
+          operation=changes.LIST_CHANGES),
+    Route("/users/{user:user}", users.update_user, methods=["PATCH"], scope="users:update",
+          operation=users.UPDATE_USER),
+    Route("/users/{user:user}", users.delete_user, methods=["DELETE"], scope="users:delete",
+          operation=users.DELETE_USER),
+    Route("/users/bulk", users.create_users, methods=["POST"], scope="users:create",
+          operation=users.CREATE_USERS),
+    Route("/livez", health.livez, methods=["GET"], scope=OPEN, operation=health.LIVEZ),
+    Route("/readyz", health.readyz, methods=["GET"], scope=OPEN, operation=health.READYZ),
+    Route("/metrics", metrics.metrics, methods=["GET"], scope=OPEN, operation=metrics.METRICS),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"], scope=OPEN,
+          operation=openapi.OPENAPI),
     # SCIM 2.0 for identity providers (service/scim); its discovery documents
     # it, so /openapi.json leaves it out.
     Route("/scim/v2/Users", scim_users.list_users, methods=["GET"], scope="scim"),
@@ -92,6 +104,7 @@ routes = [
     Route("/scim/v2/Groups", groups.groups, methods=groups.METHODS, scope="scim"),
     Route("/scim/v2/Groups/{rest:path}", groups.groups, methods=groups.METHODS, scope="scim"),
 ]
+# fmt: on
 
 
 class Service(Starlette):

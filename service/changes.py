@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from service import metrics, queries, streams
 from service.database import Database, db_of
 from service.observe import WAITED
+from service.operations import Operation, Parameter, Reply
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.schemas import Change, Changes
@@ -193,6 +194,99 @@ async def start_of(
     if waits:
         return position, await watch_of(request).changes_after(position, limit)
     return position, await queries.changes_after(db, position, limit)
+
+
+ChangesLimit = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=MAX_LIMIT, extra_json_schema={"default": DEFAULT_LIMIT}),
+]
+ChangeCursor = Annotated[str, msgspec.Meta(pattern=f"^(?:{CURSOR_PATTERN}|{NOW})$")]
+ChangeEvents = Annotated[
+    str,
+    msgspec.Meta(
+        title="ChangeEvents",
+        description="Server-sent events. First an `id:` alone, the position the stream starts "
+        "from, which an EventSource keeps as its last id without firing an event; then one "
+        "per change as it commits: `id:` is its cursor, "
+        "`event:` its type, `data:` the change as one line of JSON (a `Change`). A comment "
+        f"line, `{HEARTBEAT.decode().strip()}`, comes after "
+        f"{HEARTBEAT_SECONDS:.0f} s without one. The stream has no end: the service "
+        "ends it when it stops, or when its client reads nothing for FEED_STALL_SECONDS, and "
+        "a consumer resumes it with `Last-Event-ID`.",
+    ),
+]
+
+LIST_CHANGES = Operation(
+    operation_id="listChanges",
+    tag="users",
+    summary="Follow every change to users",
+    description="Every committed create, update and delete of a user, in the order a "
+    "consumer can follow without gaps or repeats: from a cursor, each change committed "
+    "after it exactly once, whatever order concurrent writes commit in. Pass `next` as "
+    "`after` to go on. Without `after`, from the oldest change kept; `after=now` answers "
+    "no changes, and its `next` is the present position. To copy the users: take `next` "
+    "from `after=now`, page through `GET /users`, then follow the feed from there, "
+    "applying a change only when its `version` is above the one held. Changes are kept "
+    "CHANGES_RETENTION seconds (a week by default). A deleted user's earlier changes "
+    "are removed: its `deleted` change keeps only its id. A long transaction on the "
+    "database holds the feed back until it ends. With `Accept: text/event-stream`, the "
+    "changes come as server-sent events, each as soon as it can be read; `limit` and "
+    "`wait` then do not apply. A stream is sent when Accept names `text/event-stream` "
+    "with a weight above 0 and no lower than JSON's; its first bytes are an `id:` "
+    "alone, the position it starts from. Also served at `/users/changes/`.",
+    parameters=(
+        Parameter(
+            name="after",
+            location="query",
+            type=ChangeCursor,
+            description="A change's `cursor` or a page's `next`, or `now`.",
+        ),
+        Parameter(
+            name="limit",
+            location="query",
+            type=ChangesLimit,
+            description="Changes per page.",
+        ),
+        Parameter(
+            name="wait",
+            location="query",
+            type=Annotated[int, msgspec.Meta(ge=0, le=MAX_WAIT)],
+            description="A long poll: when nothing is new, hold the request up to this "
+            "many seconds, answering as soon as a change can be read, or with no "
+            "changes when the time runs out. 0, the default, answers at once. A "
+            "waiting request holds no database connection; a graceful stop answers "
+            "it at once.",
+        ),
+        Parameter(
+            name="Last-Event-ID",
+            location="header",
+            type=ChangeCursor,
+            description="The cursor to go on after, in place of `after`: what an "
+            "EventSource sends as it reconnects a stream, the `id:` of the last event "
+            "it received.",
+        ),
+    ),
+    replies={
+        200: Reply(
+            description="The changes after the cursor; with `Accept: text/event-stream`, "
+            "a stream of them, as they come, until the service stops.",
+            body=Changes,
+            alternatives=((EVENT_STREAM, ChangeEvents),),
+        )
+    },
+    problems={
+        410: "The feed cannot go on from this cursor: the changes after it were purged, "
+        "it was made by another database (another server, another database of this one, "
+        "or this one before a restore from a dump), or no transaction has reached it "
+        "(from before a failover that lost writes). List the users again, and follow the "
+        "feed from `after=now` taken before listing.",
+        503: "The database is down or too slow; or, for a long poll or a stream, the "
+        "worker already holds FEED_MAX_CONSUMERS of them (`Retry-After: 5`).",
+        422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
+        "feed did not make among them; `field` names it.",
+    },
+    uses_database=True,
+)
 
 
 async def list_changes(request: Request) -> Response:

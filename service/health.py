@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.database import HAS_USERS_TABLE, MIGRATE_HINT, UNAVAILABLE, pool_of
+from service.operations import Operation, Reply
 from service.problems import RETRY_AFTER_SECONDS, ProblemError
 from service.replicas import Replicas, State
 
@@ -39,9 +40,32 @@ class Health(msgspec.Struct, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 
 
+LIVEZ = Operation(
+    operation_id="livez",
+    tag="operations",
+    summary="Liveness probe",
+    description="200 while the process serves requests; the database is not consulted.",
+    replies={200: Reply(description="Alive.", body=Health)},
+)
+
+
 async def livez(request: Request) -> Response:
     """The process serves requests; the database is not consulted."""
     return Response(OK, media_type="application/json")
+
+
+READYZ = Operation(
+    operation_id="readyz",
+    tag="operations",
+    summary="Readiness probe",
+    description=(
+        "200 when the primary answers a trivial query within a second and has the users"
+        " table. With read replicas, the body reports each replica's state; a replica"
+        " never makes the service unready."
+    ),
+    replies={200: Reply(description="Ready.", body=Health)},
+    problems={503: "The database did not answer in time."},
+)
 
 
 async def readyz(request: Request) -> Response:

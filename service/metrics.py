@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from service import queries
 from service.database import db_of, pool_of
+from service.operations import Operation, Reply
 
 logger = logging.getLogger("service")
 
@@ -193,6 +194,17 @@ def process_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+METRICS = Operation(
+    operation_id="metrics",
+    tag="operations",
+    summary="Prometheus metrics",
+    description="Requests, latency, pool and database errors, summed over every worker.",
+    replies={
+        200: Reply(description="The text exposition format.", body=str, media_type="text/plain")
+    },
+)
 
 
 async def metrics(request: Request) -> Response:

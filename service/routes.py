@@ -1,4 +1,4 @@
-"""A route of the API: its path, methods and endpoint, with the scope a caller needs."""
+"""A route of the API: its path, methods and endpoint, with its scope and its operation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette import routing
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.operations import Operation
 from service.scopes import SCOPES, ScopeName
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -16,15 +17,24 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 class Route(routing.Route):
     """Starlette's Route, whose path must match to its very end, and which names the scope
-    a caller must hold: one of SCOPES, or OPEN (None) for a route without auth."""
+    a caller must hold: one of SCOPES, or OPEN (None) for a route without auth. Its
+    operation is what /openapi.json says of it; SCIM's routes have none, as SCIM's own
+    discovery describes them."""
 
     def __init__(
-        self, path: str, endpoint: Endpoint, *, methods: list[str], scope: ScopeName | None
+        self,
+        path: str,
+        endpoint: Endpoint,
+        *,
+        methods: list[str],
+        scope: ScopeName | None,
+        operation: Operation | None = None,
     ) -> None:
         super().__init__(path, endpoint, methods=methods)
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"{path}: unknown scope {scope!r}")
         self.scope = scope
+        self.operation = operation
         # Starlette ends the regex in "$", which in Python also matches before
         # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
         # not, and costs nothing more per request than "$".

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import partial
-from typing import NamedTuple
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import quote, quote_plus
 from uuid import UUID
 
@@ -19,18 +19,39 @@ from service.bodies import decode, read_body, read_json
 from service.conditions import etag, match_condition, none_match
 from service.database import db_of
 from service.lookups import Creates, Reads
+from service.operations import (
+    BODY_PROBLEMS,
+    CONTENT_LOCATION,
+    ETAG,
+    IDEMPOTENCY_KEY,
+    IF_NONE_MATCH,
+    IN_PROGRESS,
+    KEY_PROBLEMS,
+    LOCATION,
+    REPLAYED,
+    USER,
+    Header,
+    Operation,
+    Parameter,
+    Reply,
+)
 from service.preferences import preferences
 from service.problems import ProblemError
-from service.queries import Condition, Filters, UserKey
+from service.queries import ESTIMATE_EXACT_BELOW, Condition, Filters, UserKey
 from service.schemas import (
     ATTRIBUTE_BOUNDS,
     ATTRIBUTE_NAME_RULE,
     ATTRIBUTE_VALUE_RULE,
+    MAX_ATTRIBUTE_NAME_LENGTH,
     MAX_ATTRIBUTES,
+    MAX_BULK_USERS,
     MAX_LOOKUP_BYTES,
+    MAX_LOOKUP_HANDLES,
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
     TIMESTAMP_RANGE,
+    AttributeValue,
+    Email,
     Handles,
     Inserted,
     Lookup,
@@ -163,6 +184,26 @@ def user_response(
     return response
 
 
+CREATE_USER = Operation(
+    operation_id="createUser",
+    tag="users",
+    summary="Create a user",
+    description="Creates a user whose email no user has in any letter case. Also served "
+    "at `/users/`.",
+    parameters=(IDEMPOTENCY_KEY,),
+    body=NewUser,
+    replies={201: Reply(description="Created.", body=User, headers=(LOCATION, ETAG, REPLAYED))},
+    problems={
+        **BODY_PROBLEMS,
+        **KEY_PROBLEMS,
+        409: "The email exists in some letter case; `conflicts` holds it as sent." + IN_PROGRESS,
+        410: "The user that an earlier request with this Idempotency-Key created has "
+        "since been deleted: its stored answer keeps nothing of the user.",
+    },
+    uses_database=True,
+)
+
+
 async def create_user(request: Request) -> Response:
     settings = settings_of(request)
     key = idempotency.key_of(request)
@@ -189,6 +230,21 @@ def created(stored: Stored | None, new: NewUser) -> Response:
     return user_response(stored, 201, {"Location": user_url(stored.user.email)})
 
 
+GET_USER = Operation(
+    operation_id="getUser",
+    tag="users",
+    summary="Look up a user",
+    description="The user with an email, in any letter case, or with an id.",
+    parameters=(USER, IF_NONE_MATCH),
+    replies={
+        200: Reply(description="The user.", body=User, headers=(ETAG,)),
+        304: Reply(description="If-None-Match names the user's ETag.", headers=(ETAG,)),
+    },
+    problems={404: "No user has that email or id."},
+    uses_database=True,
+)
+
+
 async def get_user(request: Request) -> Response:
     user: str = request.path_params["user"]
     if "@" in user:  # by email, the hot path: without a UserKey, ~0.3 µs
@@ -208,6 +264,30 @@ def handle_key(handle: str) -> str | None:
     """What a lookup's handle names: an email_key or a lower-case id; None for neither."""
     # email_key folds an id's hex digits as it folds an email's letters.
     return email_key(handle) if is_handle(handle) else None
+
+
+LOOKUP_USERS = Operation(
+    operation_id="lookupUsers",
+    tag="users",
+    summary="Look up many users",
+    description=f"The users that up to {MAX_LOOKUP_HANDLES:,} handles name, each an "
+    "email in any letter case or an id: `found` holds each user once, in the order of "
+    "its first mention, whether named by email or id, and `missing` the handles that "
+    "name no user, as given, in request order (each string once), strings that could be "
+    "neither an email nor an id included. One consistent read; with read replicas, a "
+    "handle a replica does not know is looked up on the primary before it is reported "
+    "missing. A read: it writes nothing, needs no Idempotency-Key (one sent is ignored) "
+    "and is safe to retry. Also served at `/users/lookup/`.",
+    body=Handles,
+    replies={200: Reply(description="The users found, and the handles missing.", body=Lookup)},
+    problems={
+        **BODY_PROBLEMS,
+        413: f"The body is larger than {MAX_LOOKUP_BYTES // 1024 // 1024} MiB.",
+        422: f"The body is not an array of strings (`field` is `$`, or the item's path, "
+        f"`$[3]`), or holds more than {MAX_LOOKUP_HANDLES:,} (`field` is `$`).",
+    },
+    uses_database=True,
+)
 
 
 async def lookup_users(request: Request) -> Response:
@@ -385,6 +465,143 @@ def count_preference(request: Request) -> str | None:
     return count if count in COUNTS else None
 
 
+# Rules list_users checks by hand, named so that msgspec writes their
+# schemas in the document as it writes those of the Structs.
+Limit = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=MAX_LIMIT, extra_json_schema={"default": DEFAULT_LIMIT}),
+]
+# No declared default: a generated client would then always send offset=0.
+Offset = Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)]
+QUERY_PARAMETERS = {
+    parameter.name: parameter
+    for parameter in (
+        Parameter(name="limit", location="query", type=Limit, description="Users per page."),
+        Parameter(
+            name="offset",
+            location="query",
+            type=Offset,
+            description="Users to skip, 0 when absent; with `after`, skipped after that email. "
+            "Costs more the deeper it goes, where `after` does not.",
+        ),
+        Parameter(
+            name="after",
+            location="query",
+            type=Email,
+            description="Start after this email, in any letter case (keyset paging, as in `Link`).",
+        ),
+        Parameter(
+            name="q",
+            location="query",
+            type=SearchText,
+            description="Only users whose email or name contains this text, ASCII letters in "
+            "any case (as emails compare); `%` and `_` are plain characters.",
+        ),
+        Parameter(
+            name="created_after",
+            location="query",
+            type=Timestamp,
+            description="Only users created after this instant (exclusive): RFC 3339 with an "
+            f"offset, `2026-11-01T00:00:00Z`, {TIMESTAMP_RANGE}.",
+        ),
+        Parameter(
+            name="created_before",
+            location="query",
+            type=Timestamp,
+            description="Only users created before this instant (exclusive), as `created_after`.",
+        ),
+        Parameter(
+            name="status",
+            location="query",
+            type=Status,
+            description="Only users with this status; without it, users of either.",
+        ),
+    )
+}
+# ATTRIBUTE_PREFIX's parameters, as one object spread over the query.
+# Its values are Any to msgspec, whose schema of dict[str, str] would
+# replace the additionalProperties given here.
+AttributeFilters = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        title="AttributeFilters",
+        description="Only users whose attributes hold every one of these names with exactly "
+        "this value: each `attribute.<name>=<value>` is a query parameter of its own.",
+        extra_json_schema={
+            "propertyNames": {
+                "pattern": rf"^{re.escape(ATTRIBUTE_PREFIX)}[a-z][a-z0-9_.-]"
+                f"{{0,{MAX_ATTRIBUTE_NAME_LENGTH - 1}}}$",
+            },
+            "additionalProperties": msgspec.json.schema(AttributeValue),
+        },
+    ),
+]
+LINK = Header(
+    name="Link",
+    type=str,
+    required=False,
+    description='On a full page only: `</users?after=…&limit=N>; rel="next"`, the next page.',
+)
+TOTAL_COUNT = Header(
+    name="X-Total-Count",
+    type=Annotated[int, msgspec.Meta(ge=0)],
+    required=False,
+    description="With `Prefer: count=…`: how many users match the filters, whatever the page.",
+)
+PREFERENCE_APPLIED = Header(
+    name="Preference-Applied",
+    type=str,
+    required=False,
+    description="`count=exact` or `count=estimated`, the count given in `X-Total-Count`.",
+)
+
+
+LIST_USERS = Operation(
+    operation_id="listUsers",
+    tag="users",
+    summary="List users",
+    description="A page of users ordered by email regardless of letter case, optionally "
+    "only those that match `q`, `created_after`, `created_before`, `status` and "
+    "`attribute.<name>` filters, all of them at once. A full page links "
+    "the next one in `Link`, with the same filters; following it stays fast at any depth. "
+    "Also served at `/users/`.",
+    # LIST_PARAMETERS names those list_users takes, each with its entry above.
+    parameters=(
+        *(QUERY_PARAMETERS[name] for name in LIST_PARAMETERS),
+        Parameter(
+            name="attribute",
+            location="query",
+            type=AttributeFilters,
+            description="`attribute.<name>=<value>`: only users whose attribute `<name>` has "
+            "exactly this value. Several names must all match; one name may be given once. "
+            f"At most {MAX_ATTRIBUTES}, as a user has. Served by an index at any table size.",
+            spread=True,
+        ),
+        Parameter(
+            name="Prefer",
+            location="header",
+            type=str,
+            description="`count=exact` or `count=estimated` (RFC 7240) asks for `X-Total-Count`. "
+            "Estimated: PostgreSQL's planner's estimate from the table's statistics, fast at any "
+            f"size; counted instead when it estimates fewer than {ESTIMATE_EXACT_BELOW:,}, and "
+            "always with an `attribute.<name>` filter, whose values PostgreSQL keeps no statistics "
+            "of (`Preference-Applied: count=exact` then says so). Other preferences are ignored.",
+        ),
+    ),
+    replies={
+        200: Reply(
+            description="The page.",
+            body=list[User],
+            headers=(LINK, TOTAL_COUNT, PREFERENCE_APPLIED),
+        )
+    },
+    problems={
+        422: "A parameter that is unknown, given twice or breaks its rule; `field` names it."
+    },
+    uses_database=True,
+)
+
+
 async def list_users(request: Request) -> Response:
     query = list_query(request)
     count = count_preference(request)
@@ -422,6 +639,29 @@ async def list_users(request: Request) -> Response:
         link = query_string({**query.spelt, "after": users[-1].email, "limit": str(query.limit)})
         headers["Link"] = f'</users?{link}>; rel="next"'
     return json_response(users, headers=headers)
+
+
+CREATE_USERS = Operation(
+    operation_id="createUsers",
+    tag="users",
+    summary="Create many users",
+    description=f"Creates up to {MAX_BULK_USERS:,} users in one statement: all of them, "
+    "or none. Also served at `/users/bulk/`.",
+    parameters=(IDEMPOTENCY_KEY,),
+    body=NewUsers,
+    replies={201: Reply(description="All were created.", body=Inserted, headers=(REPLAYED,))},
+    problems={
+        **BODY_PROBLEMS,
+        **KEY_PROBLEMS,
+        409: "Emails exist or repeat; `conflicts` lists every one as sent, in email order. "
+        "Nothing was inserted." + IN_PROGRESS,
+        413: "The body is larger than MAX_BULK_BYTES (16 MiB by default).",
+        422: f"More than {MAX_BULK_USERS:,} users (`field` is `$`), or an item breaks a "
+        "rule or repeats a key (`field` is the JSON path of the first, `$[3].email`), or the "
+        "Idempotency-Key was used with another body or path.",
+    },
+    uses_database=True,
+)
 
 
 async def create_users(request: Request) -> Response:
@@ -482,6 +722,40 @@ async def failed_write(request: Request, key: UserKey) -> ProblemError:
     return ProblemError(412, "The user has changed: If-Match does not name its current ETag")
 
 
+UPDATE_USER = Operation(
+    operation_id="updateUser",
+    tag="users",
+    summary="Change a user",
+    description="Changes any of the name, email, status and attributes of the user with "
+    "an email, in any letter case, or with an id, in one write. `attributes` is a JSON "
+    "Merge Patch (RFC 7396) of them: a name given a string is set, a name given null is "
+    "removed, and the others are kept. The id and `created_at` stay.",
+    parameters=(USER,),
+    body=Patch,
+    replies={
+        200: Reply(
+            description="The changed user; the user as it is, unchanged and with the "
+            "same ETag, when the patch changes nothing.",
+            body=User,
+            headers=(ETAG, CONTENT_LOCATION),
+        )
+    },
+    problems={
+        **BODY_PROBLEMS,
+        404: "No user has that email or id.",
+        409: "Another user has the new email, in some letter case; `conflicts` holds it "
+        "as sent. Nothing changed.",
+        503: "The database is down or too slow, or other writes to the user kept coming "
+        "between this one's read and its change; retry after Retry-After seconds.",
+        422: "The body breaks a rule, or has no field; `field` is the JSON path of where "
+        "(`$.email`, `$.attributes.tenant`, `$`). Or the attributes, merged, would hold "
+        "more than 50 names or 8,192 bytes (`$.attributes`); nothing changed.",
+    },
+    uses_database=True,
+    conditional=True,
+)
+
+
 async def update_user(request: Request) -> Response:
     key = path_user(request)
     condition = write_condition(request)
@@ -513,6 +787,19 @@ async def update_user(request: Request) -> Response:
         metrics.USERS_UPDATED.inc()
     # The user's address, which an email change has just moved.
     return user_response(stored, headers={"Content-Location": user_url(stored.user.email)})
+
+
+DELETE_USER = Operation(
+    operation_id="deleteUser",
+    tag="users",
+    summary="Delete a user",
+    description="Deletes the user with an email, in any letter case, or with an id.",
+    parameters=(USER,),
+    replies={204: Reply(description="Deleted.")},
+    problems={404: "No user has that email or id."},
+    uses_database=True,
+    conditional=True,
+)
 
 
 async def delete_user(request: Request) -> Response:
