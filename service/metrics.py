@@ -7,6 +7,7 @@ import logging
 import os
 from bisect import bisect_left
 from collections import Counter as Occurrences
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
@@ -33,7 +34,9 @@ logger = logging.getLogger("service")
 # reads it at import, so each worker writes its values to files there.
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
-REQUESTS = Counter("http_requests_total", "Requests answered", ["method", "route", "status"])
+REQUESTS = Counter(
+    "http_requests_total", "Requests answered", ["method", "route", "status", "client"]
+)
 LATENCY = Histogram(
     "http_request_duration_seconds",
     "Time to answer a request",
@@ -109,7 +112,51 @@ class Tally:
 
 requests_in_flight = Tally()
 
-RequestKey = tuple[str, str, int]  # method, route template, status
+# The client label of a request without a caller: the service runs open, the
+# route is open, or the request was refused before its caller was known. An
+# empty label is no label to PromQL, and no client's name.
+NO_CLIENT = ""
+# The label of every name beyond the bound, and how many names a worker labels
+# beyond those of the configured clients (API_CLIENTS, API_TOKENS' token-N).
+OTHER_CLIENTS = "other"
+MAX_UNCONFIGURED_CLIENTS = 100
+
+
+class ClientLabels:
+    """The client label of each caller's name, bounded so that callers cannot grow the
+    metrics without end: a configured client's name is always its own label, and other
+    names (an identity provider's clients) are theirs for the first 100 a worker sees,
+    then OTHER_CLIENTS."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] = {}
+        self.unconfigured = 0
+
+    def configure(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.labels[name] = name
+
+    def label(self, name: str) -> str:
+        label = self.labels.get(name)
+        if label is not None:
+            return label
+        if self.unconfigured >= MAX_UNCONFIGURED_CLIENTS:
+            return OTHER_CLIENTS  # not kept: the dict stays bounded too
+        self.unconfigured += 1
+        self.labels[name] = name
+        return name
+
+
+client_labels = ClientLabels()
+
+
+def client_label(name: str) -> str:
+    """The client label of requests from the caller with this name, in this worker: what
+    the Observer asks for each request's caller, whichever way it was told apart."""
+    return client_labels.label(name)
+
+
+RequestKey = tuple[str, str, int, str]  # method, route template, status, client label
 
 
 class RequestTally:
@@ -119,8 +166,8 @@ class RequestTally:
     and writes to a memory-mapped file: about 4 us a request, 5-10% of a
     lookup's CPU under load, when one loop turn answers dozens of requests.
     Here a request appends its duration, and the end of the turn writes each
-    (method, route, status) once: its count, its sum and each bucket's count,
-    into the histogram's own values, as observe() would one at a time.
+    (method, route, status, client) once: its count, its sum and each bucket's
+    count, into the histogram's own values, as observe() would one at a time.
     """
 
     def __init__(self) -> None:
@@ -142,7 +189,10 @@ class RequestTally:
         for key, durations in pending.items():
             children = self.children.get(key)
             if children is None:
-                children = self.children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
+                # Latency is not by client: its 16 series a key, times each
+                # client, would be the bulk of every scrape.
+                latency = LATENCY.labels(*key[:3])
+                children = self.children[key] = (REQUESTS.labels(*key), latency)
             count, histogram = children
             count.inc(len(durations))
             # Histogram has no observe-many; these are its own values (prometheus-client

@@ -21,6 +21,7 @@ PROBES = frozenset({"/livez", "/readyz"})
 # The scope's seconds a request spent waiting by design (a long poll's wait, a
 # stream): not time spent answering, so not what makes a request slow.
 WAITED = "service.waited"
+LABELS = metrics.client_labels.labels
 
 
 def request_id_of(scope: Scope) -> str:
@@ -41,11 +42,18 @@ class Observer:
     def __init__(self, settings: Settings) -> None:
         self.slow_seconds = settings.slow_request_ms / 1000
         self.access_log = settings.access_log
+        metrics.client_labels.configure(client.name for client in settings.callers())
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         route = route_template(scope)
         method = scope["method"]
-        metrics.request_tally.add((method, route, status), seconds)
+        caller = caller_of(scope)
+        if caller is None:
+            client = metrics.NO_CLIENT
+        else:
+            # The labels' dict first, a name known to it: ~100 ns a request.
+            client = LABELS.get(caller.name) or metrics.client_label(caller.name)
+        metrics.request_tally.add((method, route, status, client), seconds)
         if status >= 500:
             level = logging.ERROR
         elif seconds - scope.get(WAITED, 0.0) >= self.slow_seconds:
@@ -63,7 +71,6 @@ class Observer:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
             }
-            caller = caller_of(scope)
             if caller is not None:
                 fields["client"] = caller.name
             logger.log(level, "%s %s %s", method, route, status, extra=fields)

@@ -976,7 +976,8 @@ def in_flight(service: Service) -> float:
 def answered(service: Service, status: int) -> float:
     text = httpx.get(f"{service.url}/metrics", timeout=5).text
     found = re.search(
-        rf'^http_requests_total{{method="GET",route="/users/changes",status="{status}"}} (\S+)$',
+        rf'^http_requests_total{{client="",method="GET",route="/users/changes",status="{status}"}} '
+        r"(\S+)$",
         text,
         re.MULTILINE,
     )

@@ -208,7 +208,7 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_after_the_head_timeout(
 def posts_to_users(server: Server) -> dict[str, float]:
     """POST /users counts in /metrics, by status."""
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
-    pattern = r'http_requests_total\{method="POST",route="/users",status="(\d+)"\} (\S+)'
+    pattern = r'http_requests_total\{client="",method="POST",route="/users",status="(\d+)"\} (\S+)'
     return {status: float(count) for status, count in re.findall(pattern, text)}
 
 
@@ -330,7 +330,7 @@ def test_a_request_the_http_parser_refuses_gets_a_400_problem(
 def refusals(server: Server) -> float:
     """Requests the parser refused, in /metrics: they have no method or route."""
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
-    pattern = r'http_requests_total\{method="-",route="unmatched",status="400"\} (\S+)'
+    pattern = r'http_requests_total\{client="",method="-",route="unmatched",status="400"\} (\S+)'
     return sum(float(count) for count in re.findall(pattern, text))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import signal
@@ -11,9 +12,29 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Service, alive
+from service.metrics import MAX_UNCONFIGURED_CLIENTS, OTHER_CLIENTS, ClientLabels
+from service.scopes import ScopeName
+from service.settings import Client, Settings
+from tests.conftest import Service, alive, client_of
+
+TOKEN = "a-token-of-16-characters-or-more"  # noqa: S105 - a test's own token
+
+
+def client(name: str, scopes: set[ScopeName]) -> Client:
+    """A client whose token is token_of(name)."""
+    digest = hashlib.sha256(token_of(name).encode()).hexdigest()
+    return Client(name=name, scopes=frozenset(scopes), token_sha256=digest)
+
+
+def token_of(name: str) -> str:
+    return f"{name}-token-0123456789"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -44,8 +65,8 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         await client.get(f"/users/nobody{n}@x.io")
     after = await scrape(client)
     assert (
-        value(after, "http_requests_total", **labels)
-        - value(before, "http_requests_total", **labels)
+        value(after, "http_requests_total", **labels, client="")
+        - value(before, "http_requests_total", **labels, client="")
         == 3
     )
     assert (
@@ -69,7 +90,7 @@ async def test_requests_answered_together_fill_count_sum_and_buckets_alike(
         key = (sample, frozenset({**labels, **extra}.items()))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert grown("http_requests_total") == grown(f"{name}_count") == 50
+    assert grown("http_requests_total", client="") == grown(f"{name}_count") == 50
     assert grown(f"{name}_bucket", le="+Inf") == 50
     assert grown(f"{name}_sum") > 0
     bounds = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0"]
@@ -81,8 +102,74 @@ async def test_unknown_paths_share_one_label(client: httpx.AsyncClient) -> None:
     for n in range(3):
         await client.get(f"/no/such/path/{n}")
     after = await scrape(client)
-    assert value(after, "http_requests_total", method="GET", route="unmatched", status="404") >= 3
+    unmatched = {"method": "GET", "route": "unmatched", "status": "404", "client": ""}
+    assert value(after, "http_requests_total", **unmatched) >= 3
     assert "/no/such/path" not in after
+
+
+async def test_requests_are_counted_by_client_and_without_a_caller_by_an_empty_label(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    clients = (client("reporting", {"users:read"}), client("audit", {"users:changes"}))
+    configured = replace(settings, api_clients=clients, api_tokens=(TOKEN,))
+    async with client_of(configured) as service:
+        before = await scrape(service)
+        for _ in range(3):
+            await service.get("/users/nobody@x.io", headers=bearer(token_of("reporting")))
+        await service.get("/users/nobody@x.io", headers=bearer(TOKEN))
+        await service.get("/users/nobody@x.io", headers=bearer(token_of("audit")))  # 403
+        await service.get("/users/nobody@x.io")  # 401: no caller is known
+        await service.get("/users/nobody@x.io", headers=bearer("not-a-token-of-ours"))  # 401
+        await service.get("/livez", headers=bearer(TOKEN))  # open: no caller is asked for
+        after = await scrape(service)
+
+    def grown(status: str, client: str, route: str = "/users/{user}") -> float:
+        labels = {"method": "GET", "route": route, "status": status, "client": client}
+        return value(after, "http_requests_total", **labels) - value(
+            before, "http_requests_total", **labels
+        )
+
+    assert grown("404", "reporting") == 3
+    assert grown("404", "token-1") == 1
+    assert grown("403", "audit") == 1
+    assert grown("401", "") == 2
+    assert grown("200", "", route="/livez") == 1
+    assert "not-a-token" not in after
+    # Latency stays by method, route and status alone.
+    latency = {"method": "GET", "route": "/users/{user}", "status": "404"}
+    assert (
+        value(after, "http_request_duration_seconds_count", **latency)
+        - value(before, "http_request_duration_seconds_count", **latency)
+        == 4
+    )
+
+
+async def test_every_configured_client_has_its_own_label_however_many(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    many = tuple(client(f"job-{n}", {"users:read"}) for n in range(MAX_UNCONFIGURED_CLIENTS + 20))
+    async with client_of(replace(settings, api_clients=many)) as service:
+        for job in many:
+            await service.get("/users/nobody@x.io", headers=bearer(token_of(job.name)))
+        text = await scrape(service)
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404"}
+    for job in many:
+        assert value(text, "http_requests_total", **labels, client=job.name) >= 1, job.name
+    assert value(text, "http_requests_total", **labels, client=OTHER_CLIENTS) == 0
+
+
+def test_past_100_unconfigured_names_a_worker_labels_the_rest_other() -> None:
+    labels = ClientLabels()
+    labels.configure(["reporting", "token-1"])
+    names = [f"jwt-client-{n}" for n in range(MAX_UNCONFIGURED_CLIENTS)]
+    assert [labels.label(name) for name in names] == names
+    assert labels.label("one-too-many") == OTHER_CLIENTS
+    assert labels.label("another") == OTHER_CLIENTS
+    # Names already labelled keep their label, and configured ones always have theirs.
+    assert labels.label(names[0]) == names[0]
+    assert labels.label(names[-1]) == names[-1]
+    assert labels.label("reporting") == "reporting"
+    assert labels.label("token-1") == "token-1"
 
 
 async def test_in_flight_and_pool_gauges_are_exported(client: httpx.AsyncClient) -> None:
@@ -227,17 +314,22 @@ def test_metrics_add_up_across_workers_and_forget_dead_ones(
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "DB_POOL_MIN": "1",
+        "API_TOKENS": TOKEN,
     }
     service = Service(tmp_path, env)
     services.append(service)
     service.wait_ready()
-    labels = {"method": "GET", "route": "/users/{user}", "status": "404"}
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404", "client": "token-1"}
+    refused = {**labels, "status": "401", "client": ""}
     for n in range(40):  # a connection each, so both workers answer some
-        assert httpx.get(f"{service.url}/users/nobody{n}@x.io").status_code == 404
+        response = httpx.get(f"{service.url}/users/nobody{n}@x.io", headers=bearer(TOKEN))
+        assert response.status_code == 404
+        assert httpx.get(f"{service.url}/users/nobody{n}@x.io").status_code == 401
     # Whichever worker answers the scrape, it reports both workers' counts.
     for _ in range(6):
         text = scrape_http(service)
         assert value(text, "http_requests_total", **labels) == 40
+        assert value(text, "http_requests_total", **refused) == 40
     workers = [
         int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", service.output())
     ]
