@@ -141,9 +141,10 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
     configure_logging(settings)
-    if not settings.callers():
+    if not settings.callers() and settings.jwt_issuer is None:
         logger.warning(
-            "neither API_CLIENTS nor API_TOKENS is set: /users and /scim/v2 are open to any caller"
+            "none of API_CLIENTS, API_TOKENS and JWT_ISSUER is set: /users and /scim/v2 are "
+            "open to any caller"
         )
     with metrics_directory():
         if settings.database_url is not None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from service import changes, health, metrics, openapi, users
+from service.access_tokens import AccessTokens
 from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
 from service.logs import configure_logging
@@ -136,6 +137,11 @@ def create_app(settings: Settings | None = None) -> Service:
     if settings is None:
         settings = load_settings()
     configure_logging(settings)
+    access_tokens = None
+    if settings.jwt_issuer is not None and settings.jwt_audience is not None:
+        access_tokens = AccessTokens(
+            settings.jwt_issuer, settings.jwt_audience, settings.jwt_jwks_url
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,6 +167,9 @@ def create_app(settings: Settings | None = None) -> Service:
         purge = asyncio.create_task(changes.keep_purging(app.state.db, settings.changes_retention))
         app.state.watch = Watch(app.state.db, settings)
         app.state.watch.start()
+        if access_tokens is not None:
+            # Fetched meanwhile: an issuer out of reach does not hold up the start.
+            access_tokens.keys.start()
         lag_watch = None if replicas is None else asyncio.create_task(replicas.watch())
         try:
             yield
@@ -176,8 +185,11 @@ def create_app(settings: Settings | None = None) -> Service:
                     await lag_watch
                 await replicas.close()
             await close_pool(app.state.pool)
+            if access_tokens is not None:
+                await access_tokens.keys.stop()
             metrics.forget_this_worker()
 
     app = Service(routes=routes, lifespan=lifespan)
     app.state.settings = settings
+    app.state.access_tokens = access_tokens
     return app

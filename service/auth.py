@@ -8,7 +8,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
-from service.problems import ProblemError
+from service.access_tokens import AccessTokens, KeysMissing, TokenRefused
+from service.problems import RETRY_AFTER_SECONDS, ProblemError
 from service.routes import Route
 from service.settings import Client
 
@@ -27,23 +28,25 @@ def caller_of(scope: Scope) -> Client | None:
 
 
 class Callers:
-    """The service's clients, told apart by their bearer tokens."""
+    """The service's clients, told apart by their bearer tokens: static clients by the
+    token's digest, then the identity provider's by its access token (a JWT)."""
 
-    def __init__(self, clients: Iterable[Client]) -> None:
+    def __init__(self, clients: Iterable[Client], access_tokens: AccessTokens | None) -> None:
         # Found by the token's SHA-256 in a dict, not compared in constant time:
         # the lookup's timing can at most hint at how a stored digest begins,
         # and a digest is of no use to an attacker, who would still need a
         # token hashing to it (the environment holds the very same digests).
         self.by_digest = {bytes.fromhex(client.token_sha256): client for client in clients}
+        self.access_tokens = access_tokens
 
-    def check(self, scope: Scope) -> None:
+    async def check(self, scope: Scope) -> None:
         """Let the request through if its route is open or its caller holds the route's
         scope; the caller, once known, is put in the scope. Refuse it otherwise."""
         route = scope["route"]
         needed = route.scope if isinstance(route, Route) else None
         if needed is None:
             return
-        caller = self.authenticate(scope)
+        caller = await self.authenticate(scope)
         scope["caller"] = caller
         if needed not in caller.scopes:
             raise ProblemError(
@@ -55,7 +58,7 @@ class Callers:
                 },
             )
 
-    def authenticate(self, scope: Scope) -> Client:
+    async def authenticate(self, scope: Scope) -> Client:
         """The client whose token the Authorization header holds (RFC 6750 §2.1), or a 401."""
         if b"access_token" in scope["query_string"] and any(
             name == "access_token"
@@ -77,10 +80,28 @@ class Callers:
                 "Authorization must use the Bearer scheme: Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": REALM},
             )
-        caller = self.by_digest.get(hashlib.sha256(token.strip()).digest())
+        token = token.strip()
+        digest = hashlib.sha256(token).digest()
+        caller = self.by_digest.get(digest)
+        if caller is None and self.access_tokens is not None and token.count(b".") == 2:
+            caller = self.access_tokens.held(digest) or await self.jwt_caller(token, digest)
         if caller is None:
             raise refusal("invalid_token", "The bearer token is not one this service accepts")
         return caller
+
+    async def jwt_caller(self, token: bytes, digest: bytes) -> Client:
+        assert self.access_tokens is not None
+        try:
+            return await self.access_tokens.check(token, digest)
+        except TokenRefused as exc:
+            raise refusal("invalid_token", str(exc)) from None
+        except KeysMissing:
+            raise ProblemError(
+                503,
+                "The identity provider's signing keys have not been fetched yet, so access "
+                "tokens cannot be checked for now; static clients are served",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from None
 
 
 def refusal(error: str, description: str) -> ProblemError:

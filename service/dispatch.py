@@ -59,8 +59,8 @@ class Dispatch:
     def __init__(self, app: Starlette, settings: Settings) -> None:
         self.router = app.router
         self.observer = Observer(settings)
-        clients = settings.callers()
-        self.callers = Callers(clients) if clients else None
+        clients, access_tokens = settings.callers(), app.state.access_tokens
+        self.callers = Callers(clients, access_tokens) if clients or access_tokens else None
         # Only its origin checks and headers are used; it wraps nothing.
         self.cors = (
             CORSMiddleware(
@@ -117,7 +117,7 @@ class Dispatch:
             # After routing, as the route names the scope it needs: a path or
             # method that does not exist is a 404 or 405 to any caller.
             if self.callers is not None:
-                self.callers.check(request.scope)
+                await self.callers.check(request.scope)
             return await endpoint(request)
         except asyncio.CancelledError as exc:
             # Answered rather than passed on, so that the caller gets a 503

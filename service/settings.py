@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     slow_request_ms: int = 500
     api_tokens: tuple[str, ...] = ()
     api_clients: tuple[Client, ...] = ()
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_url: str | None = None
     db_statement_cache_size: int = 100
     db_pool_timeout: float = 2.0
     db_start_timeout: float = 30.0
@@ -106,6 +109,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             slow_request_ms=read("SLOW_REQUEST_MS", integer(0, 3_600_000)),
             api_tokens=read("API_TOKENS", tokens, secret=True),
             api_clients=clients(environ.get("API_CLIENTS", "")),
+            jwt_issuer=read("JWT_ISSUER", str),
+            jwt_audience=read("JWT_AUDIENCE", str),
+            jwt_jwks_url=read("JWT_JWKS_URL", key_url),
             db_statement_cache_size=read("DB_STATEMENT_CACHE_SIZE", integer(0, 10_000)),
             db_pool_timeout=read("DB_POOL_TIMEOUT", seconds),
             db_start_timeout=read("DB_START_TIMEOUT", seconds),
@@ -127,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"DB_POOL_MAX={settings.db_pool_max}"
             )
         check_clients_against_tokens(settings)
+        check_access_tokens(settings)
         return settings
 
     def callers(self) -> tuple[Client, ...]:
@@ -264,6 +271,45 @@ def check_clients_against_tokens(settings: Settings) -> None:
                     f"API_CLIENTS[{place}] ({client.name}): token_sha256 is that of a token in "
                     "API_TOKENS"
                 )
+
+
+def key_url(raw: str) -> str:
+    """A URL keys are fetched from: https, or http only to this machine, as a
+    key served in the clear could be swapped on the way."""
+    parts = urlsplit(raw)
+    local = parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not (parts.scheme == "https" or local) or not parts.hostname or "@" in parts.netloc:
+        raise ValueError(
+            "expected an https:// URL without credentials (http:// only to localhost or "
+            "127.0.0.1), like https://idp.example.com/oauth2/v1/keys"
+        )
+    return raw
+
+
+def check_access_tokens(settings: Settings) -> None:
+    """JWT_ISSUER and JWT_AUDIENCE come together; without JWT_JWKS_URL, the issuer is a
+    URL its discovery document is fetched from."""
+    if (settings.jwt_issuer is None) != (settings.jwt_audience is None):
+        given, missing = (
+            ("JWT_ISSUER", "JWT_AUDIENCE")
+            if settings.jwt_audience is None
+            else ("JWT_AUDIENCE", "JWT_ISSUER")
+        )
+        raise SettingsError(
+            f"{given} is set but {missing} is not: set both to accept access tokens, or neither"
+        )
+    if settings.jwt_issuer is None:
+        if settings.jwt_jwks_url is not None:
+            raise SettingsError("JWT_JWKS_URL is set but JWT_ISSUER and JWT_AUDIENCE are not")
+        return
+    if settings.jwt_jwks_url is None:
+        try:
+            key_url(settings.jwt_issuer)
+        except ValueError as exc:
+            raise SettingsError(
+                f"JWT_ISSUER={settings.jwt_issuer!r}: without JWT_JWKS_URL, keys are found "
+                f"through the issuer's discovery document: {exc}"
+            ) from None
 
 
 def origins(raw: str) -> tuple[str, ...]:

@@ -280,3 +280,67 @@ def test_a_client_may_not_take_the_name_or_the_token_of_one_of_api_tokens() -> N
     same = [{**READER, "token_sha256": hashlib.sha256(first.encode()).hexdigest()}]
     with pytest.raises(SettingsError, match="token_sha256 is that of a token in API_TOKENS"):
         Settings.from_env({"API_TOKENS": first, "API_CLIENTS": msgspec.json.encode(same).decode()})
+
+
+def test_jwt_issuer_and_audience_turn_on_access_tokens() -> None:
+    settings = Settings.from_env(
+        {"JWT_ISSUER": "https://idp.example.com/oauth2/default", "JWT_AUDIENCE": "api://users"}
+    )
+    assert settings.jwt_issuer == "https://idp.example.com/oauth2/default"
+    assert settings.jwt_audience == "api://users"
+    assert settings.jwt_jwks_url is None
+    assert Settings.from_env({}).jwt_issuer is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "fault"),
+    [
+        ({"JWT_ISSUER": "https://idp.example.com"}, "JWT_ISSUER is set but JWT_AUDIENCE is not"),
+        ({"JWT_AUDIENCE": "users"}, "JWT_AUDIENCE is set but JWT_ISSUER is not"),
+        (
+            {"JWT_JWKS_URL": "https://idp.example.com/keys"},
+            "JWT_JWKS_URL is set but JWT_ISSUER and JWT_AUDIENCE are not",
+        ),
+        (
+            {"JWT_ISSUER": "http://idp.example.com", "JWT_AUDIENCE": "users"},
+            "JWT_ISSUER='http://idp.example.com': without JWT_JWKS_URL, keys are found through "
+            "the issuer's discovery document: expected an https:// URL",
+        ),
+        (
+            {"JWT_ISSUER": "idp", "JWT_AUDIENCE": "users"},
+            "JWT_ISSUER='idp': without JWT_JWKS_URL",
+        ),
+        (
+            {
+                "JWT_ISSUER": "https://idp.example.com",
+                "JWT_AUDIENCE": "users",
+                "JWT_JWKS_URL": "http://idp.example.com/keys",
+            },
+            "JWT_JWKS_URL='http://idp.example.com/keys': expected an https:// URL",
+        ),
+    ],
+)
+def test_a_misconfigured_issuer_stops_the_start_with_one_line(
+    environ: dict[str, str], fault: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(environ)
+    assert str(error.value).startswith(fault), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]"])
+def test_keys_may_come_over_http_from_this_machine_only(host: str) -> None:
+    settings = Settings.from_env({"JWT_ISSUER": f"http://{host}:8080", "JWT_AUDIENCE": "users"})
+    assert settings.jwt_issuer == f"http://{host}:8080"
+
+
+def test_with_jwks_url_the_issuer_need_not_be_a_url() -> None:
+    settings = Settings.from_env(
+        {
+            "JWT_ISSUER": "urn:example:idp",
+            "JWT_AUDIENCE": "users",
+            "JWT_JWKS_URL": "https://idp.example.com/keys",
+        }
+    )
+    assert settings.jwt_jwks_url == "https://idp.example.com/keys"
