@@ -60,10 +60,24 @@ BEARER_AUTH = {
     "type": "http",
     "scheme": "bearer",
     "description": "The token of a client in the service's API_CLIENTS, which may call the "
-    "operations whose security lists a scope it holds, or one of API_TOKENS, which holds every "
-    "scope. Sent only in the Authorization header, never in the query string. The scopes: "
+    "operations whose security lists a scope it holds; one of API_TOKENS, which holds every "
+    "scope; or, with JWT_ISSUER set, an access token (a JWT) from that identity provider, "
+    "holding the scopes its scope, scp or roles claim names. Sent only in the Authorization "
+    "header, never in the query string. The scopes: "
     + "; ".join(f"`{scope}`: {grants}" for scope, grants in SCOPES.items()),
 }
+
+
+def oauth2_scheme(token_url: str) -> dict[str, Any]:
+    """How a client gets an access token from the identity provider, and the scopes to ask."""
+    return {
+        "type": "oauth2",
+        "description": "An access token from the identity provider the service trusts "
+        "(JWT_ISSUER), by the client-credentials grant, sent as a bearer token.",
+        "flows": {"clientCredentials": {"tokenUrl": token_url, "scopes": dict(SCOPES)}},
+    }
+
+
 TAGS = [
     {"name": "users", "description": "Create, look up, list, update and delete users."},
     {"name": "operations", "description": "Probes, metrics and this document, for operators."},
@@ -77,8 +91,9 @@ OPENAPI = Operation(
     tag="operations",
     summary="This OpenAPI document",
     description="The contract of this service as it runs: bearer tokens and their scopes "
-    "appear only when it was started with API_CLIENTS or API_TOKENS, and a required "
-    "If-Match (and its 428) only with REQUIRE_IF_MATCH=1.",
+    "appear only when it was started with API_CLIENTS, API_TOKENS or JWT_ISSUER, the "
+    "identity provider's client-credentials flow only once its discovery document named "
+    "its token endpoint, and a required If-Match (and its 428) only with REQUIRE_IF_MATCH=1.",
     replies={200: Reply(description="OpenAPI 3.1.", body=dict[str, Any])},
 )
 
@@ -87,14 +102,20 @@ async def openapi_json(request: Request) -> Response:
     """This document, built on the first request from the app's own routes and settings."""
     state = request.app.state
     content: bytes | None = getattr(state, "openapi", None)
-    if content is None:
+    # The token endpoint comes with the identity provider's discovery document,
+    # which may arrive after the first request: the document follows it.
+    access_tokens = getattr(state, "access_tokens", None)
+    token_url = None if access_tokens is None else access_tokens.keys.token_url
+    if content is None or token_url != getattr(state, "openapi_token_url", None):
         settings = state.settings
         document = build_document(
             request.app.routes,
-            tokens=bool(settings.callers()),
+            tokens=bool(settings.callers()) or access_tokens is not None,
             require_if_match=settings.require_if_match,
+            token_url=token_url,
         )
         content = state.openapi = _encoder.encode(document)
+        state.openapi_token_url = token_url
     return Response(content, media_type=JSON)
 
 
@@ -116,10 +137,15 @@ def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Ope
 
 
 def build_document(
-    routes: Iterable[BaseRoute], *, tokens: bool, require_if_match: bool
+    routes: Iterable[BaseRoute],
+    *,
+    tokens: bool,
+    require_if_match: bool,
+    token_url: str | None = None,
 ) -> dict[str, Any]:
     """The document of these routes, true to the settings that change the contract:
-    `tokens`, bearer tokens are required; `require_if_match`, so is If-Match on writes."""
+    `tokens`, bearer tokens are required; `require_if_match`, so is If-Match on writes;
+    `token_url`, the identity provider's token endpoint, for its client-credentials flow."""
     documented = documented_routes(routes)
     types: list[object] = [Problem, IF_MATCH.type]
     for _, _, operation in documented:
@@ -141,6 +167,7 @@ def build_document(
             schema_of,
             scope=route.scope if tokens else OPEN,
             require_if_match=require_if_match,
+            oauth2=token_url is not None,
         )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -161,6 +188,8 @@ def build_document(
     }
     if tokens:
         document["components"]["securitySchemes"] = {"bearerAuth": BEARER_AUTH}
+    if tokens and token_url is not None:
+        document["components"]["securitySchemes"]["oauth2"] = oauth2_scheme(token_url)
     return document
 
 
@@ -170,9 +199,11 @@ def operation_object(
     *,
     scope: ScopeName | None,
     require_if_match: bool,
+    oauth2: bool = False,
 ) -> dict[str, Any]:
     """The operation as the running service serves it: `scope`, the scope a caller needs,
-    OPEN when the service has no clients or the route is open."""
+    OPEN when the service has no clients or the route is open; `oauth2`, whether the
+    identity provider's client-credentials flow is offered beside the bearer token."""
     parameters = list(operation.parameters)
     problems = dict(operation.problems)
     if operation.conditional:
@@ -199,7 +230,13 @@ def operation_object(
         }
     # The running service's truth: open endpoints are marked open, and the
     # others need a token with their route's scope only when clients are set.
-    result["security"] = [] if scope is OPEN else [{"bearerAuth": [scope]}]
+    result["security"] = (
+        []
+        if scope is OPEN
+        else [{"bearerAuth": [scope]}, {"oauth2": [scope]}]
+        if oauth2
+        else [{"bearerAuth": [scope]}]
+    )
     if scope is not OPEN:
         problems[401] = (
             "No bearer token in the Authorization header, one the service does not accept, "

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bench.issuer import AUDIENCE, Issuer
 from service import openapi
 from service.app import create_app, routes
 from service.openapi import SCIM_PREFIX
@@ -24,6 +25,7 @@ from service.schemas import AttributeValue, Email, SearchText
 from service.scopes import OPEN, SCOPES
 from service.settings import Client, Settings
 from tests.conftest import client_of
+from tests.test_jwt import keys_held
 
 Document = dict[str, Any]
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -254,6 +256,36 @@ async def test_with_clients_each_users_operation_needs_a_bearer_token_with_its_r
             assert "403" not in operation["responses"]
 
 
+@pytest.mark.parametrize("discovered", [True, False], ids=["discovery", "JWT_JWKS_URL"])
+async def test_with_an_identity_provider_the_token_url_of_its_discovery_document_is_offered(
+    settings: Settings, db: asyncpg.Pool, discovered: bool
+) -> None:
+    issuer = Issuer().start()
+    jwks_url = None if discovered else f"{issuer.url}/keys"
+    configured = msgspec.structs.replace(
+        settings, jwt_issuer=issuer.url, jwt_audience=AUDIENCE, jwt_jwks_url=jwks_url
+    )
+    try:
+        async with client_of(configured) as client:
+            await keys_held(client)
+            document = await fetch_document(client)
+    finally:
+        issuer.stop()
+    validate(document)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    for path, _, operation in operations(document):
+        scope = operation["security"][0]["bearerAuth"][0] if operation["security"] else None
+        if not discovered:
+            assert "oauth2" not in schemes
+            assert operation["security"] in ([], [{"bearerAuth": [scope]}])
+        elif path.startswith("/users"):
+            assert operation["security"] == [{"bearerAuth": [scope]}, {"oauth2": [scope]}]
+    if discovered:
+        flow = schemes["oauth2"]["flows"]["clientCredentials"]
+        assert flow == {"tokenUrl": f"{issuer.url}/token", "scopes": dict(SCOPES)}
+
+
 async def test_without_require_if_match_if_match_is_optional_on_writes_and_no_428(
     client: httpx.AsyncClient,
 ) -> None:
@@ -302,9 +334,9 @@ async def test_document_is_built_once_per_app(
     builds = []
     build = openapi.build_document
 
-    def counted(routes: Any, *, tokens: bool, require_if_match: bool) -> Document:
+    def counted(routes: Any, **settings: Any) -> Document:
         builds.append(routes)
-        return build(routes, tokens=tokens, require_if_match=require_if_match)
+        return build(routes, **settings)
 
     monkeypatch.setattr(openapi, "build_document", counted)
     first = await client.get("/openapi.json")
