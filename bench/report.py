@@ -19,6 +19,7 @@ from bench.results import ScenarioResult, TargetCheck, comparisons
 COLORS = {
     "service": "#2a9d8f",
     "service-auth": "#8ab17d",
+    "service-jwt": "#a7c957",
     "service-nofeed": "#b5c99a",
     "service-2": "#52796f",
     "tutorial": "#e76f51",
@@ -292,8 +293,11 @@ METHOD = """\
 - **The service** (`python -m service`'s app) runs as deployed, with every feature on: request
   IDs, metrics, error logging, the guarded HTTP protocol and validation. **Service, auth on** is
   a second process of it with `API_TOKENS` set, and wrk sends `Authorization: Bearer` on every
-  request. **Service, 2 workers** is a third, with `WEB_CONCURRENCY=2`, whatever `--workers`
-  says: a figure, not a target, for a machine whose two cores the database shares.
+  request. **Service, JWT** is a third, with `JWT_ISSUER` and `JWT_AUDIENCE` naming a stand-in
+  identity provider that the bench serves (`bench/issuer.py`), and wrk sends one RS256 access
+  token of its on every request. **Service, 2 workers** is a fourth, with `WEB_CONCURRENCY=2`,
+  whatever `--workers` says: a figure, not a target, for a machine whose two cores the database
+  shares.
 - **The tutorial** (`bench/tutorial/`) is the design the service replaces, exactly: a FastAPI
   app with one `APIRouter`, a pydantic `User(name, email)`, a pool from
   `asyncpg.create_pool(DATABASE_URL)` with its defaults and every query inside

@@ -82,6 +82,8 @@ TARGETS = (
           base="tutorial", bound=1 / 3, measure="p99"),
     Ratio(name="GET /users/{email}: req/s, auth on vs off", scenario="get",
           label="service, auth on", base="service", bound=0.9),
+    Ratio(name="GET /users/{email}: req/s, JWT vs auth off", scenario="get",
+          label="service, JWT", base="service", bound=0.9),
     *against_floor("first_page", "First page"),
     Ratio(name="First page: p99 vs the peer's", scenario="first_page", label="service",
           base="peer", bound=1, measure="p99"),

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from bench.servers import AUTH_TOKEN
+from bench.servers import AUTH_TOKEN, JWT_TOKEN
 
 PAGE_LIMIT = "50"
 MISS_RATIO = "0.1"
@@ -82,6 +82,12 @@ SCENARIOS = (
                 app="service-auth",
                 script="get_user.lua",
                 headers=(f"Authorization: Bearer {AUTH_TOKEN}",),
+            ),
+            Variant(
+                label="service, JWT",
+                app="service-jwt",
+                script="get_user.lua",
+                headers=(f"Authorization: Bearer {JWT_TOKEN}",),
             ),
             Variant(label="service, 2 workers", app="service-2", script="get_user.lua"),
             *wrk_variants(("tutorial", "peer", FLOOR, "ceiling"), "get_user.lua"),

@@ -17,6 +17,7 @@ import httpx
 import msgspec
 import psutil
 
+from bench.issuer import AUDIENCE, Issuer
 from bench.seed import REPO_ROOT
 from service.__main__ import uvicorn_args
 from service.settings import Settings
@@ -31,14 +32,26 @@ class App(msgspec.Struct, frozen=True, kw_only=True):
     server_settings: str = ""
     # Its WEB_CONCURRENCY, whatever the run's --workers.
     workers: int | None = None
+    # Whether it takes the access tokens of ISSUER, which then serves its keys.
+    jwt: bool = False
 
 
 # A fresh bearer token per run, for the service with API_TOKENS set.
 AUTH_TOKEN = secrets.token_hex(16)
+# A stand-in identity provider served from this process, and an access token of
+# its for the service with JWT_ISSUER set: a day to live, every scope.
+ISSUER = Issuer()
+JWT_TOKEN = ISSUER.token(exp=int(time.time()) + 86400, scope="users:read users:create")
 APPS = {
     "service": App(factory="service.app:create_app", database="service"),
     "service-auth": App(
         factory="service.app:create_app", database="service", env=(("API_TOKENS", AUTH_TOKEN),)
+    ),
+    "service-jwt": App(
+        factory="service.app:create_app",
+        database="service",
+        env=(("JWT_ISSUER", ISSUER.url), ("JWT_AUDIENCE", AUDIENCE)),
+        jwt=True,
     ),
     # The service's writes without the change feed: its triggers do not fire on
     # connections in the replica role, so the writes cost what they did before it.
@@ -87,7 +100,13 @@ def start(name: str, *, database_url: str | None, workers: int, log_dir: Path) -
     port = free_port()
     log = log_dir / f"{name}.log"
     # Only the app's own env turns auth on, whatever the caller's environment says.
-    inherited = {key: value for key, value in os.environ.items() if key != "API_TOKENS"}
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("API_TOKENS", "API_CLIENTS") and not key.startswith("JWT_")
+    }
+    if app.jwt:
+        ISSUER.start()
     env = {**inherited, **dict(app.env), "WEB_CONCURRENCY": str(workers)}
     if database_url is not None:
         separator = "&" if "?" in database_url else "?"
@@ -119,6 +138,17 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> None:
         else:
             return
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s:\n{log_tail(server)}")
+
+
+def wait_for_keys(server: Server, timeout: float = READY_TIMEOUT) -> None:
+    """Poll /readyz until the server holds the issuer's keys, which it fetches after start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = httpx.get(server.url + "/readyz", timeout=1.0)
+        if ready.status_code == 200 and ready.json()["signing_keys"]["state"] == "held":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} holds no signing keys after {timeout:.0f} s")
 
 
 def stop(server: Server, timeout: float = STOP_TIMEOUT) -> None:
@@ -157,6 +187,8 @@ def running(
             servers[name] = server
         for server in servers.values():
             wait_ready(server)
+            if APPS[server.name].jwt:
+                wait_for_keys(server)
         yield servers
 
 
