@@ -59,8 +59,6 @@ class AccessTokens:
 
     async def check(self, token: bytes, digest: bytes) -> Client:
         """The client the token names, once its signature and claims are checked."""
-        if not self.keys.held:
-            raise KeysMissing
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -74,6 +72,8 @@ class AccessTokens:
         kind = header.get("typ")
         if kind is not None and (not isinstance(kind, str) or kind.lower() not in TYPES):
             raise TokenRefused("The token's typ is neither at+jwt nor JWT")
+        if not self.keys.held:  # the token is well formed, but nothing can check it yet
+            raise KeysMissing
         kid = header.get("kid", "")
         key = await self.keys.find(kid if isinstance(kid, str) else str(kid))
         if key is None:

@@ -377,6 +377,8 @@ def test_an_issuer_unreachable_at_start_gets_503_until_its_keys_arrive(
         scim = http.get("/scim/v2/Users", headers=bearer(stranger.token(scope="scim")))
         assert (scim.status_code, scim.json()["schemas"]) == (503, [SCIM_ERROR])
         assert http.get("/users", headers=bearer(TOKENS[0])).status_code == 200
+        # What is no JWT at all is refused as ever, keys or not.
+        refused_for(http.get("/users", headers=bearer("not.a.token")), "not one this service")
         ready = http.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["signing_keys"]["state"] == "missing"
