@@ -9,6 +9,7 @@ import http.server
 import json
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -46,15 +47,18 @@ def b64(data: bytes) -> str:
 
 
 class Issuer:
-    """Serves /.well-known/openid-configuration and /keys from a thread; the document
-    names /token as its token endpoint, which is not served.
+    """Serves /.well-known/openid-configuration, /keys and /token from a thread.
+
+    /token grants the client-credentials flow to any client (its id from Basic auth or
+    client_id), with the scopes it asks for: a stand-in, that checks no secret.
 
     `keys` (kid to private key) is what /keys publishes; `down` makes every answer a 503;
     `fetches` counts the requests for /keys.
     """
 
-    def __init__(self, algorithm: str = "RS256", port: int = 0) -> None:
+    def __init__(self, algorithm: str = "RS256", port: int = 0, audience: str = AUDIENCE) -> None:
         self.algorithm = algorithm
+        self.audience = audience
         self.keys: dict[str, PrivateKey] = {"key-1": new_key(algorithm)}
         self.down = False
         self.fetches = 0
@@ -101,6 +105,32 @@ class Issuer:
                 else:
                     self.answer(404, {"error": "not found"})
 
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                basic = self.headers.get("Authorization", "").removeprefix("Basic ")
+                client_id = (
+                    base64.b64decode(basic).decode().partition(":")[0]
+                    if basic
+                    else form.get("client_id", [""])[0]
+                )
+                if not self.path.endswith("/token") or issuer.down:
+                    self.answer(404 if not issuer.down else 503, {"error": "not here"})
+                elif form.get("grant_type") != ["client_credentials"] or not client_id:
+                    self.answer(400, {"error": "invalid_request"})
+                else:
+                    scope = form.get("scope", [""])[0]
+                    token = issuer.token(client_id=client_id, scope=scope)
+                    self.answer(
+                        200,
+                        {
+                            "access_token": token,
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                            "scope": scope,
+                        },
+                    )
+
             def answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -120,7 +150,7 @@ class Issuer:
         now = int(time.time())
         found = {
             "iss": self.url,
-            "aud": AUDIENCE,
+            "aud": self.audience,
             "iat": now,
             "exp": now + 3600,
             "jti": str(uuid.uuid4()),

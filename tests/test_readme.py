@@ -9,7 +9,10 @@ by a fenced block, not another ```sh one, showing its output. Each document's
 examples run in order, in one shell (so a variable one sets is there for the
 next), on an empty table, against a service started without settings beyond
 DATABASE_URL, or with those the document names in comments of their own lines,
-`<!-- examples run with API_CLIENTS=[...] -->` (one variable a comment).
+`<!-- examples run with API_CLIENTS=[...] -->` (one variable a comment). A
+document naming JWT_ISSUER gets a stand-in identity provider (bench/issuer.py)
+for it, whose local URL takes the named one's place in the setting and in the
+commands: its token endpoint grants any client the scopes asked for.
 The shown output is checked by shape:
 
 - a response (from `curl -i`) is its status line, the headers shown (each must
@@ -27,13 +30,16 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+import httpx
 import pytest
 
+from bench.issuer import Issuer
 from tests.conftest import EMPTY_TABLES, ROOT, Service, connect, stop_services
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -258,16 +264,22 @@ def differences(shown: str, actual: str) -> list[str]:
     return found
 
 
-def run_examples(folder: Path, url: str, listed: list[Example]) -> list[str]:
-    """The output of each example, run in order in one shell with the real curl."""
+def run_examples(
+    folder: Path, url: str, listed: list[Example], stand_ins: dict[str, str]
+) -> list[str]:
+    """The output of each example, run in order in one shell with the real curl;
+    `stand_ins` maps URLs in the commands to those that stand in for them."""
     # No one's ~/.curlrc, a bound on each request, and a newline after each
     # response, so that one body does not run into the next response's head.
     (folder / ".curlrc").write_text('max-time = 10\nwrite-out = "\\n"\n')
-    script = "".join(
-        example.command.text.replace("http://localhost:8000", url).replace("localhost:8000", url)
-        + f"\nprintf '\\n%s\\n' '{END}'\n"
-        for example in listed
-    )
+    stand_ins = {"http://localhost:8000": url, "localhost:8000": url, **stand_ins}
+    commands = []
+    for example in listed:
+        command = example.command.text
+        for documented, local in stand_ins.items():
+            command = command.replace(documented, local)
+        commands.append(command + f"\nprintf '\\n%s\\n' '{END}'\n")
+    script = "".join(commands)
     env = {"PATH": os.environ["PATH"], "CURL_HOME": str(folder), "LC_ALL": "C.UTF-8"}
     done = subprocess.run(
         ["bash", "--noprofile", "--norc", "-c", script],
@@ -290,6 +302,14 @@ async def empty_tables(url: str) -> None:
         await conn.close()
 
 
+def keys_fetched(service: Service) -> None:
+    """Wait until the service holds its identity provider's keys, fetched after start."""
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{service.url}/readyz").json()["signing_keys"]["state"] != "held":
+        assert time.monotonic() < deadline, service.output()
+        time.sleep(0.1)
+
+
 def settings_of(document: Path) -> dict[str, str]:
     return dict(SETTING.findall(document.read_text()))
 
@@ -300,22 +320,37 @@ def outputs(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
     folder = tmp_path_factory.mktemp("readme")
     # One service for the documents that need no settings, one for each that does.
     services: dict[tuple[tuple[str, str], ...], Service] = {}
+    issuers: list[Issuer] = []
     try:
         found: list[str] = []
         for document in DOCUMENTS:
             listed = [example for example in EXAMPLES if example.document == document]
             if listed:
-                settings = tuple(sorted(settings_of(document).items()))
+                documented = settings_of(document)
+                stand_ins = {}
+                if "JWT_ISSUER" in documented:
+                    issuer = Issuer(audience=documented["JWT_AUDIENCE"]).start()
+                    issuers.append(issuer)
+                    stand_ins[documented["JWT_ISSUER"]] = issuer.url
+                settings = tuple(
+                    sorted(
+                        (name, stand_ins.get(value, value)) for name, value in documented.items()
+                    )
+                )
                 if settings not in services:
                     services[settings] = Service(
                         folder, {"DATABASE_URL": database_url, **dict(settings)}
                     )
                     services[settings].wait_ready()
+                    if stand_ins:
+                        keys_fetched(services[settings])
                 asyncio.run(empty_tables(database_url))
-                found += run_examples(folder, services[settings].url, listed)
+                found += run_examples(folder, services[settings].url, listed, stand_ins)
         yield found
     finally:
         stop_services(list(services.values()))
+        for issuer in issuers:
+            issuer.stop()
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=[e.name for e in EXAMPLES])
