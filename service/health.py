@@ -77,7 +77,9 @@ READYZ = Operation(
     description=(
         "200 when the primary answers a trivial query within a second and has the users"
         " table. With read replicas, the body reports each replica's state; a replica"
-        " never makes the service unready."
+        " never makes the service unready. With JWT_ISSUER, it reports the identity"
+        " provider's signing keys, which never make it unready either: until they are"
+        " held, access tokens get a 503 while static clients are served."
     ),
     replies={200: Reply(description="Ready.", body=Health)},
     problems={503: "The database did not answer in time."},
