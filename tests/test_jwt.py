@@ -22,6 +22,7 @@ from service.scopes import SCOPES
 from service.settings import Settings
 from tests.conftest import Service, assert_problem, client_of, free_port
 from tests.test_auth import GUARDED, REALM, SCIM_ERROR, TOKENS, bearer
+from tests.test_metrics import scrape, value
 
 INVALID_TOKEN = f'{REALM}, error="invalid_token", error_description="'
 
@@ -241,6 +242,17 @@ async def test_static_tokens_and_jwts_are_both_accepted(
         await jwt_client.get("/users", headers=bearer("not-a-jwt-0123456789")),
         "not one this service",
     )
+
+
+async def test_requests_are_counted_under_the_jwt_clients_name(
+    jwt_client: httpx.AsyncClient, issuer: Issuer
+) -> None:
+    labels = {"method": "GET", "route": "/users/{user}", "status": "404", "client": "nightly-job"}
+    before = value(await scrape(jwt_client), "http_requests_total", **labels)
+    token = issuer.token(client_id="nightly-job")
+    for _ in range(2):
+        await jwt_client.get("/users/nobody@x.io", headers=bearer(token))
+    assert value(await scrape(jwt_client), "http_requests_total", **labels) == before + 2
 
 
 async def test_readyz_reports_the_keys_held(jwt_client: httpx.AsyncClient) -> None:
