@@ -59,6 +59,13 @@ def enterprise(attribute: str, name: str, description: str, sub: str | None = No
     return Mapped(name, attribute, sub, schema=ENTERPRISE_URN, description=description)
 
 
+# The attributes the user's own columns hold (userName its email, displayName its
+# name, externalId, active its status) and those the service sets, by lower-case
+# name: never kept as attributes.
+COLUMNS = frozenset({"username", "displayname", "externalid", "active", "id", "meta", "schemas"})
+# Attributes a column holds a part of: name.formatted is the user's name, the
+# work email its email; the table keeps their other parts.
+SHARED = frozenset({"name", "emails"})
 # Kept apart from the user's email and name only when they differ from them.
 WORK_EMAIL = "email.work"
 FORMATTED_NAME = "formatted_name"
@@ -66,9 +73,9 @@ FORMATTED_NAME = "formatted_name"
 # read TABLE: an attribute added here is kept, returned, filtered and advertised.
 # Entra ID's default mappings for a non-gallery app, the rest of the enterprise
 # extension, and Okta's SCIM template profile. userName, displayName, active
-# and externalId are the user's own columns (service/scim/users.py), not
-# attributes; a work email or name.formatted is kept only when it differs from
-# userName or displayName (Entra's mail and user principal name often do).
+# and externalId are the user's own COLUMNS, not attributes; a work email or
+# name.formatted is kept only when it differs from userName or displayName
+# (Entra's mail and user principal name often do).
 TABLE = [
     Mapped(FORMATTED_NAME, "name", "formatted", description="name.formatted, when not displayName"),
     Mapped("given_name", "name", "givenName", description="Given name"),

@@ -28,7 +28,15 @@ from service.schemas import (
 )
 from service.scim import filters, kept
 from service.scim.errors import ScimError
-from service.scim.mapping import ENTERPRISE_URN, FORMATTED_NAME, NAMES, TYPES, WORK_EMAIL
+from service.scim.mapping import (
+    COLUMNS,
+    ENTERPRISE_URN,
+    FORMATTED_NAME,
+    NAMES,
+    SHARED,
+    TYPES,
+    WORK_EMAIL,
+)
 from service.scim.resources import (
     LIST_RESPONSE,
     MEDIA_TYPE,
@@ -217,11 +225,6 @@ def state_of(body: UserIn, raw: dict[str, Any], current: State | None, skipped: 
     return checked(State(name, body.userName, status, body.externalId, attributes))
 
 
-# The attributes of a POST or PUT body that the user's columns hold, and those
-# a service sets; read by UserIn, or ignored.
-BODY_COLUMNS = {"schemas", "id", "meta", "username", "externalid", "displayname", "active"}
-
-
 def described(changes: kept.Changes, key: str, value: Any) -> None:
     """A POST or PUT body's attribute `key`, if the table keeps it; else skipped."""
     try:
@@ -230,8 +233,8 @@ def described(changes: kept.Changes, key: str, value: Any) -> None:
         changes.skip(key, value)  # no attribute of any schema: ignored, as any unknown one
         return
     if path.schema == USER_SCHEMA and path.filter is None and path.sub is None:
-        if path.attribute in BODY_COLUMNS:
-            return
+        if path.attribute in COLUMNS:
+            return  # read by UserIn, or set by the service
         if path.attribute == "emails":
             value = as_work(key, value)
     changes.assign(path, value, replace=True)
@@ -461,7 +464,7 @@ def core_attribute(path: kept.Path) -> str | None:
     like), or None for a path the table keeps or does not know. A value filter on
     emails that every user's one work email meets names it; another is noTarget."""
     attribute = path.attribute
-    if path.schema != USER_SCHEMA or attribute not in CORE:
+    if path.schema != USER_SCHEMA or (attribute not in COLUMNS and attribute not in SHARED):
         return None
     if attribute == "name" and path.sub is not None:
         return None
@@ -482,10 +485,6 @@ def core_attribute(path: kept.Path) -> str | None:
 
 
 WORK_ENTRY = 'type eq "work"'
-# The user's own columns, and what the service sets, by lower-case name.
-CORE = {
-    "username", "emails", "displayname", "name", "externalid", "active", "id", "meta", "schemas",
-}  # fmt: skip
 
 
 def text_value(path: str, value: Any) -> str:
