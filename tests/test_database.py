@@ -224,7 +224,8 @@ async def test_check_constraints_refuse_the_status_and_attributes_the_api_refuse
 
 async def test_check_constraints_take_attributes_up_to_their_bounds(db: asyncpg.Pool) -> None:
     fifty = {f"a{n:02}": "é" * 2 for n in range(50)}
-    for n, attributes in enumerate((fifty, attributes_of_bytes(8192), {"a": ""})):
+    longest = {"a" * 64: "x"}
+    for n, attributes in enumerate((fifty, attributes_of_bytes(8192), {"a": ""}, longest)):
         await db.execute(
             "INSERT INTO users (name, email, attributes) VALUES ('A', $1, $2)",
             f"a{n}@x.io", msgspec.json.encode(attributes).decode(),
