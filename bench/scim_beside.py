@@ -1,0 +1,259 @@
+"""python -m bench.scim_beside: SCIM's creates and PATCHes, this checkout beside
+others, in small interleaved turns on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import psutil
+
+from bench import postgres, seed, servers
+from bench.options import at_least
+from bench.scim import PATCH_OP, USER, entra_create, entra_patch
+
+# The requests timed. Every checkout takes the first three; Entra's PATCH forms
+# only those that keep the default attributes (an earlier one answers 400).
+KINDS = {
+    "create, Entra ID's default attributes": ("POST", 201),
+    "PATCH, simple and dotted paths": ("PATCH", 200),
+    "create, the user's own columns only": ("POST", 201),
+    "PATCH, Entra ID's forms": ("PATCH", 200),
+}
+HEADERS = {"content-type": "application/scim+json"}
+
+
+def plain_create(n: int) -> bytes:
+    """A create of what the user's own columns hold, and nothing else."""
+    email = f"plain.{n}@bench.example"
+    return msgspec.json.encode(
+        {
+            "schemas": [USER],
+            "externalId": f"plain-{n}",
+            "userName": email,
+            "active": True,
+            "displayName": f"Plain User {n}",
+            "emails": [{"primary": True, "type": "work", "value": email}],
+        }
+    )
+
+
+def simple_patch(n: int) -> bytes:
+    """A PATCH that every checkout takes: a simple path, a dotted one, a value map."""
+    return msgspec.json.encode(
+        {
+            "schemas": [PATCH_OP],
+            "Operations": [
+                {"op": "Replace", "path": "title", "value": f"Lead {n}"},
+                {"op": "Replace", "path": "name.familyName", "value": f"User {n}"},
+                {"op": "replace", "value": {"displayName": f"Bench {n}", "name.givenName": "B"}},
+            ],
+        }
+    )
+
+
+def body_of(kind: str, n: int) -> bytes:
+    if kind.startswith("create, Entra"):
+        return entra_create(n)
+    if kind.startswith("create"):
+        return plain_create(n)
+    return simple_patch(n) if kind.startswith("PATCH, simple") else entra_patch(n)
+
+
+class Side(msgspec.Struct, kw_only=True):
+    """One checkout's service, and what was measured of it."""
+
+    name: str
+    server: servers.Server
+    kinds: list[str]
+    processes: list[psutil.Process] = []
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, float] = {}
+
+
+def options_of(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.scim_beside", description=__doc__)
+    parser.add_argument(
+        "--rev", action="append", default=[], help="a commit to run beside this checkout"
+    )
+    parser.add_argument("--turns", type=at_least(1), default=30, help="turns of each (30)")
+    parser.add_argument("--per-turn", type=at_least(1), default=10, help="users a turn (10)")
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def checkouts(revs: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """This checkout, and a detached worktree of each rev, removed afterwards."""
+    found = {"this checkout": seed.REPO_ROOT}
+    with ExitStack() as stack:
+        for rev in revs:
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / rev
+            git = ["git", "-C", str(seed.REPO_ROOT), "worktree"]
+            subprocess.run([*git, "add", "--detach", str(path), rev], check=True)
+            stack.callback(subprocess.run, [*git, "remove", "--force", str(path)], check=False)
+            found[rev] = path
+        yield found
+
+
+def start(name: str, path: Path, url: str, log_dir: Path) -> servers.Server:
+    """The service of the checkout at `path`, migrated as deployed, with one worker."""
+    env = {"DATABASE_URL": url, "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING"}
+    subprocess.run(
+        [sys.executable, "-m", "service", "migrate"],
+        cwd=path,
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    port = servers.free_port()
+    log = log_dir / f"{name.replace(' ', '-')}.log"
+    inherited = {k: v for k, v in os.environ.items() if k not in ("API_TOKENS", "API_CLIENTS")}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=path,
+            env={**inherited, **env, "PORT": str(port)},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
+    server = servers.Server(name=name, port=port, process=process, log=log)
+    servers.wait_ready(server)
+    return server
+
+
+async def backends(url: str) -> list[int]:
+    conn = await asyncpg.connect(url)
+    try:
+        database = await conn.fetchval("SELECT current_database()")
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        return [row["pid"] for row in rows]
+    finally:
+        await conn.close()
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def turn(side: Side, conn: http.client.HTTPConnection, first: int, count: int) -> None:
+    """`count` requests of each kind in turn: creates, then PATCHes of the users made."""
+    ids: list[str] = []
+    for kind in side.kinds:
+        method, expected = KINDS[kind]
+        before = cpu_seconds(side.processes)
+        for i in range(count):
+            path = "/scim/v2/Users" + ("" if method == "POST" else f"/{ids[i]}")
+            started = time.perf_counter()
+            conn.request(method, path, body_of(kind, first + i), HEADERS)
+            response = conn.getresponse()
+            answer = response.read()
+            elapsed = time.perf_counter() - started
+            if response.status != expected:
+                raise RuntimeError(f"{side.name}: {method} {path}: {response.status} {answer!r}")
+            if kind.startswith("create, Entra"):
+                ids.append(json.loads(answer)["id"])
+            side.times[kind].append(elapsed * 1000)
+        side.cpu[kind] += cpu_seconds(side.processes) - before
+
+
+def cpu_per_request(side: Side, kind: str) -> float:
+    return side.cpu[kind] / len(side.times[kind])
+
+
+def report(sides: list[Side]) -> list[str]:
+    """Each side's rate (1,000 ms over the mean) and CPU per request (its service and
+    its PostgreSQL backends); then this checkout's rate and CPU beside each other's."""
+    this, others = sides[0], sides[1:]
+    lines = ["| request | " + " | ".join(side.name for side in sides) + " |"]
+    lines.append("| --- |" + " --- |" * len(sides))
+    for kind in KINDS:
+        cells = [
+            f"{1000 / statistics.mean(side.times[kind]):,.0f}/s, "
+            f"{1000 * cpu_per_request(side, kind):.2f} ms CPU"
+            if kind in side.kinds
+            else "not run"
+            for side in sides
+        ]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| request | " + " | ".join(f"rate, CPU vs {side.name}" for side in others) + " |",
+    ]
+    lines.append("| --- |" + " --- |" * len(others))
+    for kind in KINDS:
+        cells = []
+        for side in others:
+            if kind not in side.kinds:
+                cells.append("not run")
+                continue
+            rate = statistics.mean(side.times[kind]) / statistics.mean(this.times[kind])
+            cpu = (this.cpu[kind] / len(this.times[kind])) / (
+                side.cpu[kind] / len(side.times[kind])
+            )
+            cells.append(f"{rate:.2f}x, {cpu:.2f}x")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: Sequence[str]) -> int:
+    options = options_of(argv)
+    names = ["scim_beside_" + str(n) for n in range(1 + len(options.rev))]
+    with (
+        checkouts(options.rev) as paths,
+        postgres.database_url() as server_url,
+        tempfile.TemporaryDirectory(prefix="bench-scim-beside-") as logs,
+        ExitStack() as stack,
+    ):
+        asyncio.run(seed.recreate_databases(server_url, names))
+        sides = []
+        for (name, path), database in zip(paths.items(), names, strict=True):
+            url = seed.database_url(server_url, database)
+            server = start(name, path, url, Path(logs))
+            stack.callback(servers.stop, server)
+            kinds = [kind for kind in KINDS if name == "this checkout" or "forms" not in kind]
+            sides.append(Side(name=name, server=server, kinds=kinds))
+        conns = {}
+        n = int(time.time())  # a fresh userName for every create, run after run
+        for side in sides:
+            conns[side.name] = http.client.HTTPConnection("127.0.0.1", side.server.port, timeout=30)
+            side.times, side.cpu = {k: [] for k in side.kinds}, dict.fromkeys(side.kinds, 0.0)
+            turn(side, conns[side.name], n * 1000, 20)  # warm-up
+            url = seed.database_url(server_url, names[sides.index(side)])
+            pids = [side.server.process.pid, *asyncio.run(backends(url))]
+            side.processes = [psutil.Process(pid) for pid in pids]
+            side.times, side.cpu = {k: [] for k in side.kinds}, dict.fromkeys(side.kinds, 0.0)
+        first = n * 1000 + 100
+        for number in range(options.turns):
+            # Each turn starts with another side: no side always follows the same one.
+            for side in sides[number % len(sides) :] + sides[: number % len(sides)]:
+                turn(side, conns[side.name], first, options.per_turn)
+                first += options.per_turn
+
+    print(f"python -m bench.scim_beside {' '.join(argv)}".strip())
+    print("\n".join(report(sides)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
