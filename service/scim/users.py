@@ -250,7 +250,10 @@ def as_work(path: str, value: Any) -> list[Any]:
     type) as the work one: userName is the identity, this its work email."""
     entries = value if isinstance(value, list) else [value]
     own = the_email(path, entries, required=False)
-    return [{**entry, "type": "work"} if entry is own else entry for entry in entries]
+    return [
+        {**entry, "type": "work"} if own is not None and entry is own else entry
+        for entry in entries
+    ]
 
 
 def user_id_of(request: Request) -> UUID:

@@ -523,6 +523,18 @@ async def test_a_patch_of_emails_sets_the_work_email_from_the_primary_or_work_on
     ]  # fmt: skip
 
 
+async def test_a_patch_of_emails_that_are_not_objects_is_invalid_value(
+    client: httpx.AsyncClient,
+) -> None:
+    user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
+    path = f"/scim/v2/Users/{user['id']}"
+    for value in ([None], [None, "x"], None):
+        for op in ("add", "replace"):
+            body = patch({"op": op, "path": "emails", "value": value})
+            scim_error(await client.patch(path, json=body), 400, "invalidValue")
+    assert (await client.get(path)).json()["emails"] == [{"value": "a@x.io"}]
+
+
 async def test_require_if_match_holds_for_scim_writes(db: asyncpg.Pool, settings: Any) -> None:
     async with client_of(replace(settings, require_if_match=True)) as client:
         user = (await client.post("/scim/v2/Users", json=okta_user("a@x.io", "1"))).json()
