@@ -254,6 +254,13 @@ def write_report(
         bullet_list(machine.describe_versions(version)),
         "",
     ]
+    # What python -m bench.scim_beside wrote stays, before the machine.
+    kept = options.out.read_text() if options.out.exists() else ""
+    beside = kept.find("## Beside other commits")
+    if beside >= 0:
+        end = kept.find("\n## Machine", beside)
+        at = lines.index("## Machine")
+        lines[at:at] = [kept[beside : end if end >= 0 else len(kept)].rstrip(), ""]
     options.out.write_text("\n".join(lines))
 
 

@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -34,6 +36,8 @@ KINDS = {
     "PATCH, Entra ID's forms": ("PATCH", 200),
 }
 HEADERS = {"content-type": "application/scim+json"}
+BENCH_DIR = Path(__file__).resolve().parent
+HEADING = "## Beside other commits"
 
 
 def plain_create(n: int) -> bytes:
@@ -91,7 +95,23 @@ def options_of(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--turns", type=at_least(1), default=30, help="turns of each (30)")
     parser.add_argument("--per-turn", type=at_least(1), default=10, help="users a turn (10)")
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "SCIM.md", help="where its section goes"
+    )
     return parser.parse_args(argv)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Put `section` in the markdown file in place of the one of the same heading, else
+    before "## Machine", else at the end."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find(HEADING)
+    if start >= 0:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
+    at = text.find("## Machine")
+    at = len(text) if at < 0 else at
+    path.write_text(text[:at] + section + "\n" + text[at:])
 
 
 @contextmanager
@@ -263,8 +283,28 @@ def main(argv: Sequence[str]) -> int:
                 turn(side, conns[side.name], first, options.per_turn)
                 first += options.per_turn
 
-    print(f"python -m bench.scim_beside {' '.join(argv)}".strip())
-    print("\n".join(report(sides)))
+    command = shlex.join(["python", "-m", "bench.scim_beside", *argv])
+    section = "\n".join(
+        [
+            HEADING,
+            "",
+            f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            "",
+            "This checkout beside each commit named, each service with one worker on a "
+            "database of its own, in turns: each turn, each service in another order gets "
+            f"{options.per_turn} creates of each kind, then a PATCH of each user made, one "
+            f"request at a time; {options.turns} turns. A rate is 1,000 ms over the mean "
+            "time a request took; CPU is what the service and its PostgreSQL backends spent "
+            "on a request (psutil). Ratios are this checkout's over the other's: a rate "
+            "above 1 is faster, a CPU below 1 cheaper. The machine is shared: the turns "
+            "spread its load over every checkout alike, not away.",
+            "",
+            *report(sides),
+            "",
+        ]
+    )
+    write_section(options.out, section)
+    print(section)
     return 0
 
 
