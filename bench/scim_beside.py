@@ -19,9 +19,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import msgspec
-import psutil
 
 from bench import postgres, seed, servers
 from bench.options import at_least
@@ -83,9 +81,7 @@ class Side(msgspec.Struct, kw_only=True):
     name: str
     server: servers.Server
     kinds: list[str]
-    processes: list[psutil.Process] = []
     times: dict[str, list[float]] = {}
-    cpu: dict[str, float] = {}
 
 
 def options_of(argv: Sequence[str]) -> argparse.Namespace:
@@ -155,27 +151,6 @@ def start(name: str, path: Path, url: str, log_dir: Path) -> servers.Server:
     return server
 
 
-async def backends(url: str) -> list[int]:
-    conn = await asyncpg.connect(url)
-    try:
-        database = await conn.fetchval("SELECT current_database()")
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
-        return [row["pid"] for row in rows]
-    finally:
-        await conn.close()
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        times = process.cpu_times()
-        total += times.user + times.system
-    return total
-
-
 def kinds_taken(port: int) -> list[str]:
     """The kinds a checkout takes: Entra's PATCH forms only where it keeps the
     default attributes (before, it answered 400 invalidPath)."""
@@ -195,7 +170,6 @@ def turn(side: Side, conn: http.client.HTTPConnection, first: int, count: int) -
     ids: list[str] = []
     for kind in side.kinds:
         method, expected = KINDS[kind]
-        before = cpu_seconds(side.processes)
         for i in range(count):
             path = "/scim/v2/Users" + ("" if method == "POST" else f"/{ids[i]}")
             started = time.perf_counter()
@@ -208,23 +182,16 @@ def turn(side: Side, conn: http.client.HTTPConnection, first: int, count: int) -
             if kind.startswith("create, Entra"):
                 ids.append(json.loads(answer)["id"])
             side.times[kind].append(elapsed * 1000)
-        side.cpu[kind] += cpu_seconds(side.processes) - before
-
-
-def cpu_per_request(side: Side, kind: str) -> float:
-    return side.cpu[kind] / len(side.times[kind])
 
 
 def report(sides: list[Side]) -> list[str]:
-    """Each side's rate (1,000 ms over the mean) and CPU per request (its service and
-    its PostgreSQL backends); then this checkout's rate and CPU beside each other's."""
+    """Each side's rate (1,000 ms over the mean); then this checkout's over each other's."""
     this, others = sides[0], sides[1:]
     lines = ["| request | " + " | ".join(side.name for side in sides) + " |"]
     lines.append("| --- |" + " --- |" * len(sides))
     for kind in KINDS:
         cells = [
-            f"{1000 / statistics.mean(side.times[kind]):,.0f}/s, "
-            f"{1000 * cpu_per_request(side, kind):.2f} ms CPU"
+            f"{1000 / statistics.mean(side.times[kind]):,.0f}/s"
             if kind in side.kinds
             else "not run"
             for side in sides
@@ -232,7 +199,7 @@ def report(sides: list[Side]) -> list[str]:
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| request | " + " | ".join(f"this ÷ {side.name}: rate, CPU" for side in others) + " |",
+        "| request | " + " | ".join(f"this ÷ {side.name}" for side in others) + " |",
     ]
     lines.append("| --- |" + " --- |" * len(others))
     for kind in KINDS:
@@ -242,10 +209,7 @@ def report(sides: list[Side]) -> list[str]:
                 cells.append("not run")
                 continue
             rate = statistics.mean(side.times[kind]) / statistics.mean(this.times[kind])
-            cpu = (this.cpu[kind] / len(this.times[kind])) / (
-                side.cpu[kind] / len(side.times[kind])
-            )
-            cells.append(f"{rate:.2f}x, {cpu:.2f}x")
+            cells.append(f"{rate:.2f}")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines
 
@@ -270,12 +234,9 @@ def main(argv: Sequence[str]) -> int:
         n = int(time.time())  # a fresh userName for every create, run after run
         for side in sides:
             conns[side.name] = http.client.HTTPConnection("127.0.0.1", side.server.port, timeout=30)
-            side.times, side.cpu = {k: [] for k in side.kinds}, dict.fromkeys(side.kinds, 0.0)
+            side.times = {k: [] for k in side.kinds}
             turn(side, conns[side.name], n * 1000, 20)  # warm-up
-            url = seed.database_url(server_url, names[sides.index(side)])
-            pids = [side.server.process.pid, *asyncio.run(backends(url))]
-            side.processes = [psutil.Process(pid) for pid in pids]
-            side.times, side.cpu = {k: [] for k in side.kinds}, dict.fromkeys(side.kinds, 0.0)
+            side.times = {k: [] for k in side.kinds}
         first = n * 1000 + 100
         for number in range(options.turns):
             # Each turn starts with another side: no side always follows the same one.
@@ -294,10 +255,9 @@ def main(argv: Sequence[str]) -> int:
             "database of its own, in turns: each turn, each service in another order gets "
             f"{options.per_turn} creates of each kind, then a PATCH of each user made, one "
             f"request at a time; {options.turns} turns. A rate is 1,000 ms over the mean "
-            "time a request took; CPU is what the service and its PostgreSQL backends spent "
-            "on a request (psutil). Ratios are this checkout's over the other's: a rate "
-            "above 1 is faster, a CPU below 1 cheaper. The machine is shared: the turns "
-            "spread its load over every checkout alike, not away.",
+            "time a request took; a ratio is this checkout's rate over the other's. The "
+            "machine is shared: the turns spread its load over every checkout alike, not "
+            "away, and a ratio moves by a few hundredths from run to run.",
             "",
             *report(sides),
             "",
