@@ -110,17 +110,22 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text[:at] + section + "\n" + text[at:])
 
 
+def short_commit(rev: str) -> str:
+    command = ["git", "-C", str(seed.REPO_ROOT), "rev-parse", "--short", rev]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
 @contextmanager
 def checkouts(revs: Sequence[str]) -> Iterator[dict[str, Path]]:
     """This checkout, and a detached worktree of each rev, removed afterwards."""
-    found = {"this checkout": seed.REPO_ROOT}
+    found = {f"this checkout ({short_commit('HEAD')})": seed.REPO_ROOT}
     with ExitStack() as stack:
         for rev in revs:
             path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / rev
             git = ["git", "-C", str(seed.REPO_ROOT), "worktree"]
             subprocess.run([*git, "add", "--detach", str(path), rev], check=True)
             stack.callback(subprocess.run, [*git, "remove", "--force", str(path)], check=False)
-            found[rev] = path
+            found[f"{rev} ({short_commit(rev)})"] = path
         yield found
 
 
