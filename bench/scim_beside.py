@@ -125,7 +125,8 @@ def checkouts(revs: Sequence[str]) -> Iterator[dict[str, Path]]:
             git = ["git", "-C", str(seed.REPO_ROOT), "worktree"]
             subprocess.run([*git, "add", "--detach", str(path), rev], check=True)
             stack.callback(subprocess.run, [*git, "remove", "--force", str(path)], check=False)
-            found[f"{rev} ({short_commit(rev)})"] = path
+            commit = short_commit(rev)
+            found[rev if commit.startswith(rev) else f"{rev} ({commit})"] = path
         yield found
 
 
