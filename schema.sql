@@ -42,6 +42,16 @@ ALTER TABLE users
 -- adding it rewrites nothing.
 ALTER TABLE users ADD COLUMN IF NOT EXISTS external_id text;
 
+-- Added in the fifth release: who made the user's last write, for its change
+-- in the feed (user_changes below): the caller's client name and the
+-- request's X-Request-ID, null when the service runs open. On the row, set by
+-- every INSERT and UPDATE, because one statement may write many callers' rows
+-- (the creates of a loop turn) and the statement trigger sees only the rows.
+-- No default: adding them rewrites nothing, and older rows have null.
+ALTER TABLE users
+    ADD COLUMN IF NOT EXISTS actor text,
+    ADD COLUMN IF NOT EXISTS request_id text;
+
 -- The rules of attributes (service/schemas.py): at most 50 names of 1 to 64
 -- characters [a-z0-9_.-] starting with a letter, each a string of at most
 -- 1,000 characters without control characters or bidi overrides, and at most
@@ -210,6 +220,14 @@ CREATE TABLE IF NOT EXISTS user_changes (
     PRIMARY KEY (xid, seq)
 );
 
+-- Added in the fifth release: who made the change, the caller's client name
+-- and the request's X-Request-ID (users.actor and users.request_id for a
+-- create or an update; the statement's settings for a delete, whose row is
+-- gone). Null for the changes recorded before, and when the service runs open.
+ALTER TABLE user_changes
+    ADD COLUMN IF NOT EXISTS actor text,
+    ADD COLUMN IF NOT EXISTS request_id text;
+
 -- Serves the scrubbing of a deleted user's earlier changes. On the internal
 -- id, which grows with each user, rather than the random public_id: new
 -- entries go to the index's last page (a 10,000-user COPY: 163 ms against
@@ -230,17 +248,24 @@ INSERT INTO user_changes_purged (xid, seq) VALUES ('0', 0) ON CONFLICT DO NOTHIN
 -- A deleted user's earlier changes are removed, so that its name, email and
 -- attributes are nowhere but in its own row until that row goes; the
 -- "deleted" change keeps only the id, with a version above every earlier one.
+-- A delete's actor and request id are the transaction's settings users.actor
+-- and users.request_id, set (local to the transaction, as a pooler in
+-- transaction mode needs) by the DELETE statement itself; unset, '' or null.
 CREATE OR REPLACE FUNCTION record_user_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$ BEGIN
     IF TG_OP = 'DELETE' THEN
         DELETE FROM user_changes WHERE user_key IN (SELECT id FROM old_users);
-        INSERT INTO user_changes (type, user_id, user_key, version)
-        SELECT 'deleted', public_id, id, version + 1 FROM old_users;
+        INSERT INTO user_changes (type, user_id, user_key, version, actor, request_id)
+        SELECT 'deleted', public_id, id, version + 1,
+            nullif(current_setting('users.actor', true), ''),
+            nullif(current_setting('users.request_id', true), '')
+        FROM old_users;
     ELSE
         INSERT INTO user_changes (type, user_id, user_key, version, name, email, status,
-            attributes, created_at, updated_at)
+            attributes, created_at, updated_at, actor, request_id)
         SELECT CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END, public_id, id,
-            version, name, email, status, attributes, created_at, updated_at
+            version, name, email, status, attributes, created_at, updated_at, actor,
+            request_id
         FROM new_users;
     END IF;
     -- Delivered at commit, once a transaction: wakes the long polls

@@ -9,7 +9,9 @@ from urllib.parse import parse_qsl
 from starlette.types import Scope
 
 from service.access_tokens import AccessTokens, KeysMissing, TokenRefused
+from service.logs import request_id
 from service.problems import RETRY_AFTER_SECONDS, ProblemError
+from service.queries import NOBODY, Actor
 from service.routes import Route
 from service.settings import Client
 
@@ -25,6 +27,13 @@ def caller_of(scope: Scope) -> Client | None:
     or when the service has no clients."""
     caller: Client | None = scope.get("caller")
     return caller
+
+
+def actor_of(scope: Scope) -> Actor:
+    """Who makes this request's writes: its client's name and its request ID, as the
+    log names them; nobody (both None) when the service runs open."""
+    caller: Client | None = scope.get("caller")
+    return NOBODY if caller is None else Actor(caller.name, request_id.get())
 
 
 class Callers:

@@ -95,6 +95,8 @@ def to_change(row: ChangeRow, feed: str) -> Change:
         id=row.id,
         version=row.version,
         at=row.at,
+        actor=row.actor,
+        request_id=row.request_id,
         user=row.user,
     )
 

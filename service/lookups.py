@@ -191,6 +191,6 @@ class Creates:
         # turn must not share an answer, since one is a 201 and one a 409.
         self._batcher: Batcher[NewRow, Stored | None] = Batcher(partial(queries.insert_each, db))
 
-    async def create(self, new: NewUser) -> Stored | None:
-        """The user created, or None when the email is taken."""
-        return await self._batcher.get(queries.new_row(new))
+    async def create(self, new: NewUser, actor: queries.Actor = queries.NOBODY) -> Stored | None:
+        """The user created by `actor`, or None when the email is taken."""
+        return await self._batcher.get(queries.new_row(new, actor))

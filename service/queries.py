@@ -25,12 +25,17 @@ from service.schemas import DEFAULT_STATUS, NewUser, Stored, User, email_key
 # through schema.sql's rfc3339, so no UUID or datetime is made per row only
 # to be encoded again (asyncpg's timestamptz decode was ~1 µs a value).
 
+# Every write names who made it (users.actor and users.request_id, or for a
+# delete the transaction's settings of those names), for the change feed: see
+# schema.sql's record_user_changes.
+
 # Single creates that arrive together, in one statement and so one commit.
 # Their emails are distinct keys (insert_each sees to it); each row is
 # inserted unless its email is taken, and RETURNING lists those inserted.
+# Each row has its own actor and request id: the creates come from many requests.
 INSERT_EACH = """
-INSERT INTO users (name, email, status, attributes)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+INSERT INTO users (name, email, status, attributes, actor, request_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
 ON CONFLICT ((lower(email))) DO NOTHING
 RETURNING public_id::text AS id, name, email, status, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version
@@ -154,7 +159,8 @@ PATCHED = """(coalesce($6, name), coalesce($7, email), coalesce($8, status),
 UPDATE_USER = """
 WITH changed AS (
     UPDATE users
-    SET (name, email, status, attributes) = {PATCHED}, updated_at = now(), version = version + 1
+    SET (name, email, status, attributes) = {PATCHED}, updated_at = now(), version = version + 1,
+        actor = $11, request_id = $12
     WHERE (lower(email) = $1 OR public_id = $2)
       AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
       AND (name, email, status, attributes) IS DISTINCT FROM {PATCHED}
@@ -179,12 +185,17 @@ WHERE NOT EXISTS (SELECT FROM changed)
 # fingerprint, a digest of the request body, goes too, so a retry of the key
 # gets that answer whatever its body. Stored 409s that name the user's email
 # keep their status, and their body becomes $9, which names no email.
+#
+# The row being gone, the statement trigger learns who deleted it ($10, $11)
+# from settings local to the transaction, set in RETURNING: for each row
+# deleted, and so before the trigger, which fires at the statement's end.
 DELETE_USER = """
 WITH deleted AS (
     DELETE FROM users
     WHERE (lower(email) = $1 OR public_id = $2)
       AND ($3 OR (public_id, version) IN (SELECT * FROM unnest($4::uuid[], $5::bigint[])))
-    RETURNING public_id, lower(email) AS email_key
+    RETURNING public_id, lower(email) AS email_key,
+        set_config('users.actor', $10, true), set_config('users.request_id', $11, true)
 ), scrubbed AS (
     UPDATE idempotency_keys
     SET status = $6, headers = $7::jsonb, body = $8, fingerprint = '', user_id = NULL
@@ -245,18 +256,18 @@ SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS
 # The user read to be changed and written back: a concurrent write waits for this one.
 SCIM_LOCK = SCIM_FIND + " FOR UPDATE"
 SCIM_CREATE = """
-INSERT INTO users (name, email, status, external_id, attributes)
-VALUES ($1, $2, $3, $4, $5::jsonb)
+INSERT INTO users (name, email, status, external_id, attributes, actor, request_id)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
 RETURNING {COLUMNS}
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 # A write of the whole user, its attributes with it, made only if it is still
 # at the version read ($7), whose If-Match the caller checked, and only if it
 # changes something (jsonb's = compares objects whatever their keys' order);
-# else the user as it is.
+# else the user as it is. $8 and $9 name who wrote it.
 SCIM_REPLACE = """
 WITH changed AS (
     UPDATE users SET (name, email, status, external_id, attributes) = ($2, $3, $4, $5, $6::jsonb),
-        updated_at = now(), version = version + 1
+        updated_at = now(), version = version + 1, actor = $8, request_id = $9
     WHERE public_id = $1 AND version = $7
       AND (name, email, status, external_id, attributes)
         IS DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)
@@ -287,7 +298,7 @@ SCIM_COUNT = "SELECT count(*) FROM users WHERE {where}"
 # The transaction id is sent as text, under a name of its own: ORDER BY xid
 # would otherwise sort by the text, and put xid 10000 before 9999.
 CHANGES_PAGE = """
-SELECT xid::text AS txid, seq, type, version, rfc3339(at) AS at,
+SELECT xid::text AS txid, seq, type, version, rfc3339(at) AS at, actor, request_id,
     user_id::text AS id, name, email, status, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at
 FROM user_changes
@@ -300,7 +311,7 @@ ORDER BY xid, seq
 LIMIT $3
 """
 # Where CHANGES_PAGE's USER_COLUMNS begin.
-CHANGE_USER = 5
+CHANGE_USER = 7
 # The last change a page could hold now; none when the feed is empty.
 CHANGES_END = """
 SELECT xid::text AS txid, seq FROM user_changes
@@ -463,8 +474,20 @@ def condition_arguments(condition: Condition) -> tuple[bool, list[UUID], list[in
     return False, [id for id, _ in condition], [version for _, version in condition]
 
 
+class Actor(NamedTuple):
+    """Who makes a write: the caller's client name and the request's ID, both None
+    when the service runs open. The change feed shows them with the write's change."""
+
+    name: str | None
+    request_id: str | None
+
+
+NOBODY = Actor(None, None)
+
+
 class NewRow(msgspec.Struct, eq=False):
-    """A user to insert: its columns, with status and attributes as given or by default.
+    """A user to insert: its columns, with status and attributes as given or by default,
+    and who creates it.
 
     Compared by identity (eq=False), so that each is a create of its own
     whatever its values, and hashed as cheaply as an object can be.
@@ -474,15 +497,17 @@ class NewRow(msgspec.Struct, eq=False):
     email: str
     status: str
     attributes: str  # JSON text, as asyncpg sends jsonb
+    actor: str | None
+    request_id: str | None
 
 
 NEW_ROW_COLUMNS = NewRow.__struct_fields__
 
 
-def new_row(user: NewUser) -> NewRow:
+def new_row(user: NewUser, actor: Actor = NOBODY) -> NewRow:
     status = DEFAULT_STATUS if user.status is msgspec.UNSET else user.status
     attributes = encode_attributes(user.attributes) if user.attributes else "{}"
-    return NewRow(user.name, user.email, status, attributes)
+    return NewRow(user.name, user.email, status, attributes, *actor)
 
 
 async def insert_each(db: Executor, rows: list[NewRow]) -> list[Stored | None]:
@@ -568,6 +593,7 @@ async def update_user(
     email: str | None,
     status: str | None,
     attributes: dict[str, str | None] | None,
+    actor: Actor = NOBODY,
 ) -> tuple[Stored, bool] | None:
     """The user changed, or as it is when the patch changes nothing, and whether
     it changed; None when no user has the key or the condition failed.
@@ -577,7 +603,9 @@ async def update_user(
     if attributes is not None:
         sets = encode_attributes({k: v for k, v in attributes.items() if v is not None})
         removals = [k for k, v in attributes.items() if v is None]
-    arguments = (*key, *condition_arguments(condition), name, email, status, sets, removals)
+    arguments = (
+        *key, *condition_arguments(condition), name, email, status, sets, removals, *actor
+    )  # fmt: skip
     for _ in range(UPDATE_ATTEMPTS):
         try:
             row = await db.fetchrow(UPDATE_USER, *arguments)
@@ -598,7 +626,13 @@ UPDATE_ATTEMPTS = 3
 
 
 async def delete_user(
-    db: Executor, key: UserKey, condition: Condition, *, forgotten: StoredAnswer, unnamed: bytes
+    db: Executor,
+    key: UserKey,
+    condition: Condition,
+    *,
+    forgotten: StoredAnswer,
+    unnamed: bytes,
+    actor: Actor = NOBODY,
 ) -> bool:
     """Whether a user was deleted: False when none has the key or the condition failed.
 
@@ -607,7 +641,7 @@ async def delete_user(
     """
     deleted = await db.fetchval(
         DELETE_USER, *key, *condition_arguments(condition), forgotten.status,
-        encode_headers(forgotten.headers), forgotten.body, unnamed,
+        encode_headers(forgotten.headers), forgotten.body, unnamed, *actor,
     )  # fmt: skip
     return deleted == 1
 
@@ -618,21 +652,29 @@ async def find_taken_emails(db: Executor, emails: Sequence[str]) -> list[str]:
     return [row["email"] for row in await db.fetch(FIND_TAKEN_EMAILS, keys)]
 
 
-async def copy_users(conn: PoolConnectionProxy, users: Sequence[NewUser]) -> list[str] | None:
-    """Insert all users or none: None on success, else the emails already taken.
+async def copy_users(
+    conn: PoolConnectionProxy, users: Sequence[NewUser], actor: Actor = NOBODY
+) -> list[str] | None:
+    """Insert all users or none, created by `actor`: None on success, else the emails
+    already taken.
 
     The connection may be in a transaction of its caller's. COPY is the
     fastest way in; the unique index makes it fail whole when any email
     exists, and only then is the conflict list worth a second query.
     """
     # Without a status or attributes, the columns' defaults are the rows'
-    # own: the COPY sends two columns, not four.
+    # own: the COPY sends two columns, not four (four with an actor).
     if any(user.status is not msgspec.UNSET or user.attributes for user in users):
         columns = NEW_ROW_COLUMNS
-        records: list[tuple[Any, ...]] = [msgspec.structs.astuple(new_row(user)) for user in users]
-    else:
+        records: list[tuple[Any, ...]] = [
+            msgspec.structs.astuple(new_row(user, actor)) for user in users
+        ]
+    elif actor == NOBODY:
         columns = NEW_ROW_COLUMNS[:2]
         records = [(user.name, user.email) for user in users]
+    else:
+        columns = ("name", "email", "actor", "request_id")
+        records = [(user.name, user.email, *actor) for user in users]
     try:
         # One COPY is one statement: all rows or none. In a caller's
         # transaction, a savepoint keeps that transaction usable after a refusal.
@@ -659,7 +701,17 @@ class ChangeRow(NamedTuple):
     id: str
     version: int
     at: str
+    actor: str | None
+    request_id: str | None
     user: User | None  # None when deleted
+
+
+def to_change_row(row: asyncpg.Record) -> ChangeRow:
+    return ChangeRow(
+        Position(int(row["txid"]), row["seq"]), row["type"], row["id"], row["version"],
+        row["at"], row["actor"], row["request_id"],
+        None if row["name"] is None else to_user(row, CHANGE_USER),
+    )  # fmt: skip
 
 
 async def changes_after(db: Executor, after: Position, limit: int) -> list[ChangeRow] | None:
@@ -668,13 +720,7 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
     rows = await db.fetch(CHANGES_PAGE, str(after.xid), after.seq, limit)
     if not rows and await db.fetchval(CHANGES_GONE, str(after.xid), after.seq):
         return None
-    return [
-        ChangeRow(
-            Position(int(row["txid"]), row["seq"]), row["type"], row["id"], row["version"],
-            row["at"], None if row["name"] is None else to_user(row, CHANGE_USER),
-        )
-        for row in rows
-    ]  # fmt: skip
+    return [to_change_row(row) for row in rows]
 
 
 async def readable_end(db: Executor) -> Position:

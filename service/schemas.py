@@ -394,6 +394,20 @@ class Change(msgspec.Struct, kw_only=True):
         ),
     ]
     at: TimestampText
+    actor: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The name of the client that made the change; null when the service "
+            "ran open, and for changes recorded before it was kept."
+        ),
+    ]
+    request_id: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The `X-Request-ID` of the request that made the change, as the "
+            "service logged it; null whenever `actor` is."
+        ),
+    ]
     user: Annotated[
         User | None,
         msgspec.Meta(

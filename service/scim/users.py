@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import metrics, queries
+from service.auth import actor_of
 from service.bodies import read_body
 from service.database import db_of
 from service.queries import Condition, UserKey, encode_attributes
@@ -367,7 +368,9 @@ async def create_user(request: Request) -> Response:
     skipped: list[str] = []
     state = state_of(*user_in(await body_of(request)), None, skipped)
     try:
-        row = await db_of(request).fetchrow(queries.SCIM_CREATE, *state.columns())
+        row = await db_of(request).fetchrow(
+            queries.SCIM_CREATE, *state.columns(), *actor_of(request.scope)
+        )
     except asyncpg.UniqueViolationError as exc:
         raise taken(exc) from None
     assert row is not None
@@ -427,8 +430,9 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
         state = checked(change(state_of_row(row)))
         try:
             written = await conn.fetchrow(
-                queries.SCIM_REPLACE, user_id, *state.columns(), row["version"]
-            )
+                queries.SCIM_REPLACE, user_id, *state.columns(), row["version"],
+                *actor_of(request.scope),
+            )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             raise taken(exc) from None
     assert written is not None  # the row stayed locked at the version read
