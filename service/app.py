@@ -38,10 +38,11 @@ class UserConvertor(Convertor[str]):
 
     So "/users/bulk", "/users/lookup" and "/users/changes" are never taken for a user, and a
     wrong method there is a 405 rather than "no such user". "/" may appear, as %2F in a local
-    part.
+    part, but not after the "@", as no domain holds one: "/users/{user}/changes" is never
+    taken for a user either.
     """
 
-    regex = ".*@.*|" + UUID_PATTERN
+    regex = "[^@]*@[^/]*|" + UUID_PATTERN
 
     def convert(self, value: str) -> str:
         return value
@@ -75,6 +76,8 @@ routes = [
           operation=users.UPDATE_USER),
     Route("/users/{user:user}", users.delete_user, methods=["DELETE"], scope="users:delete",
           operation=users.DELETE_USER),
+    Route("/users/{user:user}/changes", changes.list_user_changes, methods=["GET"],
+          scope="users:changes", operation=changes.LIST_USER_CHANGES),
     Route("/users/bulk", users.create_users, methods=["POST"], scope="users:create",
           operation=users.CREATE_USERS),
     Route("/livez", health.livez, methods=["GET"], scope=OPEN, operation=health.LIVEZ),

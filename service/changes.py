@@ -16,17 +16,25 @@ from starlette.responses import Response
 from service import metrics, queries, streams
 from service.database import Database, db_of
 from service.observe import WAITED
-from service.operations import Operation, Parameter, Reply
+from service.operations import USER, Operation, Parameter, Reply
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.schemas import Change, Changes
-from service.users import json_response, query_int, query_params, settings_of
+from service.users import (
+    NO_USER,
+    json_response,
+    path_user,
+    query_int,
+    query_params,
+    settings_of,
+)
 from service.watch import Watch
 
 logger = logging.getLogger("service")
 T = TypeVar("T")
 
 PARAMETERS = ("after", "limit", "wait")
+HISTORY_PARAMETERS = ("after", "limit")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_WAIT = 60  # seconds a long poll may be held
@@ -320,6 +328,75 @@ async def list_changes(request: Request) -> Response:
     # Nothing new: the same cursor again, never the present, which a change
     # that became readable after this page's snapshot may already lie behind.
     next = changes[-1].cursor if changes else cursor_of(position, feed)
+    return json_response(Changes(changes=changes, next=next))
+
+
+LIST_USER_CHANGES = Operation(
+    operation_id="listUserChanges",
+    tag="users",
+    summary="A user's history",
+    description="The changes still kept of the user with an email, in any letter case, "
+    "or with an id, oldest first: who changed the user (`actor`, `request_id`), when, "
+    "and to what. Paged as the feed is, and its cursors are the feed's: pass `next` as "
+    "`after` to go on. A deleted user's history goes with it. Also served at "
+    "`/users/{user}/changes/`.",
+    parameters=(
+        USER,
+        Parameter(
+            name="after",
+            location="query",
+            type=ChangeCursor,
+            description="A change's `cursor` or a page's `next`, or `now`.",
+        ),
+        Parameter(
+            name="limit", location="query", type=ChangesLimit, description="Changes per page."
+        ),
+    ),
+    replies={200: Reply(description="The user's changes after the cursor.", body=Changes)},
+    problems={
+        404: "No user has that email or id.",
+        410: "The changes after this cursor were purged, or it was made by another "
+        "database: read the history again without `after`.",
+        422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
+        "feed did not make among them; `field` names it.",
+    },
+    uses_database=True,
+)
+
+
+async def list_user_changes(request: Request) -> Response:
+    """One user's changes still kept, oldest first, paged as the feed is: who changed
+    the user, and when. A deleted user has none (404), as its changes went with it."""
+    key = path_user(request)
+    params = query_params(request, HISTORY_PARAMETERS)
+    limit = query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = params.get("after")
+    db = db_of(request)
+    feed = await watch_of(request).identity()
+    position: Position | None = None
+    if after == NOW:
+        position = await queries.present_position(db)
+    elif after is not None:
+        position, made_by = position_of(after, "after")
+        if made_by is not None and made_by != feed:
+            raise foreign("after")
+    try:
+        rows = await queries.user_changes_after(db, key, position, limit)
+    except queries.NoSuchUser:
+        raise ProblemError(404, NO_USER) from None
+    if rows is None:
+        raise ProblemError(
+            410,
+            "The user's changes after this cursor were purged (kept "
+            f"{settings_of(request).changes_retention} s), or no transaction has reached it "
+            "(from before a failover that lost writes). Read the history again without after",
+            field="after",
+        )
+    changes = [to_change(row, feed) for row in rows]
+    if changes:
+        next = changes[-1].cursor
+    else:  # nothing new: `after` again, or, without one, where the feed's purge has reached
+        next = cursor_of(position or await queries.purged_position(db), feed)
     return json_response(Changes(changes=changes, next=next))
 
 

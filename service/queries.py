@@ -312,6 +312,31 @@ LIMIT $3
 """
 # Where CHANGES_PAGE's USER_COLUMNS begin.
 CHANGE_USER = 7
+# One user's changes (GET /users/{user}/changes), as CHANGES_PAGE reads the
+# feed's, after the same kind of position ($3, $4), or from the oldest kept when
+# $3 is null: the user by email key ($1) or id ($2). No row when no user has
+# the handle; one with a null seq when the user has no change after the
+# position. Sorted, not read in order through an index: a user has few
+# changes, found by user_changes_user_key.
+USER_CHANGES_PAGE = """
+SELECT c.xid::text AS txid, c.seq, c.type, c.version, rfc3339(c.at) AS at, c.actor,
+    c.request_id, c.user_id::text AS id, c.name, c.email, c.status, c.attributes,
+    rfc3339(c.created_at) AS created_at, rfc3339(c.updated_at) AS updated_at
+FROM (SELECT id FROM users WHERE lower(email) = $1 OR public_id = $2) AS u
+LEFT JOIN LATERAL (
+    SELECT xid, seq, type, version, at, actor, request_id, user_id, name, email, status,
+        attributes, created_at, updated_at
+    FROM user_changes
+    WHERE user_key = u.id
+      AND xid < pg_snapshot_xmin(pg_current_snapshot())
+      AND ($3::text IS NULL OR (xid, seq) > ($3::text::xid8, $4::bigint) AND NOT EXISTS (
+          SELECT FROM user_changes_purged WHERE (xid, seq) > ($3::text::xid8, $4::bigint)
+      ))
+    ORDER BY xid, seq
+    LIMIT $5
+) AS c ON true
+ORDER BY c.xid, c.seq
+"""
 # The last change a page could hold now; none when the feed is empty.
 CHANGES_END = """
 SELECT xid::text AS txid, seq FROM user_changes
@@ -720,6 +745,26 @@ async def changes_after(db: Executor, after: Position, limit: int) -> list[Chang
     rows = await db.fetch(CHANGES_PAGE, str(after.xid), after.seq, limit)
     if not rows and await db.fetchval(CHANGES_GONE, str(after.xid), after.seq):
         return None
+    return [to_change_row(row) for row in rows]
+
+
+class NoSuchUser(Exception):
+    """No user has the key a request names."""
+
+
+async def user_changes_after(
+    db: Executor, key: UserKey, after: Position | None, limit: int
+) -> list[ChangeRow] | None:
+    """Up to `limit` of one user's changes after a position (from the oldest kept when
+    None), in order; None when the purge has passed it. Raises NoSuchUser."""
+    xid, seq = (None, None) if after is None else (str(after.xid), after.seq)
+    rows = await db.fetch(USER_CHANGES_PAGE, *key, xid, seq, limit)
+    if not rows:
+        raise NoSuchUser
+    if rows[0]["seq"] is None:  # the user, without changes after the position
+        if after is not None and await db.fetchval(CHANGES_GONE, xid, seq):
+            return None
+        return []
     return [to_change_row(row) for row in rows]
 
 

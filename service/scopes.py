@@ -14,7 +14,7 @@ SCOPES: Final[dict[ScopeName, str]] = {
     "users:create": "Create users, one at a time or in bulk.",
     "users:update": "Patch users.",
     "users:delete": "Delete users.",
-    "users:changes": "Read the change feed.",
+    "users:changes": "Read the change feed, and each user's history.",
     "scim": "Everything under /scim/v2, for an identity provider's provisioning.",
 }
 assert set(SCOPES) == set(get_args(ScopeName))

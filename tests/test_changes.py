@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -1093,6 +1094,19 @@ def who(change: Change) -> tuple[str | None, str | None]:
     return change["actor"], change["request_id"]
 
 
+async def history_of(client: httpx.AsyncClient, user: str, count: int, caller: str) -> Any:
+    """The history page of a user read by the client `caller`, once it holds `count`
+    changes, or after 10 s: a transaction anywhere on the server may hold a change back
+    for a moment, as it does the feed's."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = await client.get(f"/users/{user}/changes", headers=as_caller(caller))
+        assert response.status_code == 200, response.text
+        if len(response.json()["changes"]) >= count or time.monotonic() > deadline:
+            return response.json()
+        await asyncio.sleep(0.02)
+
+
 async def feed_of(client: httpx.AsyncClient, after: str, count: int) -> list[Change]:
     """`count` changes after the cursor, read by the client hr."""
     client.headers.update(as_caller("hr"))
@@ -1240,6 +1254,29 @@ async def test_scim_writes_name_their_caller(callers: httpx.AsyncClient) -> None
     ]
 
 
+async def test_scim_replace_and_patch_name_their_caller_in_the_user_s_history(
+    callers: httpx.AsyncClient,
+) -> None:
+    user = {"schemas": [SCIM_USER], "userName": "ann@x.io", "active": True}
+    created = await callers.post(
+        "/scim/v2/Users", json=user, headers=as_caller("hr", "scim-create-0123456789abcdef")
+    )
+    path = f"/scim/v2/Users/{created.json()['id']}"
+    renamed = {**user, "displayName": "Ann"}
+    await callers.put(path, json=renamed, headers=as_caller("hr", "scim-put-0123456789abcdef"))
+    await callers.patch(
+        path,
+        json=scim_patch({"op": "replace", "value": {"active": False}}),
+        headers=as_caller("hr", "scim-patch-0123456789abcdef"),
+    )
+    history = await history_of(callers, "ann@x.io", 3, "payroll")
+    assert [(c["type"], who(c)) for c in history["changes"]] == [
+        ("created", ("hr", "scim-create-0123456789abcdef")),
+        ("updated", ("hr", "scim-put-0123456789abcdef")),
+        ("updated", ("hr", "scim-patch-0123456789abcdef")),
+    ]
+
+
 async def test_changes_name_no_caller_when_the_service_runs_open(
     client: httpx.AsyncClient,
 ) -> None:
@@ -1333,3 +1370,91 @@ async def test_a_stream_carries_the_caller_and_request_id(
     assert deleted.json()["type"] == "deleted"
     assert deleted.json()["actor"] == "payroll"
     assert re.fullmatch("[0-9a-f]{32}", deleted.json()["request_id"])
+
+
+# A user's history: GET /users/{user}/changes.
+
+
+async def history(
+    client: httpx.AsyncClient, user: str, after: str | None = None, **params: int
+) -> Any:
+    query: dict[str, str | int] = {**({} if after is None else {"after": after}), **params}
+    response = await client.get(f"/users/{user}/changes", params=query)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_user_s_history_is_its_changes_oldest_first_paged_with_the_feed_s_cursors(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    ann = created.json()["id"]
+    await client.post("/users", json={"name": "Bo", "email": "bo@x.io"})
+    await client.patch("/users/ann@x.io", json={"name": "Annie"})
+    await client.patch("/users/bo@x.io", json={"name": "Bob"})
+    await client.patch("/users/ann@x.io", json={"email": "ann@y.io"})
+    feed = (await first_page(client, 5))["changes"]
+    of_ann = [change for change in feed if change["id"] == ann]
+    first = await history(client, "ANN@y.io", limit=2)
+    assert first["changes"] == of_ann[:2]
+    assert first["next"] == of_ann[1]["cursor"]
+    rest = await history(client, ann, first["next"], limit=2)
+    assert rest["changes"] == of_ann[2:]
+    assert [(c["type"], c["version"], c["user"]["name"]) for c in of_ann] == [
+        ("created", 1, "Ann"),
+        ("updated", 2, "Annie"),
+        ("updated", 3, "Annie"),
+    ]
+    # Past the last change: nothing, and `after` again.
+    end = await history(client, ann, rest["next"])
+    assert end == {"changes": [], "next": rest["next"]}
+
+
+async def test_the_history_of_an_unknown_or_deleted_user_is_404(
+    client: httpx.AsyncClient,
+) -> None:
+    assert_problem(await client.get("/users/nobody@x.io/changes"), 404)
+    assert_problem(await client.get(f"/users/{uuid.uuid4()}/changes"), 404)
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    assert (await client.get(f"/users/{created.json()['id']}/changes")).status_code == 200
+    assert (await client.delete("/users/ann@x.io")).status_code == 204
+    assert_problem(await client.get("/users/ann@x.io/changes"), 404)
+    assert_problem(await client.get(f"/users/{created.json()['id']}/changes"), 404)
+
+
+async def test_the_history_refuses_a_bad_cursor_or_parameter_with_422(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    for params in ({"after": "nope"}, {"limit": "0"}, {"wait": "1"}):
+        problem = assert_problem(await client.get("/users/ann@x.io/changes", params=params), 422)
+        assert problem["field"] == next(iter(params))
+
+
+async def test_the_history_from_a_cursor_the_purge_has_passed_is_410(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    start = await now(client)
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    await client.post("/users", json={"name": "Bo", "email": "bo@x.io"})
+    await first_page(client, 2)
+    assert await purge(db, older_than=0, batch=1) == 1  # ann's create
+    problem = assert_problem(
+        await client.get("/users/bo@x.io/changes", params={"after": start}), 410
+    )
+    assert problem["field"] == "after"
+    # Without `after`, from the oldest kept.
+    assert [c["type"] for c in (await history(client, "bo@x.io"))["changes"]] == ["created"]
+
+
+async def test_the_history_needs_the_users_changes_scope(callers: httpx.AsyncClient) -> None:
+    created = await callers.post(
+        "/users", json={"name": "Ann", "email": "ann@x.io"}, headers=as_caller("hr")
+    )
+    refused = await callers.get("/users/ann@x.io/changes", headers=as_caller("reporting"))
+    problem = assert_problem(refused, 403)
+    assert "users:changes" in problem["detail"]
+    assert 'scope="users:changes"' in refused.headers["www-authenticate"]
+    allowed = await history_of(callers, "ann@x.io", 1, "payroll")
+    # The service's own request ID, as it answered and logged it, when none was sent.
+    assert [who(c) for c in allowed["changes"]] == [("hr", created.headers["x-request-id"])]
