@@ -33,12 +33,16 @@ async def count(db: asyncpg.Pool) -> int:
 
 
 async def until_waiting_on_locks(db: asyncpg.Pool, statements: int) -> None:
-    """Return once this many of the service's statements wait on a lock; fail after 10 s."""
+    """Return once this many of the service's statements wait on a lock; fail after 10 s.
+
+    Only this database's: services of other databases on a shared server wait too.
+    """
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         waiting = await db.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'users-service' AND wait_event_type = 'Lock'"
+            "WHERE application_name = 'users-service' AND wait_event_type = 'Lock' "
+            "AND datname = current_database()"
         )
         if waiting == statements:
             return
