@@ -544,7 +544,8 @@ async def insert_each(db: Executor, rows: list[NewRow]) -> list[Stored | None]:
     first_of: dict[str, int] = {}
     for index, row in enumerate(rows):
         first_of.setdefault(email_key(row.email), index)
-    tried = [rows[index] for index in first_of.values()]
+    # In email_key order, as copy_users inserts: see there why.
+    tried = [rows[first_of[key]] for key in sorted(first_of)]
     columns = ([getattr(row, column) for row in tried] for column in NEW_ROW_COLUMNS)
     created = {
         email_key(record["email"]): to_stored(record)
@@ -687,6 +688,12 @@ async def copy_users(
     fastest way in; the unique index makes it fail whole when any email
     exists, and only then is the conflict list worth a second query.
     """
+    # In email_key order, as insert_each inserts too: of two writes that
+    # share emails, one waits for the other at the first email they share and
+    # is refused once it commits (a 409). In other orders each could hold an
+    # email the other waits for: a deadlock, which PostgreSQL ends by failing
+    # one of them (a 500). The sort: ~3 ms of a 10,000-user load.
+    users = sorted(users, key=lambda user: email_key(user.email))
     # Without a status or attributes, the columns' defaults are the rows'
     # own: the COPY sends two columns, not four (four with an actor).
     if any(user.status is not msgspec.UNSET or user.attributes for user in users):

@@ -636,6 +636,43 @@ async def test_bulk_names_emails_that_repeat_inside_the_payload(
     assert await count(db) == 1
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "Idempotency-Key"])
+async def test_bulk_loads_sharing_emails_in_other_orders_are_a_201_and_a_409(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings, keyed: bool
+) -> None:
+    forward = [{"name": "F", "email": email} for email in ["a@x.io", "m@x.io", "z@x.io"]]
+    backward = [{"name": "B", "email": email} for email in ["Z@x.io", "M@x.io", "A@x.io"]]
+    assert settings.database_url is not None
+    holder = await connect(settings.database_url)
+    try:
+        # An m@x.io not yet committed stops both loads until it is rolled
+        # back; then they go on together, each past what it inserted before.
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("INSERT INTO users (name, email) VALUES ('H', 'm@x.io')")
+        loads = []
+        for waiting, users in enumerate([forward, backward], start=1):
+            headers = {"Idempotency-Key": f"load-{waiting}"} if keyed else {}
+            loads.append(
+                asyncio.create_task(client.post("/users/bulk", json=users, headers=headers))
+            )
+            await until_waiting_on_locks(db, waiting)
+        await held.rollback()
+        responses = await asyncio.gather(*loads)
+    finally:
+        await holder.close()
+    sent = {
+        response.status_code: users
+        for response, users in zip(responses, [forward, backward], strict=True)
+    }
+    assert sorted(sent) == [201, 409], [response.text for response in responses]
+    [refused] = [response for response in responses if response.status_code == 409]
+    assert assert_problem(refused, 409)["conflicts"] == sorted(u["email"] for u in sent[409])
+    # The load answered 201 is stored whole, and nothing of the other.
+    stored = await db.fetch("SELECT name, email FROM users ORDER BY lower(email)")
+    assert [dict(row) for row in stored] == sorted(sent[201], key=lambda u: u["email"].lower())
+
+
 async def test_bulk_names_the_position_of_the_first_invalid_item(
     client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
