@@ -188,6 +188,18 @@ async def handle_contended(request: Request, exc: BaseException) -> Response:
     return retry_shortly("Other requests keep changing this user; retry shortly")
 
 
+async def handle_deadlock(request: Request, exc: BaseException) -> Response:
+    # Two writes each waited for a row the other held (a PATCH taking an email
+    # that a bulk load holding its old one inserts, say), and PostgreSQL
+    # rolled this one back whole: nothing of it is stored, and the same
+    # request sent again finds the other write done.
+    DB_ERRORS.labels(type(exc).__name__).inc()
+    logger.warning(
+        "deadlock on %s %s, rolled back: %s", request.method, route_template(request.scope), exc
+    )
+    return retry_shortly("Another request was writing the same users at once; retry shortly")
+
+
 def retry_shortly(detail: str) -> Response:
     """A 503 for a state that passes by itself: the caller may retry in a second."""
     return problem_response(ProblemError(503, detail, headers={"Retry-After": RETRY_AFTER_SECONDS}))
@@ -198,6 +210,7 @@ EXCEPTION_HANDLERS: dict[type[BaseException], Handler] = {
     ProblemError: handle_problem,
     PoolBusy: handle_busy,
     Contended: handle_contended,
+    asyncpg.DeadlockDetectedError: handle_deadlock,
     HTTPException: handle_http,
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,

@@ -673,6 +673,50 @@ async def test_bulk_loads_sharing_emails_in_other_orders_are_a_201_and_a_409(
     assert [dict(row) for row in stored] == sorted(sent[201], key=lambda u: u["email"].lower())
 
 
+async def test_a_patch_and_a_bulk_load_that_deadlock_get_a_503_to_retry(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    # The load inserts e@x.io, then waits on f@x.io, which another connection
+    # holds uncommitted. The PATCH giving o@x.io the email e@x.io waits on the
+    # load. Once f@x.io is rolled back the load goes on to o@x.io, the row the
+    # PATCH is changing, and each waits for the other: PostgreSQL rolls one
+    # back, which is to retry, not a fault of the service.
+    assert (await client.post("/users", json={"name": "O", "email": "o@x.io"})).status_code == 201
+    load = [{"name": "L", "email": email} for email in ["e@x.io", "f@x.io", "o@x.io"]]
+    assert settings.database_url is not None
+    holder = await connect(settings.database_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("INSERT INTO users (name, email) VALUES ('H', 'f@x.io')")
+        loading = asyncio.create_task(client.post("/users/bulk", json=load))
+        await until_waiting_on_locks(db, 1)
+        patching = asyncio.create_task(
+            client.patch(
+                "/users/o@x.io",
+                json={"email": "e@x.io"},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+        )
+        await until_waiting_on_locks(db, 2)
+        await held.rollback()
+        loaded, patched = await asyncio.gather(loading, patching)
+    finally:
+        await holder.close()
+    statuses = {"load": loaded.status_code, "patch": patched.status_code}
+    # Whichever was rolled back answers 503; the other went through, or was
+    # refused for the conflict the first one made.
+    assert statuses in ({"load": 503, "patch": 200}, {"load": 409, "patch": 503}), statuses
+    retry = loaded if statuses["load"] == 503 else patched
+    assert retry.headers["Retry-After"] == "1"
+    assert "retry" in assert_problem(retry, 503)["detail"]
+    stored = await db.fetch("SELECT name, email FROM users ORDER BY lower(email)")
+    if statuses["patch"] == 200:  # the PATCH went through; nothing of the load is stored
+        assert [tuple(row) for row in stored] == [("O", "e@x.io")]
+    else:
+        assert [tuple(row) for row in stored] == [("O", "o@x.io")]
+
+
 async def test_bulk_names_the_position_of_the_first_invalid_item(
     client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
