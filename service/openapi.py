@@ -63,8 +63,8 @@ BEARER_AUTH = {
     "operations whose security lists a scope it holds; one of API_TOKENS, which holds every "
     "scope; or, with JWT_ISSUER set, an access token (a JWT) from that identity provider, "
     "holding the scopes its scope, scp or roles claim names. Sent only in the Authorization "
-    "header, never in the query string. The scopes: "
-    + "; ".join(f"`{scope}`: {grants}" for scope, grants in SCOPES.items()),
+    "header, never in the query string. The scopes:"
+    + "".join(f" `{scope}`: {grants}" for scope, grants in SCOPES.items()),
 }
 
 
