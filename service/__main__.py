@@ -1,4 +1,4 @@
-"""python -m service [migrate | token]: serve, migrate, or make a client's token."""
+"""python -m service [migrate | relay | token]: serve, migrate, relay the feed, or make a token."""
 
 from __future__ import annotations
 
@@ -173,6 +173,18 @@ def apply_schema(settings: Settings) -> int:
     return 0
 
 
+def relay(settings: Settings) -> int:
+    """python -m service relay: the change feed into NATS JetStream (service/relay.py)."""
+    from service import relay  # nats-py is loaded only by the process that relays
+
+    configure_logging(settings)
+    if settings.database_url is not None:
+        return asyncio.run(relay.run(settings))
+    with embedded_postgres() as database_url:
+        asyncio.run(migrate(database_url))
+        return asyncio.run(relay.run(msgspec.structs.replace(settings, database_url=database_url)))
+
+
 def report_configuration_error(exc: SettingsError) -> None:
     """One line naming the bad variable: a JSON one if LOG_FORMAT asks for it."""
     if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
@@ -234,8 +246,13 @@ def main(argv: list[str]) -> int:
         return 2
     if argv == ["migrate"]:
         return apply_schema(settings)
+    if argv == ["relay"]:
+        return relay(settings)
     if argv:
-        print("usage: python -m service [migrate | token NAME --scope SCOPE ...]", file=sys.stderr)
+        print(
+            "usage: python -m service [migrate | relay | token NAME --scope SCOPE ...]",
+            file=sys.stderr,
+        )
         return 2
     return serve(settings)
 

@@ -94,6 +94,33 @@ FEED_DELAY = Gauge(
 )
 # SCIM attributes outside the published schema, skipped; the path labels are
 # bounded (service/scim/kept.py).
+# The relay's, in a registry of their own: `python -m service relay` serves
+# them on RELAY_METRICS_PORT, apart from the web workers' /metrics.
+RELAY_REGISTRY = CollectorRegistry(auto_describe=True)
+RELAY_PUBLISHED = Counter(
+    "relay_published_total", "Changes stored in the stream", registry=RELAY_REGISTRY
+)
+RELAY_DUPLICATES = Counter(
+    "relay_duplicates_total",
+    "Publishes the stream acknowledged as duplicates of a stored message (by Nats-Msg-Id)",
+    registry=RELAY_REGISTRY,
+)
+RELAY_ERRORS = Counter(
+    "relay_errors_total",
+    "Relay failures by kind: fenced, timeout, nats, database, other, gave_up",
+    ["kind"],
+    registry=RELAY_REGISTRY,
+)
+RELAY_LAG_CHANGES = Gauge(
+    "relay_lag_changes",
+    "Changes readable in the feed and not yet in the stream",
+    registry=RELAY_REGISTRY,
+)
+RELAY_LAG_SECONDS = Gauge(
+    "relay_lag_seconds",
+    "Seconds since the oldest change not yet in the stream began (0 when none is)",
+    registry=RELAY_REGISTRY,
+)
 SCIM_SKIPPED = Counter(
     "scim_attributes_skipped_total", "SCIM attributes not kept, skipped, by path", ["path"]
 )

@@ -353,6 +353,18 @@ SELECT coalesce(extract(epoch FROM clock_timestamp() - min(at)), 0)::float8
 FROM user_changes
 WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())
 """
+# How far a reader at ($1, $2) is behind: the changes readable after it (up
+# to $3 of them) and how long ago the oldest one's transaction began.
+CHANGES_BEHIND = """
+SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(at)), 0)::float8
+FROM (
+    SELECT at FROM user_changes
+    WHERE (xid, seq) > ($1::text::xid8, $2::bigint)
+      AND xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY xid, seq
+    LIMIT $3
+) AS behind
+"""
 CHANGES_PURGED = "SELECT xid::text, seq FROM user_changes_purged"
 # What the feed's positions belong to: this server's history (its system
 # identifier, which its standbys share) and this database in it. A cursor
@@ -791,6 +803,14 @@ async def feed_delay(db: Executor) -> float:
     delay = await db.fetchval(CHANGES_DELAY)
     assert isinstance(delay, float)
     return delay
+
+
+async def changes_behind(db: Executor, after: Position, bound: int) -> tuple[int, float]:
+    """The changes readable after a position (at most `bound`), and the seconds since
+    the oldest of them began: (0, 0.0) when none is."""
+    row = await db.fetchrow(CHANGES_BEHIND, str(after.xid), after.seq, bound)
+    assert row is not None  # an aggregate's one row
+    return row[0], row[1]
 
 
 async def feed_identity(db: Executor) -> str:

@@ -74,6 +74,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     feed_poll_seconds: float = 1.0
     feed_max_consumers: int = 1000
     feed_stall_seconds: float = 30.0
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str | None = None
+    nats_stream: str = "USERS"
+    nats_replicas: int = 1
+    relay_source: str = "/users"
+    relay_metrics_port: int = 9090
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -126,6 +132,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             feed_poll_seconds=read("FEED_POLL_SECONDS", seconds),
             feed_max_consumers=read("FEED_MAX_CONSUMERS", integer(1, 100_000)),
             feed_stall_seconds=read("FEED_STALL_SECONDS", seconds),
+            nats_url=read("NATS_URL", nats_urls, secret=True),
+            nats_creds=read("NATS_CREDS", readable_file),
+            nats_stream=read("NATS_STREAM", stream_name),
+            nats_replicas=read("NATS_REPLICAS", integer(1, 5)),
+            relay_source=read("RELAY_SOURCE", uri_reference),
+            relay_metrics_port=read("RELAY_METRICS_PORT", integer(0, 65535)),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
@@ -386,3 +398,37 @@ def parse_database_urls(raw: str) -> tuple[str, ...]:
         if url.count("://") != 1:
             raise ValueError("expected a comma-separated list of postgres:// or postgresql:// URLs")
     return tuple(parse_database_url(url) for url in urls)
+
+
+def nats_urls(raw: str) -> str:
+    """NATS_URL: one or more comma-separated nats://, tls://, ws:// or wss:// URLs,
+    a user and password or a token in them as the server wants."""
+    for url in raw.split(","):
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+            raise ValueError("expected nats://host:port URLs (tls://, ws:// and wss:// too)")
+    return raw
+
+
+def readable_file(raw: str) -> str:
+    """A path the process can read now, such as NATS_CREDS's .creds file."""
+    if not os.access(raw, os.R_OK):
+        raise ValueError("expected the path of a readable file")
+    return raw
+
+
+# JetStream's names: no whitespace, and none of . * > / \\ (nor control characters).
+STREAM_NAME = re.compile(r"[^\s.*>/\\\x00-\x1f]{1,255}")
+
+
+def stream_name(raw: str) -> str:
+    if not STREAM_NAME.fullmatch(raw):
+        raise ValueError("expected a JetStream stream name: no spaces, nor . * > / \\")
+    return raw
+
+
+def uri_reference(raw: str) -> str:
+    """A CloudEvents source: a URI reference without spaces, /users or https://…/users."""
+    if any(character.isspace() or not character.isprintable() for character in raw):
+        raise ValueError("expected a URI reference such as /users, without spaces")
+    return raw

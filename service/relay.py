@@ -1,0 +1,398 @@
+"""The relay: the change feed published into NATS JetStream, each change once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from prometheus_client import start_http_server
+
+from service import metrics, queries
+from service.changes import cursor_of, position_of, to_change
+from service.database import CannotStart, Database, close_pool, open_pool
+from service.problems import ProblemError
+from service.queries import ChangeRow, Position
+from service.settings import Settings
+from service.watch import Watch
+
+logger = logging.getLogger("service")
+
+SUBJECTS = "users.>"
+SUBJECT = "users.{}"
+# Within it, a publish retried after an unknown outcome is acknowledged as a
+# duplicate rather than stored twice (the sequence fence below catches most first).
+DUPLICATE_WINDOW = 120.0
+# Changes read and published in one pipeline, then acknowledged together.
+PAGE = 1000
+# A page's acknowledgements; past it their outcome is unknown, and the relay
+# reads where it stands from the stream again. JetStream answers nothing to a
+# duplicate of a message it is still storing: a second relay's, as a rule.
+ACK_SECONDS = 5.0
+RETRY_SECONDS = 1.0
+# After another publisher moved the stream on: the other relay, most likely,
+# which goes on publishing while this one waits and then checks again.
+STANDBY_SECONDS = 5.0
+# A waiting relay reads the feed's end at least this often (NOTIFY wakes it sooner).
+IDLE_SECONDS = 5.0
+LAG_EVERY = 1.0
+LAG_BOUND = 1_000_000  # changes counted at most, so that the count stays cheap
+# JetStream's error for a Nats-Expected-Last-Sequence that is not the stream's.
+WRONG_LAST_SEQUENCE = 10071
+# nats-py tries again every 2 s: about two minutes, then the relay gives up.
+RECONNECT_ATTEMPTS = 60
+
+_encoder = msgspec.json.Encoder()
+
+
+class CannotRelay(Exception):
+    """The relay must stop: one line says why, and nothing retried would change it."""
+
+
+class Fenced(Exception):
+    """The stream moved on under this relay: another publisher is at work."""
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    """The stream the relay creates when it is missing (docs/RELAY.md)."""
+    return StreamConfig(
+        name=settings.nats_stream,
+        subjects=[SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.nats_replicas,
+        # The last message of each user alone: a consumer starts from the
+        # stream, and a delete leaves no earlier message of its user.
+        max_msgs_per_subject=1,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        duplicate_window=DUPLICATE_WINDOW,
+        # A consumer may read one user's last message by its subject.
+        allow_direct=True,
+    )
+
+
+def differences(found: StreamConfig, settings: Settings) -> list[str]:
+    """What in an existing stream's configuration breaks the relay's guarantees."""
+    wanted = stream_config(settings)
+    faults = []
+    if SUBJECTS not in (found.subjects or []):
+        faults.append(f"subjects are {found.subjects}, not including {SUBJECTS}")
+    if found.retention != RetentionPolicy.LIMITS:
+        faults.append(f"retention is {found.retention}, not limits")
+    if found.storage != StorageType.FILE:
+        faults.append(f"storage is {found.storage}, not file")
+    if found.num_replicas != wanted.num_replicas:
+        faults.append(f"replicas are {found.num_replicas}, not NATS_REPLICAS={wanted.num_replicas}")
+    if found.max_msgs_per_subject != 1:
+        faults.append(f"max_msgs_per_subject is {found.max_msgs_per_subject}, not 1")
+    for limit in ("max_msgs", "max_bytes"):
+        value = getattr(found, limit)
+        if value not in (None, -1):
+            faults.append(f"{limit} is {value}, not unlimited (-1)")
+    if found.max_age:
+        faults.append(f"max_age is {found.max_age} s, not unlimited (0)")
+    if found.sealed or found.mirror is not None:
+        faults.append("it is sealed or a mirror, which takes no publishes")
+    return faults
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create the stream if it is missing; refuse one that cannot hold the guarantees."""
+    try:
+        info = await js.stream_info(settings.nats_stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(stream_config(settings))
+        logger.info("relay: created stream %s for %s", settings.nats_stream, SUBJECTS)
+        return
+    faults = differences(info.config, settings)
+    if faults:
+        raise CannotRelay(
+            f"stream {settings.nats_stream} cannot hold the relay's guarantees: {'; '.join(faults)}"
+        )
+
+
+@dataclass
+class Progress:
+    """Where the relay stands: the last change the stream holds, and its sequence."""
+
+    position: Position
+    sequence: int
+
+
+async def resume_point(
+    js: JetStreamContext, db: Database, settings: Settings, feed: str
+) -> Progress:
+    """The stream's last message's place in the feed; an empty stream starts the feed
+    from the oldest change it keeps."""
+    state = (await js.stream_info(settings.nats_stream)).state
+    if state.last_seq == 0:
+        start = await queries.purged_position(db)
+        if start != Position(0, 0):
+            logger.warning(
+                "relay: the stream is empty and the feed was purged up to %s: users whose "
+                "last change was purged are not in the stream",
+                cursor_of(start, feed),
+            )
+        return Progress(start, 0)
+    try:
+        last = await js.get_msg(settings.nats_stream, seq=state.last_seq)
+    except nats.js.errors.NotFoundError:
+        raise CannotRelay(
+            f"stream {settings.nats_stream}: its last message ({state.last_seq}) was deleted "
+            "or purged, so where the feed stands in it is unknown"
+        ) from None
+    cursor = (last.headers or {}).get("ce-id", "")
+    try:
+        position, made_by = position_of(cursor, "ce-id")
+    except ProblemError:
+        raise CannotRelay(
+            f"stream {settings.nats_stream}: its last message ({state.last_seq}) has no "
+            "ce-id cursor of the change feed"
+        ) from None
+    if made_by is not None and made_by != feed:
+        raise CannotRelay(
+            f"stream {settings.nats_stream} holds the changes of another database "
+            f"(its cursors are {made_by}'s, this database's feed is {feed})"
+        )
+    return Progress(position, state.last_seq)
+
+
+def headers_of(row: ChangeRow, cursor: str, source: str, expected: int) -> dict[str, str]:
+    """A change's CloudEvents 1.0 headers (binary mode), and JetStream's fence and dedupe."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": cursor,
+        "ce-type": f"user.{row.type}",
+        "ce-source": source,
+        "ce-subject": row.id,
+        "ce-time": row.at,
+        "content-type": "application/json",
+        "Nats-Msg-Id": cursor,
+        # Stored only right after the message before it: a second relay, or a
+        # publish left over from a lost connection, is refused, never reordered.
+        "Nats-Expected-Last-Sequence": str(expected),
+    }
+
+
+async def publish(
+    js: JetStreamContext, rows: list[ChangeRow], progress: Progress, feed: str, source: str
+) -> None:
+    """Publish `rows` in one pipeline, each fenced on the one before; move `progress`
+    past each acknowledged in order, and raise at the first that was not."""
+    pending: list[asyncio.Future[PubAck]] = []
+    for offset, row in enumerate(rows):
+        change = to_change(row, feed)
+        headers = headers_of(row, change.cursor, source, progress.sequence + offset)
+        subject = SUBJECT.format(row.id)
+        pending.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
+    try:
+        async with asyncio.timeout(ACK_SECONDS):
+            await asyncio.wait(pending)
+    except TimeoutError:
+        pass
+    published = duplicates = 0
+    try:
+        for row, future in zip(rows, pending, strict=True):
+            if not future.done():
+                raise TimeoutError(f"no acknowledgement within {ACK_SECONDS} s")
+            if (exc := future.exception()) is not None:
+                if isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise Fenced(exc.description)
+                raise exc
+            ack = future.result()
+            duplicates += bool(ack.duplicate)
+            published += not ack.duplicate
+            progress.position, progress.sequence = row.position, ack.seq
+    finally:
+        for future in pending:  # what a failure left unread is dropped, not logged
+            future.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()
+        metrics.RELAY_PUBLISHED.inc(published)
+        metrics.RELAY_DUPLICATES.inc(duplicates)
+
+
+async def follow(
+    js: JetStreamContext, db: Database, watch: Watch, settings: Settings, progress: Progress
+) -> None:
+    """Publish every change after the stream's last one, then each as it comes."""
+    feed = await watch.identity()
+    start = await resume_point(js, db, settings, feed)
+    progress.position, progress.sequence = start.position, start.sequence
+    logger.info(
+        "relay: resuming after cursor %s at stream sequence %d",
+        cursor_of(progress.position, feed), progress.sequence,
+    )  # fmt: skip
+    while True:
+        # Into an empty stream the first message goes alone: two relays that
+        # start together may read different starts, and only one lands.
+        limit = PAGE if progress.sequence else 1
+        rows = await watch.changes_after(progress.position, limit)
+        if rows is None:
+            raise CannotRelay(
+                "the feed was purged past the stream's last change "
+                f"{cursor_of(progress.position, feed)} (changes are kept "
+                f"CHANGES_RETENTION={settings.changes_retention} s): the "
+                "stream misses changes; delete it for the relay to start it again"
+            )
+        if rows:
+            await publish(js, rows, progress, feed, settings.relay_source)
+        else:
+            await watch.until_after(progress.position, IDLE_SECONDS)
+
+
+def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, Fenced):
+        return "fenced"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return "timeout"
+    if isinstance(exc, nats.errors.Error):
+        return "nats"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+        return "database"
+    return "other"
+
+
+async def keep_relaying(
+    js: JetStreamContext, db: Database, watch: Watch, settings: Settings, progress: Progress
+) -> None:
+    """follow(), started again from the stream after each failure."""
+    while True:
+        try:
+            await follow(js, db, watch, settings, progress)
+        except CannotRelay:
+            raise
+        except Exception as exc:  # every failure is retried from what the stream holds
+            kind = error_kind(exc)
+            metrics.RELAY_ERRORS.labels(kind).inc()
+            if kind == "fenced":
+                logger.warning(
+                    "relay: stream %s moved on under this relay (%s): another relay is "
+                    "publishing; checking again in %.0f s",
+                    settings.nats_stream, exc, STANDBY_SECONDS,
+                )  # fmt: skip
+                await asyncio.sleep(STANDBY_SECONDS)
+            else:
+                logger.warning("relay: %s error, resuming from the stream: %r", kind, exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+
+async def measure_lag(db: Database, progress: Progress) -> None:
+    """The changes readable but not yet in the stream, and the age of the oldest."""
+    while True:
+        with contextlib.suppress(Exception):  # the relay logs the failures that matter
+            count, seconds = await queries.changes_behind(db, progress.position, LAG_BOUND)
+            metrics.RELAY_LAG_CHANGES.set(count)
+            metrics.RELAY_LAG_SECONDS.set(seconds)
+        await asyncio.sleep(LAG_EVERY)
+
+
+def address(url: str) -> str:
+    """NATS_URL's servers without their credentials, for log lines."""
+    return ",".join(
+        f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
+        for parts in (urlsplit(one.strip()) for one in url.split(","))
+    )
+
+
+async def connect(settings: Settings, closed: asyncio.Event) -> NATS:
+    servers = address(settings.nats_url)
+
+    async def disconnected() -> None:
+        logger.warning("relay: disconnected from NATS at %s", servers)
+
+    async def reconnected() -> None:
+        logger.info("relay: reconnected to NATS at %s", servers)
+
+    async def gone() -> None:
+        closed.set()
+
+    async def error(exc: Exception) -> None:
+        logger.debug("relay: NATS client error: %r", exc)  # reconnects say the rest
+
+    return await nats.connect(
+        [url.strip() for url in settings.nats_url.split(",")],
+        user_credentials=settings.nats_creds,
+        name="users-relay",
+        max_reconnect_attempts=RECONNECT_ATTEMPTS,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        closed_cb=gone,
+        error_cb=error,
+    )
+
+
+async def run(settings: Settings) -> int:
+    """python -m service relay: 0 once stopped by a signal, 1 once it gives up."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    if settings.relay_metrics_port:
+        start_http_server(settings.relay_metrics_port, registry=metrics.RELAY_REGISTRY)
+    closed = asyncio.Event()
+    try:
+        pool = await open_pool(settings)
+    except CannotStart as exc:
+        logger.error("relay gives up: %s", exc)
+        return 1
+    db = Database(pool, settings.db_pool_timeout)
+    watch = Watch(db, settings)
+    nc: NATS | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        try:
+            nc = await connect(settings, closed)
+        except (OSError, nats.errors.Error) as exc:
+            raise CannotRelay(
+                f"NATS at {address(settings.nats_url)} cannot be reached: {exc!r}"
+            ) from None
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        watch.start()
+        progress = Progress(Position(0, 0), 0)
+        logger.info(
+            "relay started: the feed into stream %s on %s, %s",
+            settings.nats_stream, address(settings.nats_url), SUBJECTS,
+        )  # fmt: skip
+        tasks = [
+            asyncio.create_task(keep_relaying(js, db, watch, settings, progress)),
+            asyncio.create_task(measure_lag(db, progress)),
+        ]
+        stop = asyncio.create_task(stopping.wait())
+        lost = asyncio.create_task(closed.wait())
+        await asyncio.wait([tasks[0], stop, lost], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        lost.cancel()
+        if tasks[0].done():
+            tasks[0].result()  # raises the CannotRelay that ended it
+        if closed.is_set() and not stopping.is_set():
+            raise CannotRelay(f"NATS at {address(settings.nats_url)} stayed unreachable")
+        logger.info("relay stopped")
+        return 0
+    except CannotRelay as exc:
+        metrics.RELAY_ERRORS.labels("gave_up").inc()
+        logger.error("relay gives up: %s", exc)
+        return 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await watch.stop()
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        await close_pool(pool)

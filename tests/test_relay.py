@@ -1,0 +1,617 @@
+"""The relay as a real process: the feed into a real nats-server, once each, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import RePublish, StreamConfig
+
+from service import queries
+from service.changes import cursor_of, to_change
+from service.queries import Position
+from service.relay import stream_config
+from service.settings import Settings
+from tests.conftest import ROOT, NatsServer, connect, free_port
+
+STREAM = "USERS"
+CAUGHT_UP_SECONDS = 60.0
+
+
+class Relay:
+    """`python -m service relay`, its output in a file."""
+
+    def __init__(self, folder: Path, database_url: str, nats_url: str, **env: str) -> None:
+        self.metrics_port = free_port()
+        self.log = folder / f"relay-{self.metrics_port}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "relay"],
+            cwd=folder,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "DATABASE_URL": database_url,
+                "NATS_URL": nats_url,
+                "RELAY_METRICS_PORT": str(self.metrics_port),
+                **env,
+            },
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return {
+            name: float(value)
+            for name, value in re.findall(r"^(relay_[^ ]+) ([0-9.e+-]+)$", text, re.MULTILINE)
+        }
+
+
+@pytest.fixture
+def relays(tmp_path: Path, database_url: str) -> Iterator[list[Relay]]:
+    started: list[Relay] = []
+    yield started
+    for relay in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            relay.stop()
+
+
+@pytest.fixture
+async def broker(nats_url: str) -> AsyncIterator[NATS]:
+    """A client of the NATS server under test, with no stream yet for users.>."""
+    nc = await nats.connect(nats_url)
+    await drop_streams(nc)
+    try:
+        yield nc
+    finally:
+        await drop_streams(nc)
+        await nc.close()
+
+
+async def drop_streams(nc: NATS) -> None:
+    """Delete the streams that take users.> on the server under test."""
+    js = nc.jetstream()
+    for info in await js.streams_info():
+        if "users.>" in (info.config.subjects or []):
+            await js.delete_stream(info.config.name or "")
+
+
+@dataclass
+class Message:
+    sequence: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+async def stream_messages(nc: NATS, stream: str = STREAM) -> tuple[list[Message], int]:
+    """Every message the stream holds, in order, and its last sequence number."""
+    js = nc.jetstream()
+    state = (await js.stream_info(stream)).state
+    found = []
+    for sequence in range(state.first_seq, state.last_seq + 1):
+        try:
+            raw = await js.get_msg(stream, seq=sequence)
+        except nats.js.errors.NotFoundError:
+            continue  # replaced by a later message of the same user
+        assert raw.seq is not None
+        assert raw.subject is not None
+        found.append(Message(raw.seq, raw.subject, dict(raw.headers or {}), raw.data or b""))
+    return found, state.last_seq
+
+
+async def feed_of(url: str) -> list[bytes]:
+    """Every change the feed holds, as a page encodes it."""
+    conn = await connect(url)
+    try:
+        feed = await queries.feed_identity(conn)
+        changes: list[bytes] = []
+        position = Position(0, 0)
+        while rows := await queries.changes_after(conn, position, 1000):
+            changes += [msgspec.json.encode(to_change(row, feed)) for row in rows]
+            position = rows[-1].position
+        return changes
+    finally:
+        await conn.close()
+
+
+async def caught_up(nc: NATS, url: str, relays: list[Relay]) -> list[bytes]:
+    """Wait for the stream's last message to be the feed's last change; the feed."""
+    deadline = time.monotonic() + CAUGHT_UP_SECONDS
+    js = nc.jetstream()
+    while True:
+        # The feed may hold a change back while a transaction runs on the server.
+        changes = await feed_of(url)
+        last = msgspec.json.decode(changes[-1])["cursor"] if changes else None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            state = (await js.stream_info(STREAM)).state
+            if (
+                state.last_seq
+                and ((await js.get_msg(STREAM, seq=state.last_seq)).headers or {}).get("ce-id")
+                == last
+            ):
+                return changes
+        if time.monotonic() > deadline:
+            logs = "\n".join(relay.output() for relay in relays)
+            raise AssertionError(f"the stream did not reach {last}:\n{logs}")
+        await asyncio.sleep(0.2)
+
+
+async def publishing(nc: NATS, relay: Relay) -> None:
+    """Wait for `relay` to store a message, so that a kill lands mid-stream."""
+    js = nc.jetstream()
+    before = -1
+    for _ in range(300):  # 30 s
+        assert relay.process.poll() is None, relay.output()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            sequence = (await js.stream_info(STREAM)).state.last_seq
+            if before == -1:
+                before = sequence
+            elif sequence > before and "resuming after cursor" in relay.output():
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the relay published nothing in 30 s:\n{relay.output()}")
+
+
+class Recorder:
+    """Every message the stream stores, as it stores it, by the stream's republish to
+    a plain subject: the stream itself keeps only each user's last."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[int, str]] = []  # sequence, ce-id
+
+    async def start(self, nc: NATS) -> None:
+        config = stream_config(Settings())
+        config.republish = RePublish(src="users.>", dest="stored.>", headers_only=True)
+        await nc.jetstream().add_stream(config)
+        await nc.subscribe("stored.>", cb=self.record, pending_msgs_limit=-1)
+
+    async def record(self, message: Msg) -> None:
+        headers = message.headers or {}
+        self.stored.append((int(headers["Nats-Sequence"]), headers["ce-id"]))
+
+    def assert_each_change_once_in_order(self, changes: list[bytes], ever: list[str]) -> None:
+        """Stored: sequences 1, 2, 3, ..., each a change written, in feed order, none
+        twice; every change the feed holds among them (a delete removes its user's
+        earlier changes from the feed, and those it removed before the relay read
+        them never go out)."""
+        assert [sequence for sequence, _ in self.stored] == list(range(1, len(self.stored) + 1))
+        order = {cursor: number for number, cursor in enumerate(ever)}
+        places = [order[cursor] for _, cursor in self.stored]
+        assert places == sorted(set(places))
+        held = {msgspec.json.decode(change)["cursor"] for change in changes}
+        assert held <= {cursor for _, cursor in self.stored}
+
+    async def complete(self, nc: NATS, url: str, changes: list[bytes]) -> None:
+        """Once every stored message has come: assert_each_change_once_in_order."""
+        last = (await nc.jetstream().stream_info(STREAM)).state.last_seq
+        for _ in range(100):
+            if len(self.stored) >= last:
+                break
+            await asyncio.sleep(0.1)
+        self.assert_each_change_once_in_order(changes, [c for c, _ in await written(url)])
+
+
+@pytest.fixture
+async def recorder(broker: NATS) -> Recorder:
+    recorder = Recorder()
+    await recorder.start(broker)
+    return recorder
+
+
+async def assert_stream_is_the_feed(
+    nc: NATS, client: httpx.AsyncClient, url: str, changes: list[bytes]
+) -> list[Message]:
+    """The stream holds each user's last change, as the feed shows it, in feed order,
+    and that last is the user as the table holds it."""
+    messages, last_sequence = await stream_messages(nc)
+    ever = [cursor for cursor, _ in await written(url)]
+    assert last_sequence <= len(ever)
+    feed = {msgspec.json.decode(change)["cursor"]: change for change in changes}
+    order = {cursor: number for number, cursor in enumerate(ever)}
+    places = [order[message.headers["ce-id"]] for message in messages]
+    assert places == sorted(set(places))
+    for message in messages:
+        assert message.headers["ce-id"] in feed, (message, [c for c in changes if message.subject[6:].encode() in c])
+        assert message.data == feed[message.headers["ce-id"]]
+    last_of = {msgspec.json.decode(change)["id"]: change for change in changes}
+    assert [message.data for message in messages] == sorted(
+        last_of.values(), key=lambda change: order[msgspec.json.decode(change)["cursor"]]
+    )
+    alive = 0
+    for message in messages:
+        change = msgspec.json.decode(message.data)
+        response = await client.get(f"/users/{change['id']}")
+        if change["type"] == "deleted":
+            assert response.status_code == 404
+        else:
+            assert response.json() == change["user"]
+            alive += 1
+    assert alive == await user_count(url)
+    return messages
+
+
+# Every change written, which the feed does not keep: a delete removes its
+# user's earlier changes. A test's own record, by a trigger of its own.
+AUDIT = """
+CREATE TABLE IF NOT EXISTS relay_audit (xid xid8, seq bigint, user_id uuid);
+TRUNCATE relay_audit;
+CREATE OR REPLACE FUNCTION relay_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    INSERT INTO relay_audit VALUES (NEW.xid, NEW.seq, NEW.user_id);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER relay_audit AFTER INSERT ON user_changes
+    FOR EACH ROW EXECUTE FUNCTION relay_audit();
+"""
+NO_AUDIT = """
+DROP TRIGGER IF EXISTS relay_audit ON user_changes;
+DROP FUNCTION IF EXISTS relay_audit();
+DROP TABLE IF EXISTS relay_audit;
+"""
+
+
+@pytest.fixture(autouse=True)
+async def audit(db: object, database_url: str) -> AsyncIterator[None]:
+    """Record every change written during the test (after the app emptied the tables)."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute(AUDIT)
+        yield
+        await conn.execute(NO_AUDIT)
+    finally:
+        await conn.close()
+
+
+async def written(url: str) -> list[tuple[str, str]]:
+    """The cursor and user of every change written, in feed order."""
+    conn = await connect(url)
+    try:
+        feed = await queries.feed_identity(conn)
+        rows = await conn.fetch(
+            # Named txid: ORDER BY xid would sort the text, 10000 before 9999.
+            "SELECT xid::text AS txid, seq, user_id::text AS id FROM relay_audit ORDER BY xid, seq"
+        )
+        return [(cursor_of(Position(int(r["txid"]), r["seq"]), feed), r["id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def user_count(url: str) -> int:
+    conn = await connect(url)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM users")
+        assert isinstance(count, int)
+        return count
+    finally:
+        await conn.close()
+
+
+async def test_a_change_goes_out_with_cloudevents_headers_and_the_page_body(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    created = (await client.post("/users", json={"name": "Ann", "email": "ann@example.com"})).json()
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    changes = await caught_up(broker, database_url, relays)
+    page = (await client.get("/users/changes")).json()["changes"]
+    [message], _ = await stream_messages(broker)
+    assert msgspec.json.decode(message.data) == page[0]
+    assert message.data == changes[0]
+    assert message.subject == f"users.{created['id']}"
+    cursor = page[0]["cursor"]
+    assert message.headers == {
+        "ce-specversion": "1.0",
+        "ce-id": cursor,
+        "ce-type": "user.created",
+        "ce-source": "/users",
+        "ce-subject": created["id"],
+        "ce-time": page[0]["at"],
+        "content-type": "application/json",
+        "Nats-Msg-Id": cursor,
+        "Nats-Expected-Last-Sequence": "0",
+    }
+    info = await broker.jetstream().stream_info(STREAM)
+    assert info.config.subjects == ["users.>"]
+    assert info.config.max_msgs_per_subject == 1
+    assert info.config.storage == "file"
+    assert info.config.duplicate_window == 120.0
+
+
+async def test_a_delete_leaves_no_copy_of_the_user_in_the_stream(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    recorder: Recorder,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    user = (await client.post("/users", json={"name": "Zelda", "email": "zel@example.com"})).json()
+    await caught_up(broker, database_url, relays)  # its create is in the stream
+    await client.patch(f"/users/{user['id']}", json={"email": "zelda@example.com"})
+    await client.post("/users", json={"name": "Other", "email": "other@example.com"})
+    assert (await client.delete(f"/users/{user['id']}")).status_code == 204
+    changes = await caught_up(broker, database_url, relays)
+    await recorder.complete(broker, database_url, changes)
+    messages = await assert_stream_is_the_feed(broker, client, database_url, changes)
+    theirs = [m for m in messages if m.subject == f"users.{user['id']}"]
+    assert [msgspec.json.decode(m.data)["type"] for m in theirs] == ["deleted"]
+    everything = b"".join(m.data + repr(m.headers).encode() for m in messages)
+    for trace in (b"Zelda", b"zel@example.com", b"zelda@example.com"):
+        assert trace not in everything
+    assert b"other@example.com" in everything  # the search would find what is there
+
+
+async def test_a_stream_that_cannot_hold_the_guarantees_is_refused_in_one_line(
+    database_url: str, nats_url: str, broker: NATS, relays: list[Relay], tmp_path: Path
+) -> None:
+    await broker.jetstream().add_stream(
+        StreamConfig(name=STREAM, subjects=["users.>"], max_msgs_per_subject=10)
+    )
+    relay = Relay(tmp_path, database_url, nats_url)
+    relays.append(relay)
+    assert relay.process.wait(60) == 1
+    [line] = [line for line in relay.output().splitlines() if "gives up" in line]
+    assert "max_msgs_per_subject is 10, not 1" in line
+
+
+class Writers:
+    """Creates, bulk loads, email changes and deletes, racing until stopped."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.done = asyncio.Event()
+        self.ids: list[str] = []
+        self.random = random.Random(7)  # noqa: S311 - a test's choices
+        self.tasks = [
+            asyncio.create_task(self.create()),
+            asyncio.create_task(self.bulk()),
+            asyncio.create_task(self.change_emails()),
+            asyncio.create_task(self.delete()),
+        ]
+
+    async def create(self) -> None:
+        for n in range(100_000):  # bounded; ends at stop()
+            if self.done.is_set():
+                return
+            response = await self.client.post(
+                "/users", json={"name": f"C{n}", "email": f"c{n}@example.com"}
+            )
+            self.ids.append(response.json()["id"])
+            await asyncio.sleep(0.005)
+
+    async def bulk(self) -> None:
+        for n in range(1000):
+            if self.done.is_set():
+                return
+            users = [{"name": f"B{n}-{k}", "email": f"b{n}-{k}@example.com"} for k in range(200)]
+            response = await self.client.post("/users/bulk", json=users)
+            assert response.status_code == 201, response.text
+            await asyncio.sleep(0.2)
+
+    async def change_emails(self) -> None:
+        for n in range(100_000):
+            if self.done.is_set():
+                return
+            if self.ids:
+                user = self.random.choice(self.ids)
+                await self.client.patch(f"/users/{user}", json={"email": f"e{n}@example.com"})
+            await asyncio.sleep(0.01)
+
+    async def delete(self) -> None:
+        for _ in range(100_000):
+            if self.done.is_set():
+                return
+            if len(self.ids) > 10:
+                user = self.ids.pop(self.random.randrange(len(self.ids)))
+                await self.client.delete(f"/users/{user}")
+            await asyncio.sleep(0.03)
+
+    async def stop(self) -> None:
+        self.done.set()
+        await asyncio.gather(*self.tasks)
+
+
+async def test_a_relay_killed_mid_stream_resumes_with_each_change_once_in_order(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    recorder: Recorder,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    writers = Writers(client)
+    chance = random.Random(3)  # noqa: S311
+    for _ in range(4):
+        relay = Relay(tmp_path, database_url, nats_url)
+        relays.append(relay)
+        await publishing(broker, relay)
+        await asyncio.sleep(chance.random() * 0.5)  # mid-stream: writers go on
+        relay.kill()
+    await writers.stop()
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    changes = await caught_up(broker, database_url, relays)
+    assert len(changes) > 1000
+    await recorder.complete(broker, database_url, changes)
+    await assert_stream_is_the_feed(broker, client, database_url, changes)
+
+
+async def test_a_nats_restart_loses_and_repeats_no_change(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_server: NatsServer,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    relay = Relay(tmp_path, database_url, nats_server.url)
+    relays.append(relay)
+    writers = Writers(client)
+    for _ in range(300):  # up to 30 s for it to start publishing
+        if "resuming after cursor" in relay.output():
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(2):
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(nats_server.restart)
+    await asyncio.sleep(1.0)
+    await writers.stop()
+    nc = await nats.connect(nats_server.url)
+    try:
+        changes = await caught_up(nc, database_url, relays)
+        await assert_stream_is_the_feed(nc, client, database_url, changes)
+    finally:
+        await nc.close()
+    assert relay.process.poll() is None, relay.output()
+    assert "reconnected to NATS" in relay.output()
+
+
+async def test_a_second_relay_neither_duplicates_nor_reorders(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    recorder: Recorder,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    writers = Writers(client)
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    await asyncio.sleep(5)
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    await asyncio.sleep(3)
+    await writers.stop()
+    changes = await caught_up(broker, database_url, relays)
+    await recorder.complete(broker, database_url, changes)
+    await assert_stream_is_the_feed(broker, client, database_url, changes)
+    assert all(relay.process.poll() is None for relay in relays)
+    # The losers were refused (wrong last sequence) or left unanswered (a
+    # duplicate of a message being stored), and read the stream again.
+    collided = ("another relay is publishing", "no acknowledgement within")
+    assert any(line in relay.output() for relay in relays for line in collided)
+
+
+async def test_the_relay_counts_what_it_published_and_its_lag(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    users = [{"name": f"M{k}", "email": f"m{k}@example.com"} for k in range(50)]
+    await client.post("/users/bulk", json=users)
+    relay = Relay(tmp_path, database_url, nats_url)
+    relays.append(relay)
+    await caught_up(broker, database_url, relays)
+    for _ in range(50):  # the lag is measured every second
+        found = relay.metrics()
+        if found.get("relay_lag_changes") == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert found["relay_published_total"] == 50
+    assert found["relay_lag_changes"] == 0
+    assert found["relay_lag_seconds"] == 0
+
+
+async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    """The durable consumer of docs/RELAY.md, killed and started again while writes go on."""
+    example = (ROOT / "docs" / "RELAY.md").read_text()
+    code = re.search(r"```python\n(.*?)```", example, re.DOTALL)
+    assert code is not None
+    script = tmp_path / "consumer.py"
+    script.write_text(code[1])
+    copy = tmp_path / "copy.json"
+    relay = Relay(tmp_path, database_url, nats_url)
+    relays.append(relay)
+    writers = Writers(client)
+    await publishing(broker, relay)
+
+    def consumer() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, str(script), nats_url, str(copy)],
+            stdout=(tmp_path / "consumer.log").open("a"),
+            stderr=subprocess.STDOUT,
+        )
+
+    first = consumer()
+    for _ in range(300):  # until it has saved a copy: up to 30 s
+        if copy.exists():
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
+    assert first.poll() is None, (tmp_path / "consumer.log").read_text()
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    second = consumer()
+    await asyncio.sleep(2)
+    await writers.stop()
+    changes = await caught_up(broker, database_url, relays)
+    last = msgspec.json.decode(changes[-1])["cursor"]
+    conn = await connect(database_url)
+    try:
+        ids = {str(row["public_id"]) for row in await conn.fetch("SELECT public_id FROM users")}
+    finally:
+        await conn.close()
+    # What the killed one fetched and never acknowledged comes again after ack_wait (5 s).
+    held: dict[str, dict[str, object]] = {}
+    state: dict[str, object] = {}
+    for _ in range(600):  # 60 s
+        with contextlib.suppress(FileNotFoundError, msgspec.DecodeError):
+            state = msgspec.json.decode(copy.read_bytes())
+            held = state["users"]  # type: ignore[assignment]
+            if state["last"] == last and set(held) == ids:
+                break
+        await asyncio.sleep(0.1)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0, (tmp_path / "consumer.log").read_text()
+    assert state["last"] == last
+    assert set(held) == ids
+    for user_id in list(held)[:200]:
+        assert (await client.get(f"/users/{user_id}")).json() == held[user_id]
