@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -34,8 +36,10 @@ SUBJECT = "users.{}"
 # Within it, a publish retried after an unknown outcome is acknowledged as a
 # duplicate rather than stored twice (the sequence fence below catches most first).
 DUPLICATE_WINDOW = 120.0
-# Changes read and published in one pipeline, then acknowledged together.
+# Changes read and published at once, and pages sent before the oldest
+# one's acknowledgements are awaited.
 PAGE = 1000
+IN_FLIGHT = 4
 # A page's acknowledgements; past it their outcome is unknown, and the relay
 # reads where it stands from the stream again. JetStream answers nothing to a
 # duplicate of a message it is still storing: a second relay's, as a rule.
@@ -187,25 +191,38 @@ def headers_of(row: ChangeRow, cursor: str, source: str, expected: int) -> dict[
     }
 
 
-async def publish(
-    js: JetStreamContext, rows: list[ChangeRow], progress: Progress, feed: str, source: str
-) -> None:
-    """Publish `rows` in one pipeline, each fenced on the one before; move `progress`
-    past each acknowledged in order, and raise at the first that was not."""
-    pending: list[asyncio.Future[PubAck]] = []
+class Page(NamedTuple):
+    """Changes sent in one pipeline, and their acknowledgements to come."""
+
+    rows: list[ChangeRow]
+    acks: list[asyncio.Future[PubAck]]
+
+
+async def send(
+    js: JetStreamContext, rows: list[ChangeRow], after: int, feed: str, source: str
+) -> Page:
+    """Publish `rows` without waiting, each fenced on the one before, the first on
+    the stream sequence `after`."""
+    acks = []
     for offset, row in enumerate(rows):
         change = to_change(row, feed)
-        headers = headers_of(row, change.cursor, source, progress.sequence + offset)
+        headers = headers_of(row, change.cursor, source, after + offset)
         subject = SUBJECT.format(row.id)
-        pending.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
+        acks.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
+    return Page(rows, acks)
+
+
+async def settle(page: Page, progress: Progress) -> None:
+    """Wait for a page's acknowledgements; move `progress` past each in order, and
+    raise at the first that is missing or refused."""
     try:
         async with asyncio.timeout(ACK_SECONDS):
-            await asyncio.wait(pending)
+            await asyncio.wait(page.acks)
     except TimeoutError:
         pass
     published = duplicates = 0
     try:
-        for row, future in zip(rows, pending, strict=True):
+        for row, future in zip(page.rows, page.acks, strict=True):
             if not future.done():
                 raise TimeoutError(f"no acknowledgement within {ACK_SECONDS} s")
             if (exc := future.exception()) is not None:
@@ -217,18 +234,29 @@ async def publish(
             published += not ack.duplicate
             progress.position, progress.sequence = row.position, ack.seq
     finally:
-        for future in pending:  # what a failure left unread is dropped, not logged
-            future.cancel()
-            if future.done() and not future.cancelled():
-                future.exception()
         metrics.RELAY_PUBLISHED.inc(published)
         metrics.RELAY_DUPLICATES.inc(duplicates)
+
+
+def drop(pages: deque[Page]) -> None:
+    """Forget what a failure left unacknowledged: the stream says what landed."""
+    for page in pages:
+        for future in page.acks:
+            future.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # seen, so not logged as never retrieved
+    pages.clear()
 
 
 async def follow(
     js: JetStreamContext, db: Database, watch: Watch, settings: Settings, progress: Progress
 ) -> None:
-    """Publish every change after the stream's last one, then each as it comes."""
+    """Publish every change after the stream's last one, then each as it comes.
+
+    Up to IN_FLIGHT pages go out before the first is acknowledged: each
+    message is fenced on the one before, so a page refused refuses every
+    later one, and the relay reads where it stands from the stream again.
+    """
     feed = await watch.identity()
     start = await resume_point(js, db, settings, feed)
     progress.position, progress.sequence = start.position, start.sequence
@@ -236,22 +264,33 @@ async def follow(
         "relay: resuming after cursor %s at stream sequence %d",
         cursor_of(progress.position, feed), progress.sequence,
     )  # fmt: skip
-    while True:
-        # Into an empty stream the first message goes alone: two relays that
-        # start together may read different starts, and only one lands.
-        limit = PAGE if progress.sequence else 1
-        rows = await watch.changes_after(progress.position, limit)
-        if rows is None:
-            raise CannotRelay(
-                "the feed was purged past the stream's last change "
-                f"{cursor_of(progress.position, feed)} (changes are kept "
-                f"CHANGES_RETENTION={settings.changes_retention} s): the "
-                "stream misses changes; delete it for the relay to start it again"
-            )
-        if rows:
-            await publish(js, rows, progress, feed, settings.relay_source)
-        else:
-            await watch.until_after(progress.position, IDLE_SECONDS)
+    sent = Progress(progress.position, progress.sequence)  # the next page starts after it
+    pages: deque[Page] = deque()
+    try:
+        while True:
+            # Into an empty stream the first message goes alone, and is
+            # acknowledged before any other: two relays that start together
+            # may read different starts, and only one of them may land.
+            first = sent.sequence == 0
+            rows = await watch.changes_after(sent.position, 1 if first else PAGE)
+            if rows is None:
+                raise CannotRelay(
+                    "the feed was purged past the stream's last change "
+                    f"{cursor_of(sent.position, feed)} (changes are kept "
+                    f"CHANGES_RETENTION={settings.changes_retention} s): the "
+                    "stream misses changes; delete it for the relay to start it again"
+                )
+            if rows:
+                pages.append(await send(js, rows, sent.sequence, feed, settings.relay_source))
+                sent.position, sent.sequence = rows[-1].position, sent.sequence + len(rows)
+            while pages and (
+                first or not rows or len(pages) > IN_FLIGHT or all(a.done() for a in pages[0].acks)
+            ):
+                await settle(pages.popleft(), progress)
+            if not rows:
+                await watch.until_after(sent.position, IDLE_SECONDS)
+    finally:
+        drop(pages)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -360,7 +399,7 @@ async def run(settings: Settings) -> int:
             raise CannotRelay(
                 f"NATS at {address(settings.nats_url)} cannot be reached: {exc!r}"
             ) from None
-        js = nc.jetstream()
+        js = nc.jetstream(publish_async_max_pending=(IN_FLIGHT + 1) * PAGE)
         await ensure_stream(js, settings)
         watch.start()
         progress = Progress(Position(0, 0), 0)

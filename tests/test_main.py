@@ -39,6 +39,7 @@ def test_procfile_serves_and_migrates_through_python_m_service() -> None:
     assert procfile() == {
         "web": "LOG_FORMAT=${LOG_FORMAT:-json} exec python -m service",
         "release": "LOG_FORMAT=${LOG_FORMAT:-json} python -m service migrate",
+        "relay": "LOG_FORMAT=${LOG_FORMAT:-json} exec python -m service relay",
     }
 
 
