@@ -52,8 +52,9 @@ STANDBY_SECONDS = 5.0
 IDLE_SECONDS = 5.0
 LAG_EVERY = 1.0
 LAG_BOUND = 1_000_000  # changes counted at most, so that the count stays cheap
-# JetStream's error for a Nats-Expected-Last-Sequence that is not the stream's.
-WRONG_LAST_SEQUENCE = 10071
+# JetStream's errors for a Nats-Expected-Last-Sequence, or -Msg-Id, that is
+# not the stream's last message's.
+FENCE_ERRORS = frozenset({10070, 10071})
 # nats-py tries again every 2 s: about two minutes, then the relay gives up.
 RECONNECT_ATTEMPTS = 60
 
@@ -174,9 +175,13 @@ async def resume_point(
     return Progress(position, state.last_seq)
 
 
-def headers_of(row: ChangeRow, cursor: str, source: str, expected: int) -> dict[str, str]:
-    """A change's CloudEvents 1.0 headers (binary mode), and JetStream's fence and dedupe."""
-    return {
+def headers_of(
+    row: ChangeRow, cursor: str, source: str, expected: int, previous: str | None
+) -> dict[str, str]:
+    """A change's CloudEvents 1.0 headers (binary mode), and JetStream's fence and dedupe:
+    stored only right after the message at sequence `expected`, whose cursor is
+    `previous` when given."""
+    headers = {
         "ce-specversion": "1.0",
         "ce-id": cursor,
         "ce-type": f"user.{row.type}",
@@ -189,6 +194,12 @@ def headers_of(row: ChangeRow, cursor: str, source: str, expected: int) -> dict[
         # publish left over from a lost connection, is refused, never reordered.
         "Nats-Expected-Last-Sequence": str(expected),
     }
+    if previous is not None:
+        # And that message must be this change's predecessor, not one another
+        # relay stored under the same number: a delete takes changes out of
+        # the feed, so two relays' pages after a cursor may differ.
+        headers["Nats-Expected-Last-Msg-Id"] = previous
+    return headers
 
 
 class Page(NamedTuple):
@@ -199,14 +210,20 @@ class Page(NamedTuple):
 
 
 async def send(
-    js: JetStreamContext, rows: list[ChangeRow], after: int, feed: str, source: str
+    js: JetStreamContext,
+    rows: list[ChangeRow],
+    after: int,
+    previous: str | None,
+    feed: str,
+    source: str,
 ) -> Page:
     """Publish `rows` without waiting, each fenced on the one before, the first on
-    the stream sequence `after`."""
+    the stream sequence `after` (and the cursor `previous`, when given)."""
     acks = []
     for offset, row in enumerate(rows):
         change = to_change(row, feed)
-        headers = headers_of(row, change.cursor, source, after + offset)
+        headers = headers_of(row, change.cursor, source, after + offset, previous)
+        previous = change.cursor
         subject = SUBJECT.format(row.id)
         acks.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
     return Page(rows, acks)
@@ -226,7 +243,7 @@ async def settle(page: Page, progress: Progress) -> None:
             if not future.done():
                 raise TimeoutError(f"no acknowledgement within {ACK_SECONDS} s")
             if (exc := future.exception()) is not None:
-                if isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE:
+                if isinstance(exc, nats.js.errors.APIError) and exc.err_code in FENCE_ERRORS:
                     raise Fenced(exc.description)
                 raise exc
             ack = future.result()
@@ -271,6 +288,8 @@ async def follow(
             # Into an empty stream the first message goes alone, and is
             # acknowledged before any other: two relays that start together
             # may read different starts, and only one of them may land.
+            if not pages:  # all acknowledged: the stream's own numbers from here
+                sent.position, sent.sequence = progress.position, progress.sequence
             first = sent.sequence == 0
             rows = await watch.changes_after(sent.position, 1 if first else PAGE)
             if rows is None:
@@ -281,7 +300,12 @@ async def follow(
                     "stream misses changes; delete it for the relay to start it again"
                 )
             if rows:
-                pages.append(await send(js, rows, sent.sequence, feed, settings.relay_source))
+                # After a message acknowledged, its sequence names it; after one
+                # in flight, its cursor is named too.
+                previous = cursor_of(sent.position, feed) if pages else None
+                pages.append(
+                    await send(js, rows, sent.sequence, previous, feed, settings.relay_source)
+                )
                 sent.position, sent.sequence = rows[-1].position, sent.sequence + len(rows)
             while pages and (
                 first or not rows or len(pages) > IN_FLIGHT or all(a.done() for a in pages[0].acks)

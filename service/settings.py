@@ -417,7 +417,7 @@ def readable_file(raw: str) -> str:
     return raw
 
 
-# JetStream's names: no whitespace, and none of . * > / \\ (nor control characters).
+# JetStream's names: no whitespace, and none of . * > / \ (nor control characters).
 STREAM_NAME = re.compile(r"[^\s.*>/\\\x00-\x1f]{1,255}")
 
 

