@@ -255,7 +255,7 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
             verdict(worst_bulk <= BULK_SECONDS),
         ),
         (
-            f"lag p99 under creates, commit to the message at a subscriber (at most "
+            f"lag p99 under creates, transaction start to the message at a subscriber (at most "
             f"{LAG_P99_SECONDS:.0f} s)",
             f"{p99 * 1000:.0f} ms (p50 {p50 * 1000:.0f} ms)",
             verdict(p99 <= LAG_P99_SECONDS),
