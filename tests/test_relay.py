@@ -149,24 +149,35 @@ async def feed_of(url: str) -> list[bytes]:
 
 
 async def caught_up(nc: NATS, url: str, relays: list[Relay]) -> list[bytes]:
-    """Wait for the stream's last message to be the feed's last change; the feed."""
+    """Wait for the feed to hold the last change written, and for the stream's last
+    message to be it; the feed.
+
+    The feed holds a committed change back while an older transaction runs
+    anywhere on the server, another database's included: its end alone may
+    stop short of the table, and so may a stream that reached it. The last
+    change written is in the feed once readable (a delete removes only its
+    user's earlier changes).
+    """
     deadline = time.monotonic() + CAUGHT_UP_SECONDS
     js = nc.jetstream()
     while True:
-        # The feed may hold a change back while a transaction runs on the server.
+        ever = await written(url)
+        target = ever[-1][0] if ever else None
         changes = await feed_of(url)
         last = msgspec.json.decode(changes[-1])["cursor"] if changes else None
+        stored = None
         with contextlib.suppress(nats.js.errors.NotFoundError):
             state = (await js.stream_info(STREAM)).state
-            if (
-                state.last_seq
-                and ((await js.get_msg(STREAM, seq=state.last_seq)).headers or {}).get("ce-id")
-                == last
-            ):
-                return changes
+            if state.last_seq:
+                stored = ((await js.get_msg(STREAM, seq=state.last_seq)).headers or {}).get("ce-id")
+        if target is not None and last == target and stored == target:
+            return changes
         if time.monotonic() > deadline:
             logs = "\n".join(relay.output() for relay in relays)
-            raise AssertionError(f"the stream did not reach {last}:\n{logs}")
+            raise AssertionError(
+                f"the stream did not reach {target} (the feed's end {last}, the stream's "
+                f"{stored}):\n{logs}"
+            )
         await asyncio.sleep(0.2)
 
 
