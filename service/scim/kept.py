@@ -86,6 +86,21 @@ def names_under() -> dict[Under, tuple[str, ...]]:
 # Made once: a create scans them for each of its attributes (py-spy).
 ENTRY_SUBS = entry_subs()
 UNDER = names_under()
+# The table's entries a body names in one step, made once so that a plain text
+# value is set without a Path: by a bare name's lower case (title, and the
+# extension's own, as PLAIN reads them); by the extension's attribute; by the
+# lower-case (schema, attribute) of a complex one (name, manager), then its sub.
+SIMPLE = {
+    m.key[1]: m
+    for m in TABLE
+    if m.sub is None and m.type is None and PLAIN[m.key[1]][0] == m.schema
+}
+EXTENSION = {m.key[1]: m for m in TABLE if m.schema == ENTERPRISE_URN and m.sub is None}
+SUBS = {
+    (schema, attribute): {m.key[3] or "": m for m in TABLE if m.key[:2] == (schema, attribute)}
+    for schema, attribute, type, sub in BY_KEY
+    if type is None and sub is not None
+}
 # Skipped paths: a label each for the first MAX_SKIPPED_LABELS a worker meets,
 # then "other", so that a provider sending made-up paths cannot grow the
 # metrics without bound; a warning once per path, for the first
@@ -167,6 +182,10 @@ def skip(path: str) -> None:
 def text_of(path: str, value: Any) -> str | None:
     """A kept attribute's value: a string, or None to remove it. A one-item list
     and {"value": ...} stand for their value; null and "" are no value."""
+    if type(value) is str and value:  # most values: four isinstance tests fewer
+        if not is_attribute_value(value):
+            raise ScimError(400, f"{path} takes {ATTRIBUTE_VALUE_RULE}", "invalidValue")
+        return value
     if isinstance(value, list) and len(value) <= 1:
         value = value[0] if value else None
     if isinstance(value, dict) and "value" in value:
@@ -217,6 +236,8 @@ class Changes:
                 raise ScimError(400, f"{path.text} takes an object", "invalidValue")
             else:
                 for key, item in value.items():
+                    if self.set_text(EXTENSION.get(key.lower()), item):
+                        continue
                     inner = Path(ENTERPRISE_URN, key.lower(), None, None, f"{path.text}:{key}")
                     self.assign(inner, item, replace)
             return
@@ -229,7 +250,10 @@ class Changes:
             return
         if path.sub is None and under(path):  # a complex attribute: name, manager
             if isinstance(value, dict):
+                subs = SUBS.get((path.schema.lower(), attribute), {})
                 for key, item in value.items():
+                    if self.set_text(subs.get(key.lower()), item):
+                        continue
                     sub = Path(path.schema, attribute, None, key.lower(), f"{path.text}.{key}")
                     self.assign(sub, item, replace)
                 return
@@ -280,8 +304,21 @@ class Changes:
         subs = ENTRY_SUBS[attribute, type]
         for key, item in entry.items():
             sub = key.lower()
-            if sub not in ENTRY_KEYS:
-                self.set_entry_value(f"{text}.{key}", subs.get(sub), item)
+            mapped = subs.get(sub)
+            if sub not in ENTRY_KEYS and not self.set_text(mapped, item):
+                self.set_entry_value(f"{text}.{key}", mapped, item)
+
+    def set_text(self, mapped: Mapped | None, value: Any) -> bool:
+        """Set a kept attribute to a value of plain text, as most are; else set
+        nothing and False: the caller takes the general way, which spells the
+        path for its messages (that spelling was a third of a create's
+        translation, timeit)."""
+        if mapped is None or not isinstance(value, str) or not value:
+            return False
+        if not is_attribute_value(value) or (mapped.attribute == "emails" and not is_email(value)):
+            return False
+        self.given[mapped.name] = value
+        return True
 
     def set_entry_value(self, text: str, mapped: Mapped | None, value: Any) -> None:
         """The value of an entry's sub-attribute, which `text` names; skipped when

@@ -233,6 +233,8 @@ def state_of(body: UserIn, raw: dict[str, Any], current: State | None, skipped: 
 
 def described(changes: kept.Changes, key: str, value: Any) -> None:
     """A POST or PUT body's attribute `key`, if the table keeps it; else skipped."""
+    if changes.set_text(kept.SIMPLE.get(key.lower()), value):
+        return  # title and the like, without a Path
     try:
         path = kept.parse(key)
     except ScimError:
