@@ -173,6 +173,23 @@ def user_response(request: Request, row: asyncpg.Record, status_code: int = 200)
     return scim_response(to_scim(row, location), status_code, headers)
 
 
+def fitting(rule: Any) -> Callable[[str], bool]:
+    """Whether a string keeps an Annotated str rule's Meta, tested as msgspec does
+    (lengths in characters, the pattern searched), made once: msgspec.convert
+    hashes the Annotated type on every call (timeit: 3 µs a rule, this 0.7)."""
+    meta = rule.__metadata__[0]
+    low, high, pattern = meta.min_length or 0, meta.max_length, re.compile(meta.pattern)
+    return lambda value: low <= len(value) <= high and pattern.search(value) is not None
+
+
+# The rules of a user's columns, each beside its test; msgspec.convert spells
+# the error of a value that fails it.
+RULES = [
+    (rule, fitting(rule), attribute)
+    for rule, attribute in ((Email, "userName"), (Name, "displayName"), (ExternalId, "externalId"))
+]
+
+
 def checked(state: State) -> State:
     """The state, if the service's rules for users take it; else invalidValue. A work
     email that is userName (in any letter case), or a name.formatted that is
@@ -183,12 +200,9 @@ def checked(state: State) -> State:
     if attributes.get(FORMATTED_NAME) == state.name:
         attributes = {k: v for k, v in attributes.items() if k != FORMATTED_NAME}
     state = state._replace(attributes=attributes)
-    for rule, value, attribute in (
-        (Email, state.email, "userName"),
-        (Name, state.name, "displayName"),
-        (ExternalId, state.external_id, "externalId"),
-    ):
-        if value is None:
+    values = (state.email, state.name, state.external_id)
+    for (rule, fits, attribute), value in zip(RULES, values, strict=True):
+        if value is None or fits(value):
             continue
         try:
             msgspec.convert(value, rule)
