@@ -217,13 +217,19 @@ class Changes:
         self.skipped = skipped
 
     def applied(self, attributes: dict[str, str]) -> dict[str, str]:
-        found = {k: v for k, v in attributes.items() if k not in self.cleared}
+        found = dict(attributes)
+        self.apply(found)
+        return found
+
+    def apply(self, attributes: dict[str, str]) -> None:
+        """Make the changes to `attributes`, in place."""
+        for name in self.cleared:
+            attributes.pop(name, None)
         for name, value in self.given.items():
             if value is None:
-                found.pop(name, None)
+                attributes.pop(name, None)
             else:
-                found[name] = value
-        return found
+                attributes[name] = value
 
     def assign(self, path: Path, value: Any, replace: bool) -> None:
         """Set what `value` gives at `path`, as add or replace (RFC 7644 §3.5.2):

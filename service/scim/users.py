@@ -466,6 +466,9 @@ async def delete_user(request: Request) -> Response:
 # added to `skipped`) and the others applied; a malformed path is a 400.
 def patched(state: State, operations: list[Any], skipped: list[str] | None = None) -> State:
     skipped = [] if skipped is None else skipped
+    # One copy of the attributes, changed by each operation in turn: a copy and a
+    # State for each was a fifth of a PATCH's translation (cProfile).
+    attributes = dict(state.attributes)
     for operation in operations:
         if not isinstance(operation, dict):
             raise ScimError(400, "Each operation is an object", "invalidSyntax")
@@ -488,8 +491,8 @@ def patched(state: State, operations: list[Any], skipped: list[str] | None = Non
                 state = assigned(state, kept.parse(attribute), given, op, changes)
         else:
             state = assigned(state, kept.parse(path), value, op, changes)
-        state = state._replace(attributes=changes.applied(state.attributes))
-    return state
+        changes.apply(attributes)
+    return state._replace(attributes=attributes)
 
 
 def core_attribute(path: kept.Path) -> str | None:
