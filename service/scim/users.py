@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -16,7 +16,7 @@ from service import metrics, queries
 from service.auth import actor_of
 from service.bodies import read_body
 from service.database import db_of
-from service.queries import Condition, UserKey, encode_attributes
+from service.queries import Actor, Condition, UserKey, encode_attributes
 from service.schemas import (
     ATTRIBUTE_BOUNDS,
     EMAIL_RULE,
@@ -432,29 +432,56 @@ async def patch_user(request: Request) -> Response:
 
 
 async def write(request: Request, change: Callable[[State], State]) -> Response:
-    """The user read and locked, changed by `change` and written back in one
-    transaction: a concurrent write to the same user waits for this one, as
-    the native PATCH's single UPDATE does. If-Match is checked against the
-    version locked."""
+    """The user read, changed by `change` and written back only if it is still at
+    the version read: a change is never made to a version it was not computed
+    from, nor If-Match checked against another. A write that finds the user
+    changed meanwhile is made again with the user read and locked, in one
+    transaction, as a concurrent write to the same user waits for the native
+    PATCH's single UPDATE."""
     user_id, condition = user_id_of(request), condition_of(request)
-    async with db_of(request).connection() as conn, conn.transaction():
-        row = await conn.fetchrow(queries.SCIM_LOCK, user_id)
-        if row is None:
-            raise ScimError(404, "No user has this id")
-        if condition is not None and (UUID(row["id"]), row["version"]) not in condition:
-            raise ScimError(412, "The user has changed: If-Match does not name its version")
-        state = checked(change(state_of_row(row)))
-        try:
-            written = await conn.fetchrow(
-                queries.SCIM_REPLACE, user_id, *state.columns(), row["version"],
-                *actor_of(request.scope),
-            )  # fmt: skip
-        except asyncpg.UniqueViolationError as exc:
-            raise taken(exc) from None
-    assert written is not None  # the row stayed locked at the version read
+    actor = actor_of(request.scope)
+    # Read first without a transaction: two round trips, not four with BEGIN
+    # and COMMIT, ~0.1 ms of a write's 1.7 ms in the database before its commit
+    # is flushed (asyncpg, one user written 300 times a round).
+    db = db_of(request)
+    row = await db.fetchrow(queries.SCIM_FIND, user_id)
+    written = (
+        None
+        if row is None
+        else await written_back(db.fetchrow, user_id, row, condition, change, actor)
+    )
+    if written is None:
+        async with db.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(queries.SCIM_LOCK, user_id)
+            written = await written_back(conn.fetchrow, user_id, row, condition, change, actor)
+        assert written is not None  # the row stayed locked at the version read
+    assert row is not None
     if written["version"] != row["version"]:
         metrics.USERS_UPDATED.inc()
     return user_response(request, written)
+
+
+async def written_back(
+    fetchrow: Callable[..., Awaitable[asyncpg.Record | None]],
+    user_id: UUID,
+    row: asyncpg.Record | None,
+    condition: Condition,
+    change: Callable[[State], State],
+    actor: Actor,
+) -> asyncpg.Record | None:
+    """The user written back as `change` makes it from `row`, or None when it is no
+    longer at the row's version."""
+    if row is None:
+        raise ScimError(404, "No user has this id")
+    if condition is not None and (UUID(row["id"]), row["version"]) not in condition:
+        raise ScimError(412, "The user has changed: If-Match does not name its version")
+    state = checked(change(state_of_row(row)))
+    try:
+        return await fetchrow(
+            queries.SCIM_REPLACE, user_id, *state.columns(), row["version"], *actor
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise taken(exc) from None
 
 
 async def delete_user(request: Request) -> Response:
