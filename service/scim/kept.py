@@ -349,24 +349,33 @@ class Changes:
             self.skipped.append(path)
 
 
+# Where scim_values puts each of the table's attributes, made once: (name, the
+# extension's URN or None, attribute, sub-attribute, type). Reading Mapped's
+# fields and scanning a list for the entry of a type were four fifths of a
+# response's build (cProfile).
+PLACES = [
+    (m.name, None if m.schema == USER_URN else m.schema, m.attribute, m.sub, m.type) for m in TABLE
+]
+
+
 def scim_values(attributes: dict[str, str]) -> dict[str, Any]:
     """The kept attributes in SCIM's shapes: by attribute name, the extension
     under its URN; empty when the user has none."""
     found: dict[str, Any] = {}
-    for mapped in TABLE:
-        value = attributes.get(mapped.name)
+    entries: dict[tuple[str, str], dict[str, str]] = {}  # by attribute and type
+    for name, schema, attribute, sub, type in PLACES:
+        value = attributes.get(name)
         if value is None:
             continue
-        holder = found if mapped.schema == USER_URN else found.setdefault(mapped.schema, {})
-        if mapped.type is not None:
-            entries: list[dict[str, str]] = holder.setdefault(mapped.attribute, [])
-            entry = next((e for e in entries if e["type"] == mapped.type), None)
+        holder = found if schema is None else found.setdefault(schema, {})
+        if type is not None:
+            entry = entries.get((attribute, type))
             if entry is None:
-                entry = {"type": mapped.type}
-                entries.append(entry)
-            entry[mapped.sub or "value"] = value
-        elif mapped.sub is not None:
-            holder.setdefault(mapped.attribute, {})[mapped.sub] = value
+                entry = entries[attribute, type] = {"type": type}
+                holder.setdefault(attribute, []).append(entry)
+            entry[sub or "value"] = value
+        elif sub is not None:
+            holder.setdefault(attribute, {})[sub] = value
         else:
-            holder[mapped.attribute] = value
+            holder[attribute] = value
     return found
