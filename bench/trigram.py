@@ -121,6 +121,8 @@ async def create_for(url: str, seconds: float, nonce: str) -> list[float]:
                 emails,
                 ["active"] * ROWS_PER_INSERT,
                 ["{}"] * ROWS_PER_INSERT,
+                [None] * ROWS_PER_INSERT,  # actor and request_id: an open service's
+                [None] * ROWS_PER_INSERT,
             )
             times.append(time.perf_counter() - started)
     finally:
