@@ -226,6 +226,13 @@ ChangeEvents = Annotated[
     ),
 ]
 
+# The 422 of the feed and of a user's history alike.
+BAD_PARAMETER = (
+    "A parameter that is unknown, given twice or breaks its rule, a cursor this "
+    "feed did not make among them; `field` names it."
+)
+
+
 LIST_CHANGES = Operation(
     operation_id="listChanges",
     tag="users",
@@ -292,8 +299,7 @@ LIST_CHANGES = Operation(
         "feed from `after=now` taken before listing.",
         503: "The database is down or too slow; or, for a long poll or a stream, the "
         "worker already holds FEED_MAX_CONSUMERS of them (`Retry-After: 5`).",
-        422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
-        "feed did not make among them; `field` names it.",
+        422: BAD_PARAMETER,
     },
     uses_database=True,
 )
@@ -357,8 +363,7 @@ LIST_USER_CHANGES = Operation(
         404: "No user has that email or id.",
         410: "The changes after this cursor were purged, or it was made by another "
         "database: read the history again without `after`.",
-        422: "A parameter that is unknown, given twice or breaks its rule, a cursor this "
-        "feed did not make among them; `field` names it.",
+        422: BAD_PARAMETER,
     },
     uses_database=True,
 )
