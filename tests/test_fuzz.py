@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import Message
 
+from bench.issuer import AUDIENCE, Issuer
 from service import users
 from service.app import create_app, routes
 from service.bodies import read_json
@@ -104,11 +105,15 @@ TOKEN = "a-token-of-16-characters-or-more"  # noqa: S105 - a test's own token
 
 @pytest.mark.parametrize(
     "setting",
-    [None, "API_TOKENS", "API_CLIENTS", "REQUIRE_IF_MATCH"],
-    ids=["open", "API_TOKENS", "API_CLIENTS", "REQUIRE_IF_MATCH"],
+    [None, "API_TOKENS", "API_CLIENTS", "JWT_ISSUER", "REQUIRE_IF_MATCH"],
+    ids=["open", "API_TOKENS", "API_CLIENTS", "JWT_ISSUER", "REQUIRE_IF_MATCH"],
 )
 def test_schemathesis_with_every_check_and_phase_finds_nothing(
-    tmp_path: Path, services: list[Service], database_url: str, setting: str | None
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    services: list[Service],
+    database_url: str,
+    setting: str | None,
 ) -> None:
     """As a caller runs it: the CLI against `python -m service`, stateful phase included,
     with each setting that changes the document."""
@@ -123,11 +128,22 @@ def test_schemathesis_with_every_check_and_phase_finds_nothing(
         client = {"name": "fuzzer", "scopes": list(SCOPES), "token_sha256": digest}
         env["API_CLIENTS"] = json.dumps([client])
         auth = ["--header", f"Authorization: Bearer {TOKEN}"]
+    if setting == "JWT_ISSUER":
+        # An identity provider served over HTTP, found through its discovery
+        # document, whose access token holds every scope.
+        issuer = Issuer().start()
+        request.addfinalizer(issuer.stop)
+        env |= {"JWT_ISSUER": issuer.url, "JWT_AUDIENCE": AUDIENCE}
+        token = issuer.token(client_id="fuzzer", scope=" ".join(SCOPES))
+        auth = ["--header", f"Authorization: Bearer {token}"]
     if setting == "REQUIRE_IF_MATCH":
         env["REQUIRE_IF_MATCH"] = "1"
     service = Service(tmp_path, env)
     services.append(service)
     service.wait_ready()
+    # The credentials are taken, so that the run reaches past the token check.
+    headers = dict([auth[1].split(": ", 1)]) if auth else {}
+    assert httpx.get(f"{service.url}/users", headers=headers, timeout=10).status_code == 200
     run = subprocess.run(
         [
             *(SCHEMATHESIS, "--config-file", str(ROOT / "tests" / "schemathesis.toml")),
