@@ -445,11 +445,9 @@ async def write(request: Request, change: Callable[[State], State]) -> Response:
     # is flushed (asyncpg, one user written 300 times a round).
     db = db_of(request)
     row = await db.fetchrow(queries.SCIM_FIND, user_id)
-    written = (
-        None
-        if row is None
-        else await written_back(db.fetchrow, user_id, row, condition, change, actor)
-    )
+    if row is None:
+        raise ScimError(404, "No user has this id")
+    written = await written_back(db.fetchrow, user_id, row, condition, change, actor)
     if written is None:
         async with db.connection() as conn, conn.transaction():
             row = await conn.fetchrow(queries.SCIM_LOCK, user_id)
