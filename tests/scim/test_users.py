@@ -268,6 +268,22 @@ async def test_a_patch_that_cannot_apply_is_a_scim_400_and_changes_nothing(
     assert (await client.get(path)).json() == user
 
 
+async def test_a_write_to_an_unknown_id_is_a_404_that_creates_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    path = f"/scim/v2/Users/{uuid.uuid4()}"
+    scim_error(await client.put(path, json=okta_user("ghost@example.com", "g-1")), 404)
+    scim_error(
+        await client.patch(path, json=patch({"op": "replace", "path": "title", "value": "x"})),
+        404,
+    )
+    assert (await client.get(path)).status_code == 404
+    listed = await client.get(
+        "/scim/v2/Users", params={"filter": 'userName eq "ghost@example.com"'}
+    )
+    assert listed.json()["totalResults"] == 0
+
+
 async def test_malformed_json_and_bad_values_are_scim_400s(client: httpx.AsyncClient) -> None:
     headers = {"content-type": SCIM_JSON}
     scim_error(
