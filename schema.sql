@@ -163,7 +163,9 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);
 
 -- The user a stored answer shows (a create's), so that deleting the user
--- scrubs it: null for answers that show no user.
+-- scrubs it: null for answers that show no user. A group's create stores its
+-- group's id here (its ETag names it as a user's does), and deleting the group
+-- scrubs it alike.
 ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS user_id uuid;
 -- The answers stored before the column came: the user is the one their ETag
 -- names ("version-id"). A no-op once every row that has an ETag has its id.
@@ -283,6 +285,48 @@ CREATE OR REPLACE TRIGGER users_updated AFTER UPDATE ON users
 CREATE OR REPLACE TRIGGER users_deleted AFTER DELETE ON users
     REFERENCING OLD TABLE AS old_users FOR EACH STATEMENT EXECUTE FUNCTION record_user_changes();
 
+-- Added in the sixth release: groups of users. Like users, each has an
+-- internal bigint id (the key memberships use) and a public_id, the API's
+-- "id". Its name is one group per name regardless of letter case, folded as
+-- emails are ("C": ASCII letters only), the same on every server. The rules
+-- mirror the API's (service/schemas.py): 1 to 256 characters without control
+-- characters or bidi overrides, and the users' rules of attributes.
+CREATE TABLE IF NOT EXISTS groups (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    public_id  uuid NOT NULL DEFAULT gen_random_uuid(),
+    name       text COLLATE "C" NOT NULL,
+    attributes jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Both set by every UPDATE statement; version names the ETag.
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    version    bigint NOT NULL DEFAULT 1,
+    CONSTRAINT groups_name_valid CHECK (
+        char_length(name) BETWEEN 1 AND 256
+        AND name !~ '[\x01-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]'
+    ),
+    CONSTRAINT groups_attributes_valid CHECK (attributes = '{}' OR attributes_valid(attributes))
+);
+
+-- Built with the table, which no earlier release has: nothing to wait for.
+CREATE UNIQUE INDEX IF NOT EXISTS groups_public_id_key ON groups (public_id);
+-- One group per name regardless of case; also serves paging in name order.
+CREATE UNIQUE INDEX IF NOT EXISTS groups_name_lower_key ON groups (lower(name));
+
+-- Who is in which group, by internal ids, so that a user's email change or a
+-- group's rename touches no membership. A row goes with its user or its group
+-- (ON DELETE CASCADE), and nothing of either stays here. The primary key
+-- serves a group's members and the membership check; memberships_user_id a
+-- user's groups and the cascade of a user's delete. No trigger: a write to
+-- users costs what it did, as the foreign key's checks run only on a user's
+-- delete (and on an update of its id, which never changes).
+CREATE TABLE IF NOT EXISTS memberships (
+    group_id   bigint NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+    user_id    bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS memberships_user_id ON memberships (user_id, group_id);
+
 -- A time as the API shows it, RFC 3339 in UTC with microseconds. The service
 -- reads times (and ids, as ::text) in the text it sends, so that no datetime
 -- or UUID object is made and encoded again per row: asyncpg's timestamptz
@@ -324,6 +368,10 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_external_id_key ON users (e
     WHERE external_id IS NOT NULL;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_emails ON idempotency_keys
     USING gin (emails) WHERE emails IS NOT NULL;
+
+-- Serves GET /groups?q=: trigrams of the name, folded as its identity is.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS groups_search_trgm ON groups
+    USING gin (lower(name) gin_trgm_ops);
 
 -- Serves created_after and created_before when the range is narrow.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS users_created_at ON users (created_at);

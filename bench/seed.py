@@ -30,7 +30,7 @@ SEEDED = ("service", "tutorial", "peer")
 
 DROP_DATABASE = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 CREATE_DATABASE = 'CREATE DATABASE "{name}"'
-TRUNCATE_USERS = "TRUNCATE users RESTART IDENTITY"
+TRUNCATE_USERS = "TRUNCATE users, memberships RESTART IDENTITY"
 ANALYZE_USERS = "VACUUM ANALYZE users"
 SELECT_SERVER_VERSION = "SHOW server_version"
 # The seeding's COPY is one statement, so one transaction: its changes are the oldest.

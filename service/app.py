@@ -15,7 +15,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
-from service import changes, health, metrics, openapi, users
+from service import changes, groups, health, metrics, openapi, users
 from service.access_tokens import AccessTokens
 from service.database import CannotStart, Database, close_pool, open_pool
 from service.dispatch import Dispatch
@@ -24,7 +24,8 @@ from service.lookups import Creates, Reads
 from service.replicas import open_replicas
 from service.routes import Route
 from service.schemas import UUID_PATTERN
-from service.scim import discovery, groups
+from service.scim import discovery
+from service.scim import groups as scim_groups
 from service.scim import users as scim_users
 from service.scopes import OPEN
 from service.settings import Settings, SettingsError
@@ -54,6 +55,21 @@ class UserConvertor(Convertor[str]):
 register_url_convertor("user", UserConvertor())
 
 
+class GroupConvertor(Convertor[str]):
+    """A path segment naming a group: its id, a UUID in any letter case."""
+
+    regex = UUID_PATTERN
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("group", GroupConvertor())
+
+
 # The map of the API, each route with the scope a caller needs (service/scopes.py),
 # or OPEN, and its operation in /openapi.json, written beside its endpoint. Each
 # path also answers with a trailing slash ("/users/") without a redirect, as
@@ -80,6 +96,24 @@ routes = [
           scope="users:changes", operation=changes.LIST_USER_CHANGES),
     Route("/users/bulk", users.create_users, methods=["POST"], scope="users:create",
           operation=users.CREATE_USERS),
+    Route("/users/{user:user}/groups", groups.list_user_groups, methods=["GET"],
+          scope="groups:read", operation=groups.LIST_USER_GROUPS),
+    Route("/groups/{group:group}/members/{user:user}", groups.check_member, methods=["GET"],
+          scope="groups:read", operation=groups.CHECK_MEMBER),
+    Route("/groups", groups.list_groups, methods=["GET"], scope="groups:read",
+          operation=groups.LIST_GROUPS),
+    Route("/groups", groups.create_group, methods=["POST"], scope="groups:write",
+          operation=groups.CREATE_GROUP),
+    Route("/groups/{group:group}", groups.get_group, methods=["GET"], scope="groups:read",
+          operation=groups.GET_GROUP),
+    Route("/groups/{group:group}", groups.update_group, methods=["PATCH"],
+          scope="groups:write", operation=groups.UPDATE_GROUP),
+    Route("/groups/{group:group}", groups.delete_group, methods=["DELETE"],
+          scope="groups:write", operation=groups.DELETE_GROUP),
+    Route("/groups/{group:group}/members", groups.list_members, methods=["GET"],
+          scope="groups:read", operation=groups.LIST_MEMBERS),
+    Route("/groups/{group:group}/members", groups.change_members, methods=["POST"],
+          scope="groups:write", operation=groups.CHANGE_MEMBERS),
     Route("/livez", health.livez, methods=["GET"], scope=OPEN, operation=health.LIVEZ),
     Route("/readyz", health.readyz, methods=["GET"], scope=OPEN, operation=health.READYZ),
     Route("/metrics", metrics.metrics, methods=["GET"], scope=OPEN, operation=metrics.METRICS),
@@ -105,8 +139,9 @@ routes = [
     Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"], scope="scim"),
-    Route("/scim/v2/Groups", groups.groups, methods=groups.METHODS, scope="scim"),
-    Route("/scim/v2/Groups/{rest:path}", groups.groups, methods=groups.METHODS, scope="scim"),
+    Route("/scim/v2/Groups", scim_groups.groups, methods=scim_groups.METHODS, scope="scim"),
+    Route("/scim/v2/Groups/{rest:path}", scim_groups.groups, methods=scim_groups.METHODS,
+          scope="scim"),
 ]
 # fmt: on
 

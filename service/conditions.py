@@ -5,12 +5,17 @@ from __future__ import annotations
 from uuid import UUID
 
 from service.queries import Condition
-from service.schemas import Stored
+from service.schemas import Stored, StoredGroup
 
 
 def etag(stored: Stored) -> str:
     """A user's strong ETag: its version, then its id, so a new user of one email has another."""
     return f'"{stored.version}-{stored.user.id}"'
+
+
+def group_etag(stored: StoredGroup) -> str:
+    """A group's strong ETag, made as a user's is."""
+    return f'"{stored.version}-{stored.group.id}"'
 
 
 def tags(header: str) -> list[str]:

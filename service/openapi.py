@@ -80,6 +80,11 @@ def oauth2_scheme(token_url: str) -> dict[str, Any]:
 
 TAGS = [
     {"name": "users", "description": "Create, look up, list, update and delete users."},
+    {
+        "name": "groups",
+        "description": "Create, list, update and delete groups; add, remove, list and check "
+        "their members.",
+    },
     {"name": "operations", "description": "Probes, metrics and this document, for operators."},
 ]
 

@@ -49,7 +49,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     shares (X-Request-ID, security, 401/403, problems as bodies)."""
 
     operation_id: str
-    tag: Literal["users", "operations"]
+    tag: Literal["users", "groups", "operations"]
     summary: str
     description: str
     parameters: tuple[Parameter, ...] = ()

@@ -104,6 +104,11 @@ STATUS_IS = "status = ${}"
 # "attributes <> '{}'" tells the planner that the partial index
 # users_attributes holds every match.
 HAS_ATTRIBUTES = "attributes @> ${}::jsonb AND attributes <> '{{}}'"
+# The members of a group, by its public id: the semi-join reads the group's
+# memberships by their primary key.
+IN_GROUP = """id IN (
+    SELECT user_id FROM memberships WHERE group_id = (SELECT id FROM groups WHERE public_id = ${})
+)"""
 AFTER_EMAIL = "lower(email) > ${}"
 SEARCH_PAGE = """
 SELECT public_id::text AS id, name, email, status, attributes,
@@ -419,6 +424,7 @@ class Filters(NamedTuple):
     created_before: datetime | None
     status: str | None = None
     attributes: dict[str, str] | None = None  # each name with this value
+    group: UUID | None = None  # a group's id: its members only
 
 
 def like_escaped(text: str) -> str:
@@ -441,6 +447,7 @@ def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[ob
         (CREATED_BEFORE, filters.created_before),
         (STATUS_IS, filters.status),
         (HAS_ATTRIBUTES, filters.attributes and encode_attributes(filters.attributes)),
+        (IN_GROUP, filters.group),
     ):
         if value is not None:
             arguments.append(value)

@@ -380,6 +380,131 @@ class Lookup(msgspec.Struct, kw_only=True):
     ]
 
 
+# A group: a name unique regardless of letter case (ASCII letters, as emails
+# compare), and attributes by the users' rules. schema.sql mirrors the rules.
+MAX_GROUP_NAME_LENGTH = 256
+GroupName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_GROUP_NAME_LENGTH,
+        pattern=rf"^[^{_NO_CONTROL}{_BIDI_CONTROLS}]*{_END}",
+        description=f"1 to {MAX_GROUP_NAME_LENGTH} characters, no control characters or "
+        "bidirectional embeddings, overrides or isolates; unique regardless of the letter "
+        "case of ASCII letters.",
+        examples=["engineering"],
+    ),
+]
+
+
+class NewGroup(Body):
+    name: GroupName
+    attributes: (
+        Annotated[Attributes, msgspec.Meta(extra_json_schema={"default": {}})] | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if self.attributes:  # neither UNSET nor empty
+            check_attributes(self.attributes, removals=False)
+
+
+class GroupChanges(Body):
+    """Any of the fields, at least one."""
+
+    name: GroupName | msgspec.UnsetType = msgspec.UNSET
+    attributes: AttributeChanges | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if self.name is msgspec.UNSET and self.attributes is msgspec.UNSET:
+            raise ValueError("Expected at least one of name, attributes")
+        if self.attributes is not msgspec.UNSET:
+            if len(self.attributes) > MAX_ATTRIBUTE_CHANGES:
+                raise AttributeRuleError(
+                    f"Expected at most {MAX_ATTRIBUTE_CHANGES} attribute changes", ".attributes"
+                )
+            check_attributes(self.attributes, removals=True)
+
+
+GroupPatch = Annotated[GroupChanges, msgspec.Meta(extra_json_schema={"minProperties": 1})]
+
+
+class Group(msgspec.Struct, kw_only=True):
+    id: Annotated[
+        str,
+        msgspec.Meta(
+            description="Made by the service; never changes.",
+            extra_json_schema={"format": "uuid"},
+        ),
+    ]
+    name: str
+    attributes: Annotated[dict[str, str], msgspec.Meta(description="The caller's facts.")]
+    created_at: TimestampText
+    updated_at: TimestampText
+
+
+class StoredGroup(msgspec.Struct, frozen=True):
+    """A group as stored: what the API shows, and the version its ETag names."""
+
+    group: Group
+    version: int
+
+
+# One call adds and removes at most this many users in all: two statements,
+# bounded in time whatever the group's size.
+MAX_MEMBER_CHANGES = 1_000
+_MemberHandle = Annotated[
+    str,
+    msgspec.Meta(
+        description="A user's email in any letter case, or its id. Any other string names no "
+        "user and is listed in `missing`.",
+        examples=["ann@example.com"],
+    ),
+]
+_MemberHandles = Annotated[list[_MemberHandle], msgspec.Meta(max_length=MAX_MEMBER_CHANGES)]
+
+
+class MemberChanges(Body):
+    """Users to add to a group and to remove from it; either list may be left out."""
+
+    add: _MemberHandles | msgspec.UnsetType = msgspec.UNSET
+    remove: _MemberHandles | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        adds = [] if self.add is msgspec.UNSET else self.add
+        removes = [] if self.remove is msgspec.UNSET else self.remove
+        if len(adds) + len(removes) > MAX_MEMBER_CHANGES:
+            raise ValueError(f"Expected at most {MAX_MEMBER_CHANGES:,} handles in add and remove")
+        both = set(adds).intersection(removes)
+        if both:
+            raise ValueError(f"Expected each handle in add or remove, not both: {min(both)!r}")
+
+
+class MembersChanged(msgspec.Struct, kw_only=True):
+    """The answer of POST /groups/{group}/members."""
+
+    added: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="The handles, as given, of the users who were not members and now "
+            "are: each user once, by its first handle."
+        ),
+    ]
+    removed: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="The handles, as given, of the users who were members and are no "
+            "longer: each user once, by its first handle."
+        ),
+    ]
+    missing: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="The handles that name no user, as given, in request order (`add` "
+            "first); each string once."
+        ),
+    ]
+
+
 class Change(msgspec.Struct, kw_only=True):
     """One committed write to one user, as the change feed shows it."""
 

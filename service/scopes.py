@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Final, Literal, get_args
 
 ScopeName = Literal[
-    "users:read", "users:create", "users:update", "users:delete", "users:changes", "scim"
+    "users:read", "users:create", "users:update", "users:delete", "users:changes",
+    "groups:read", "groups:write", "scim",
 ]  # fmt: skip
 
 # What each scope grants, as the OpenAPI document and the docs say it.
@@ -15,6 +16,9 @@ SCOPES: Final[dict[ScopeName, str]] = {
     "users:update": "Patch users.",
     "users:delete": "Delete users.",
     "users:changes": "Read the change feed, and each user's history.",
+    "groups:read": "List and get groups, their members and a user's groups, and check a "
+    "membership.",
+    "groups:write": "Create, change and delete groups, and add and remove their members.",
     "scim": "Everything under /scim/v2, for an identity provider's provisioning.",
 }
 assert set(SCOPES) == set(get_args(ScopeName))

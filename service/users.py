@@ -51,6 +51,7 @@ from service.schemas import (
     MAX_SEARCH_LENGTH,
     MIN_SEARCH_LENGTH,
     TIMESTAMP_RANGE,
+    UUID_PATTERN,
     AttributeValue,
     Email,
     Handles,
@@ -74,8 +75,10 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-LIST_PARAMETERS = ("limit", "offset", "after", "q", "created_after", "created_before", "status")
-FILTER_PARAMETERS = ("q", "created_after", "created_before", "status")
+LIST_PARAMETERS = (
+    "limit", "offset", "after", "q", "created_after", "created_before", "status", "group"
+)  # fmt: skip
+FILTER_PARAMETERS = ("q", "created_after", "created_before", "status", "group")
 # attribute.<name>=<value>: only users whose attribute <name> has that value.
 ATTRIBUTE_PREFIX = "attribute."
 NO_FILTERS = Filters(q=None, created_after=None, created_before=None)
@@ -385,6 +388,15 @@ def query_status(params: dict[str, str]) -> str | None:
     return status
 
 
+def query_group(params: dict[str, str]) -> UUID | None:
+    raw = params.get("group")
+    if raw is None:
+        return None
+    if not re.fullmatch(UUID_PATTERN, raw):
+        raise ProblemError(422, "group must be a group's id, a UUID", field="group")
+    return UUID(raw)
+
+
 def query_attributes(params: dict[str, str]) -> dict[str, str] | None:
     """The attribute.<name> filters, by name; None when none is given."""
     attributes: dict[str, str] = {}
@@ -440,6 +452,7 @@ def list_query(request: Request) -> ListQuery:
         created_before=query_timestamp(params, "created_before"),
         status=query_status(params),
         attributes=query_attributes(params),
+        group=query_group(params),
     )
     return ListQuery(
         limit=query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
@@ -518,6 +531,12 @@ QUERY_PARAMETERS = {
             type=Status,
             description="Only users with this status; without it, users of either.",
         ),
+        Parameter(
+            name="group",
+            location="query",
+            type=UUID,
+            description="Only the members of the group with this id; none when no group has it.",
+        ),
     )
 }
 # ATTRIBUTE_PREFIX's parameters, as one object spread over the query.
@@ -563,7 +582,7 @@ LIST_USERS = Operation(
     tag="users",
     summary="List users",
     description="A page of users ordered by email regardless of letter case, optionally "
-    "only those that match `q`, `created_after`, `created_before`, `status` and "
+    "only those that match `q`, `created_after`, `created_before`, `status`, `group` and "
     "`attribute.<name>` filters, all of them at once. A full page links "
     "the next one in `Link`, with the same filters; following it stays fast at any depth. "
     "Also served at `/users/`.",

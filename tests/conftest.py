@@ -36,7 +36,7 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 # Every test starts from empty tables, the change feed's too.
 EMPTY_TABLES = (
-    "TRUNCATE users, idempotency_keys, user_changes RESTART IDENTITY;"
+    "TRUNCATE users, groups, memberships, idempotency_keys, user_changes RESTART IDENTITY;"
     "UPDATE user_changes_purged SET (xid, seq) = ('0', 0)"
 )
 

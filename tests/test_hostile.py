@@ -82,7 +82,7 @@ def empty_table(database_url: str) -> None:
     async def truncate() -> None:
         conn = await connect(database_url)
         try:
-            await conn.execute("TRUNCATE users RESTART IDENTITY")
+            await conn.execute("TRUNCATE users, memberships RESTART IDENTITY")
         finally:
             await conn.close()
 

@@ -88,7 +88,7 @@ def fresh(database: StoppableDatabase) -> StoppableDatabase:
     """The module's database, running and with an empty table."""
     if not database.running():
         database.start()
-    asyncio.run(execute(database.url, "TRUNCATE users"))
+    asyncio.run(execute(database.url, "TRUNCATE users, memberships"))
     return database
 
 

@@ -80,7 +80,7 @@ def test_overload_is_shed_with_503s_in_bounded_memory_and_full_speed_returns(
 async def seed(database_url: str, users: int = SEEDED) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users")
+        await conn.execute("TRUNCATE users, memberships")
         await conn.execute(
             "INSERT INTO users (name, email)"
             " SELECT 'Seed', 'seed' || n || '@example.com' FROM generate_series(1, $1::int) AS n",

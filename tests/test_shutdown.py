@@ -59,7 +59,7 @@ def test_sigterm_during_a_burst_of_writes_loses_no_acknowledged_write(
 async def empty_table(database_url: str) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users")
+        await conn.execute("TRUNCATE users, memberships")
     finally:
         await conn.close()
 

@@ -32,7 +32,7 @@ STREAM_REQUEST = b"GET /users/changes HTTP/1.1\r\nHost: x\r\nAccept: text/event-
 async def seed_changes(database_url: str, count: int) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("TRUNCATE users, user_changes")
+        await conn.execute("TRUNCATE users, memberships, user_changes")
         await conn.execute("UPDATE user_changes_purged SET xid = '0', seq = 0")
         await conn.execute(
             "INSERT INTO users (name, email, attributes)"

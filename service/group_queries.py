@@ -1,0 +1,355 @@
+"""SQL for groups and their memberships: one constant and one async function per query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from service.database import Database
+from service.queries import (
+    Condition,
+    Executor,
+    StoredAnswer,
+    UserKey,
+    condition_arguments,
+    encode_attributes,
+    encode_headers,
+    like_pattern,
+    to_user,
+)
+from service.schemas import Group, StoredGroup, User
+
+# Names are one identity regardless of case: every conflict, order and after=
+# goes through lower(name) under the column's "C" collation, which the unique
+# index groups_name_lower_key serves. A parameter is folded as
+# lower($n COLLATE "C"), never by the database's locale.
+#
+# Groups leave the database as the API shows them, as users do: the id as text
+# and times through schema.sql's rfc3339.
+GROUP_COLUMNS = """public_id::text AS id, name, attributes,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at"""
+
+INSERT_GROUP = """
+INSERT INTO groups (name, attributes) VALUES ($1, $2::jsonb)
+ON CONFLICT ((lower(name))) DO NOTHING
+RETURNING {COLUMNS}, version
+""".replace("{COLUMNS}", GROUP_COLUMNS)
+
+FIND_GROUP = "SELECT {COLUMNS}, version FROM groups WHERE public_id = $1".replace(
+    "{COLUMNS}", GROUP_COLUMNS
+)
+
+# A page in name order, after a name ($1, "" for the first page), optionally of
+# the names that hold $3 (a LIKE pattern).
+LIST_GROUPS = """
+SELECT {COLUMNS} FROM groups
+WHERE lower(name) > lower($1 COLLATE "C")
+ORDER BY lower(name)
+LIMIT $2
+""".replace("{COLUMNS}", GROUP_COLUMNS)
+SEARCH_GROUPS = """
+SELECT {COLUMNS} FROM groups
+WHERE lower(name) > lower($1 COLLATE "C") AND lower(name) LIKE $3
+ORDER BY lower(name)
+LIMIT $2
+""".replace("{COLUMNS}", GROUP_COLUMNS)
+
+# The group as a patch leaves it: $5 a new name, null to keep; attributes
+# merged (RFC 7396) with those set in $6 and without those removed in $7.
+# As users' UPDATE_USER: a patch that changes nothing writes nothing, and
+# `unchanged` is false only when another write slipped in (worth a retry).
+PATCHED = """(coalesce($5, name), coalesce((attributes || $6::jsonb) - $7::text[], attributes))"""
+UPDATE_GROUP = """
+WITH changed AS (
+    UPDATE groups
+    SET (name, attributes) = {PATCHED}, updated_at = now(), version = version + 1
+    WHERE public_id = $1
+      AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
+      AND (name, attributes) IS DISTINCT FROM {PATCHED}
+    RETURNING public_id, name, attributes, created_at, updated_at, version
+)
+SELECT public_id::text AS id, name, attributes, rfc3339(created_at) AS created_at,
+    rfc3339(updated_at) AS updated_at, version, true AS unchanged, true AS changed
+FROM changed
+UNION ALL
+SELECT public_id::text, name, attributes, rfc3339(created_at), rfc3339(updated_at), version,
+    (name, attributes) IS NOT DISTINCT FROM {PATCHED}, false
+FROM groups
+WHERE NOT EXISTS (SELECT FROM changed)
+  AND public_id = $1
+  AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
+""".replace("{PATCHED}", PATCHED)
+
+# The memberships go with the group (ON DELETE CASCADE). The answers stored
+# for the group's create (Idempotency-Key; user_id holds the id its ETag
+# names) are replaced in the same statement by $5, $6 and $7, which show no
+# trace of the group, and lose the fingerprint of the body that named it.
+DELETE_GROUP = """
+WITH deleted AS (
+    DELETE FROM groups
+    WHERE public_id = $1
+      AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
+    RETURNING public_id
+), scrubbed AS (
+    UPDATE idempotency_keys
+    SET status = $5, headers = $6::jsonb, body = $7, fingerprint = '', user_id = NULL
+    WHERE user_id IN (SELECT public_id FROM deleted)
+)
+SELECT count(*) FROM deleted
+"""
+
+# One writer of a group's members at a time: the second waits for the
+# first's commit, so no two member changes can deadlock whatever users they
+# name, and none is lost. One row lock, whatever the group's size.
+LOCK_GROUP = "SELECT id FROM groups WHERE public_id = $1 FOR NO KEY UPDATE"
+
+# The users named by email keys ($2) and ids ($3), and which of them this
+# statement added to group $1 (its internal id), inserted in id order. Served
+# by the users' unique indexes and the memberships' primary key: the group's
+# other members are never read.
+NAMED_USERS = """named AS (
+    SELECT id, public_id::text AS public_id, lower(email) AS email_key FROM users
+    WHERE lower(email) = ANY($2::text[]) OR public_id = ANY($3::uuid[])
+)"""
+ADD_MEMBERS = """
+WITH {NAMED_USERS}, added AS (
+    INSERT INTO memberships (group_id, user_id)
+    SELECT $1, id FROM named ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING user_id
+)
+SELECT named.public_id, named.email_key, added.user_id IS NOT NULL AS changed
+FROM named LEFT JOIN added ON added.user_id = named.id
+""".replace("{NAMED_USERS}", NAMED_USERS)
+REMOVE_MEMBERS = """
+WITH {NAMED_USERS}, removed AS (
+    DELETE FROM memberships
+    WHERE group_id = $1 AND user_id IN (SELECT id FROM named)
+    RETURNING user_id
+)
+SELECT named.public_id, named.email_key, removed.user_id IS NOT NULL AS changed
+FROM named LEFT JOIN removed ON removed.user_id = named.id
+""".replace("{NAMED_USERS}", NAMED_USERS)
+
+# The membership check: whether the group exists, whether the user does, and
+# whether the user is in the group; three probes of unique indexes.
+IS_MEMBER = """
+WITH g AS (SELECT id FROM groups WHERE public_id = $1),
+     u AS (SELECT id FROM users WHERE lower(email) = $2 OR public_id = $3)
+SELECT EXISTS (SELECT FROM g) AS group_found, EXISTS (SELECT FROM u) AS user_found,
+    EXISTS (
+        SELECT FROM memberships
+        WHERE group_id = (SELECT id FROM g) AND user_id = (SELECT id FROM u)
+    ) AS member
+"""
+
+# A group's members as users, in email order, after an email key ($2, "" for
+# the first page).
+LIST_MEMBERS = """
+SELECT u.public_id::text AS id, u.name, u.email, u.status, u.attributes,
+    rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at
+FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+WHERE m.group_id = (SELECT id FROM groups WHERE public_id = $1) AND lower(u.email) > $2
+ORDER BY lower(u.email)
+LIMIT $3
+"""
+GROUP_EXISTS = "SELECT EXISTS (SELECT FROM groups WHERE public_id = $1)"
+
+# A user's groups in name order, after a name ($3, "" for the first page).
+LIST_USER_GROUPS = """
+SELECT g.public_id::text AS id, g.name, g.attributes,
+    rfc3339(g.created_at) AS created_at, rfc3339(g.updated_at) AS updated_at
+FROM memberships AS m JOIN groups AS g ON g.id = m.group_id
+WHERE m.user_id = (SELECT id FROM users WHERE lower(email) = $1 OR public_id = $2)
+  AND lower(g.name) > lower($3 COLLATE "C")
+ORDER BY lower(g.name)
+LIMIT $4
+"""
+USER_EXISTS = "SELECT EXISTS (SELECT FROM users WHERE lower(email) = $1 OR public_id = $2)"
+
+
+_decode_attributes = msgspec.json.Decoder(dict[str, str])
+
+
+def to_group(row: asyncpg.Record) -> Group:
+    """The group in a row whose first columns are GROUP_COLUMNS, in their order."""
+    id, name, attributes, created_at, updated_at = row[:5]
+    return Group(
+        id=id,
+        name=name,
+        attributes={} if attributes == "{}" else _decode_attributes.decode(attributes),
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def to_stored_group(row: asyncpg.Record) -> StoredGroup:
+    return StoredGroup(to_group(row), row["version"])
+
+
+async def insert_group(db: Executor, name: str, attributes: dict[str, str]) -> StoredGroup | None:
+    """The group created; None when its name is taken, in some letter case."""
+    row = await db.fetchrow(INSERT_GROUP, name, encode_attributes(attributes))
+    return None if row is None else to_stored_group(row)
+
+
+async def find_group(db: Executor, id: UUID) -> StoredGroup | None:
+    row = await db.fetchrow(FIND_GROUP, id)
+    return None if row is None else to_stored_group(row)
+
+
+async def list_groups(db: Executor, *, after: str, limit: int, q: str | None) -> list[Group]:
+    """A page of groups in name order after a name ("" for the first), matching q if given."""
+    if q is None:
+        rows = await db.fetch(LIST_GROUPS, after, limit)
+    else:
+        rows = await db.fetch(SEARCH_GROUPS, after, limit, like_pattern(q))
+    return [to_group(row) for row in rows]
+
+
+class NameTaken(Exception):
+    """A group's new name is another group's, in some letter case."""
+
+
+class AttributesOverflow(Exception):
+    """A patch's attributes, merged, would break their bounds."""
+
+
+class Contended(Exception):
+    """Other writes to a group kept coming between an update's snapshot and its change."""
+
+
+UPDATE_ATTEMPTS = 3
+
+
+async def update_group(
+    db: Executor,
+    id: UUID,
+    condition: Condition,
+    *,
+    name: str | None,
+    attributes: dict[str, str | None] | None,
+) -> tuple[StoredGroup, bool] | None:
+    """The group changed, or as it is when the patch changes nothing, and whether it
+    changed; None when no group has the id or the condition failed. Raises NameTaken,
+    AttributesOverflow or Contended."""
+    sets = removals = None
+    if attributes is not None:
+        sets = encode_attributes({k: v for k, v in attributes.items() if v is not None})
+        removals = [k for k, v in attributes.items() if v is None]
+    arguments = (id, *condition_arguments(condition), name, sets, removals)
+    for _ in range(UPDATE_ATTEMPTS):
+        try:
+            row = await db.fetchrow(UPDATE_GROUP, *arguments)
+        except asyncpg.UniqueViolationError:
+            raise NameTaken from None
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name == "groups_attributes_valid":
+                raise AttributesOverflow from None
+            raise
+        if row is None or row["unchanged"]:
+            return None if row is None else (to_stored_group(row), row["changed"])
+    raise Contended
+
+
+async def delete_group(
+    db: Executor, id: UUID, condition: Condition, *, forgotten: StoredAnswer
+) -> bool:
+    """Whether the group was deleted, with its memberships: False when none has the id
+    or the condition failed. The answers stored for its create become `forgotten`."""
+    deleted = await db.fetchval(
+        DELETE_GROUP, id, *condition_arguments(condition), forgotten.status,
+        encode_headers(forgotten.headers), forgotten.body,
+    )  # fmt: skip
+    return deleted == 1
+
+
+class NamedUser(NamedTuple):
+    """A user a member change named, and whether the change added or removed it."""
+
+    id: str
+    email_key: str
+    changed: bool
+
+
+class NoSuchGroup(Exception):
+    """No group has the id a request names."""
+
+
+# A user deleted between a member add's read of it and its insert fails the
+# insert's foreign key check; the next attempt no longer finds the user.
+MEMBER_ATTEMPTS = 3
+
+
+async def change_members(
+    db: Database, group: UUID, add: Sequence[str], remove: Sequence[str]
+) -> tuple[list[NamedUser], list[NamedUser]]:
+    """Add the users named by the `add` keys to the group and remove those the `remove`
+    keys name, in one transaction: the users each found, and whether it changed. Keys
+    are email_keys (with an "@") and lower-case ids. Raises NoSuchGroup."""
+    for attempt in range(MEMBER_ATTEMPTS):
+        try:
+            async with db.connection() as conn, conn.transaction():
+                return await change_members_once(conn, group, add, remove)
+        except asyncpg.ForeignKeyViolationError:
+            if attempt == MEMBER_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def change_members_once(
+    conn: PoolConnectionProxy, group: UUID, add: Sequence[str], remove: Sequence[str]
+) -> tuple[list[NamedUser], list[NamedUser]]:
+    group_id = await conn.fetchval(LOCK_GROUP, group)
+    if group_id is None:
+        raise NoSuchGroup
+    added = await named_users(conn, ADD_MEMBERS, group_id, add) if add else []
+    removed = await named_users(conn, REMOVE_MEMBERS, group_id, remove) if remove else []
+    return added, removed
+
+
+async def named_users(
+    conn: PoolConnectionProxy, query: str, group_id: int, keys: Sequence[str]
+) -> list[NamedUser]:
+    emails = [key for key in keys if "@" in key]
+    ids = [key for key in keys if "@" not in key]
+    return [NamedUser(*row) for row in await conn.fetch(query, group_id, emails, ids)]
+
+
+class Membership(NamedTuple):
+    group_found: bool
+    user_found: bool
+    member: bool
+
+
+async def is_member(db: Executor, group: UUID, user: UserKey) -> Membership:
+    row = await db.fetchrow(IS_MEMBER, group, user.email, user.id)
+    assert row is not None  # one row, always
+    return Membership(*row)
+
+
+async def list_members(db: Executor, group: UUID, *, after: str, limit: int) -> list[User]:
+    """A page of the group's members in email order, after an email key ("" for the
+    first). Raises NoSuchGroup."""
+    rows = await db.fetch(LIST_MEMBERS, group, after, limit)
+    if not rows and not await db.fetchval(GROUP_EXISTS, group):
+        raise NoSuchGroup
+    return [to_user(row) for row in rows]
+
+
+class NoSuchUser(Exception):
+    """No user has the key a request names."""
+
+
+async def list_user_groups(db: Executor, user: UserKey, *, after: str, limit: int) -> list[Group]:
+    """A page of the user's groups in name order, after a name ("" for the first).
+    Raises NoSuchUser."""
+    rows = await db.fetch(LIST_USER_GROUPS, user.email, user.id, after, limit)
+    if not rows and not await db.fetchval(USER_EXISTS, user.email, user.id):
+        raise NoSuchUser
+    return [to_group(row) for row in rows]
