@@ -28,6 +28,7 @@ REALM = 'Bearer realm="users"'
 EXAMPLES = {
     "{user:user}": "ann@x.io",
     "{id}": "9b1f2c4e-0d1a-4c2b-8e3f-5a6b7c8d9e0f",
+    "{group:group}": "0c6b1d2e-3f4a-4b5c-8d6e-7f8091a2b3c4",
     "{rest:path}": "x",
 }
 

@@ -112,7 +112,9 @@ async def test_every_operation_has_a_tag_a_description_and_the_server(
     assert document["servers"] == [{"url": "/", "description": "This service."}]
     tags = {tag["name"] for tag in document["tags"]}
     for path, _, operation in operations(document):
-        assert operation["tags"] == ["users" if path.startswith("/users") else "operations"]
+        tag = "groups" if path.startswith("/groups") or path.endswith("/groups") else None
+        tag = tag or ("users" if path.startswith("/users") else "operations")
+        assert operation["tags"] == [tag]
         assert set(operation["tags"]) <= tags
         assert operation["description"]
 
@@ -189,8 +191,10 @@ async def test_list_parameters_state_their_ranges(client: httpx.AsyncClient) -> 
         "created_after",
         "created_before",
         "status",
+        "group",
         "attribute",
     }
+    assert parameters["group"]["schema"] == {"type": "string", "format": "uuid"}
     assert parameters["status"]["schema"]["enum"] == ["active", "disabled"]
     assert "default" not in parameters["status"]["schema"]  # without it, users of either
     # One object, spread as attribute.<name>=<value> pairs (style form, exploded).
@@ -243,7 +247,7 @@ async def test_with_clients_each_users_operation_needs_a_bearer_token_with_its_r
     }
     for path, method, operation in operations(document):
         scope = scope_of[path, method]
-        if path.startswith("/users"):
+        if path.startswith(("/users", "/groups")):
             assert scope is not None
             assert operation["security"] == [{"bearerAuth": [scope]}]
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
