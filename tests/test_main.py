@@ -340,7 +340,8 @@ def test_a_malformed_api_clients_entry_stops_start_up_with_one_line_naming_it() 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "configuration error: API_CLIENTS[0] (reporting): unknown scope 'users:write'; the "
-        "scopes are users:read, users:create, users:update, users:delete, users:changes, scim"
+        "scopes are users:read, users:create, users:update, users:delete, users:changes, "
+        "groups:read, groups:write, scim"
     ]
 
 
