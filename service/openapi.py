@@ -47,14 +47,16 @@ IF_MATCH = Parameter(
     location="header",
     type=str,
     description="ETags, comma-separated, or `*` for any: the write happens only when one is "
-    "the user's current ETag, else 412. Weak ETags never match.",
+    "the current ETag of the user (or group) the path names, else 412. Weak ETags never match.",
 )
 # The service runs with REQUIRE_IF_MATCH=1.
 REQUIRED_IF_MATCH = msgspec.structs.replace(
     IF_MATCH, required=True, description=IF_MATCH.description + " Required: without it, 428."
 )
 UNAVAILABLE = "The database is down or too slow; retry after Retry-After seconds."
-PRECONDITION_FAILED = "If-Match names none of the user's current ETags; nothing changed."
+PRECONDITION_FAILED = (
+    "If-Match names none of the current ETags of the user (or group); nothing changed."
+)
 PRECONDITION_REQUIRED = "The service requires If-Match (REQUIRE_IF_MATCH=1); the request has none."
 BEARER_AUTH = {
     "type": "http",
@@ -179,7 +181,8 @@ def build_document(
         "info": {
             "title": "users",
             "version": "1",
-            "description": "Creates, looks up, lists, updates and deletes users. Every error "
+            "description": "Creates, looks up, lists, updates and deletes users and groups of "
+            "them. Every error "
             "is an RFC 9457 problem (application/problem+json) with an X-Request-ID, a request "
             "the HTTP parser refuses included: a 400, or a 431 for a head over 64 KiB, each "
             "with Connection: close. A request head slower than the service's HEAD_TIMEOUT, "

@@ -89,7 +89,7 @@ IF_NONE_MATCH = Parameter(
     name="If-None-Match",
     location="header",
     type=str,
-    description="ETags, comma-separated, or `*`: when one is the user's (weak ones compared "
+    description="ETags, comma-separated, or `*`: when one is the current one (weak ones compared "
     "weakly), the answer is 304 without a body.",
 )
 IDEMPOTENCY_KEY = Parameter(
