@@ -20,6 +20,7 @@ from service.queries import (
     encode_attributes,
     encode_headers,
     like_pattern,
+    searching,
     to_user,
 )
 from service.schemas import Group, StoredGroup, User
@@ -157,16 +158,19 @@ SELECT EXISTS (SELECT FROM g) AS group_found, EXISTS (SELECT FROM u) AS user_fou
 """
 
 # A group's members as users, in email order, after an email key ($2, "" for
-# the first page).
+# the first page). The group is its internal key ($1), planned for its value:
+# a big group is best paged by reading users in email order, a small one by
+# reading its members and sorting them, and the planner tells them apart only
+# by the key itself (see queries.IN_GROUP).
+GROUP_KEY = "SELECT id FROM groups WHERE public_id = $1"
 LIST_MEMBERS = """
 SELECT u.public_id::text AS id, u.name, u.email, u.status, u.attributes,
     rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at
 FROM memberships AS m JOIN users AS u ON u.id = m.user_id
-WHERE m.group_id = (SELECT id FROM groups WHERE public_id = $1) AND lower(u.email) > $2
+WHERE m.group_id = $1 AND lower(u.email) > $2
 ORDER BY lower(u.email)
 LIMIT $3
 """
-GROUP_EXISTS = "SELECT EXISTS (SELECT FROM groups WHERE public_id = $1)"
 
 # A user's groups in name order, after a name ($3, "" for the first page).
 LIST_USER_GROUPS = """
@@ -341,13 +345,14 @@ async def is_member(db: Executor, group: UUID, user: UserKey) -> Membership:
     return Membership(*row)
 
 
-async def list_members(db: Executor, group: UUID, *, after: str, limit: int) -> list[User]:
+async def list_members(db: Database, group: UUID, *, after: str, limit: int) -> list[User]:
     """A page of the group's members in email order, after an email key ("" for the
     first). Raises NoSuchGroup."""
-    rows = await db.fetch(LIST_MEMBERS, group, after, limit)
-    if not rows and not await db.fetchval(GROUP_EXISTS, group):
-        raise NoSuchGroup
-    return [to_user(row) for row in rows]
+    async with searching(db) as conn:
+        key = await conn.fetchval(GROUP_KEY, group)
+        if key is None:
+            raise NoSuchGroup
+        return [to_user(row) for row in await conn.fetch(LIST_MEMBERS, key, after, limit)]
 
 
 class NoSuchUser(Exception):

@@ -104,11 +104,13 @@ STATUS_IS = "status = ${}"
 # "attributes <> '{}'" tells the planner that the partial index
 # users_attributes holds every match.
 HAS_ATTRIBUTES = "attributes @> ${}::jsonb AND attributes <> '{{}}'"
-# The members of a group, by its public id: the semi-join reads the group's
-# memberships by their primary key.
-IN_GROUP = """id IN (
-    SELECT user_id FROM memberships WHERE group_id = (SELECT id FROM groups WHERE public_id = ${})
-)"""
+# The members of a group, by its internal key (resolve_group), which the
+# planner must see: with the key behind a subquery, it guessed half the users
+# for every group, and read a million users in email order to page a group of
+# ten (84 ms at 100,000 users).
+IN_GROUP = "id IN (SELECT user_id FROM memberships WHERE group_id = ${})"
+# 0 when no group has the id: no group has that key, so no user matches.
+GROUP_KEY = "SELECT coalesce((SELECT id FROM groups WHERE public_id = $1), 0)"
 AFTER_EMAIL = "lower(email) > ${}"
 SEARCH_PAGE = """
 SELECT public_id::text AS id, name, email, status, attributes,
@@ -424,7 +426,8 @@ class Filters(NamedTuple):
     created_before: datetime | None
     status: str | None = None
     attributes: dict[str, str] | None = None  # each name with this value
-    group: UUID | None = None  # a group's id: its members only
+    # Its members only: the group's id, then its internal key once resolve_group ran.
+    group: UUID | int | None = None
 
 
 def like_escaped(text: str) -> str:
@@ -439,6 +442,7 @@ def like_pattern(text: str) -> str:
 
 def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[object]]:
     """The WHERE conditions of the filters given, numbered from $first, and their arguments."""
+    assert not isinstance(filters.group, UUID), "resolve_group first"
     clauses: list[str] = []
     arguments: list[object] = []
     for clause, value in (
@@ -453,6 +457,13 @@ def filter_clauses(filters: Filters, first: int = 1) -> tuple[list[str], list[ob
             arguments.append(value)
             clauses.append(clause.format(first + len(arguments) - 1))
     return clauses, arguments
+
+
+async def resolve_group(conn: Connection, filters: Filters) -> Filters:
+    """The filters with a group's id replaced by its internal key, which filter_clauses needs."""
+    if not isinstance(filters.group, UUID):
+        return filters
+    return filters._replace(group=await conn.fetchval(GROUP_KEY, filters.group))
 
 
 def where(clauses: list[str]) -> str:

@@ -645,10 +645,11 @@ async def list_users(request: Request) -> Response:
 
         async def search(conn: PoolConnectionProxy) -> tuple[list[User], int | None]:
             # One snapshot: the page and its count see the same users.
+            resolved = await queries.resolve_group(conn, filters)
             page = await queries.search_users(
-                conn, filters, after=query.after, limit=query.limit, offset=query.offset
+                conn, resolved, after=query.after, limit=query.limit, offset=query.offset
             )
-            return page, None if count is None else await COUNTS[count](conn, filters)
+            return page, None if count is None else await COUNTS[count](conn, resolved)
 
         users, total = await reads.in_snapshot(search)
     headers = {"Vary": "Prefer"}
