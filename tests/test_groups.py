@@ -132,6 +132,15 @@ async def test_an_unknown_or_malformed_group_id_is_a_404(client: httpx.AsyncClie
         assert_problem(response, 404)
 
 
+async def test_group_paths_answer_with_a_trailing_slash_too(client: httpx.AsyncClient) -> None:
+    created = await client.post("/groups/", json={"name": "a"})
+    assert created.status_code == 201
+    group = created.json()["id"]
+    assert (await client.get("/groups/")).json() == [created.json()]
+    assert (await client.get(f"/groups/{group}/")).json() == created.json()
+    assert (await client.get(f"/groups/{group}/members/")).json() == []
+
+
 async def test_a_wrong_method_is_a_405(client: httpx.AsyncClient) -> None:
     group = await create_group(client, "a")
     assert_problem(await client.put(f"/groups/{group['id']}", json={"name": "b"}), 405)
