@@ -56,7 +56,7 @@ async def test_readyz_is_503_saying_to_migrate_when_the_users_table_is_gone(
         assert (await client.get("/readyz")).status_code == 200
         conn = await connect(fresh_database_url)
         try:
-            await conn.execute("DROP TABLE users")
+            await conn.execute("DROP TABLE users CASCADE")  # memberships refer to it
         finally:
             await conn.close()
         response = await client.get("/readyz")
