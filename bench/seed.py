@@ -30,7 +30,9 @@ SEEDED = ("service", "tutorial", "peer")
 
 DROP_DATABASE = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 CREATE_DATABASE = 'CREATE DATABASE "{name}"'
-TRUNCATE_USERS = "TRUNCATE users, memberships RESTART IDENTITY"
+# CASCADE: with the service's schema, the memberships that refer to users go
+# too; the tutorial's has none.
+TRUNCATE_USERS = "TRUNCATE users RESTART IDENTITY CASCADE"
 ANALYZE_USERS = "VACUUM ANALYZE users"
 SELECT_SERVER_VERSION = "SHOW server_version"
 # The seeding's COPY is one statement, so one transaction: its changes are the oldest.
