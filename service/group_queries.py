@@ -145,16 +145,20 @@ SELECT named.public_id, named.email_key, removed.user_id IS NOT NULL AS changed
 FROM named LEFT JOIN removed ON removed.user_id = named.id
 """.replace("{NAMED_USERS}", NAMED_USERS)
 
-# The membership check: whether the group exists, whether the user does, and
-# whether the user is in the group; three probes of unique indexes.
-IS_MEMBER = """
-WITH g AS (SELECT id FROM groups WHERE public_id = $1),
-     u AS (SELECT id FROM users WHERE lower(email) = $2 OR public_id = $3)
-SELECT EXISTS (SELECT FROM g) AS group_found, EXISTS (SELECT FROM u) AS user_found,
-    EXISTS (
-        SELECT FROM memberships
-        WHERE group_id = (SELECT id FROM g) AND user_id = (SELECT id FROM u)
-    ) AS member
+# The membership checks of a loop turn, each a (group id, email key, user id)
+# with one of the last two null, answered in their order: whether the group
+# exists, whether the user does, and whether the user is in the group; three
+# probes of unique indexes a check, in one statement for all.
+ARE_MEMBERS = """
+SELECT g.id IS NOT NULL AS group_found, u.id IS NOT NULL AS user_found,
+    m.user_id IS NOT NULL AS member
+FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS k (group_id, email, user_id, i)
+LEFT JOIN groups g ON g.public_id = k.group_id
+LEFT JOIN LATERAL (
+    SELECT id FROM users WHERE lower(email) = k.email OR public_id = k.user_id
+) u ON true
+LEFT JOIN memberships m ON m.group_id = g.id AND m.user_id = u.id
+ORDER BY k.i
 """
 
 # A group's members as users, in email order, after an email key ($2, "" for
@@ -339,10 +343,15 @@ class Membership(NamedTuple):
     member: bool
 
 
-async def is_member(db: Executor, group: UUID, user: UserKey) -> Membership:
-    row = await db.fetchrow(IS_MEMBER, group, user.email, user.id)
-    assert row is not None  # one row, always
-    return Membership(*row)
+async def are_members(db: Executor, checks: list[tuple[UUID, UserKey]]) -> list[Membership]:
+    """The answer to each (group, user) check, in their order, from one statement."""
+    rows = await db.fetch(
+        ARE_MEMBERS,
+        [group for group, _ in checks],
+        [user.email for _, user in checks],
+        [user.id for _, user in checks],
+    )
+    return [Membership(*row) for row in rows]
 
 
 async def list_members(db: Database, group: UUID, *, after: str, limit: int) -> list[User]:

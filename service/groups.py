@@ -59,6 +59,7 @@ from service.users import (
     query_int,
     query_params,
     query_string,
+    reads_of,
     settings_of,
     user_url,
 )
@@ -536,7 +537,7 @@ CHECK_MEMBER = Operation(
 
 
 async def check_member(request: Request) -> Response:
-    found = await group_queries.is_member(db_of(request), path_group(request), path_user(request))
+    found = await reads_of(request).membership.get((path_group(request), path_user(request)))
     if found.member:
         return Response(status_code=204)
     if not found.group_found:

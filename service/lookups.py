@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
+from uuid import UUID
 
 from asyncpg.pool import PoolConnectionProxy
 
-from service import queries
+from service import group_queries, queries
 from service.database import Database
+from service.group_queries import Membership
 from service.queries import NewRow, UserKey
 from service.replicas import Replicas
 from service.schemas import NewUser, Stored, User
@@ -112,7 +114,8 @@ class Batcher(Generic[K, V]):
 
 
 class Reads:
-    """The reads of the /users endpoints, coalesced, on the primary or on replicas."""
+    """The reads of the /users endpoints, coalesced, on the primary or on replicas, and
+    the membership checks of /groups, coalesced, on the primary."""
 
     def __init__(self, db: queries.Executor, replicas: Replicas | None = None) -> None:
         # Where each query runs is settled here, once: without replicas a read
@@ -151,6 +154,11 @@ class Reads:
         # the same users by key, of which it reads its own.
         self.handles: Batcher[tuple[str, ...], dict[str, User]] = Batcher(
             partial(find_all_handles, find_handles), weight=len
+        )
+        # By (group id, user): the membership checks, on the primary, as every
+        # read of groups is.
+        self.membership: Batcher[tuple[UUID, UserKey], Membership] = Batcher(
+            partial(group_queries.are_members, db)
         )
 
     async def in_snapshot(self, work: Callable[[PoolConnectionProxy], Awaitable[V]]) -> V:

@@ -398,6 +398,33 @@ async def test_the_membership_check_is_204_for_a_member_and_404_otherwise(
     assert_problem(await client.get(f"/groups/{group}/members/not-a-handle"), 404)
 
 
+async def test_membership_checks_arriving_together_each_get_their_own_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    """Checks of one loop turn share a statement: each still gets its own answer,
+    in any mix of groups, members, strangers, unknown users and unknown groups."""
+    emails = [f"m{n}@example.com" for n in range(8)]
+    await seed_users(client, emails)
+    ids = [(await client.get(f"/users/{email}")).json()["id"] for email in emails]
+    odd = (await create_group(client, "odd"))["id"]
+    even = (await create_group(client, "even"))["id"]
+    await members(client, odd, {"add": emails[1::2]})
+    await members(client, even, {"add": ids[0::2]})
+    checks = [
+        (group, handle, 204 if (n % 2 == 1) == (group == odd) else 404)
+        for group in (odd, even)
+        for n, (email, user) in enumerate(zip(emails, ids, strict=True))
+        for handle in (email, user)
+    ]
+    checks += [(odd, "nobody@example.com", 404), (str(uuid.uuid4()), emails[1], 404)]
+    answers = await asyncio.gather(
+        *(client.get(f"/groups/{group}/members/{handle}") for group, handle, _ in checks)
+    )
+    assert [answer.status_code for answer in answers] == [status for _, _, status in checks]
+    assert "No user" in answers[-2].json()["detail"]
+    assert "No group" in answers[-1].json()["detail"]
+
+
 async def test_a_users_groups_are_paged_by_name(client: httpx.AsyncClient) -> None:
     await seed_users(client, ["ann@example.com", "bo@example.com"])
     ann = (await client.get("/users/ann@example.com")).json()["id"]
