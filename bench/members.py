@@ -1,5 +1,8 @@
-"""python -m bench.members: adding and removing one member, and the membership check, on a
-group of 10 and on a group of 10,000 members, beside GET /users/{email}."""
+"""python -m bench.members: groups at scale. Among 1,000,000 users, a group of 100,000
+members is filled through the API 1,000 users a call (memberships a second); then, one
+request at a time, one member is added and removed and the membership check made, on that
+group and on a group of 10, beside GET /users/{email}; last, wrk loads the membership check
+and GET /users/{email} in interleaved rounds (rates and p99s)."""
 
 from __future__ import annotations
 
@@ -18,28 +21,41 @@ import msgspec
 from bench import postgres, seed, servers
 from bench.options import at_least
 from bench.search import percentile
+from bench.wrk import run_wrk
 
 DATABASE = "bench_members"
 BATCH = 1_000  # the most handles one call takes
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
+    users: int
     big: int
     small: int
     requests: int
+    rounds: int
+    duration: int
 
 
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.members", description=__doc__)
-    parser.add_argument("--big", type=at_least(1), help="members of the big group (10000)")
+    parser.add_argument("--users", type=at_least(1), help="users seeded (1000000)")
+    parser.add_argument("--big", type=at_least(1), help="members of the big group (100000)")
     parser.add_argument("--requests", type=at_least(1), help="changes timed per group (1000)")
+    parser.add_argument("--rounds", type=at_least(1), help="wrk rounds of each (5)")
+    parser.add_argument("--duration", type=at_least(1), help="seconds a wrk round (10)")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
     args = parser.parse_args(argv)
     smoke: bool = args.smoke
+    big = args.big or (100 if smoke else 100_000)
+    requests = args.requests or (10 if smoke else 1_000)
     return Options(
-        big=args.big or (100 if smoke else 10_000),
+        # Outsiders for the adds follow the members: at least that many users.
+        users=max(args.users or (1_000 if smoke else 1_000_000), big + requests + 100),
+        big=big,
         small=10,
-        requests=args.requests or (10 if smoke else 1_000),
+        requests=requests,
+        rounds=args.rounds or (1 if smoke else 5),
+        duration=args.duration or (1 if smoke else 10),
     )
 
 
@@ -57,25 +73,27 @@ def call(conn: http.client.HTTPConnection, method: str, path: str, body: object 
     return elapsed
 
 
-def make_group(conn: http.client.HTTPConnection, name: str, members: Sequence[str]) -> str:
+def make_group(
+    conn: http.client.HTTPConnection, name: str, members: Sequence[str]
+) -> tuple[str, list[float]]:
+    """The new group's id, filled with `members` a call of BATCH at a time, and each
+    call's memberships a second."""
     conn.request("POST", "/groups", msgspec.json.encode({"name": name}))
     group: str = msgspec.json.decode(conn.getresponse().read())["id"]
+    rates = []
     for start in range(0, len(members), BATCH):
-        call(conn, "POST", f"/groups/{group}/members", {"add": members[start : start + BATCH]})
-    return group
+        batch = members[start : start + BATCH]
+        elapsed = call(conn, "POST", f"/groups/{group}/members", {"add": batch})
+        rates.append(len(batch) / elapsed * 1000)
+    return group, rates
 
 
-def time_groups(port: int, options: Options) -> dict[str, list[float]]:
+def time_groups(
+    conn: http.client.HTTPConnection, groups: dict[str, str], options: Options
+) -> dict[str, list[float]]:
     """Each request one at a time over one keep-alive connection, the groups in turn: add a
     user who is not a member, check a member, remove the user again (so each group keeps
     its size), and look a user up."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    groups = {
-        f"group of {size:,}": make_group(
-            conn, f"g{size}", [seed.seeded_email(n) for n in range(size)]
-        )
-        for size in (options.small, options.big)
-    }
     times: dict[str, list[float]] = {}
     warmup = 1 if options.requests < 100 else 50
     for number in range(warmup + options.requests):
@@ -97,8 +115,29 @@ def time_groups(port: int, options: Options) -> dict[str, list[float]]:
         elapsed = call(conn, "GET", f"/users/{member}")
         if number >= warmup:
             times.setdefault("GET /users/{email}", []).append(elapsed)
-    conn.close()
     return times
+
+
+def load(url: str, group: str, options: Options) -> dict[str, tuple[list[float], list[float]]]:
+    """wrk -t1 -c64 as python -m bench runs it, in interleaved rounds: GET /users/{email}
+    and the membership check, each on a random one of the big group's members. Each
+    kind's rates (req/s) and p99s (ms), a round each."""
+    kinds = {
+        "GET /users/{email}": ("get_user.lua", ()),
+        "membership check": ("member_check.lua", (group, str(options.big))),
+    }
+    found: dict[str, tuple[list[float], list[float]]] = {kind: ([], []) for kind in kinds}
+    for number in range(options.rounds):
+        for kind, (script, args) in kinds.items() if number % 2 == 0 else reversed(kinds.items()):
+            summary = run_wrk(
+                url, script, (str(options.big), "-", *args),
+                duration=options.duration, connections=64,
+            )  # fmt: skip
+            if summary.non_2xx or summary.connect_errors or summary.read_errors:
+                raise RuntimeError(f"{kind}: {summary}")
+            found[kind][0].append(summary.requests / summary.duration_us * 1e6)
+            found[kind][1].append(summary.p99_us / 1000)
+    return found
 
 
 def main(argv: Sequence[str]) -> int:
@@ -110,16 +149,41 @@ def main(argv: Sequence[str]) -> int:
         url = seed.database_url(server_url, DATABASE)
         asyncio.run(seed.recreate_databases(server_url, [DATABASE]))
         seed.migrate_service(url)
-        asyncio.run(seed.seed_service(url, options.big + options.requests + 100))
+        asyncio.run(seed.seed_service(url, options.users))
         with servers.running(
             ["service"], database_urls={"service": url}, workers=1, log_dir=Path(logs)
         ) as running:
-            times = time_groups(running["service"].port, options)
+            server = running["service"]
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            groups, fills = {}, {}
+            for size in (options.small, options.big):
+                name = f"group of {size:,}"
+                members = [seed.seeded_email(n) for n in range(size)]
+                groups[name], fills[name] = make_group(conn, f"g{size}", members)
+            times = time_groups(conn, groups, options)
+            conn.close()
+            loads = load(server.url, groups[f"group of {options.big:,}"], options)
+    rates = fills[f"group of {options.big:,}"]
+    print(
+        f"{options.users:,} users; filling the group of {options.big:,}, {BATCH:,} a call: "
+        f"median {statistics.median(rates):,.0f} memberships/s, lowest {min(rates):,.0f}/s"
+    )
+    print("One request at a time:")
     for name, values in sorted(times.items()):
         print(
             f"  {name}: median {statistics.median(values):.2f} ms, "
             f"p99 {percentile(values, 0.99):.2f} ms"
         )
+    print(f"wrk -t1 -c64, {options.rounds} interleaved rounds of {options.duration} s, medians:")
+    for kind, (rates, p99s) in loads.items():
+        print(
+            f"  {kind}: {statistics.median(rates):,.0f} req/s, p99 {statistics.median(p99s):.2f} ms"
+            f" (rounds: {' '.join(f'{rate:,.0f}' for rate in rates)})"
+        )
+    (get_rates, get_p99s), (check_rates, check_p99s) = loads.values()
+    rate = statistics.median(check_rates) / statistics.median(get_rates)
+    p99 = statistics.median(check_p99s) / statistics.median(get_p99s)
+    print(f"  check vs GET: rate {rate:.2f}x, p99 {p99:.2f}x")
     return 0
 
 
