@@ -59,6 +59,7 @@ FENCE_ERRORS = frozenset({10070, 10071})
 RECONNECT_ATTEMPTS = 60
 
 _encoder = msgspec.json.Encoder()
+BEGINNING = Position(0, 0)  # before the feed's first change
 
 
 class CannotRelay(Exception):
@@ -135,6 +136,9 @@ class Progress:
 
     position: Position
     sequence: int
+    # The furthest change this process has sent, acknowledged or not: a
+    # duplicate of a change past it was stored by another publisher.
+    furthest: Position = BEGINNING
 
 
 async def resume_point(
@@ -145,7 +149,7 @@ async def resume_point(
     state = (await js.stream_info(settings.nats_stream)).state
     if state.last_seq == 0:
         start = await queries.purged_position(db)
-        if start != Position(0, 0):
+        if start != BEGINNING:
             logger.warning(
                 "relay: the stream is empty and the feed was purged up to %s: users whose "
                 "last change was purged are not in the stream",
@@ -207,6 +211,8 @@ class Page(NamedTuple):
 
     rows: list[ChangeRow]
     acks: list[asyncio.Future[PubAck]]
+    # Progress.furthest as the page went out: what this process may have sent before.
+    resent_to: Position
 
 
 async def send(
@@ -216,6 +222,7 @@ async def send(
     previous: str | None,
     feed: str,
     source: str,
+    furthest: Position,
 ) -> Page:
     """Publish `rows` without waiting, each fenced on the one before, the first on
     the stream sequence `after` (and the cursor `previous`, when given)."""
@@ -226,12 +233,12 @@ async def send(
         previous = change.cursor
         subject = SUBJECT.format(row.id)
         acks.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
-    return Page(rows, acks)
+    return Page(rows, acks, furthest)
 
 
 async def settle(page: Page, progress: Progress) -> None:
     """Wait for a page's acknowledgements; move `progress` past each in order, and
-    raise at the first that is missing or refused."""
+    raise at the first that is missing or refused, or that another publisher stored."""
     try:
         async with asyncio.timeout(ACK_SECONDS):
             await asyncio.wait(page.acks)
@@ -250,6 +257,12 @@ async def settle(page: Page, progress: Progress) -> None:
             duplicates += bool(ack.duplicate)
             published += not ack.duplicate
             progress.position, progress.sequence = row.position, ack.seq
+            if ack.duplicate and row.position > page.resent_to:
+                # Never sent by this process: another relay stored it first. NATS
+                # 2.9 answers such a duplicate, where 2.10 and later let it time
+                # out, and a fence refuses a publish only once the two relays'
+                # pages part; so one relay alone goes on publishing.
+                raise Fenced(f"sequence {ack.seq} was stored by another publisher")
     finally:
         metrics.RELAY_PUBLISHED.inc(published)
         metrics.RELAY_DUPLICATES.inc(duplicates)
@@ -304,8 +317,12 @@ async def follow(
                 # in flight, its cursor is named too.
                 previous = cursor_of(sent.position, feed) if pages else None
                 pages.append(
-                    await send(js, rows, sent.sequence, previous, feed, settings.relay_source)
-                )
+                    await send(
+                        js, rows, sent.sequence, previous, feed, settings.relay_source,
+                        progress.furthest,
+                    )
+                )  # fmt: skip
+                progress.furthest = max(progress.furthest, rows[-1].position)
                 sent.position, sent.sequence = rows[-1].position, sent.sequence + len(rows)
             while pages and (
                 first or not rows or len(pages) > IN_FLIGHT or all(a.done() for a in pages[0].acks)
@@ -426,7 +443,7 @@ async def run(settings: Settings) -> int:
         js = nc.jetstream(publish_async_max_pending=(IN_FLIGHT + 1) * PAGE)
         await ensure_stream(js, settings)
         watch.start()
-        progress = Progress(Position(0, 0), 0)
+        progress = Progress(BEGINNING, 0)
         logger.info(
             "relay started: the feed into stream %s on %s, %s",
             settings.nats_stream, address(settings.nats_url), SUBJECTS,
