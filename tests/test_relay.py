@@ -198,11 +198,18 @@ async def publishing(nc: NATS, relay: Relay) -> None:
 
 
 class Recorder:
-    """Every message the stream stores, as it stores it, by the stream's republish to
-    a plain subject: the stream itself keeps only each user's last."""
+    """Every message the stream stores, by the stream's republish to a plain subject:
+    the stream itself keeps only each user's last.
+
+    The republished copies may come out of the stream's order: NATS 2.9 stores a
+    client's publish on that client's own connection, under the stream's lock,
+    and republishes it after the lock is released, so two relays' copies of
+    neighbouring sequences can cross on the way out (2.10 stores them all on one
+    goroutine). Each copy carries its stream sequence, which is what is compared.
+    """
 
     def __init__(self) -> None:
-        self.stored: list[tuple[int, str]] = []  # sequence, ce-id
+        self.stored: list[tuple[int, str]] = []  # sequence, ce-id; as they arrive
 
     async def start(self, nc: NATS) -> None:
         config = stream_config(Settings())
@@ -215,16 +222,17 @@ class Recorder:
         self.stored.append((int(headers["Nats-Sequence"]), headers["ce-id"]))
 
     def assert_each_change_once_in_order(self, changes: list[bytes], ever: list[str]) -> None:
-        """Stored: sequences 1, 2, 3, ..., each a change written, in feed order, none
-        twice; every change the feed holds among them (a delete removes its user's
-        earlier changes from the feed, and those it removed before the relay read
-        them never go out)."""
-        assert [sequence for sequence, _ in self.stored] == list(range(1, len(self.stored) + 1))
+        """Stored: sequences 1, 2, 3, ... with no gap, each a change written, in feed
+        order, none twice; every change the feed holds among them (a delete removes
+        its user's earlier changes from the feed, and those it removed before the
+        relay read them never go out)."""
+        stored = sorted(self.stored)
+        assert [sequence for sequence, _ in stored] == list(range(1, len(stored) + 1))
         order = {cursor: number for number, cursor in enumerate(ever)}
-        places = [order[cursor] for _, cursor in self.stored]
+        places = [order[cursor] for _, cursor in stored]
         assert places == sorted(set(places))
         held = {msgspec.json.decode(change)["cursor"] for change in changes}
-        assert held <= {cursor for _, cursor in self.stored}
+        assert held <= {cursor for _, cursor in stored}
 
     async def complete(self, nc: NATS, url: str, changes: list[bytes]) -> None:
         """Once every stored message has come: assert_each_change_once_in_order."""
