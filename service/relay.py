@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from service import metrics, queries
 from service.changes import cursor_of, position_of, to_change
-from service.database import CannotStart, Database, close_pool, open_pool
+from service.database import CannotStart, Database, PoolBusy, close_pool, open_pool
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.settings import Settings
@@ -341,7 +341,7 @@ def error_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, nats.errors.Error):
         return "nats"
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | PoolBusy):
         return "database"
     return "other"
 
@@ -349,7 +349,11 @@ def error_kind(exc: BaseException) -> str:
 async def keep_relaying(
     js: JetStreamContext, db: Database, watch: Watch, settings: Settings, progress: Progress
 ) -> None:
-    """follow(), started again from the stream after each failure."""
+    """follow(), started again from the stream after each failure.
+
+    A lost database (a restart, a failover) is the watch's to tell, in one
+    line when lost and one when back; the relay waits for it to listen again.
+    """
     while True:
         try:
             await follow(js, db, watch, settings, progress)
@@ -365,9 +369,13 @@ async def keep_relaying(
                     settings.nats_stream, exc, STANDBY_SECONDS,
                 )  # fmt: skip
                 await asyncio.sleep(STANDBY_SECONDS)
+                continue
+            await asyncio.sleep(RETRY_SECONDS)
+            if kind == "database" and not watch.listening.is_set():
+                # The database is away: the watch has said so, and says when it is back.
+                await watch.listening.wait()
             else:
                 logger.warning("relay: %s error, resuming from the stream: %r", kind, exc)
-                await asyncio.sleep(RETRY_SECONDS)
 
 
 async def measure_lag(db: Database, progress: Progress) -> None:
@@ -425,7 +433,9 @@ async def run(settings: Settings) -> int:
         start_http_server(settings.relay_metrics_port, registry=metrics.RELAY_REGISTRY)
     closed = asyncio.Event()
     try:
-        pool = await open_pool(settings)
+        # No floor of connections: asyncpg would log a traceback every second
+        # while it restores one to a database away; the watch's line says it.
+        pool = await open_pool(msgspec.structs.replace(settings, db_pool_min=0))
     except CannotStart as exc:
         logger.error("relay gives up: %s", exc)
         return 1

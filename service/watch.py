@@ -45,6 +45,7 @@ class Watch:
         self._identity: str | None = None
         self._notified = False  # since the end was last read
         self.listening = asyncio.Event()  # set while notifications can come
+        self._lost = False  # the listening connection failed, and has not come back
         self.max_consumers = settings.feed_max_consumers
         self.consumers = 0  # long polls and streams held now
 
@@ -142,7 +143,8 @@ class Watch:
             try:
                 end = await queries.readable_end(self._db)
             except Exception as exc:  # a failover's errors among them: the loop must go on
-                logger.warning("reading the change feed's end failed: %r", exc)
+                if not self._lost:  # else the listener's line has said it
+                    logger.warning("reading the change feed's end failed: %r", exc)
                 continue
             behind = False
             for future, position in self._waiters.items():
@@ -166,12 +168,21 @@ class Watch:
         self._changed.set()
 
     async def _listen(self) -> None:
-        """LISTEN on a connection of its own, opened again whenever it is lost."""
+        """LISTEN on a connection of its own, opened again whenever it is lost: one
+        line when the database is lost (a restart, a failover), one when it is back."""
         while True:
+            cause = "the server closed the connection"
             try:
                 await self._listen_once()
             except Exception as exc:  # whatever ended it, listen again
-                logger.warning("listening for changes failed: %r", exc)
+                cause = repr(exc)
+            if not self._lost:
+                logger.warning(
+                    "lost the database: listening for changes failed (%s); trying again "
+                    "every %.0f s",
+                    cause, RECONNECT_SECONDS,
+                )  # fmt: skip
+                self._lost = True
             self._changed.set()  # a notification may have been missed meanwhile
             await asyncio.sleep(RECONNECT_SECONDS)
 
@@ -190,6 +201,9 @@ class Watch:
             self.listening.set()
             # A reconnection may have reached another server (a failover, a restore).
             self._identity = await queries.feed_identity(conn)
+            if self._lost:
+                logger.info("the database is back: listening for changes again")
+                self._lost = False
             await lost.wait()
         finally:
             self.listening.clear()
