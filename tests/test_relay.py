@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from service.changes import cursor_of, to_change
 from service.queries import Position
 from service.relay import stream_config
 from service.settings import Settings
-from tests.conftest import ROOT, NatsServer, connect, free_port
+from tests.conftest import ROOT, Cluster, NatsServer, Service, connect, free_port
+from tests.test_failover import SYNCHRONOUS, failover_url, promote
 
 STREAM = "USERS"
 CAUGHT_UP_SECONDS = 60.0
@@ -414,10 +416,15 @@ async def test_a_stream_that_cannot_hold_the_guarantees_is_refused_in_one_line(
 
 
 class Writers:
-    """Creates, bulk loads, email changes and deletes, racing until stopped."""
+    """Creates, bulk loads, email changes and deletes, racing until stopped.
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    With `outages`, the database may be away a while: a write answered 503, or
+    not answered at all, is left behind, and the writer goes on.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, *, outages: bool = False) -> None:
         self.client = client
+        self.outages = outages
         self.done = asyncio.Event()
         self.ids: list[str] = []
         self.random = random.Random(7)  # noqa: S311 - a test's choices
@@ -428,14 +435,28 @@ class Writers:
             asyncio.create_task(self.delete()),
         ]
 
+    async def write(
+        self, method: str, path: str, body: object, expected: set[int]
+    ) -> httpx.Response | None:
+        """One write, its answer one of `expected`; None for one the outage took."""
+        try:
+            response = await self.client.request(method, path, json=body)
+        except httpx.TransportError:
+            if not self.outages:
+                raise
+            return None
+        if response.status_code == 503 and self.outages:
+            return None
+        assert response.status_code in expected, response.text
+        return response
+
     async def create(self) -> None:
         for n in range(100_000):  # bounded; ends at stop()
             if self.done.is_set():
                 return
-            response = await self.client.post(
-                "/users", json={"name": f"C{n}", "email": f"c{n}@example.com"}
-            )
-            self.ids.append(response.json()["id"])
+            body = {"name": f"C{n}", "email": f"c{n}@example.com"}
+            if response := await self.write("POST", "/users", body, {201}):
+                self.ids.append(response.json()["id"])
             await asyncio.sleep(0.005)
 
     async def bulk(self) -> None:
@@ -443,8 +464,7 @@ class Writers:
             if self.done.is_set():
                 return
             users = [{"name": f"B{n}-{k}", "email": f"b{n}-{k}@example.com"} for k in range(200)]
-            response = await self.client.post("/users/bulk", json=users)
-            assert response.status_code == 201, response.text
+            await self.write("POST", "/users/bulk", users, {201})
             await asyncio.sleep(0.2)
 
     async def change_emails(self) -> None:
@@ -453,7 +473,9 @@ class Writers:
                 return
             if self.ids:
                 user = self.random.choice(self.ids)
-                await self.client.patch(f"/users/{user}", json={"email": f"e{n}@example.com"})
+                # 404: deleted meanwhile, by the delete writer.
+                body = {"email": f"e{n}@example.com"}
+                await self.write("PATCH", f"/users/{user}", body, {200, 404})
             await asyncio.sleep(0.01)
 
     async def delete(self) -> None:
@@ -462,7 +484,7 @@ class Writers:
                 return
             if len(self.ids) > 10:
                 user = self.ids.pop(self.random.randrange(len(self.ids)))
-                await self.client.delete(f"/users/{user}")
+                await self.write("DELETE", f"/users/{user}", None, {204})
             await asyncio.sleep(0.03)
 
     async def stop(self) -> None:
@@ -674,3 +696,64 @@ async def test_the_procfile_relay_logs_json_and_stops_cleanly_on_sigterm(
     assert any(message.startswith("relay started") for message in messages), stderr
     assert any(message.startswith("relay: resuming after cursor") for message in messages)
     assert messages[-1] == "relay stopped" or "relay stopped" in messages
+
+
+@pytest.fixture(params=["restart", "failover"])
+def outage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.replication
+async def test_a_postgres_restart_or_failover_loses_and_repeats_no_change(
+    outage: str,
+    nats_url: str,
+    broker: NATS,
+    recorder: Recorder,
+    relays: list[Relay],
+    services: list[Service],
+    tmp_path: Path,
+) -> None:
+    """The primary killed mid-stream, then started again or its synchronous standby
+    promoted, with a service process writing and the relay relaying throughout."""
+    with tempfile.TemporaryDirectory(prefix="users-relay-") as folder:
+        standbys = 1 if outage == "failover" else 0
+        settings = SYNCHRONOUS if standbys else {}
+        cluster = await asyncio.to_thread(
+            Cluster, Path(folder), standbys=standbys, primary_settings=settings
+        )
+        try:
+            primary = cluster.primary
+            url = failover_url(primary, cluster.standbys[0]) if standbys else primary.url()
+            await primary.execute(AUDIT)
+            service = Service(tmp_path, {"DATABASE_URL": url, "DB_COMMAND_TIMEOUT": "2"})
+            services.append(service)
+            await asyncio.to_thread(service.wait_ready)
+            relay = Relay(tmp_path, url, nats_url)
+            relays.append(relay)
+            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+                writers = Writers(client, outages=True)
+                await publishing(broker, relay)
+                await asyncio.sleep(0.5)
+                # As a crash would: no shutdown checkpoint, sessions cut mid-commit.
+                await asyncio.to_thread(primary.stop, "immediate")
+                await asyncio.sleep(1)
+                if standbys:
+                    await promote(cluster.standbys[0])
+                else:
+                    await asyncio.to_thread(primary.start)
+                await asyncio.sleep(3)
+                await writers.stop()
+                changes = await caught_up(broker, url, relays)
+                assert len(changes) > 400  # bulk loads among them
+                await recorder.complete(broker, url, changes)
+                await assert_stream_is_the_feed(broker, client, url, changes)
+            assert relay.process.poll() is None, relay.output()
+            assert relay.stop() == 0  # before the servers stop, which it would log
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    # One line when the database was lost, one when it was back; none between.
+    lines = relay.output().splitlines()
+    assert [line for line in lines if "database" in line] == [
+        next(line for line in lines if "lost the database" in line),
+        next(line for line in lines if "the database is back" in line),
+    ]
