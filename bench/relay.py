@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import os
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     seconds: int
     out: Path
     smoke: bool
+    profile: bool
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -59,6 +62,11 @@ def parse_options(argv: Sequence[str]) -> Options:
     )
     parser.add_argument("--out", type=Path, help="the markdown file to write (bench/RELAY.md)")
     parser.add_argument("--smoke", action="store_true", help="a quick run that checks the harness")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the relay through the bulk loads, and say where its time went",
+    )
     args = parser.parse_args(argv)
     smoke = bool(args.smoke)
     default_out = (
@@ -69,6 +77,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         seconds=args.seconds or (2 if smoke else 20),
         out=args.out or default_out,
         smoke=smoke,
+        profile=bool(args.profile),
     )
 
 
@@ -99,7 +108,7 @@ def nats_server(folder: Path) -> Iterator[str]:
 
 
 @contextmanager
-def relay(database_url: str, nats_url: str, log: Path) -> Iterator[None]:
+def relay(database_url: str, nats_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """python -m service relay, as the Procfile runs it."""
     env = {
         **os.environ,
@@ -116,10 +125,68 @@ def relay(database_url: str, nats_url: str, log: Path) -> Iterator[None]:
             stderr=output,
         )
     try:
-        yield
+        yield process
     finally:
         process.terminate()
         process.wait(30)
+
+
+# Where the relay's samples fall, by the innermost of these frames each holds
+# (py-spy's raw lines: frames from the outermost, then a count).
+PARTS = (
+    ("the change into its JSON body", ("to_change (",)),
+    ("its headers and fences", ("headers_of (",)),
+    ("nats-py's publish: framing and flushing", ("publish_async (", "_flusher (")),
+    (
+        "the acknowledgements: nats-py's replies and settle()",
+        ("_wait_for_msgs (", "_handle_async_reply (", "settle ("),
+    ),
+    ("reading the feed: asyncpg and its rows", ("changes_after (", "readable_end (")),
+    ("the sockets' reads", ("_read_ready (",)),
+    ("the relay's own loop (follow, send)", ("follow (", "send (")),
+    ("waiting, for the bulk load's commit or the network", ("select (",)),
+)
+
+
+@contextmanager
+def profiled(process: subprocess.Popen[bytes], out: Path, enabled: bool) -> Iterator[None]:
+    """py-spy recording `process` (200 samples/s, raw stacks into `out`) while inside."""
+    if not enabled:
+        yield
+        return
+    binary = shutil.which("py-spy")
+    if binary is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    spy = subprocess.Popen(
+        [binary, "record", "--pid", str(process.pid), "--rate", "200", "--format", "raw",
+         "--output", str(out), "--nonblocking", "--idle"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)  # attached
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # it writes its file and exits
+        spy.wait(60)
+
+
+def shares(raw: str) -> dict[str, float]:
+    """The share of the relay's event-loop samples in each of PARTS, and "other"."""
+    counts = dict.fromkeys([name for name, _ in PARTS] + ["other"], 0)
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any("run_forever (" in frame for frame in frames):
+            continue  # the metrics server's thread
+        part = "other"
+        for frame in reversed(frames):
+            found = [name for name, marks in PARTS if any(mark in frame for mark in marks)]
+            if found:
+                part = found[0]
+                break
+        counts[part] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: count / total for name, count in counts.items()}
 
 
 async def last_sequence(js: nats.js.JetStreamContext) -> int:
@@ -187,10 +254,12 @@ async def lag_round(
 
 class Figures(msgspec.Struct, kw_only=True):
     load: float  # the machine's 1-minute load average as the run began
+    load_after: float  # and as it ended
     bulk_seconds: list[float]
     lags: list[list[float]]
     creates: list[int]
     postgres: str
+    profile: dict[str, float]  # shares of the relay's samples through the bulk loads
 
 
 def measure(options: Options, logs: Path) -> Figures:
@@ -202,12 +271,16 @@ def measure(options: Options, logs: Path) -> Figures:
         with (
             servers.running(["service"], database_urls={"service": url}, workers=1, log_dir=logs)
             as running,
-            relay(url, nats_url, logs / "relay.log"),
+            relay(url, nats_url, logs / "relay.log") as process,
         ):  # fmt: skip
             service = running["service"]
             bulks, lags, creates = [], [], []
+            raw = ""
             for round_number in range(1, options.rounds + 1):
-                bulks.append(asyncio.run(bulk_round(service.url, nats_url, f"b{round_number}")))
+                samples = logs / f"bulk-{round_number}.txt"
+                with profiled(process, samples, options.profile):
+                    bulks.append(asyncio.run(bulk_round(service.url, nats_url, f"b{round_number}")))
+                raw += samples.read_text() if options.profile else ""
                 lag, count = asyncio.run(
                     lag_round(service.url, nats_url, options, f"l{round_number}")
                 )
@@ -221,11 +294,34 @@ def measure(options: Options, logs: Path) -> Figures:
                     flush=True,
                 )
         version = asyncio.run(seed.server_version(url))
-    return Figures(load=load, bulk_seconds=bulks, lags=lags, creates=creates, postgres=version)
+    return Figures(
+        load=load,
+        load_after=os.getloadavg()[0],
+        bulk_seconds=bulks,
+        lags=lags,
+        creates=creates,
+        postgres=version,
+        profile=shares(raw) if raw else {},
+    )
 
 
 def verdict(met: bool) -> str:
     return "met" if met else "**missed**"
+
+
+def profile_lines(profile: dict[str, float]) -> list[str]:
+    """What --profile found, as a paragraph of the report; none without it."""
+    if not profile:
+        return []
+    parts = "; ".join(
+        f"{name} {share:.0%}" for name, share in sorted(profile.items(), key=lambda p: -p[1])
+    )
+    return [
+        "Where the relay's time went through the bulk loads (`--profile`: py-spy at 200 "
+        "samples/s on the relay's event loop, each sample by the innermost of these it was "
+        f"in): {parts}.",
+        "",
+    ]
 
 
 def write_report(options: Options, argv: Sequence[str], figures: Figures) -> None:
@@ -263,8 +359,9 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         f"{options.rounds} rounds",
         f"POSTs {BULK:,} users to `/users/bulk` and times from its 201 (which follows the commit)",
         "until the stream's last sequence has moved on by as many; then creates users as",
-        f"python -m bench does (wrk -c{CONNECTIONS}, create_user.lua) for "
-        f"{options.seconds} s ({rate:,.0f}/s answered, the median round) and times",
+        f"`python -m bench` does (`wrk -c{CONNECTIONS}`, `create_user.lua`) for "
+        f"{options.seconds} s ({rate:,.0f}/s answered,",
+        "the median round) and times",
         "each from its transaction's start (its `at`, a few ms before its commit) to its",
         "message reaching a plain subscriber of `users.>` on the same server, which JetStream",
         "serves as it stores the message. Figures are the median round's.",
@@ -276,9 +373,10 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         )
         + ".",
         "",
-        f"The machine's load average was {figures.load:.1f} on its 2 cores as the run began "
-        "(other work shares them).",
+        f"The machine's load average was {figures.load:.1f} on its 2 cores as the run began, "
+        f"{figures.load_after:.1f} as it ended (other work shares them).",
         "",
+        *profile_lines(figures.profile),
         "Machine: "
         + ", ".join(f"{k} {v}" for k, v in {**machine.describe_machine(), **versions}.items())
         + ".",
