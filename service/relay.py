@@ -396,11 +396,14 @@ def address(url: str) -> str:
     )
 
 
-async def connect(settings: Settings, closed: asyncio.Event) -> NATS:
+async def connect(settings: Settings, closed: asyncio.Event, leaving: asyncio.Event) -> NATS:
+    """NATS_URL's servers, reconnected to for about two minutes; `closed` is set once
+    nats-py stops trying, and `leaving` is set by the relay before it closes."""
     servers = address(settings.nats_url)
 
     async def disconnected() -> None:
-        logger.warning("relay: disconnected from NATS at %s", servers)
+        if not leaving.is_set():  # the relay's own close says nothing more
+            logger.warning("relay: disconnected from NATS at %s", servers)
 
     async def reconnected() -> None:
         logger.info("relay: reconnected to NATS at %s", servers)
@@ -432,6 +435,7 @@ async def run(settings: Settings) -> int:
     if settings.relay_metrics_port:
         start_http_server(settings.relay_metrics_port, registry=metrics.RELAY_REGISTRY)
     closed = asyncio.Event()
+    leaving = asyncio.Event()
     try:
         # No floor of connections: asyncpg would log a traceback every second
         # while it restores one to a database away; the watch's line says it.
@@ -445,7 +449,7 @@ async def run(settings: Settings) -> int:
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
-            nc = await connect(settings, closed)
+            nc = await connect(settings, closed, leaving)
         except (OSError, nats.errors.Error) as exc:
             raise CannotRelay(
                 f"NATS at {address(settings.nats_url)} cannot be reached: {exc!r}"
@@ -483,6 +487,7 @@ async def run(settings: Settings) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         await watch.stop()
         if nc is not None and not nc.is_closed:
+            leaving.set()
             with contextlib.suppress(Exception):
                 await nc.close()
         await close_pool(pool)
