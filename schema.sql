@@ -316,9 +316,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS groups_name_lower_key ON groups (lower(name));
 -- group's rename touches no membership. A row goes with its user or its group
 -- (ON DELETE CASCADE), and nothing of either stays here. The primary key
 -- serves a group's members and the membership check; memberships_user_id a
--- user's groups and the cascade of a user's delete. No trigger: a write to
--- users costs what it did, as the foreign key's checks run only on a user's
--- delete (and on an update of its id, which never changes).
+-- user's groups and the cascade of a user's delete. A write to users costs
+-- what it did, as the foreign key's checks run only on a user's delete (and on
+-- an update of its id, which never changes); the delete's cascade fires the
+-- feed's statement trigger below (record_membership_changes), once.
 CREATE TABLE IF NOT EXISTS memberships (
     group_id   bigint NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
     user_id    bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -326,6 +327,120 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (group_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_user_id ON memberships (user_id, group_id);
+
+-- Added in the seventh release: groups and memberships in the change feed
+-- (GET /changes, which merges them with user_changes; GET /users/changes
+-- reads users alone, as before). A table of their own, so that a write to
+-- users costs what it did: no trigger of users writes here. Positions are
+-- user_changes' own: seq draws from the same sequence and xid is the
+-- writer's, so that (xid, seq) of both tables is one order, read under the
+-- same rule (below xmin). A change is a group's (created, updated, deleted:
+-- user_id null, the group as stored after it) or a membership's (added,
+-- removed: user_id the member's public_id). A membership that ends with its
+-- user or its group records nothing: the user's or the group's deleted change
+-- says it, and costs a delete no row a membership.
+CREATE TABLE IF NOT EXISTS group_changes (
+    xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq        bigint NOT NULL DEFAULT nextval('user_changes_seq_seq'),
+    type       text NOT NULL,
+    group_id   uuid NOT NULL,  -- the group's public_id
+    group_key  bigint NOT NULL,  -- the group's internal id, which serves the scrubbing
+    user_id    uuid,  -- a membership's user, by public_id; null for the group's own
+    version    bigint,  -- the number in the group's ETag after the change; null for a member's
+    at         timestamptz NOT NULL DEFAULT now(),
+    actor      text,
+    request_id text,
+    -- The group after the change, as stored: null when deleted, and for a member's.
+    name       text,
+    attributes jsonb,
+    created_at timestamptz,
+    updated_at timestamptz,
+    PRIMARY KEY (xid, seq)
+);
+
+-- Serves the scrubbing of a deleted group's earlier changes, its members' among them.
+CREATE INDEX IF NOT EXISTS group_changes_group_key ON group_changes (group_key);
+
+-- How far the retention purge has gone in group_changes, as user_changes_purged
+-- says it of user_changes; one purge takes a prefix of both in their one order.
+CREATE TABLE IF NOT EXISTS group_changes_purged (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    xid  xid8 NOT NULL,
+    seq  bigint NOT NULL
+);
+INSERT INTO group_changes_purged (xid, seq) VALUES ('0', 0) ON CONFLICT DO NOTHING;
+
+-- As record_user_changes: one INSERT a statement, and a deleted group's
+-- earlier changes (its members' too) removed, so that its name and attributes
+-- are nowhere once its row goes. The caller is the transaction's settings
+-- users.actor and users.request_id, which the service sets with each write of
+-- groups (a group's row is one caller's, never a loop turn's). Notifies a
+-- channel of its own: a long poll of the users' feed alone is never woken.
+CREATE OR REPLACE FUNCTION record_group_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM group_changes WHERE group_key IN (SELECT id FROM old_groups);
+        INSERT INTO group_changes (type, group_id, group_key, version, actor, request_id)
+        SELECT 'deleted', public_id, id, version + 1,
+            nullif(current_setting('users.actor', true), ''),
+            nullif(current_setting('users.request_id', true), '')
+        FROM old_groups;
+    ELSE
+        INSERT INTO group_changes (type, group_id, group_key, version, name, attributes,
+            created_at, updated_at, actor, request_id)
+        SELECT CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END, public_id, id,
+            version, name, attributes, created_at, updated_at,
+            nullif(current_setting('users.actor', true), ''),
+            nullif(current_setting('users.request_id', true), '')
+        FROM new_groups;
+    END IF;
+    IF FOUND THEN
+        PERFORM pg_notify('group_changes', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER groups_created AFTER INSERT ON groups
+    REFERENCING NEW TABLE AS new_groups FOR EACH STATEMENT EXECUTE FUNCTION record_group_changes();
+CREATE OR REPLACE TRIGGER groups_updated AFTER UPDATE ON groups
+    REFERENCING NEW TABLE AS new_groups FOR EACH STATEMENT EXECUTE FUNCTION record_group_changes();
+CREATE OR REPLACE TRIGGER groups_deleted AFTER DELETE ON groups
+    REFERENCING OLD TABLE AS old_groups FOR EACH STATEMENT EXECUTE FUNCTION record_group_changes();
+
+-- A member added or removed, by the public ids of its group and its user. A
+-- cascade from a group's or a user's delete finds the group or the user gone
+-- (an AFTER trigger sees its statement's changes) and records nothing.
+CREATE OR REPLACE FUNCTION record_membership_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO group_changes (type, group_id, group_key, user_id, actor, request_id)
+        SELECT 'added', g.public_id, g.id, u.public_id,
+            nullif(current_setting('users.actor', true), ''),
+            nullif(current_setting('users.request_id', true), '')
+        FROM new_memberships AS m
+        JOIN groups AS g ON g.id = m.group_id
+        JOIN users AS u ON u.id = m.user_id;
+    ELSE
+        INSERT INTO group_changes (type, group_id, group_key, user_id, actor, request_id)
+        SELECT 'removed', g.public_id, g.id, u.public_id,
+            nullif(current_setting('users.actor', true), ''),
+            nullif(current_setting('users.request_id', true), '')
+        FROM old_memberships AS m
+        JOIN groups AS g ON g.id = m.group_id
+        JOIN users AS u ON u.id = m.user_id;
+    END IF;
+    IF FOUND THEN
+        PERFORM pg_notify('group_changes', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER memberships_added AFTER INSERT ON memberships
+    REFERENCING NEW TABLE AS new_memberships FOR EACH STATEMENT
+    EXECUTE FUNCTION record_membership_changes();
+CREATE OR REPLACE TRIGGER memberships_removed AFTER DELETE ON memberships
+    REFERENCING OLD TABLE AS old_memberships FOR EACH STATEMENT
+    EXECUTE FUNCTION record_membership_changes();
 
 -- A time as the API shows it, RFC 3339 in UTC with microseconds. The service
 -- reads times (and ids, as ::text) in the text it sends, so that no datetime
