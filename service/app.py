@@ -88,6 +88,8 @@ routes = [
           operation=users.LOOKUP_USERS),
     Route("/users/changes", changes.list_changes, methods=["GET"], scope="users:changes",
           operation=changes.LIST_CHANGES),
+    Route("/changes", changes.list_all_changes, methods=["GET"],
+          scope=("users:changes", "groups:read"), operation=changes.LIST_ALL_CHANGES),
     Route("/users/{user:user}", users.update_user, methods=["PATCH"], scope="users:update",
           operation=users.UPDATE_USER),
     Route("/users/{user:user}", users.delete_user, methods=["DELETE"], scope="users:delete",

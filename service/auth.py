@@ -52,18 +52,21 @@ class Callers:
         """Let the request through if its route is open or its caller holds the route's
         scope; the caller, once known, is put in the scope. Refuse it otherwise."""
         route = scope["route"]
-        needed = route.scope if isinstance(route, Route) else None
-        if needed is None:
+        needed = route.scopes if isinstance(route, Route) else ()
+        if not needed:
             return
         caller = await self.authenticate(scope)
         scope["caller"] = caller
-        if needed not in caller.scopes:
+        lacking = next((name for name in needed if name not in caller.scopes), None)
+        if lacking is not None:
+            # RFC 6750 §3: the scopes the token needs, space-separated.
+            names = " ".join(needed)
             raise ProblemError(
                 403,
-                f"This request needs the scope {needed}, which the client {caller.name} "
+                f"This request needs the scope {lacking}, which the client {caller.name} "
                 "does not hold",
                 headers={
-                    "WWW-Authenticate": (f'{REALM}, error="insufficient_scope", scope="{needed}"')
+                    "WWW-Authenticate": (f'{REALM}, error="insufficient_scope", scope="{names}"')
                 },
             )
 

@@ -1,4 +1,5 @@
-"""The change feed: every committed write to users, in order, from a cursor."""
+"""The change feed: every committed write to users (and, in the feed of everything,
+to groups and memberships), in order, from a cursor."""
 
 from __future__ import annotations
 
@@ -6,20 +7,29 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from service import metrics, queries, streams
+from service import feed_queries, metrics, queries, streams
 from service.database import Database, db_of
+from service.feed_queries import AnyChangeRow
 from service.observe import WAITED
 from service.operations import USER, Operation, Parameter, Reply
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
-from service.schemas import Change, Changes
+from service.schemas import (
+    AllChanges,
+    AnyChange,
+    Change,
+    Changes,
+    GroupChange,
+    MembershipChange,
+    UserChange,
+)
 from service.users import (
     NO_USER,
     json_response,
@@ -109,6 +119,26 @@ def to_change(row: ChangeRow, feed: str) -> Change:
     )
 
 
+def to_any_change(row: AnyChangeRow, feed: str) -> AnyChange:
+    """A change of the feed of everything: a user's, a group's or a membership's."""
+    cursor = cursor_of(row.position, feed)
+    if isinstance(row, ChangeRow):
+        return UserChange(
+            cursor=cursor, type=row.type, id=row.id, version=row.version, at=row.at,  # type: ignore[arg-type]
+            actor=row.actor, request_id=row.request_id, user=row.user,
+        )  # fmt: skip
+    if row.member is not None:
+        return MembershipChange(
+            cursor=cursor, type=row.type, group_id=row.id, user_id=row.member, at=row.at,  # type: ignore[arg-type]
+            actor=row.actor, request_id=row.request_id,
+        )  # fmt: skip
+    assert row.version is not None  # a group's own change has one
+    return GroupChange(
+        cursor=cursor, type=row.type, id=row.id, version=row.version, at=row.at,  # type: ignore[arg-type]
+        actor=row.actor, request_id=row.request_id, group=row.group,
+    )  # fmt: skip
+
+
 def quality(accept: str, media_type: str, *, named: bool = False) -> float:
     """The weight Accept gives `media_type`, from its most specific range (RFC
     9110 §12.5.1): 0 when none matches; with `named`, only its own name counts."""
@@ -146,24 +176,30 @@ def wants_stream(request: Request) -> bool:
     return stream > 0 and stream >= quality(accept, JSON)
 
 
-def gone(request: Request, field: str) -> ProblemError:
+def listing(everything: bool) -> str:
+    """What a consumer lists again when its cursor is gone."""
+    return "the users, the groups and their members" if everything else "the users"
+
+
+def gone(request: Request, field: str, *, everything: bool = False) -> ProblemError:
     return ProblemError(
         410,
         "The feed cannot go on from this cursor: the changes after it were purged (kept "
         f"{settings_of(request).changes_retention} s), or no transaction has reached it "
         "(a cursor from another database, or from before a failover that lost writes). "
-        f"List the users again, and follow the feed from after={NOW} taken before listing",
+        f"List {listing(everything)} again, and follow the feed from after={NOW} taken "
+        "before listing",
         field=field,
     )
 
 
-def foreign(field: str) -> ProblemError:
+def foreign(field: str, *, everything: bool = False) -> ProblemError:
     return ProblemError(
         410,
         "This cursor was made by another database (another server, another database of "
         "this one, or this one before it was restored from a dump): its positions mean "
-        f"nothing here. List the users again, and follow the feed from after={NOW} taken "
-        "before listing",
+        f"nothing here. List {listing(everything)} again, and follow the feed from "
+        f"after={NOW} taken before listing",
         field=field,
     )
 
@@ -184,26 +220,45 @@ def admit(request: Request) -> Watch:
 
 
 async def start_of(
-    request: Request, after: str | None, limit: int, field: str, *, waits: bool
-) -> tuple[Position, list[ChangeRow] | None]:
-    """Where `after` starts the feed, and the first page from there. A consumer
-    that `waits` for changes shares its read with those asking for the same page
-    (a read may then have begun a moment before its request came); any other
-    reads on its own, so that it sees every write answered before it asked."""
+    request: Request,
+    after: str | None,
+    limit: int,
+    field: str,
+    *,
+    waits: bool,
+    everything: bool = False,
+) -> tuple[Position, Sequence[AnyChangeRow] | None]:
+    """Where `after` starts the feed (of `everything`, or of users), and the first
+    page from there. A consumer that `waits` for changes shares its read with those
+    asking for the same page (a read may then have begun a moment before its
+    request came); any other reads on its own, so that it sees every write
+    answered before it asked."""
     db = db_of(request)
     if after == NOW:
         return await queries.present_position(db), []
     if after is None:
-        return await from_the_oldest(db, limit)
+        return await from_the_oldest(db, limit, everything=everything)
     position, feed = position_of(after, field)
     # A cursor without an identity keeps working: it was made before cursors
     # carried one, by this database as a rule, and every answer hands out the
     # new form. Refusing it would make every consumer list all users again.
     if feed is not None and feed != await watch_of(request).identity():
-        raise foreign(field)
+        raise foreign(field, everything=everything)
+    return position, await read_after(request, position, limit, waits=waits, everything=everything)
+
+
+async def read_after(
+    request: Request, position: Position, limit: int, *, waits: bool, everything: bool
+) -> Sequence[AnyChangeRow] | None:
+    """The page after `position`: shared with other consumers when it `waits`."""
     if waits:
-        return position, await watch_of(request).changes_after(position, limit)
-    return position, await queries.changes_after(db, position, limit)
+        watch = watch_of(request)
+        if everything:
+            return await watch.all_changes_after(position, limit)
+        return await watch.changes_after(position, limit)
+    if everything:
+        return await feed_queries.all_changes_after(db_of(request), position, limit)
+    return await queries.changes_after(db_of(request), position, limit)
 
 
 ChangesLimit = Annotated[
@@ -306,6 +361,11 @@ LIST_CHANGES = Operation(
 
 
 async def list_changes(request: Request) -> Response:
+    return await answer_feed(request, everything=False)
+
+
+async def answer_feed(request: Request, *, everything: bool) -> Response:
+    """A page, a long poll or a stream of the feed of users, or of `everything`."""
     params = query_params(request, PARAMETERS)
     limit = query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = query_int(params, "wait", 0, 0, MAX_WAIT)
@@ -316,25 +376,72 @@ async def list_changes(request: Request) -> Response:
     if (last_event_id := request.headers.get("last-event-id")) is not None:
         field, after = "Last-Event-ID", last_event_id
     if wants_stream(request):
-        return await stream_changes(request, after, field)
+        return await stream_changes(request, after, field, everything=everything)
     waits = wait > 0 and after != NOW  # `now` answers the present position at once
     metrics.FEED_REQUESTS.labels("long_poll" if wait else "page").inc()
     watch = admit(request) if waits else watch_of(request)
     try:
-        position, rows = await start_of(request, after, limit, field, waits=waits)
+        position, rows = await start_of(
+            request, after, limit, field, waits=waits, everything=everything
+        )
         if rows == [] and waits:
-            rows = await unless_gone(request, changes_within(request, position, limit, wait))
+            within = changes_within(request, position, limit, wait, everything=everything)
+            rows = await unless_gone(request, within)
     finally:
         if waits:
             watch.leave()
     if rows is None:
-        raise gone(request, field)
+        raise gone(request, field, everything=everything)
     feed = await watch.identity()
-    changes = [to_change(row, feed) for row in rows]
     # Nothing new: the same cursor again, never the present, which a change
     # that became readable after this page's snapshot may already lie behind.
-    next = changes[-1].cursor if changes else cursor_of(position, feed)
+    next = cursor_of(rows[-1].position if rows else position, feed)
+    if everything:
+        return json_response(AllChanges(changes=[to_any_change(r, feed) for r in rows], next=next))
+    changes = [to_change(row, feed) for row in rows]  # type: ignore[arg-type]  # users' alone
     return json_response(Changes(changes=changes, next=next))
+
+
+LIST_ALL_CHANGES = Operation(
+    operation_id="listAllChanges",
+    tag="groups",
+    summary="Follow every change to users, groups and memberships",
+    description="The feed of `GET /users/changes` with the changes of groups and "
+    "memberships merged into its order: the same cursors, pages, long polls, streams, "
+    "retention and 410s, and the same promise (each change committed after a cursor "
+    "exactly once, whatever order concurrent writes commit in). Each change names its "
+    "`kind`: a `user`'s is the users' feed's change; a `group`'s is `created`, `updated` or "
+    "`deleted`, with the group after it and its `version`; a `membership`'s is `added` or "
+    "`removed`, with `group_id` and `user_id`. A deleted group's earlier changes, its "
+    "members' among them, are removed: its `deleted` change keeps only its id, and ends "
+    "every membership of the group; a user's `deleted` change ends every membership of "
+    "the user. To copy users, groups and members: take `next` from `after=now`, page "
+    "through `GET /users`, `GET /groups` and each group's members, then follow this feed "
+    "from there. As server-sent events, each event's name is the change's kind and type "
+    "(`membership.added`). Needs both `users:changes` and `groups:read`. Also served at "
+    "`/changes/`.",
+    parameters=LIST_CHANGES.parameters,
+    replies={
+        200: Reply(
+            description="The changes after the cursor; with `Accept: text/event-stream`, "
+            "a stream of them, as they come, until the service stops.",
+            body=AllChanges,
+            alternatives=((EVENT_STREAM, ChangeEvents),),
+        )
+    },
+    problems={
+        **LIST_CHANGES.problems,
+        410: "The feed cannot go on from this cursor: the changes after it were purged, "
+        "it was made by another database, or no transaction has reached it. List the users, "
+        "the groups and their members again, and follow the feed from `after=now` taken "
+        "before listing.",
+    },
+    uses_database=True,
+)
+
+
+async def list_all_changes(request: Request) -> Response:
+    return await answer_feed(request, everything=True)
 
 
 LIST_USER_CHANGES = Operation(
@@ -423,20 +530,24 @@ async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
     return waited.result()
 
 
-async def stream_changes(request: Request, after: str | None, field: str) -> Response:
+async def stream_changes(
+    request: Request, after: str | None, field: str, *, everything: bool = False
+) -> Response:
     """The feed as server-sent events, from the cursor `after` given in `field`."""
     metrics.FEED_REQUESTS.labels("stream").inc()
     watch = admit(request)
     try:
-        position, rows = await start_of(request, after, STREAM_PAGE, field, waits=True)
+        position, rows = await start_of(
+            request, after, STREAM_PAGE, field, waits=True, everything=everything
+        )
         if rows is None:
-            raise gone(request, field)
+            raise gone(request, field, everything=everything)
         feed = await watch.identity()
     except BaseException:
         watch.leave()
         raise
     return streams.EventStream(
-        events(watch, feed, position, rows),
+        events(watch, feed, position, rows, everything=everything),
         stall_seconds=settings_of(request).feed_stall_seconds,
         ended=watch.leave,  # the stream holds its place until it ends
     )
@@ -450,25 +561,42 @@ def event(row: ChangeRow, feed: str) -> bytes:
     )  # fmt: skip
 
 
+def any_event(row: AnyChangeRow, feed: str) -> bytes:
+    """One change of the feed of everything as an event, named by its kind and type
+    (`user.created`, `group.deleted`, `membership.added`)."""
+    change = to_any_change(row, feed)
+    kind = "user" if isinstance(row, ChangeRow) else "group" if row.member is None else "membership"
+    return b"id: %s\nevent: %s.%s\ndata: %s\n\n" % (
+        change.cursor.encode(), kind.encode(), row.type.encode(), _encoder.encode(change),
+    )  # fmt: skip
+
+
 class EventsOf:
     """The events of the last page encoded, for every stream that read that same
     page: the streams woken by a change share one read (Watch.changes_after)."""
 
-    def __init__(self) -> None:
-        self._rows: list[ChangeRow] = []
+    def __init__(self, everything: bool) -> None:
+        self._rows: Sequence[AnyChangeRow] = []
         self._events = b""
+        self._event = any_event if everything else event
 
-    def __call__(self, rows: list[ChangeRow], feed: str) -> bytes:
+    def __call__(self, rows: Sequence[AnyChangeRow], feed: str) -> bytes:
         if rows is not self._rows:
-            self._rows, self._events = rows, b"".join(event(row, feed) for row in rows)
+            self._rows = rows
+            self._events = b"".join(self._event(row, feed) for row in rows)  # type: ignore[arg-type]
         return self._events
 
 
-events_of = EventsOf()
+events_of = {everything: EventsOf(everything) for everything in (False, True)}
 
 
 async def events(
-    watch: Watch, feed: str, position: Position, rows: list[ChangeRow] | None
+    watch: Watch,
+    feed: str,
+    position: Position,
+    rows: Sequence[AnyChangeRow] | None,
+    *,
+    everything: bool = False,
 ) -> streams.Chunks:
     """Each change after `position` as it becomes readable, a page at a time, until the
     service stops. The next page is read only once the last has left for the socket.
@@ -486,43 +614,56 @@ async def events(
         while rows is not None and not watch.stopping:
             if rows:
                 count, position = len(rows), rows[-1].position
-                chunk, rows = events_of(rows, feed), None  # held no longer than its bytes
+                chunk, rows = events_of[everything](rows, feed), None  # held no longer
+                # than its bytes
                 yield chunk, count
                 sent = loop.time()
             else:
                 if loop.time() - sent >= HEARTBEAT_SECONDS:
                     yield HEARTBEAT, 0
                     sent = loop.time()
-                await watch.until_after(position, sent + HEARTBEAT_SECONDS - loop.time())
+                await watch.until_after(
+                    position, sent + HEARTBEAT_SECONDS - loop.time(), everything=everything
+                )
                 if watch.stopping:
                     break
-            rows = await watch.changes_after(position, STREAM_PAGE)
+            if everything:
+                rows = await watch.all_changes_after(position, STREAM_PAGE)
+            else:
+                rows = await watch.changes_after(position, STREAM_PAGE)
     finally:
         metrics.FEED_STREAMS.dec()
 
 
 async def changes_within(
-    request: Request, position: Position, limit: int, wait: int
-) -> list[ChangeRow] | None:
+    request: Request, position: Position, limit: int, wait: int, *, everything: bool = False
+) -> Sequence[AnyChangeRow] | None:
     """The first changes after `position` that come within `wait` seconds; [] for none."""
     watch = watch_of(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    rows: list[ChangeRow] | None = []
+    rows: Sequence[AnyChangeRow] | None = []
     while rows == [] and (remaining := deadline - loop.time()) > 0:
-        await watch.until_after(position, remaining)
-        rows = await watch.changes_after(position, limit)
+        await watch.until_after(position, remaining, everything=everything)
+        rows = await read_after(request, position, limit, waits=True, everything=everything)
         if watch.stopping:
             break
     return rows
 
 
-async def from_the_oldest(db: Database, limit: int) -> tuple[Position, list[ChangeRow] | None]:
+async def from_the_oldest(
+    db: Database, limit: int, *, everything: bool = False
+) -> tuple[Position, Sequence[AnyChangeRow] | None]:
     """The first page of what the feed keeps, and the position it starts from."""
+    rows: Sequence[AnyChangeRow] | None
     for _ in range(3):
         # A purge between the two statements moves the start on: try again from there.
-        position = await queries.purged_position(db)
-        rows = await queries.changes_after(db, position, limit)
+        if everything:
+            position = await feed_queries.all_purged_position(db)
+            rows = await feed_queries.all_changes_after(db, position, limit)
+        else:
+            position = await queries.purged_position(db)
+            rows = await queries.changes_after(db, position, limit)
         if rows is not None:
             break
     return position, rows

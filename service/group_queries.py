@@ -12,6 +12,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from service.database import Database
 from service.queries import (
+    NOBODY,
+    Actor,
     Condition,
     Executor,
     StoredAnswer,
@@ -35,11 +37,27 @@ from service.schemas import Group, StoredGroup, User
 GROUP_COLUMNS = """public_id::text AS id, name, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at"""
 
+# Each write of groups and members names its caller for the change feed: the
+# transaction's settings users.actor ($n) and users.request_id ($n + 1), which
+# schema.sql's record_group_changes and record_membership_changes read. Local
+# to the transaction (a pooler in transaction mode allows it), and set before
+# the write, in a CTE the write reads, so that its statement trigger sees them.
+CALLER = """caller AS (
+    SELECT set_config('users.actor', ${n}, true), set_config('users.request_id', ${m}, true)
+)"""
+
+
+def caller(first: int) -> str:
+    """CALLER, with the actor in parameter `first` and the request id in the next."""
+    return CALLER.replace("{n}", str(first)).replace("{m}", str(first + 1))
+
+
 INSERT_GROUP = """
-INSERT INTO groups (name, attributes) VALUES ($1, $2::jsonb)
+WITH {CALLER}
+INSERT INTO groups (name, attributes) SELECT $1, $2::jsonb FROM caller
 ON CONFLICT ((lower(name))) DO NOTHING
 RETURNING {COLUMNS}, version
-""".replace("{COLUMNS}", GROUP_COLUMNS)
+""".replace("{COLUMNS}", GROUP_COLUMNS).replace("{CALLER}", caller(3))
 
 FIND_GROUP = "SELECT {COLUMNS}, version FROM groups WHERE public_id = $1".replace(
     "{COLUMNS}", GROUP_COLUMNS
@@ -66,9 +84,10 @@ LIMIT $2
 # `unchanged` is false only when another write slipped in (worth a retry).
 PATCHED = """(coalesce($5, name), coalesce((attributes || $6::jsonb) - $7::text[], attributes))"""
 UPDATE_GROUP = """
-WITH changed AS (
+WITH {CALLER}, changed AS (
     UPDATE groups
     SET (name, attributes) = {PATCHED}, updated_at = now(), version = version + 1
+    FROM caller
     WHERE public_id = $1
       AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
       AND (name, attributes) IS DISTINCT FROM {PATCHED}
@@ -84,15 +103,15 @@ FROM groups
 WHERE NOT EXISTS (SELECT FROM changed)
   AND public_id = $1
   AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
-""".replace("{PATCHED}", PATCHED)
+""".replace("{PATCHED}", PATCHED).replace("{CALLER}", caller(8))
 
 # The memberships go with the group (ON DELETE CASCADE). The answers stored
 # for the group's create (Idempotency-Key; user_id holds the id its ETag
 # names) are replaced in the same statement by $5, $6 and $7, which show no
 # trace of the group, and lose the fingerprint of the body that named it.
 DELETE_GROUP = """
-WITH deleted AS (
-    DELETE FROM groups
+WITH {CALLER}, deleted AS (
+    DELETE FROM groups USING caller
     WHERE public_id = $1
       AND ($2 OR (public_id, version) IN (SELECT * FROM unnest($3::uuid[], $4::bigint[])))
     RETURNING public_id
@@ -102,12 +121,15 @@ WITH deleted AS (
     WHERE user_id IN (SELECT public_id FROM deleted)
 )
 SELECT count(*) FROM deleted
-"""
+""".replace("{CALLER}", caller(8))
 
 # One writer of a group's members at a time: the second waits for the
 # first's commit, so no two member changes can deadlock whatever users they
 # name, and none is lost. One row lock, whatever the group's size.
-LOCK_GROUP = "SELECT id FROM groups WHERE public_id = $1 FOR NO KEY UPDATE"
+LOCK_GROUP = """
+WITH {CALLER}
+SELECT id FROM groups, caller WHERE public_id = $1 FOR NO KEY UPDATE OF groups
+""".replace("{CALLER}", caller(2))
 
 # The users named by email keys ($2) and ids ($3), and which of them this
 # statement added to group $1 (its internal id), inserted in id order. Served
@@ -208,9 +230,11 @@ def to_stored_group(row: asyncpg.Record) -> StoredGroup:
     return StoredGroup(to_group(row), row["version"])
 
 
-async def insert_group(db: Executor, name: str, attributes: dict[str, str]) -> StoredGroup | None:
-    """The group created; None when its name is taken, in some letter case."""
-    row = await db.fetchrow(INSERT_GROUP, name, encode_attributes(attributes))
+async def insert_group(
+    db: Executor, name: str, attributes: dict[str, str], actor: Actor = NOBODY
+) -> StoredGroup | None:
+    """The group created by `actor`; None when its name is taken, in some letter case."""
+    row = await db.fetchrow(INSERT_GROUP, name, encode_attributes(attributes), *actor)
     return None if row is None else to_stored_group(row)
 
 
@@ -250,6 +274,7 @@ async def update_group(
     *,
     name: str | None,
     attributes: dict[str, str | None] | None,
+    actor: Actor = NOBODY,
 ) -> tuple[StoredGroup, bool] | None:
     """The group changed, or as it is when the patch changes nothing, and whether it
     changed; None when no group has the id or the condition failed. Raises NameTaken,
@@ -258,7 +283,7 @@ async def update_group(
     if attributes is not None:
         sets = encode_attributes({k: v for k, v in attributes.items() if v is not None})
         removals = [k for k, v in attributes.items() if v is None]
-    arguments = (id, *condition_arguments(condition), name, sets, removals)
+    arguments = (id, *condition_arguments(condition), name, sets, removals, *actor)
     for _ in range(UPDATE_ATTEMPTS):
         try:
             row = await db.fetchrow(UPDATE_GROUP, *arguments)
@@ -274,13 +299,13 @@ async def update_group(
 
 
 async def delete_group(
-    db: Executor, id: UUID, condition: Condition, *, forgotten: StoredAnswer
+    db: Executor, id: UUID, condition: Condition, *, forgotten: StoredAnswer, actor: Actor = NOBODY
 ) -> bool:
     """Whether the group was deleted, with its memberships: False when none has the id
     or the condition failed. The answers stored for its create become `forgotten`."""
     deleted = await db.fetchval(
         DELETE_GROUP, id, *condition_arguments(condition), forgotten.status,
-        encode_headers(forgotten.headers), forgotten.body,
+        encode_headers(forgotten.headers), forgotten.body, *actor,
     )  # fmt: skip
     return deleted == 1
 
@@ -303,7 +328,7 @@ MEMBER_ATTEMPTS = 3
 
 
 async def change_members(
-    db: Database, group: UUID, add: Sequence[str], remove: Sequence[str]
+    db: Database, group: UUID, add: Sequence[str], remove: Sequence[str], actor: Actor = NOBODY
 ) -> tuple[list[NamedUser], list[NamedUser]]:
     """Add the users named by the `add` keys to the group and remove those the `remove`
     keys name, in one transaction: the users each found, and whether it changed. Keys
@@ -311,7 +336,7 @@ async def change_members(
     for attempt in range(MEMBER_ATTEMPTS):
         try:
             async with db.connection() as conn, conn.transaction():
-                return await change_members_once(conn, group, add, remove)
+                return await change_members_once(conn, group, add, remove, actor)
         except asyncpg.ForeignKeyViolationError:
             if attempt == MEMBER_ATTEMPTS - 1:
                 raise
@@ -319,9 +344,13 @@ async def change_members(
 
 
 async def change_members_once(
-    conn: PoolConnectionProxy, group: UUID, add: Sequence[str], remove: Sequence[str]
+    conn: PoolConnectionProxy,
+    group: UUID,
+    add: Sequence[str],
+    remove: Sequence[str],
+    actor: Actor = NOBODY,
 ) -> tuple[list[NamedUser], list[NamedUser]]:
-    group_id = await conn.fetchval(LOCK_GROUP, group)
+    group_id = await conn.fetchval(LOCK_GROUP, group, *actor)
     if group_id is None:
         raise NoSuchGroup
     added = await named_users(conn, ADD_MEMBERS, group_id, add) if add else []

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import group_queries, idempotency
+from service.auth import actor_of
 from service.bodies import decode, read_body, read_json
 from service.conditions import group_etag, match_condition, none_match
 from service.database import db_of
@@ -29,7 +30,7 @@ from service.operations import (
     Reply,
 )
 from service.problems import RETRY_AFTER_SECONDS, ProblemError, problem_response
-from service.queries import Condition, StoredAnswer
+from service.queries import Actor, Condition, StoredAnswer
 from service.schemas import (
     ATTRIBUTE_BOUNDS,
     MAX_LOOKUP_BYTES,
@@ -156,15 +157,16 @@ async def create_group(request: Request) -> Response:
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
     new = decode(_decode_new_group, new_group_keys, body)
     key = idempotency.key_of(request)
+    work = partial(insert_group, new=new, actor=actor_of(request.scope))
     if key is not None:
-        return await idempotency.answer_once(request, key, body, partial(insert_group, new=new))
+        return await idempotency.answer_once(request, key, body, work)
     async with db_of(request).connection() as conn:
-        return await insert_group(conn, new=new)
+        return await work(conn)
 
 
-async def insert_group(conn: PoolConnectionProxy, *, new: NewGroup) -> Response:
+async def insert_group(conn: PoolConnectionProxy, *, new: NewGroup, actor: Actor) -> Response:
     attributes = {} if new.attributes is msgspec.UNSET else new.attributes
-    stored = await group_queries.insert_group(conn, new.name, attributes)
+    stored = await group_queries.insert_group(conn, new.name, attributes, actor)
     if stored is None:
         # The name is not repeated: a stored answer outlives the group that has it.
         raise ProblemError(409, "A group with that name already exists, in some letter case")
@@ -355,6 +357,7 @@ async def update_group(request: Request) -> Response:
             condition,
             name=None if patch.name is msgspec.UNSET else patch.name,
             attributes=None if patch.attributes is msgspec.UNSET else patch.attributes,
+            actor=actor_of(request.scope),
         )
     except group_queries.NameTaken:
         raise ProblemError(
@@ -406,7 +409,9 @@ DELETE_GROUP = Operation(
 async def delete_group(request: Request) -> Response:
     id = path_group(request)
     condition = write_condition(request)
-    deleted = await group_queries.delete_group(db_of(request), id, condition, forgotten=FORGOTTEN)
+    deleted = await group_queries.delete_group(
+        db_of(request), id, condition, forgotten=FORGOTTEN, actor=actor_of(request.scope)
+    )
     if not deleted:
         raise await failed_write(request, id)
     return Response(status_code=204)
@@ -456,6 +461,7 @@ async def change_members(request: Request) -> Response:
             id,
             sorted({key for key in add_keys.values() if key is not None}),
             sorted({key for key in remove_keys.values() if key is not None}),
+            actor_of(request.scope),
         )
     except NoSuchGroup:
         raise ProblemError(404, NO_GROUP) from None

@@ -15,7 +15,7 @@ from service.operations import JSON, Header, Operation, Parameter, Reply
 from service.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from service.routes import Route
 from service.schemas import Problem
-from service.scopes import OPEN, SCOPES, ScopeName
+from service.scopes import SCOPES, ScopeName
 
 # SCIM's endpoints are described by SCIM's own discovery (RFC 7644 §4), not here.
 SCIM_PREFIX = "/scim/"
@@ -172,7 +172,7 @@ def build_document(
         paths.setdefault(route.path_format, {})[method.lower()] = operation_object(
             operation,
             schema_of,
-            scope=route.scope if tokens else OPEN,
+            scopes=route.scopes if tokens else (),
             require_if_match=require_if_match,
             oauth2=token_url is not None,
         )
@@ -205,12 +205,12 @@ def operation_object(
     operation: Operation,
     schema_of: dict[object, Any],
     *,
-    scope: ScopeName | None,
+    scopes: tuple[ScopeName, ...],
     require_if_match: bool,
     oauth2: bool = False,
 ) -> dict[str, Any]:
-    """The operation as the running service serves it: `scope`, the scope a caller needs,
-    OPEN when the service has no clients or the route is open; `oauth2`, whether the
+    """The operation as the running service serves it: `scopes`, those a caller needs,
+    none when the service has no clients or the route is open; `oauth2`, whether the
     identity provider's client-credentials flow is offered beside the bearer token."""
     parameters = list(operation.parameters)
     problems = dict(operation.problems)
@@ -240,17 +240,19 @@ def operation_object(
     # others need a token with their route's scope only when clients are set.
     result["security"] = (
         []
-        if scope is OPEN
-        else [{"bearerAuth": [scope]}, {"oauth2": [scope]}]
+        if not scopes
+        else [{"bearerAuth": list(scopes)}, {"oauth2": list(scopes)}]
         if oauth2
-        else [{"bearerAuth": [scope]}]
+        else [{"bearerAuth": list(scopes)}]
     )
-    if scope is not OPEN:
+    if scopes:
         problems[401] = (
             "No bearer token in the Authorization header, one the service does not accept, "
             "or a token in the query string."
         )
-        problems[403] = f"The client does not hold the scope `{scope}`."
+        named = " and ".join(f"`{name}`" for name in scopes)
+        plural = "s" if len(scopes) > 1 else ""
+        problems[403] = f"The client does not hold the scope{plural} {named}."
     if operation.uses_database:
         problems.setdefault(503, UNAVAILABLE)
     responses = {

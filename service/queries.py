@@ -394,27 +394,50 @@ FROM user_changes_purged
 # prefix of what a page can read: the purge stops at the first change still
 # kept, and before any transaction still running, so that the purged
 # position never passes a change and only moves on. One purge at a time.
+# The prefix is of user_changes and group_changes in their one order (the
+# feed of everything, service/feed_queries.py), and each table's purged
+# position is the last of its own changes purged: the users' feed tells a
+# cursor the purge has passed just as it did before groups had changes.
 PURGE_LOCK_KEY = 7_262_100_002  # any fixed number; the migration's is ...001
 PURGE_CHANGES = """
 WITH turn AS (
     SELECT pg_try_advisory_xact_lock($3) AS mine
 ), oldest AS (
-    SELECT xid, seq, bool_and(at < now() - make_interval(secs => $2))
+    SELECT xid, seq, of_group, bool_and(at < now() - make_interval(secs => $2))
         OVER (ORDER BY xid, seq) AS expired
-    FROM user_changes
-    WHERE (SELECT mine FROM turn) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+    FROM (
+        (SELECT xid, seq, at, false AS of_group FROM user_changes
+         WHERE (SELECT mine FROM turn) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid, seq
+         LIMIT $1)
+        UNION ALL
+        (SELECT xid, seq, at, true FROM group_changes
+         WHERE (SELECT mine FROM turn) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid, seq
+         LIMIT $1)
+    ) AS both_tables
     ORDER BY xid, seq
     LIMIT $1
 ), purged AS (
     DELETE FROM user_changes
-    WHERE (xid, seq) IN (SELECT xid, seq FROM oldest WHERE expired)
+    WHERE (xid, seq) IN (SELECT xid, seq FROM oldest WHERE expired AND NOT of_group)
     RETURNING xid, seq
+), purged_of_groups AS (
+    DELETE FROM group_changes
+    WHERE (xid, seq) IN (SELECT xid, seq FROM oldest WHERE expired AND of_group)
+    RETURNING xid, seq
+), moved_of_groups AS (
+    UPDATE group_changes_purged SET (xid, seq) = (
+        SELECT xid, seq FROM purged_of_groups ORDER BY xid DESC, seq DESC LIMIT 1
+    )
+    WHERE EXISTS (SELECT FROM purged_of_groups)
+), moved AS (
+    UPDATE user_changes_purged SET (xid, seq) = (
+        SELECT xid, seq FROM purged ORDER BY xid DESC, seq DESC LIMIT 1
+    )
+    WHERE EXISTS (SELECT FROM purged)
 )
-UPDATE user_changes_purged SET (xid, seq) = (
-    SELECT xid, seq FROM purged ORDER BY xid DESC, seq DESC LIMIT 1
-)
-WHERE EXISTS (SELECT FROM purged)
-RETURNING (SELECT count(*) FROM purged)
+SELECT (SELECT count(*) FROM purged) + (SELECT count(*) FROM purged_of_groups)
 """
 
 
@@ -846,7 +869,8 @@ async def purged_position(db: Executor) -> Position:
 async def purge_changes(db: Executor, *, older_than: int, batch: int) -> int:
     """Purge up to `batch` changes older than `older_than` seconds; how many went."""
     purged = await db.fetchval(PURGE_CHANGES, batch, float(older_than), PURGE_LOCK_KEY)
-    return purged if isinstance(purged, int) else 0  # None: none purged
+    assert isinstance(purged, int)
+    return purged
 
 
 class StoredAnswer(NamedTuple):

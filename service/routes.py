@@ -17,9 +17,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 class Route(routing.Route):
     """Starlette's Route, whose path must match to its very end, and which names the scope
-    a caller must hold: one of SCOPES, or OPEN (None) for a route without auth. Its
-    operation is what /openapi.json says of it; SCIM's routes have none, as SCIM's own
-    discovery describes them."""
+    a caller must hold: one of SCOPES, a tuple of them all needed, or OPEN (None) for a
+    route without auth. Its operation is what /openapi.json says of it; SCIM's routes
+    have none, as SCIM's own discovery describes them."""
 
     def __init__(
         self,
@@ -27,14 +27,21 @@ class Route(routing.Route):
         endpoint: Endpoint,
         *,
         methods: list[str],
-        scope: ScopeName | None,
+        scope: ScopeName | tuple[ScopeName, ...] | None,
         operation: Operation | None = None,
     ) -> None:
         super().__init__(path, endpoint, methods=methods)
-        if scope is not None and scope not in SCOPES:
-            raise ValueError(f"{path}: unknown scope {scope!r}")
-        self.scope = scope
+        scopes = () if scope is None else (scope,) if isinstance(scope, str) else scope
+        for name in scopes:
+            if name not in SCOPES:
+                raise ValueError(f"{path}: unknown scope {name!r}")
+        self.scopes: tuple[ScopeName, ...] = scopes
         self.operation = operation
+
+    @property
+    def scope(self) -> ScopeName | None:
+        """The first scope the route needs; OPEN for none."""
+        return self.scopes[0] if self.scopes else None
         # Starlette ends the regex in "$", which in Python also matches before
         # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
         # not, and costs nothing more per request than "$".

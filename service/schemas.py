@@ -555,6 +555,79 @@ class Changes(msgspec.Struct, kw_only=True):
     ]
 
 
+# The feed of everything (GET /changes): each change names its kind first,
+# for a consumer to tell them apart; a user's is the users' feed's Change.
+class UserChange(Change, tag_field="kind", tag="user"):
+    """One committed write to one user, in the feed of everything."""
+
+
+class GroupChange(msgspec.Struct, kw_only=True, tag_field="kind", tag="group"):
+    """One committed create, update or delete of one group."""
+
+    cursor: Annotated[str, msgspec.Meta(description="Its position: `after` to resume after it.")]
+    type: Literal["created", "updated", "deleted"]
+    id: Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+    version: Annotated[
+        int,
+        msgspec.Meta(
+            description="The number in the group's ETag after the change; a `deleted` "
+            "change's is above every earlier one of the group."
+        ),
+    ]
+    at: TimestampText
+    actor: Annotated[
+        str | None,
+        msgspec.Meta(description="The name of the client that made the change, as a user's."),
+    ]
+    request_id: Annotated[
+        str | None,
+        msgspec.Meta(description="The `X-Request-ID` of the request that made the change."),
+    ]
+    group: Annotated[
+        Group | None,
+        msgspec.Meta(
+            description="The group as `GET /groups/{id}` shows it after the change; null "
+            "when deleted, and then every membership of the group has ended."
+        ),
+    ]
+
+
+class MembershipChange(msgspec.Struct, kw_only=True, tag_field="kind", tag="membership"):
+    """A user added to a group or removed from it. A membership that ends with the
+    delete of its group or of its user has no change of its own: the group's or
+    the user's `deleted` change ends it."""
+
+    cursor: Annotated[str, msgspec.Meta(description="Its position: `after` to resume after it.")]
+    type: Literal["added", "removed"]
+    group_id: Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+    user_id: Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+    at: TimestampText
+    actor: Annotated[
+        str | None,
+        msgspec.Meta(description="The name of the client that made the change, as a user's."),
+    ]
+    request_id: Annotated[
+        str | None,
+        msgspec.Meta(description="The `X-Request-ID` of the request that made the change."),
+    ]
+
+
+AnyChange = UserChange | GroupChange | MembershipChange
+
+
+class AllChanges(msgspec.Struct, kw_only=True):
+    """A page of the feed of everything."""
+
+    changes: list[AnyChange]
+    next: Annotated[
+        str,
+        msgspec.Meta(
+            description="The cursor to pass as `after` next: the last change's, or `after` "
+            "itself when nothing is new."
+        ),
+    ]
+
+
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An RFC 9457 problem detail."""
 

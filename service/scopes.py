@@ -15,7 +15,8 @@ SCOPES: Final[dict[ScopeName, str]] = {
     "users:create": "Create users, one at a time or in bulk.",
     "users:update": "Patch users.",
     "users:delete": "Delete users.",
-    "users:changes": "Read the change feed, and each user's history.",
+    "users:changes": "Read the change feed, and each user's history; with groups:read, "
+    "the feed of users, groups and memberships.",
     "groups:read": "List and get groups, their members and a user's groups, and check a "
     "membership.",
     "groups:write": "Create, change and delete groups, and add and remove their members.",

@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import asyncpg
 
-from service import queries
+from service import feed_queries, queries
 from service.database import Database
+from service.feed_queries import AnyChangeRow
 from service.queries import ChangeRow, Position
 from service.settings import Settings
 
 logger = logging.getLogger("service")
 
-# The channel schema.sql's trigger notifies when a statement writes changes.
+# The channels schema.sql's triggers notify when a statement writes changes: of
+# users, and of groups and memberships (which only the feed of everything reads).
 CHANNEL = "user_changes"
+GROUP_CHANNEL = "group_changes"
 RECONNECT_SECONDS = 1.0
 FIRST_RECHECK_SECONDS = 0.01
 
@@ -26,24 +31,35 @@ FIRST_RECHECK_SECONDS = 0.01
 running: set[Watch] = set()
 
 
+class Read(NamedTuple):
+    """A page of the feed that consumers asked for at the same time."""
+
+    position: Position
+    limit: int
+    everything: bool
+
+
 class Watch:
     """Wakes the long polls waiting after a position once the feed has passed it.
 
     Waiting costs a consumer no connection: a notification from the writes'
     trigger, or the poll, makes one query of the feed's end for all of them,
-    and only those it has passed read their page again.
+    and only those it has passed read their page again. A consumer of
+    `everything` (GET /changes) waits for the end of users' and groups'
+    changes together, one of the users' feed for users' changes alone.
     """
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
         self._settings = settings
-        self._waiters: dict[asyncio.Future[None], Position] = {}
+        self._waiters: dict[asyncio.Future[None], tuple[Position, bool]] = {}
         self._changed = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._reads: dict[tuple[Position, int], asyncio.Future[list[ChangeRow] | None]] = {}
+        self._reads: dict[Read, asyncio.Future[Sequence[AnyChangeRow] | None]] = {}
         self._identity: str | None = None
-        self._notified = False  # since the end was last read
+        self._notified = False  # of users' changes, since the end was last read
+        self._notified_of_groups = False
         self.listening = asyncio.Event()  # set while notifications can come
         self._lost = False  # the listening connection failed, and has not come back
         self.max_consumers = settings.feed_max_consumers
@@ -87,12 +103,15 @@ class Watch:
     def stopping(self) -> bool:
         return self._stopping
 
-    async def until_after(self, position: Position, seconds: float) -> None:
-        """Return once the feed may hold a change after `position`, or after `seconds`."""
+    async def until_after(
+        self, position: Position, seconds: float, *, everything: bool = False
+    ) -> None:
+        """Return once the feed (of `everything`, or of users) may hold a change after
+        `position`, or after `seconds`."""
         if self._stopping:
             return
         future = asyncio.get_running_loop().create_future()
-        self._waiters[future] = position
+        self._waiters[future] = (position, everything)
         self._changed.set()  # the end may have moved since the caller's read
         try:
             await asyncio.wait({future}, timeout=seconds)
@@ -105,18 +124,30 @@ class Watch:
         A change wakes every consumer at the end of the feed together, each
         asking for the page after the same position: one query answers them all.
         """
-        key = (position, limit)
+        rows = await self._shared(Read(position, limit, everything=False))
+        return rows  # type: ignore[return-value]  # the users' feed's read: theirs alone
+
+    async def all_changes_after(
+        self, position: Position, limit: int
+    ) -> Sequence[AnyChangeRow] | None:
+        """feed_queries.all_changes_after, shared as changes_after is."""
+        return await self._shared(Read(position, limit, everything=True))
+
+    async def _shared(self, key: Read) -> Sequence[AnyChangeRow] | None:
         reading = self._reads.get(key)
         if reading is None:
-            reading = asyncio.ensure_future(queries.changes_after(self._db, position, limit))
+            reading = asyncio.ensure_future(self._page(key))
             self._reads[key] = reading
             reading.add_done_callback(partial(self._read, key))
         # One consumer gone (cancelled) does not cancel the others' read.
         return await asyncio.shield(reading)
 
-    def _read(
-        self, key: tuple[Position, int], reading: asyncio.Future[list[ChangeRow] | None]
-    ) -> None:
+    async def _page(self, key: Read) -> Sequence[AnyChangeRow] | None:
+        if key.everything:
+            return await feed_queries.all_changes_after(self._db, key.position, key.limit)
+        return await queries.changes_after(self._db, key.position, key.limit)
+
+    def _read(self, key: Read, reading: asyncio.Future[Sequence[AnyChangeRow] | None]) -> None:
         del self._reads[key]
         if not reading.cancelled():
             reading.exception()  # seen, should every consumer of a failed read be gone
@@ -137,26 +168,34 @@ class Watch:
                     await self._changed.wait()
             self._changed.clear()
             notified, self._notified = self._notified, False
+            notified_of_groups, self._notified_of_groups = self._notified_of_groups, False
             if not self._waiters:
                 recheck = poll
                 continue
+            kinds = {everything for _, everything in self._waiters.values()}
             try:
-                end = await queries.readable_end(self._db)
+                # Each end read only for those who wait for it.
+                end = await queries.readable_end(self._db) if False in kinds else None
+                end_of_all = (
+                    await feed_queries.all_readable_end(self._db) if True in kinds else None
+                )
             except Exception as exc:  # a failover's errors among them: the loop must go on
                 if not self._lost:  # else the listener's line has said it
                     logger.warning("reading the change feed's end failed: %r", exc)
                 continue
-            behind = False
-            for future, position in self._waiters.items():
-                if end > position:
+            behind = held = False
+            for future, (position, everything) in self._waiters.items():
+                passed = end_of_all if everything else end
+                if passed is not None and passed > position:
                     if not future.done():
                         future.set_result(None)
                 else:
                     behind = True
+                    held = held or notified or (everything and notified_of_groups)
             # A change announced but held back by an older transaction still
             # running (anywhere on the server) is looked for again soon, then
             # less and less often, rather than only at the next poll.
-            if notified and behind:
+            if held:
                 recheck = FIRST_RECHECK_SECONDS
             elif recheck < poll and behind:
                 recheck = min(recheck * 2, poll)
@@ -165,6 +204,10 @@ class Watch:
 
     def _notify(self) -> None:
         self._notified = True
+        self._changed.set()
+
+    def _notify_of_groups(self) -> None:
+        self._notified_of_groups = True
         self._changed.set()
 
     async def _listen(self) -> None:
@@ -198,6 +241,7 @@ class Watch:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _: lost.set())
             await conn.add_listener(CHANNEL, lambda *_: self._notify())
+            await conn.add_listener(GROUP_CHANNEL, lambda *_: self._notify_of_groups())
             self.listening.set()
             # A reconnection may have reached another server (a failover, a restore).
             self._identity = await queries.feed_identity(conn)

@@ -36,8 +36,10 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 # Every test starts from empty tables, the change feed's too.
 EMPTY_TABLES = (
-    "TRUNCATE users, groups, memberships, idempotency_keys, user_changes RESTART IDENTITY;"
-    "UPDATE user_changes_purged SET (xid, seq) = ('0', 0)"
+    "TRUNCATE users, groups, memberships, idempotency_keys, user_changes, group_changes "
+    "RESTART IDENTITY;"
+    "UPDATE user_changes_purged SET (xid, seq) = ('0', 0);"
+    "UPDATE group_changes_purged SET (xid, seq) = ('0', 0)"
 )
 
 

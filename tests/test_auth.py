@@ -42,9 +42,23 @@ def client(name: str, token: str, scopes: set[ScopeName]) -> Client:
     return Client(name=name, scopes=frozenset(scopes), token_sha256=digest)
 
 
-# One client holding each scope alone, and one holding every scope but it.
-CLIENTS = tuple(client(scope, token_of(scope), {scope}) for scope in SCOPES) + tuple(
-    client(f"all-but-{scope}", f"all-but-{scope}", set(SCOPES) - {scope}) for scope in SCOPES
+def holder(scopes: tuple[ScopeName, ...]) -> str:
+    """The name of the client holding these scopes and no other."""
+    return "+".join(scopes)
+
+
+# One client holding each scope alone, one holding every scope but it, and one
+# holding just the scopes of each route that needs several.
+CLIENTS = (
+    tuple(client(scope, token_of(scope), {scope}) for scope in SCOPES)
+    + tuple(
+        client(f"all-but-{scope}", f"all-but-{scope}", set(SCOPES) - {scope}) for scope in SCOPES
+    )
+    + tuple(
+        client(holder(scopes), token_of(holder(scopes)), set(scopes))
+        for scopes in {route.scopes for route in routes if isinstance(route, Route)}
+        if len(scopes) > 1
+    )
 )
 
 
@@ -55,11 +69,19 @@ def path_of(route: Route) -> str:
     return path
 
 
-# Every method of every route that needs a scope, derived from the route table.
+# Every method of every route that needs a scope, derived from the route table,
+# with the scopes it needs; GUARDED_EACH, once for each of them.
 GUARDED = [
-    pytest.param(method, path_of(route), route.scope, id=f"{method} {route.path}")
+    pytest.param(method, path_of(route), route.scopes, id=f"{method} {route.path}")
     for route in routes
-    if route.scope is not OPEN
+    if isinstance(route, Route) and route.scopes
+    for method in sorted(set(route.methods or ()) - {"HEAD"})
+]
+GUARDED_EACH = [
+    pytest.param(method, path_of(route), scope, route.scopes, id=f"{method} {route.path} {scope}")
+    for route in routes
+    if isinstance(route, Route)
+    for scope in route.scopes
     for method in sorted(set(route.methods or ()) - {"HEAD"})
 ]
 
@@ -77,7 +99,7 @@ def bearer(token: str) -> dict[str, str]:
 def test_every_route_names_its_scope_or_says_it_is_open() -> None:
     for route in routes:
         assert isinstance(route, Route), f"{route!r} is not a service.routes.Route"
-        assert route.scope is OPEN or route.scope in SCOPES, route.path
+        assert all(scope in SCOPES for scope in route.scopes), route.path
         if route.path.startswith("/scim/v2"):
             assert route.scope == "scim", route.path
     open_paths = {
@@ -87,7 +109,8 @@ def test_every_route_names_its_scope_or_says_it_is_open() -> None:
 
 
 def test_every_scope_grants_some_route() -> None:
-    assert {route.scope for route in routes if isinstance(route, Route)} - {OPEN} == set(SCOPES)
+    granted = {scope for route in routes if isinstance(route, Route) for scope in route.scopes}
+    assert granted == set(SCOPES)
 
 
 def test_a_route_with_an_unknown_scope_is_refused() -> None:
@@ -95,22 +118,24 @@ def test_a_route_with_an_unknown_scope_is_refused() -> None:
         Route("/users", routes[0].endpoint, methods=["GET"], scope="users:write")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scopes"), GUARDED)
 async def test_a_client_holding_the_scope_passes(
-    guarded: httpx.AsyncClient, method: str, path: str, scope: str
+    guarded: httpx.AsyncClient, method: str, path: str, scopes: tuple[ScopeName, ...]
 ) -> None:
-    response = await guarded.request(method, path, headers=bearer(token_of(scope)), json={})
+    token = token_of(holder(scopes))
+    response = await guarded.request(method, path, headers=bearer(token), json={})
     assert response.status_code not in (401, 403), response.text
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scope", "scopes"), GUARDED_EACH)
 async def test_a_client_without_the_scope_is_refused_with_403_naming_it(
-    guarded: httpx.AsyncClient, method: str, path: str, scope: str
+    guarded: httpx.AsyncClient, method: str, path: str, scope: str, scopes: tuple[str, ...]
 ) -> None:
     response = await guarded.request(method, path, headers=bearer(f"all-but-{scope}"), json={})
     assert response.status_code == 403
+    # RFC 6750 §3: the scopes the request needs, space-separated.
     assert response.headers["www-authenticate"] == (
-        f'{REALM}, error="insufficient_scope", scope="{scope}"'
+        f'{REALM}, error="insufficient_scope", scope="{" ".join(scopes)}"'
     )
     body = response.json()
     detail = body["detail"]
@@ -123,18 +148,18 @@ async def test_a_client_without_the_scope_is_refused_with_403_naming_it(
         assert_problem(response, 403)
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scopes"), GUARDED)
 @pytest.mark.parametrize("token", TOKENS)
 async def test_each_of_api_tokens_holds_every_scope(
-    guarded: httpx.AsyncClient, method: str, path: str, scope: str, token: str
+    guarded: httpx.AsyncClient, method: str, path: str, scopes: tuple[str, ...], token: str
 ) -> None:
     response = await guarded.request(method, path, headers=bearer(token), json={})
     assert response.status_code not in (401, 403), response.text
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scopes"), GUARDED)
 async def test_a_request_without_credentials_is_401_with_the_realm(
-    guarded: httpx.AsyncClient, method: str, path: str, scope: str
+    guarded: httpx.AsyncClient, method: str, path: str, scopes: tuple[str, ...]
 ) -> None:
     response = await guarded.request(method, path, json={})
     assert response.status_code == 401

@@ -112,7 +112,9 @@ async def test_every_operation_has_a_tag_a_description_and_the_server(
     assert document["servers"] == [{"url": "/", "description": "This service."}]
     tags = {tag["name"] for tag in document["tags"]}
     for path, _, operation in operations(document):
-        tag = "groups" if path.startswith("/groups") or path.endswith("/groups") else None
+        # The feed of everything (/changes) is where a consumer of groups looks.
+        of_groups = path.startswith("/groups") or path.endswith("/groups") or path == "/changes"
+        tag = "groups" if of_groups else None
         tag = tag or ("users" if path.startswith("/users") else "operations")
         assert operation["tags"] == [tag]
         assert set(operation["tags"]) <= tags
@@ -240,21 +242,22 @@ async def test_with_clients_each_users_operation_needs_a_bearer_token_with_its_r
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert all(scope in scheme["description"] for scope in SCOPES)
     assert "security" not in document
-    scope_of = {
-        (route.path_format, method.lower()): route.scope
+    scopes_of = {
+        (route.path_format, method.lower()): route.scopes
         for route in routes
+        if isinstance(route, Route)
         for method in route.methods or ()
     }
     for path, method, operation in operations(document):
-        scope = scope_of[path, method]
-        if path.startswith(("/users", "/groups")):
-            assert scope is not None
-            assert operation["security"] == [{"bearerAuth": [scope]}]
+        scopes = scopes_of[path, method]
+        if path.startswith(("/users", "/groups", "/changes")):
+            assert scopes
+            assert operation["security"] == [{"bearerAuth": list(scopes)}]
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
             assert "WWW-Authenticate" in operation["responses"]["403"]["headers"]
-            assert scope in operation["responses"]["403"]["description"]
+            assert all(scope in operation["responses"]["403"]["description"] for scope in scopes)
         else:
-            assert scope is None
+            assert scopes == ()
             assert operation["security"] == []
             assert "401" not in operation["responses"]
             assert "403" not in operation["responses"]
@@ -279,12 +282,12 @@ async def test_with_an_identity_provider_the_token_url_of_its_discovery_document
     schemes = document["components"]["securitySchemes"]
     assert schemes["bearerAuth"]["scheme"] == "bearer"
     for path, _, operation in operations(document):
-        scope = operation["security"][0]["bearerAuth"][0] if operation["security"] else None
+        scopes = operation["security"][0]["bearerAuth"] if operation["security"] else None
         if not discovered:
             assert "oauth2" not in schemes
-            assert operation["security"] in ([], [{"bearerAuth": [scope]}])
-        elif path.startswith("/users"):
-            assert operation["security"] == [{"bearerAuth": [scope]}, {"oauth2": [scope]}]
+            assert operation["security"] in ([], [{"bearerAuth": scopes}])
+        elif path.startswith(("/users", "/changes")):
+            assert operation["security"] == [{"bearerAuth": scopes}, {"oauth2": scopes}]
     if discovered:
         flow = schemes["oauth2"]["flows"]["clientCredentials"]
         assert flow == {"tokenUrl": f"{issuer.url}/token", "scopes": dict(SCOPES)}
