@@ -139,9 +139,12 @@ routes = [
     Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"], scope="scim"),
-    Route("/scim/v2/Groups", scim_groups.groups, methods=scim_groups.METHODS, scope="scim"),
-    Route("/scim/v2/Groups/{rest:path}", scim_groups.groups, methods=scim_groups.METHODS,
-          scope="scim"),
+    Route("/scim/v2/Groups", scim_groups.list_groups, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Groups", scim_groups.create_group, methods=["POST"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.get_group, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.replace_group, methods=["PUT"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.patch_group, methods=["PATCH"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.delete_group, methods=["DELETE"], scope="scim"),
 ]
 # fmt: on
 

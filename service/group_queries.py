@@ -375,3 +375,170 @@ async def list_user_groups(db: Executor, user: UserKey, *, after: str, limit: in
     if not rows and not await db.fetchval(USER_EXISTS, user.email, user.id):
         raise NoSuchUser
     return [to_group(row) for row in rows]
+
+
+# SCIM (service/scim/groups.py): the group with its externalId, which the
+# native API does not show, and its members as SCIM shows them. The members
+# leave the database as one JSON array, which the answer embeds as it is: a
+# group of 100,000 members is never made into Python objects.
+SCIM_GROUP_COLUMNS = """public_id::text AS id, name, external_id,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
+# The members of group g as [{"value", "$ref", "display"}], $ref under the URL
+# of /scim/v2/Users/ (${base}); in user id order, which the primary key holds.
+SCIM_MEMBERS = """(
+    SELECT coalesce(json_agg(json_build_object(
+        'value', u.public_id, '$ref', ${base}::text || u.public_id, 'display', u.name
+    ) ORDER BY m.user_id), '[]')::text
+    FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+    WHERE m.group_id = g.id
+)"""
+SCIM_FIND_GROUP = "SELECT {COLUMNS} FROM groups AS g WHERE public_id = $1".replace(
+    "{COLUMNS}", SCIM_GROUP_COLUMNS
+)
+SCIM_FIND_GROUP_MEMBERS = """
+SELECT {COLUMNS}, {MEMBERS} AS members FROM groups AS g WHERE public_id = $1
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{MEMBERS}", SCIM_MEMBERS.format(base=2))
+SCIM_INSERT_GROUP = """
+INSERT INTO groups (name, external_id) VALUES ($1, $2)
+RETURNING id AS key, {COLUMNS}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+# The group read and locked for a SCIM write, as LOCK_GROUP locks it for a
+# member change: writes of one group take turns.
+SCIM_LOCK_GROUP = """
+SELECT id AS key, {COLUMNS} FROM groups WHERE public_id = $1 FOR NO KEY UPDATE
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+SCIM_RENAME_GROUP = """
+UPDATE groups SET name = $2, external_id = $3, updated_at = now(), version = version + 1
+WHERE id = $1
+RETURNING id AS key, {COLUMNS}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+# A page of groups in name order, and its count, in one snapshot (searching).
+SCIM_GROUP_PAGE = """
+SELECT {COLUMNS}{members} FROM groups AS g
+WHERE {where}
+ORDER BY {order}
+OFFSET ${offset} LIMIT ${limit}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+SCIM_GROUP_COUNT = "SELECT count(*) FROM groups AS g WHERE {where}"
+# The internal ids of the users with these public ids ($1), for a replace of
+# all members: found through users_public_id_key, one probe each.
+SCIM_USER_KEYS = "SELECT id, public_id::text FROM users WHERE public_id = ANY($1::uuid[])"
+SCIM_KEEP_MEMBERS = """
+DELETE FROM memberships WHERE group_id = $1 AND NOT (user_id = ANY($2::bigint[]))
+"""
+SCIM_INSERT_MEMBERS = """
+INSERT INTO memberships (group_id, user_id)
+SELECT $1, user_id FROM unnest($2::bigint[]) AS user_id ORDER BY user_id
+ON CONFLICT DO NOTHING
+"""
+
+
+class ExternalIdTaken(Exception):
+    """Another group has the externalId."""
+
+
+class Stale(Exception):
+    """If-Match names no version the group is at."""
+
+
+class UnknownMembers(Exception):
+    """Members named users that do not exist: their ids, in the order given."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+class ScimGroupWrite(NamedTuple):
+    """What a SCIM write does to a group: its name and externalId (`keep` when
+    unchanged), and its members: all of them when `replace` is a list, else
+    `add` and `remove`. Members by the lower-case ids of users."""
+
+    name: str | None = None
+    external_id: str | msgspec.UnsetType | None = msgspec.UNSET  # UNSET: as it is
+    replace: tuple[str, ...] | None = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+def taken_by(exc: asyncpg.UniqueViolationError) -> Exception:
+    if exc.constraint_name == "groups_external_id_key":
+        return ExternalIdTaken()
+    return NameTaken()
+
+
+async def scim_find_group(
+    db: Executor, id: UUID, *, members_under: str | None
+) -> asyncpg.Record | None:
+    """The group with its members, their $ref under `members_under`, or without them
+    when it is None."""
+    if members_under is None:
+        return await db.fetchrow(SCIM_FIND_GROUP, id)
+    return await db.fetchrow(SCIM_FIND_GROUP_MEMBERS, id, members_under)
+
+
+async def scim_create_group(
+    db: Database, name: str, external_id: str | None, members: Sequence[str]
+) -> asyncpg.Record:
+    """The group created with its members, in one transaction. Raises NameTaken,
+    ExternalIdTaken, or UnknownMembers (and nothing is created)."""
+    async with db.connection() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(SCIM_INSERT_GROUP, name, external_id)
+        except asyncpg.UniqueViolationError as exc:
+            raise taken_by(exc) from None
+        assert row is not None
+        if members:
+            await add_scim_members(conn, row["key"], members)
+        return row
+
+
+async def scim_write_group(
+    db: Database, id: UUID, condition: Condition, write: ScimGroupWrite
+) -> asyncpg.Record:
+    """The group as `write` leaves it, in one transaction with the group locked.
+    Raises NoSuchGroup, Stale, NameTaken, ExternalIdTaken, or UnknownMembers (and
+    nothing changes)."""
+    async with db.connection() as conn, conn.transaction():
+        row = await conn.fetchrow(SCIM_LOCK_GROUP, id)
+        if row is None:
+            raise NoSuchGroup
+        if condition is not None and (id, row["version"]) not in condition:
+            raise Stale
+        name = row["name"] if write.name is None else write.name
+        external_id = (
+            row["external_id"] if write.external_id is msgspec.UNSET else write.external_id
+        )
+        if (name, external_id) != (row["name"], row["external_id"]):
+            try:
+                row = await conn.fetchrow(SCIM_RENAME_GROUP, row["key"], name, external_id)
+            except asyncpg.UniqueViolationError as exc:
+                raise taken_by(exc) from None
+            assert row is not None
+        key = row["key"]
+        if write.replace is not None:
+            users = await user_keys(conn, write.replace)
+            await conn.execute(SCIM_KEEP_MEMBERS, key, users)
+            await conn.execute(SCIM_INSERT_MEMBERS, key, users)
+        if write.add:
+            await add_scim_members(conn, key, write.add)
+        if write.remove:
+            await named_users(conn, REMOVE_MEMBERS, key, write.remove)
+        return row
+
+
+async def user_keys(conn: PoolConnectionProxy, ids: Sequence[str]) -> list[int]:
+    """The internal ids of the users with these ids; UnknownMembers if one has none."""
+    rows = await conn.fetch(SCIM_USER_KEYS, list(ids))
+    if len(rows) < len(set(ids)):
+        found = {row["public_id"] for row in rows}
+        raise UnknownMembers(list(dict.fromkeys(id for id in ids if id not in found)))
+    return [row["id"] for row in rows]
+
+
+async def add_scim_members(conn: PoolConnectionProxy, key: int, ids: Sequence[str]) -> None:
+    """Add the users to the group `key`; UnknownMembers if an id names no user."""
+    named = await named_users(conn, ADD_MEMBERS, key, ids)
+    if len(named) < len(set(ids)):
+        found = {user.id for user in named}
+        raise UnknownMembers(list(dict.fromkeys(id for id in ids if id not in found)))

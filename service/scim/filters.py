@@ -159,8 +159,20 @@ class Parser:
     """Recursive descent over the grammar of RFC 7644 §3.4.2.2: or binds
     loosest, then and, then not; attribute names and keywords in any case."""
 
-    def __init__(self, text: str, first: int, *, any_attribute: bool = False) -> None:
+    def __init__(
+        self,
+        text: str,
+        first: int,
+        *,
+        any_attribute: bool = False,
+        attributes: dict[str, Attribute] | None = None,
+        known: str | None = None,
+    ) -> None:
         self.tokens = tokens(text)
+        # The attributes filters take, by lower-case path, and the words that list
+        # them: a user's by default, a group's for /Groups.
+        self.attributes = ATTRIBUTES if attributes is None else attributes
+        self.known = KNOWN if known is None else known
         # Check the syntax alone: an attribute the service does not keep is no error.
         self.any_attribute = any_attribute
         self.at = 0
@@ -243,6 +255,8 @@ class Parser:
                 raise InvalidFilter(
                     f"{token.text!r}[…] inside emails[…]: value filters do not nest"
                 )
+            if self.attributes is not ATTRIBUTES:
+                raise InvalidFilter(f"{token.text!r} takes no [filter]: filters take {self.known}")
             if path not in TYPES:
                 raise InvalidFilter(
                     f"{token.text!r} takes no [filter]: only emails, phoneNumbers and "
@@ -308,16 +322,16 @@ class Parser:
             raise InvalidFilter(f"Expected an operator after {token.text!r}")
         if isinstance(path, Attribute):
             attribute: Attribute | None = path
-        elif path in EMAIL_CONSTANTS:
+        elif path in EMAIL_CONSTANTS and self.attributes is ATTRIBUTES:
             return self.constant(token.text, name, EMAIL_CONSTANTS[path])
         else:
-            attribute = ATTRIBUTES.get(path)
+            attribute = self.attributes.get(path)
         if attribute is None and self.any_attribute:
             if name != "pr":
                 self.value()
             return "true"
         if attribute is None:
-            raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + KNOWN)
+            raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + self.known)
         if name == "pr":
             # Every user has each of them but externalId, which may be null.
             return f"({attribute.column} IS NOT NULL)"
@@ -446,3 +460,20 @@ def to_sql(text: str, first: int = 1) -> Sql:
     """The condition a filter names, its values numbered from $first; InvalidFilter when
     it is malformed or names an attribute the service does not keep."""
     return Parser(text, first).parse()
+
+
+# A group's attributes, by lower-case path, as SQL on groups: displayName is
+# its name, unique regardless of letter case, which groups_name_lower_key serves.
+GROUP_ATTRIBUTES = {
+    "id": Attribute("public_id", "id"),
+    "displayname": Attribute("lower(name)", "text", folded=True),
+    "externalid": Attribute("external_id", "text"),
+    "meta.created": Attribute("created_at", "instant"),
+    "meta.lastmodified": Attribute("updated_at", "instant"),
+}
+GROUP_KNOWN = "id, displayName, externalId, meta.created and meta.lastModified"
+
+
+def group_sql(text: str, first: int = 1) -> Sql:
+    """The condition on groups a filter names, as to_sql's on users."""
+    return Parser(text, first, attributes=GROUP_ATTRIBUTES, known=GROUP_KNOWN).parse()

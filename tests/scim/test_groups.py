@@ -1,0 +1,338 @@
+"""SCIM 2.0 groups under /scim/v2/Groups: Okta's Push Groups and Entra ID's group provisioning."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.scim.messages import SCIM_JSON, USER, patch, scim_error
+
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTRA_GROUP = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+
+
+async def new_users(client: httpx.AsyncClient, count: int, prefix: str = "u") -> list[str]:
+    """The ids of `count` users created through SCIM."""
+    ids = []
+    for n in range(count):
+        body = {"schemas": [USER], "userName": f"{prefix}{n}@example.com", "displayName": f"U {n}"}
+        created = await client.post("/scim/v2/Users", json=body)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    return ids
+
+
+async def member_ids(client: httpx.AsyncClient, group: str) -> set[str]:
+    read = await client.get(f"/scim/v2/Groups/{group}")
+    assert read.status_code == 200, read.text
+    return {member["value"] for member in read.json().get("members", [])}
+
+
+async def found(client: httpx.AsyncClient, **params: str) -> list[Any]:
+    listed = await client.get("/scim/v2/Groups", params=params)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert body["schemas"] == [LIST_RESPONSE]
+    return list(body["Resources"])
+
+
+async def test_okta_push_groups_sequence_replays(client: httpx.AsyncClient) -> None:
+    """Okta's Push Groups, as its SCIM 2.0 guide lists the requests."""
+    users = await new_users(client, 5)
+    # Okta looks for the group by name, then creates it empty.
+    assert await found(client, filter='displayName eq "Test SCIMv2"', startIndex="1") == []
+    created = await client.post(
+        "/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Test SCIMv2", "members": []}
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["content-type"] == SCIM_JSON
+    group = created.json()
+    assert created.headers["location"] == f"http://test/scim/v2/Groups/{group['id']}"
+    assert group["displayName"] == "Test SCIMv2"
+    assert group["schemas"] == [GROUP]
+    assert group["meta"]["resourceType"] == "Group"
+    assert "members" not in group
+    path = f"/scim/v2/Groups/{group['id']}"
+    [listed] = await found(client, filter='displayName eq "test scimv2"')
+    assert listed["id"] == group["id"]
+    # Members pushed in batches.
+    for batch in (users[:2], users[2:]):
+        add = {"op": "add", "path": "members", "value": [{"value": u} for u in batch]}
+        answer = await client.patch(path, json=patch(add))
+        assert answer.status_code == 204, answer.text
+    read = (await client.get(path)).json()
+    assert {m["value"] for m in read["members"]} == set(users)
+    first = next(m for m in read["members"] if m["value"] == users[0])
+    assert first == {
+        "value": users[0],
+        "$ref": f"http://test/scim/v2/Users/{users[0]}",
+        "display": "U 0",
+    }
+    # Okta removes one member by path.
+    remove = {"op": "remove", "path": f'members[value eq "{users[0]}"]'}
+    assert (await client.patch(path, json=patch(remove))).status_code == 204
+    assert await member_ids(client, group["id"]) == set(users[1:])
+    # Okta renames with a value map, the group's id in it.
+    rename = {"op": "replace", "value": {"id": group["id"], "displayName": "Renamed"}}
+    assert (await client.patch(path, json=patch(rename))).status_code == 204
+    assert (await client.get(path)).json()["displayName"] == "Renamed"
+    # A custom app's PUT: the whole group, members with it.
+    put = {"schemas": [GROUP], "displayName": "Put", "members": [{"value": users[0]}]}
+    replaced = await client.put(path, json=put)
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["displayName"] == "Put"
+    assert [m["value"] for m in replaced.json()["members"]] == [users[0]]
+    assert (await client.delete(path)).status_code == 204
+    scim_error(await client.get(path), 404)
+    # Its users stay.
+    assert (await client.get(f"/scim/v2/Users/{users[1]}")).status_code == 200
+
+
+async def test_entra_group_sequence_replays(client: httpx.AsyncClient) -> None:
+    """Entra ID's group provisioning, as its SCIM guide lists the requests."""
+    users = await new_users(client, 6)
+    object_id = str(uuid.uuid4())
+    created = await client.post(
+        "/scim/v2/Groups",
+        json={
+            "schemas": [GROUP, ENTRA_GROUP],
+            "externalId": object_id,
+            "displayName": "Sales",
+            "meta": {"resourceType": "Group"},
+            "members": [],
+        },
+    )
+    assert created.status_code == 201, created.text
+    group = created.json()
+    assert group["externalId"] == object_id
+    path = f"/scim/v2/Groups/{group['id']}"
+    read = await client.get(path, params={"excludedAttributes": "members"})
+    assert read.status_code == 200
+    assert "members" not in read.json()
+    assert read.headers["etag"] == group["meta"]["version"]
+    [listed] = await found(client, excludedAttributes="members", filter='displayName eq "Sales"')
+    assert listed["id"] == group["id"]
+    assert "members" not in listed
+    [by_external] = await found(client, filter=f'externalId eq "{object_id}"')
+    assert by_external["id"] == group["id"]
+    # Members added in batches, $ref null, ops capitalised.
+    for batch in (users[:3], users[3:]):
+        value = [{"$ref": None, "value": u} for u in batch]
+        answer = await client.patch(
+            path, json=patch({"op": "Add", "path": "members", "value": value})
+        )
+        assert answer.status_code == 204, answer.text
+    assert await member_ids(client, group["id"]) == set(users)
+    # Removed by a value array, and by a path.
+    value = [{"$ref": None, "value": users[0]}, {"$ref": None, "value": users[1]}]
+    remove = {"op": "Remove", "path": "members", "value": value}
+    assert (await client.patch(path, json=patch(remove))).status_code == 204
+    by_path = {"op": "Remove", "path": f'members[value eq "{users[2]}"]'}
+    assert (await client.patch(path, json=patch(by_path))).status_code == 204
+    assert await member_ids(client, group["id"]) == set(users[3:])
+    # Renamed by path, and a new externalId.
+    rename = {"op": "Replace", "path": "displayName", "value": "Sales EMEA"}
+    external = {"op": "Replace", "path": "externalId", "value": "new-object-id"}
+    assert (await client.patch(path, json=patch(rename, external))).status_code == 204
+    renamed = (await client.get(path, params={"excludedAttributes": "members"})).json()
+    assert (renamed["displayName"], renamed["externalId"]) == ("Sales EMEA", "new-object-id")
+    assert (await client.delete(path)).status_code == 204
+    assert await found(client, filter='displayName eq "Sales EMEA"') == []
+
+
+async def create(client: httpx.AsyncClient, name: str, **more: Any) -> dict[str, Any]:
+    created = await client.post(
+        "/scim/v2/Groups", json={"schemas": [GROUP], "displayName": name, **more}
+    )
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    return body
+
+
+async def test_a_create_with_members_shows_them(client: httpx.AsyncClient) -> None:
+    users = await new_users(client, 2)
+    group = await create(client, "Ops", members=[{"value": u, "type": "User"} for u in users])
+    assert {m["value"] for m in group["members"]} == set(users)
+
+
+async def test_a_duplicate_display_name_is_a_409_uniqueness(client: httpx.AsyncClient) -> None:
+    await create(client, "Sales")
+    again = await client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "SALES"})
+    scim_error(again, 409, "uniqueness")
+    other = await create(client, "Other")
+    rename = patch({"op": "replace", "path": "displayName", "value": "sales"})
+    scim_error(await client.patch(f"/scim/v2/Groups/{other['id']}", json=rename), 409, "uniqueness")
+
+
+async def test_a_duplicate_external_id_is_a_409_uniqueness(client: httpx.AsyncClient) -> None:
+    await create(client, "A", externalId="x-1")
+    again = await client.post(
+        "/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "B", "externalId": "x-1"}
+    )
+    scim_error(again, 409, "uniqueness")
+
+
+async def test_members_naming_no_user_are_a_400_and_change_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    [user] = await new_users(client, 1)
+    ghost = str(uuid.uuid4())
+    refused = await client.post(
+        "/scim/v2/Groups",
+        json={"displayName": "G", "members": [{"value": user}, {"value": ghost}]},
+    )
+    assert ghost in scim_error(refused, 400, "invalidValue")
+    assert await db.fetchval("SELECT count(*) FROM groups") == 0
+    group = await create(client, "G")
+    path = f"/scim/v2/Groups/{group['id']}"
+    both = patch(
+        {"op": "replace", "path": "displayName", "value": "H"},
+        {"op": "add", "path": "members", "value": [{"value": user}, {"value": ghost}]},
+    )
+    scim_error(await client.patch(path, json=both), 400, "invalidValue")
+    unchanged = (await client.get(path)).json()
+    assert unchanged["displayName"] == "G"
+    assert "members" not in unchanged
+    not_an_id = patch({"op": "add", "path": "members", "value": [{"value": "bob"}]})
+    scim_error(await client.patch(path, json=not_an_id), 400, "invalidValue")
+
+
+async def test_a_remove_by_a_path_naming_no_member_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    users = await new_users(client, 2)
+    group = await create(client, "G", members=[{"value": u} for u in users])
+    path = f"/scim/v2/Groups/{group['id']}"
+    for named in (str(uuid.uuid4()), "not-an-id"):
+        remove = {"op": "remove", "path": f'members[value eq "{named}"]'}
+        assert (await client.patch(path, json=patch(remove))).status_code == 204
+    assert await member_ids(client, group["id"]) == set(users)
+
+
+async def test_adding_a_member_twice_keeps_one_membership(client: httpx.AsyncClient) -> None:
+    [user] = await new_users(client, 1)
+    group = await create(client, "G")
+    path = f"/scim/v2/Groups/{group['id']}"
+    add = {"op": "add", "path": "members", "value": [{"value": user}, {"value": user.upper()}]}
+    for _ in range(2):
+        assert (await client.patch(path, json=patch(add))).status_code == 204
+    assert len((await client.get(path)).json()["members"]) == 1
+
+
+async def test_a_replace_of_members_sets_them_all(client: httpx.AsyncClient) -> None:
+    users = await new_users(client, 4)
+    group = await create(client, "G", members=[{"value": u} for u in users[:3]])
+    path = f"/scim/v2/Groups/{group['id']}"
+    replace = {
+        "op": "replace",
+        "path": "members",
+        "value": [{"value": users[2]}, {"value": users[3]}],
+    }
+    assert (await client.patch(path, json=patch(replace))).status_code == 204
+    assert await member_ids(client, group["id"]) == set(users[2:])
+    everyone = {"op": "remove", "path": "members"}
+    assert (await client.patch(path, json=patch(everyone))).status_code == 204
+    assert await member_ids(client, group["id"]) == set()
+
+
+async def test_a_patch_asked_for_attributes_answers_200_with_the_group(
+    client: httpx.AsyncClient,
+) -> None:
+    [user] = await new_users(client, 1)
+    group = await create(client, "G")
+    path = f"/scim/v2/Groups/{group['id']}"
+    add = patch({"op": "add", "path": "members", "value": [{"value": user}]})
+    answer = await client.patch(path, json=add, params={"excludedAttributes": "members"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["displayName"] == "G"
+    assert "members" not in answer.json()
+    asked = await client.patch(path, json=add, params={"attributes": "members"})
+    assert asked.json() == {
+        "schemas": [GROUP],
+        "id": group["id"],
+        "members": [{"value": user, "$ref": f"http://test/scim/v2/Users/{user}", "display": "U 0"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("operation", "scim_type"),
+    [
+        ({"op": "remove", "path": "displayName"}, "mutability"),
+        ({"op": "replace", "path": "id", "value": "x"}, "mutability"),
+        ({"op": "replace", "path": "meta.created", "value": "x"}, "mutability"),
+        ({"op": "add", "path": "owners", "value": "x"}, "invalidPath"),
+        ({"op": "add", "path": 'members[value eq "x"]', "value": []}, "invalidPath"),
+        ({"op": "copy", "path": "members"}, "invalidSyntax"),
+        ({"op": "remove"}, "noTarget"),
+        ({"op": "replace", "path": "displayName", "value": ""}, "invalidValue"),
+        (
+            {"op": "add", "path": "members", "value": [{"value": "x", "type": "Group"}]},
+            "invalidValue",
+        ),
+    ],
+)
+async def test_a_patch_the_service_cannot_apply_is_a_400_naming_why(
+    client: httpx.AsyncClient, operation: dict[str, Any], scim_type: str
+) -> None:
+    group = await create(client, "G")
+    answer = await client.patch(f"/scim/v2/Groups/{group['id']}", json=patch(operation))
+    scim_error(answer, 400, scim_type)
+
+
+async def test_a_write_to_no_group_is_a_404(client: httpx.AsyncClient) -> None:
+    missing = f"/scim/v2/Groups/{uuid.uuid4()}"
+    scim_error(await client.get(missing), 404)
+    scim_error(await client.get("/scim/v2/Groups/not-an-id"), 404)
+    scim_error(await client.patch(missing, json=patch({"op": "remove", "path": "members"})), 404)
+    scim_error(await client.put(missing, json={"displayName": "G"}), 404)
+    scim_error(await client.delete(missing), 404)
+
+
+async def test_a_stale_if_match_is_a_412(client: httpx.AsyncClient) -> None:
+    group = await create(client, "G")
+    path = f"/scim/v2/Groups/{group['id']}"
+    etag = group["meta"]["version"]
+    rename = patch({"op": "replace", "path": "displayName", "value": "H"})
+    assert (await client.patch(path, json=rename, headers={"If-Match": etag})).status_code == 204
+    scim_error(await client.patch(path, json=rename, headers={"If-Match": etag}), 412)
+    scim_error(await client.delete(path, headers={"If-Match": etag}), 412)
+
+
+async def test_lists_page_filter_and_select_attributes(client: httpx.AsyncClient) -> None:
+    for name in ("b", "a", "c"):
+        await create(client, name)
+    page = await client.get("/scim/v2/Groups", params={"startIndex": "2", "count": "1"})
+    body = page.json()
+    assert (body["totalResults"], body["startIndex"], body["itemsPerPage"]) == (3, 2, 1)
+    assert [g["displayName"] for g in body["Resources"]] == ["b"]
+    picked = await found(client, attributes="displayName", sortOrder="descending")
+    assert [set(g) for g in picked] == [{"schemas", "id", "displayName"}] * 3
+    assert [g["displayName"] for g in picked] == ["c", "b", "a"]
+    scim_error(
+        await client.get("/scim/v2/Groups", params={"filter": 'title eq "x"'}), 400, "invalidFilter"
+    )
+    scim_error(
+        await client.get("/scim/v2/Groups", params={"filter": "displayName eq"}),
+        400,
+        "invalidFilter",
+    )
+
+
+async def test_a_body_that_is_no_group_is_a_400(client: httpx.AsyncClient) -> None:
+    scim_error(await client.post("/scim/v2/Groups", json={"schemas": [GROUP]}), 400, "invalidValue")
+    scim_error(
+        await client.post("/scim/v2/Groups", json={"schemas": [USER], "displayName": "G"}),
+        400,
+        "invalidSyntax",
+    )
+    scim_error(await client.post("/scim/v2/Groups", content=b"{"), 400, "invalidSyntax")
+    scim_error(
+        await client.post("/scim/v2/Groups", json={"displayName": "G", "members": "x"}),
+        400,
+        "invalidValue",
+    )
