@@ -383,11 +383,12 @@ async def list_user_groups(db: Executor, user: UserKey, *, after: str, limit: in
 # group of 100,000 members is never made into Python objects.
 SCIM_GROUP_COLUMNS = """public_id::text AS id, name, external_id,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
-# The members of group g as [{"value", "$ref", "display"}], $ref under the URL
-# of /scim/v2/Users/ (${base}); in user id order, which the primary key holds.
+# The members of group g as [{"value", "$ref", "type"}], the sub-attributes of
+# RFC 7643 §8.7.1, $ref under the URL of /scim/v2/Users/ (${base}); in user id
+# order, which the primary key holds.
 SCIM_MEMBERS = """(
     SELECT coalesce(json_agg(json_build_object(
-        'value', u.public_id, '$ref', ${base}::text || u.public_id, 'display', u.name
+        'value', u.public_id, '$ref', ${base}::text || u.public_id, 'type', 'User'
     ) ORDER BY m.user_id), '[]')::text
     FROM memberships AS m JOIN users AS u ON u.id = m.user_id
     WHERE m.group_id = g.id

@@ -26,15 +26,19 @@ from service.scim.resources import (
     GROUP_SCHEMA,
     LIST_RESPONSE,
     PATCH_OP,
+    SEARCH_REQUEST,
     ExternalId,
     ListResponse,
 )
 from service.scim.users import (
     LIST_PARAMETERS,
     MAX_OPERATIONS,
-    USER_PARAMETERS,
+    Listing,
+    Steps,
+    attribute_params,
+    body_of,
     decoded,
-    int_param,
+    listing,
     message,
     parameters,
     query_parameters,
@@ -49,8 +53,6 @@ from service.users import settings_of
 # member changes' limit of the native API, which such a write fits.
 MAX_MEMBERS = 10_000
 MAX_BODY_BYTES = MAX_LOOKUP_BYTES
-DEFAULT_COUNT = 100
-MAX_COUNT = 1000
 ALWAYS_RETURNED = frozenset({"schemas", "id"})
 # The top-level attributes of a group, by lower-case name, as answers spell them.
 ATTRIBUTES = {
@@ -98,10 +100,18 @@ class Shown:
     """What attributes= and excludedAttributes= leave of a group, by top-level name:
     a sub-attribute (members.value) stands for its attribute."""
 
-    def __init__(self, attributes: object, excluded: object) -> None:
-        self.attributes = top_names(attributes)
-        self.excluded = top_names(excluded) - ALWAYS_RETURNED
-        self.asked = bool(self.attributes or self.excluded)
+    def __init__(self, attributes: set[str], excluded: set[str]) -> None:
+        self.attributes = attributes
+        self.excluded = excluded - ALWAYS_RETURNED
+        self.asked = bool(attributes or excluded)
+
+    @classmethod
+    def of_steps(cls, attributes: list[Steps], excluded: list[Steps]) -> Shown:
+        urn = GROUP_SCHEMA.lower() + ":"
+        return cls(
+            {name[0].removeprefix(urn) for name in attributes},
+            {name[0].removeprefix(urn) for name in excluded},
+        )
 
     @property
     def members(self) -> bool:
@@ -132,8 +142,7 @@ def top_names(raw: object) -> set[str]:
 
 
 def shown_of(request: Request) -> Shown:
-    params = query_parameters(request, USER_PARAMETERS)
-    return Shown(params.get("attributes"), params.get("excludedAttributes"))
+    return Shown.of_steps(*attribute_params(request))
 
 
 async def group_response(
@@ -152,7 +161,7 @@ async def group_response(
     return scim_response(shown.of(to_scim(row, location, members)), status_code, headers)
 
 
-async def body_of(request: Request) -> dict[str, Any]:
+async def group_body(request: Request) -> dict[str, Any]:
     settings = settings_of(request)
     body = bytes(await read_body(request, MAX_BODY_BYTES, settings.body_timeout))
     found: dict[str, Any] = decoded(_decode_any, body)
@@ -261,7 +270,7 @@ REFUSALS = (
 
 async def create_group(request: Request) -> Response:
     shown = shown_of(request)
-    group = written(await body_of(request))
+    group = written(await group_body(request))
     assert group.name is not None
     assert group.replace is not None
     assert not isinstance(group.external_id, msgspec.UnsetType)
@@ -281,7 +290,7 @@ async def get_group(request: Request) -> Response:
 async def replace_group(request: Request) -> Response:
     """PUT: the group's displayName, externalId and members all as the body gives them."""
     id, condition, shown = group_id_of(request), condition_of(request), shown_of(request)
-    group = written(await body_of(request))
+    group = written(await group_body(request))
     try:
         await group_queries.scim_write_group(db_of(request), id, condition, group)
     except REFUSALS as exc:
@@ -432,23 +441,50 @@ def patched(id: str, operations: list[Any]) -> ScimGroupWrite:
 
 # Lists: by filter on id, displayName, externalId and the times, in name order.
 async def list_groups(request: Request) -> Response:
-    given = query_parameters(request, LIST_PARAMETERS)
-    shown = Shown(given.get("attributes"), given.get("excludedAttributes"))
-    sort_by = given.get("sortBy")
-    if sort_by is not None and top_names(sort_by) - {"displayname"}:
+    given = listing(query_parameters(request, LIST_PARAMETERS))
+    if given.sort_by is not None and top_names(given.sort_by) - {"displayname"}:
         raise ScimError(400, "sortBy takes displayName", "invalidValue")
-    order = str(given.get("sortOrder") or "ascending").lower()
-    if order not in ("ascending", "descending"):
-        raise ScimError(400, "sortOrder is ascending or descending", "invalidValue")
-    start = max(1, int_param(given.get("startIndex"), "startIndex", 1))
-    count = min(MAX_COUNT, max(0, int_param(given.get("count"), "count", DEFAULT_COUNT)))
+    resources, total = await group_page(request, given, given.start_index - 1, given.per_page)
+    return scim_response(
+        ListResponse(
+            schemas=[LIST_RESPONSE],
+            totalResults=total,
+            startIndex=given.start_index,
+            itemsPerPage=len(resources),
+            Resources=resources,
+        )
+    )
+
+
+async def search_groups(request: Request) -> Response:
+    body = message(await body_of(request), SEARCH_REQUEST, LIST_PARAMETERS, strict=True)
+    given = listing(body)
+    if given.sort_by is not None and top_names(given.sort_by) - {"displayname"}:
+        raise ScimError(400, "sortBy takes displayName", "invalidValue")
+    resources, total = await group_page(request, given, given.start_index - 1, given.per_page)
+    return scim_response(
+        ListResponse(
+            schemas=[LIST_RESPONSE],
+            totalResults=total,
+            startIndex=given.start_index,
+            itemsPerPage=len(resources),
+            Resources=resources,
+        )
+    )
+
+
+async def group_page(
+    request: Request, given: Listing, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The groups a listing asks for, `limit` of them after the first `offset`, in
+    name order, as SCIM shows them, and how many match."""
+    shown = Shown.of_steps(given.attributes, given.excluded)
     where, arguments = "true", list[object]()
-    if given.get("filter") is not None:
+    if given.filter is not None:
         try:
-            where, arguments = filters.group_sql(str(given["filter"]))
+            where, arguments = filters.group_sql(given.filter)
         except filters.InvalidFilter as exc:
             raise ScimError(400, str(exc), "invalidFilter") from None
-    users = scim_url(request, "Users/")
     number = len(arguments)
     members = ""
     if shown.members:
@@ -456,27 +492,19 @@ async def list_groups(request: Request) -> Response:
     query = group_queries.SCIM_GROUP_PAGE.format(
         members=members,
         where=where,
-        order="lower(name) DESC" if order == "descending" else "lower(name)",
+        order="lower(name) DESC" if given.descending else "lower(name)",
         offset=number + 1,
         limit=number + 2,
     )
     async with searching(db_of(request)) as conn:
         rows = []
-        if count:
-            extra = [users] if shown.members else []
-            rows = await conn.fetch(query, *arguments, start - 1, count, *extra)
+        if limit:
+            extra = [scim_url(request, "Users/")] if shown.members else []
+            rows = await conn.fetch(query, *arguments, offset, limit, *extra)
         total = await conn.fetchval(group_queries.SCIM_GROUP_COUNT.format(where=where), *arguments)
     groups = scim_url(request, "Groups")
     resources = [
         shown.of(to_scim(row, f"{groups}/{row['id']}", row["members"] if shown.members else None))
         for row in rows
     ]
-    return scim_response(
-        ListResponse(
-            schemas=[LIST_RESPONSE],
-            totalResults=int(total),
-            startIndex=start,
-            itemsPerPage=len(resources),
-            Resources=resources,
-        )
-    )
+    return resources, int(total)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import Service
 from tests.scim.messages import SCIM_JSON, USER, patch, scim_error
+from tests.scim.tester import failed_checks
 
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTRA_GROUP = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
@@ -71,7 +74,7 @@ async def test_okta_push_groups_sequence_replays(client: httpx.AsyncClient) -> N
     assert first == {
         "value": users[0],
         "$ref": f"http://test/scim/v2/Users/{users[0]}",
-        "display": "U 0",
+        "type": "User",
     }
     # Okta removes one member by path.
     remove = {"op": "remove", "path": f'members[value eq "{users[0]}"]'}
@@ -255,7 +258,7 @@ async def test_a_patch_asked_for_attributes_answers_200_with_the_group(
     assert asked.json() == {
         "schemas": [GROUP],
         "id": group["id"],
-        "members": [{"value": user, "$ref": f"http://test/scim/v2/Users/{user}", "display": "U 0"}],
+        "members": [{"value": user, "$ref": f"http://test/scim/v2/Users/{user}", "type": "User"}],
     }
 
 
@@ -336,3 +339,85 @@ async def test_a_body_that_is_no_group_is_a_400(client: httpx.AsyncClient) -> No
         400,
         "invalidValue",
     )
+
+
+async def test_scim2_tester_passes_for_groups_against_a_live_service(
+    db: asyncpg.Pool, tmp_path: Path, database_url: str, services: list[Service]
+) -> None:
+    """scim2-tester's every check, for the Group resource type, over HTTP."""
+    failed, ran = await failed_checks(tmp_path, database_url, services, "Group")
+    assert failed == [], "\n".join(map(str, failed))
+    assert ran >= 20
+
+
+async def test_discovery_lists_group_and_the_users_groups(client: httpx.AsyncClient) -> None:
+    types = (await client.get("/scim/v2/ResourceTypes")).json()
+    group_type = (await client.get("/scim/v2/ResourceTypes/Group")).json()
+    assert group_type in types["Resources"]
+    assert (group_type["endpoint"], group_type["schema"]) == ("/Groups", GROUP)
+    schema = (await client.get(f"/scim/v2/Schemas/{GROUP}")).json()
+    attributes = {a["name"]: a for a in schema["attributes"]}
+    assert list(attributes) == ["displayName", "externalId", "members"]
+    assert attributes["displayName"]["uniqueness"] == "server"
+    members = attributes["members"]
+    assert [a["name"] for a in members["subAttributes"]] == ["value", "$ref", "type"]
+    user = (await client.get(f"/scim/v2/Schemas/{USER}")).json()
+    [groups] = [a for a in user["attributes"] if a["name"] == "groups"]
+    assert groups["mutability"] == "readOnly"
+    assert [a["name"] for a in groups["subAttributes"]] == ["value", "$ref", "display"]
+    config = (await client.get("/scim/v2/ServiceProviderConfig")).json()
+    assert config["filter"] == {"supported": True, "maxResults": 1000}
+
+
+async def test_a_user_shows_its_groups_read_only(client: httpx.AsyncClient) -> None:
+    [user] = await new_users(client, 1)
+    sales = await create(client, "Sales", members=[{"value": user}])
+    admins = await create(client, "admins", members=[{"value": user}])
+    path = f"/scim/v2/Users/{user}"
+    read = (await client.get(path)).json()
+    assert read["groups"] == [
+        {"value": g["id"], "$ref": f"http://test/scim/v2/Groups/{g['id']}", "display": name}
+        for g, name in ((admins, "admins"), (sales, "Sales"))
+    ]
+    assert "groups" not in (await client.get(path, params={"excludedAttributes": "groups"})).json()
+    only = (await client.get(path, params={"attributes": "groups.display"})).json()
+    assert only == {
+        "schemas": [USER],
+        "id": user,
+        "groups": [
+            {"value": admins["id"], "display": "admins"},
+            {"value": sales["id"], "display": "Sales"},
+        ],
+    }
+    [listed] = (await client.get("/scim/v2/Users", params={"filter": f'id eq "{user}"'})).json()[
+        "Resources"
+    ]
+    assert listed["groups"] == read["groups"]
+    # Never written through the user: a PATCH is a 400, a PUT leaves them be.
+    for operation in (
+        {"op": "add", "path": "groups", "value": [{"value": sales["id"]}]},
+        {"op": "replace", "value": {"groups": []}},
+        {"op": "remove", "path": f'groups[value eq "{sales["id"]}"]'},
+    ):
+        scim_error(await client.patch(path, json=patch(operation)), 400, "mutability")
+    put = {"schemas": [USER], "userName": "u0@example.com", "groups": []}
+    assert (await client.put(path, json=put)).status_code == 200
+    assert len((await client.get(path)).json()["groups"]) == 2
+
+
+async def test_a_search_from_the_root_finds_users_then_groups(client: httpx.AsyncClient) -> None:
+    await new_users(client, 2)
+    await create(client, "U group")
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}
+    everything = (await client.post("/scim/v2/.search", json=body)).json()
+    assert everything["totalResults"] == 3
+    kinds = [r["meta"]["resourceType"] for r in everything["Resources"]]
+    assert kinds == ["User", "User", "Group"]
+    second = (await client.post("/scim/v2/.search", json={**body, "startIndex": 3})).json()
+    assert [r["displayName"] for r in second["Resources"]] == ["U group"]
+    named = {**body, "filter": 'displayName sw "U"'}
+    assert (await client.post("/scim/v2/.search", json=named)).json()["totalResults"] == 3
+    users_only = {**body, "filter": 'userName eq "u0@example.com"'}
+    assert (await client.post("/scim/v2/.search", json=users_only)).json()["totalResults"] == 1
+    groups = await client.post("/scim/v2/Groups/.search", json=named)
+    assert [r["displayName"] for r in groups.json()["Resources"]] == ["U group"]
