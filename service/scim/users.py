@@ -258,6 +258,8 @@ def described(changes: kept.Changes, key: str, value: Any) -> None:
     except ScimError:
         changes.skip(key, value)  # no attribute of any schema: ignored, as any unknown one
         return
+    if path.schema == USER_SCHEMA and path.attribute == "groups":
+        return  # read-only, as a PUT may send what it read (RFC 7644 §3.5.1): ignored
     if path.schema == USER_SCHEMA and path.filter is None and path.sub is None:
         if path.attribute in COLUMNS:
             return  # read by UserIn, or set by the service

@@ -287,6 +287,20 @@ async def test_a_patch_the_service_cannot_apply_is_a_400_naming_why(
     scim_error(answer, 400, scim_type)
 
 
+async def test_a_write_naming_more_than_10000_members_is_a_400(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    group = await create(client, "G")
+    many = [{"value": str(uuid.uuid4())} for _ in range(10_001)]
+    add = patch({"op": "add", "path": "members", "value": many})
+    detail = scim_error(
+        await client.patch(f"/scim/v2/Groups/{group['id']}", json=add), 400, "invalidValue"
+    )
+    assert "10,000" in detail
+    put = {"displayName": "G", "members": many}
+    scim_error(await client.put(f"/scim/v2/Groups/{group['id']}", json=put), 400, "invalidValue")
+
+
 async def test_a_write_to_no_group_is_a_404(client: httpx.AsyncClient) -> None:
     missing = f"/scim/v2/Groups/{uuid.uuid4()}"
     scim_error(await client.get(missing), 404)
