@@ -190,6 +190,7 @@ USER_EXISTS = "SELECT EXISTS (SELECT FROM users WHERE lower(email) = $1 OR publi
 
 
 _decode_attributes = msgspec.json.Decoder(dict[str, str])
+_encoder = msgspec.json.Encoder()
 
 
 def to_group(row: asyncpg.Record) -> Group:
@@ -379,26 +380,36 @@ async def list_user_groups(db: Executor, user: UserKey, *, after: str, limit: in
 
 # SCIM (service/scim/groups.py): the group with its externalId, which the
 # native API does not show, and its members as SCIM shows them. The members
-# leave the database as one JSON array, which the answer embeds as it is: a
-# group of 100,000 members is never made into Python objects.
+# leave the database as the bytes of one JSON array, which the answer embeds
+# as they are: a group of 100,000 members is never made into Python objects.
 SCIM_GROUP_COLUMNS = """public_id::text AS id, name, external_id,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
 # The members of group g as [{"value", "$ref", "type"}], the sub-attributes of
-# RFC 7643 §8.7.1, $ref under the URL of /scim/v2/Users/ (${base}); in user id
-# order, which the primary key holds.
+# RFC 7643 §8.7.1, each $ref under the URL of /scim/v2/Users/ ($base, escaped
+# for JSON by the caller; a public_id needs no escaping). Joined as text, in
+# the order the group's memberships are read: json_build_object and an
+# ORDER BY took 0.36 s of a group of 100,000, this 0.22 s (EXPLAIN ANALYZE).
 SCIM_MEMBERS = """(
-    SELECT coalesce(json_agg(json_build_object(
-        'value', u.public_id, '$ref', ${base}::text || u.public_id, 'type', 'User'
-    ) ORDER BY m.user_id), '[]')::text
+    SELECT convert_to('[' || coalesce(string_agg(
+        '{"value":"' || u.public_id || '","$ref":"' || $base::text || u.public_id
+        || '","type":"User"}', ','
+    ), '') || ']', 'UTF8')
     FROM memberships AS m JOIN users AS u ON u.id = m.user_id
     WHERE m.group_id = g.id
 )"""
+
+
+def scim_members(parameter: int) -> str:
+    """SCIM_MEMBERS with its base URL as parameter $`parameter`."""
+    return SCIM_MEMBERS.replace("$base", f"${parameter}")
+
+
 SCIM_FIND_GROUP = "SELECT {COLUMNS} FROM groups AS g WHERE public_id = $1".replace(
     "{COLUMNS}", SCIM_GROUP_COLUMNS
 )
 SCIM_FIND_GROUP_MEMBERS = """
 SELECT {COLUMNS}, {MEMBERS} AS members FROM groups AS g WHERE public_id = $1
-""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{MEMBERS}", SCIM_MEMBERS.format(base=2))
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{MEMBERS}", scim_members(2))
 SCIM_INSERT_GROUP = """
 INSERT INTO groups (name, external_id) VALUES ($1, $2)
 RETURNING id AS key, {COLUMNS}
@@ -468,14 +479,48 @@ def taken_by(exc: asyncpg.UniqueViolationError) -> Exception:
     return NameTaken()
 
 
+def json_text(text: str) -> str:
+    """A string as it reads inside a JSON string's quotes."""
+    return _encoder.encode(text).decode()[1:-1]
+
+
 async def scim_find_group(
     db: Executor, id: UUID, *, members_under: str | None
 ) -> asyncpg.Record | None:
-    """The group with its members, their $ref under `members_under`, or without them
-    when it is None."""
+    """The group with its members (bytes of JSON), their $ref under `members_under`,
+    or without them when it is None."""
     if members_under is None:
         return await db.fetchrow(SCIM_FIND_GROUP, id)
-    return await db.fetchrow(SCIM_FIND_GROUP_MEMBERS, id, members_under)
+    return await db.fetchrow(SCIM_FIND_GROUP_MEMBERS, id, json_text(members_under))
+
+
+async def scim_group_page(
+    db: Database,
+    where: tuple[str, Sequence[object]],
+    *,
+    descending: bool,
+    offset: int,
+    limit: int,
+    members_under: str | None,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of the groups that match `where` (a condition and its arguments, from
+    $1), in name order, with their members when `members_under` is given, and how
+    many match, in one snapshot."""
+    condition, arguments = where
+    number = len(arguments)
+    members = "" if members_under is None else f", {scim_members(number + 3)} AS members"
+    query = SCIM_GROUP_PAGE.format(
+        members=members,
+        where=condition,
+        order="lower(name) DESC" if descending else "lower(name)",
+        offset=number + 1,
+        limit=number + 2,
+    )
+    extra = [] if members_under is None else [json_text(members_under)]
+    async with searching(db) as conn:
+        rows = await conn.fetch(query, *arguments, offset, limit, *extra) if limit else []
+        total = await conn.fetchval(SCIM_GROUP_COUNT.format(where=condition), *arguments)
+    return rows, int(total)
 
 
 async def scim_create_group(

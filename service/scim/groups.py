@@ -17,7 +17,6 @@ from service.database import db_of
 from service.group_queries import ScimGroupWrite
 from service.groups import FORGOTTEN
 from service.groups import write_condition as condition_of
-from service.queries import searching
 from service.schemas import MAX_LOOKUP_BYTES, GroupName
 from service.scim import filters
 from service.scim.errors import ScimError
@@ -77,15 +76,15 @@ def etag_of(row: asyncpg.Record) -> str:
     return f'"{row["version"]}-{row["id"]}"'
 
 
-def to_scim(row: asyncpg.Record, location: str, members: str | None) -> dict[str, Any]:
+def to_scim(row: asyncpg.Record, location: str, members: bytes | None) -> dict[str, Any]:
     """The group as SCIM shows it: displayName is its name; members, when read, are
     the JSON array the database made, embedded as it is."""
     group: dict[str, Any] = {"schemas": [GROUP_SCHEMA], "id": row["id"]}
     if row["external_id"] is not None:
         group["externalId"] = row["external_id"]
     group["displayName"] = row["name"]
-    if members is not None and members != "[]":
-        group["members"] = msgspec.Raw(members.encode())
+    if members is not None and members != b"[]":
+        group["members"] = msgspec.Raw(members)
     group["meta"] = {
         "resourceType": "Group",
         "created": row["created_at"],
@@ -485,26 +484,17 @@ async def group_page(
             where, arguments = filters.group_sql(given.filter)
         except filters.InvalidFilter as exc:
             raise ScimError(400, str(exc), "invalidFilter") from None
-    number = len(arguments)
-    members = ""
-    if shown.members:
-        members = ", " + group_queries.SCIM_MEMBERS.format(base=number + 3) + " AS members"
-    query = group_queries.SCIM_GROUP_PAGE.format(
-        members=members,
-        where=where,
-        order="lower(name) DESC" if given.descending else "lower(name)",
-        offset=number + 1,
-        limit=number + 2,
+    rows, total = await group_queries.scim_group_page(
+        db_of(request),
+        (where, arguments),
+        descending=given.descending,
+        offset=offset,
+        limit=limit,
+        members_under=scim_url(request, "Users/") if shown.members else None,
     )
-    async with searching(db_of(request)) as conn:
-        rows = []
-        if limit:
-            extra = [scim_url(request, "Users/")] if shown.members else []
-            rows = await conn.fetch(query, *arguments, offset, limit, *extra)
-        total = await conn.fetchval(group_queries.SCIM_GROUP_COUNT.format(where=where), *arguments)
     groups = scim_url(request, "Groups")
     resources = [
         shown.of(to_scim(row, f"{groups}/{row['id']}", row["members"] if shown.members else None))
         for row in rows
     ]
-    return resources, int(total)
+    return resources, total
