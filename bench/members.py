@@ -108,7 +108,7 @@ def time_groups(
     """Each request one at a time over one keep-alive connection, the groups in turn: add a
     user who is not a member, check a member, remove the user again (so each group keeps
     its size), the same add and remove by SCIM PATCH (as Entra adds, as Okta removes),
-    and look a user up."""
+    and look a member of both up: natively, and by SCIM with its groups and without."""
     times: dict[str, list[float]] = {}
     warmup = 1 if options.requests < 100 else 50
     for number in range(warmup + options.requests):
@@ -133,9 +133,17 @@ def time_groups(
             for key, elapsed in timed.items():
                 if number >= warmup:
                     times.setdefault(key, []).append(elapsed)
-        elapsed = call(conn, "GET", f"/users/{member}")
-        if number >= warmup:
-            times.setdefault("GET /users/{email}", []).append(elapsed)
+        member_id = user_id(conn, member)  # in both groups
+        timed = {
+            "GET /users/{email}": call(conn, "GET", f"/users/{member}"),
+            "SCIM GET /Users/{id}": call(conn, "GET", f"/scim/v2/Users/{member_id}"),
+            "SCIM GET /Users/{id}, groups excluded": call(
+                conn, "GET", f"/scim/v2/Users/{member_id}?excludedAttributes=groups"
+            ),
+        }
+        for key, elapsed in timed.items():
+            if number >= warmup:
+                times.setdefault(key, []).append(elapsed)
     return times
 
 
