@@ -432,6 +432,13 @@ ORDER BY {order}
 OFFSET ${offset} LIMIT ${limit}
 """.replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
 SCIM_GROUP_COUNT = "SELECT count(*) FROM groups AS g WHERE {where}"
+# Conditions of SCIM's filters on group g: it has members; the user whose id
+# is the parameter {} (as $n) is one, by one probe of the primary key.
+HAS_MEMBERS = "EXISTS (SELECT FROM memberships WHERE group_id = g.id)"
+HAS_MEMBER = """EXISTS (
+    SELECT FROM memberships
+    WHERE group_id = g.id AND user_id = (SELECT id FROM users WHERE public_id = {})
+)"""
 # The internal ids of the users with these public ids ($1), for a replace of
 # all members: found through users_public_id_key, one probe each.
 SCIM_USER_KEYS = "SELECT id, public_id::text FROM users WHERE public_id = ANY($1::uuid[])"

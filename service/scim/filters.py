@@ -10,6 +10,7 @@ from uuid import UUID
 
 import msgspec
 
+from service.group_queries import HAS_MEMBER, HAS_MEMBERS
 from service.queries import HAS_ATTRIBUTES, MATCHES, encode_attributes, like_escaped
 from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
 from service.scim.mapping import (
@@ -91,7 +92,7 @@ class Attribute(NamedTuple):
     """A filterable attribute: how it reads in SQL and what values it compares with."""
 
     column: str  # the SQL of its value; folded to lower case when `folded`
-    kind: str  # "text", "id", "bool" or "instant"
+    kind: str  # "text", "id", "bool", "instant", or "member" (a group's)
     # caseExact false (RFC 7643): the column's SQL folds ASCII letters, as
     # lower() does under the "C" collation, and so is the value compared.
     folded: bool = False
@@ -256,7 +257,14 @@ class Parser:
                     f"{token.text!r}[…] inside emails[…]: value filters do not nest"
                 )
             if self.attributes is not ATTRIBUTES:
-                raise InvalidFilter(f"{token.text!r} takes no [filter]: filters take {self.known}")
+                if path != "members" or prefix:
+                    raise InvalidFilter(
+                        f"{token.text!r} takes no [filter]: filters take {self.known}"
+                    )
+                self.take()  # members[value eq "<id>"]: as members.value eq "<id>"
+                inner = self.nested(lambda: self.disjunction("members."))
+                self.expect("]")
+                return inner
             if path not in TYPES:
                 raise InvalidFilter(
                     f"{token.text!r} takes no [filter]: only emails, phoneNumbers and "
@@ -332,10 +340,27 @@ class Parser:
             return "true"
         if attribute is None:
             raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + self.known)
+        if attribute.kind == "member":
+            return self.member(token.text, name)
         if name == "pr":
             # Every user has each of them but externalId, which may be null.
             return f"({attribute.column} IS NOT NULL)"
         return self.compare(token.text, attribute, name, self.value())
+
+    def member(self, name: str, operator: str) -> str:
+        """A group's members: pr, or eq a user's id, as Entra asks whether a user is
+        still a member (id eq "<group>" and members eq "<user>"). One probe of the
+        memberships' primary key."""
+        if operator == "pr":
+            return HAS_MEMBERS
+        value = self.value()
+        if operator != "eq" or not isinstance(value, str):
+            raise InvalidFilter(f'{name} takes eq "<a user\'s id>", or pr')
+        try:
+            user = UUID(value)
+        except ValueError:
+            return "false"  # no user has that id
+        return HAS_MEMBER.format(self.argument(user))
 
     def value(self) -> object:
         token = self.take()
@@ -470,8 +495,13 @@ GROUP_ATTRIBUTES = {
     "externalid": Attribute("external_id", "text"),
     "meta.created": Attribute("created_at", "instant"),
     "meta.lastmodified": Attribute("updated_at", "instant"),
+    "members": Attribute("", "member"),
+    "members.value": Attribute("", "member"),
 }
-GROUP_KNOWN = "id, displayName, externalId, meta.created and meta.lastModified"
+GROUP_KNOWN = (
+    'id, displayName, externalId, meta.created, meta.lastModified, and members eq "<user id>" '
+    '(or members.value, members[value eq "<user id>"])'
+)
 
 
 def group_sql(text: str, first: int = 1) -> Sql:

@@ -435,3 +435,27 @@ async def test_a_search_from_the_root_finds_users_then_groups(client: httpx.Asyn
     assert (await client.post("/scim/v2/.search", json=users_only)).json()["totalResults"] == 1
     groups = await client.post("/scim/v2/Groups/.search", json=named)
     assert [r["displayName"] for r in groups.json()["Resources"]] == ["U group"]
+
+
+async def test_a_filter_on_a_member_tells_whether_a_user_is_in_the_group(
+    client: httpx.AsyncClient,
+) -> None:
+    """As Entra asks before it deletes a group whose last member it removed."""
+    member, other = await new_users(client, 2)
+    group = await create(client, "G", members=[{"value": member}])
+    await create(client, "H")
+    for form in ('members eq "{}"', 'members.value eq "{}"', 'members[value eq "{}"]'):
+        asked = f'id eq "{group["id"]}" and ' + form
+        [found] = await found_groups(client, asked.format(member))
+        assert found == {"schemas": [GROUP], "id": group["id"]}
+        assert await found_groups(client, asked.format(other)) == []
+        assert await found_groups(client, asked.format("not-an-id")) == []
+    [with_members] = await found_groups(client, "members pr")
+    assert with_members["id"] == group["id"]
+    for malformed in ('members co "x"', 'members[display eq "x"]', 'displayName[value eq "x"]'):
+        answer = await client.get("/scim/v2/Groups", params={"filter": malformed})
+        scim_error(answer, 400, "invalidFilter")
+
+
+async def found_groups(client: httpx.AsyncClient, filter: str) -> list[Any]:
+    return await found(client, filter=filter, attributes="id")
