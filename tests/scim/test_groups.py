@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from service.scim.errors import ScimError
+from service.scim.groups import patched
 from tests.conftest import Service
 from tests.scim.messages import SCIM_JSON, USER, patch, scim_error
 from tests.scim.tester import failed_checks
@@ -459,3 +464,55 @@ async def test_a_filter_on_a_member_tells_whether_a_user_is_in_the_group(
 
 async def found_groups(client: httpx.AsyncClient, filter: str) -> list[Any]:
     return await found(client, filter=filter, attributes="id")
+
+
+async def test_concurrent_member_patches_of_one_group_all_land(client: httpx.AsyncClient) -> None:
+    users = await new_users(client, 12)
+    group = await create(client, "G")
+    path = f"/scim/v2/Groups/{group['id']}"
+    answers = await asyncio.gather(
+        *(
+            client.patch(
+                path, json=patch({"op": "add", "path": "members", "value": [{"value": u}]})
+            )
+            for u in users
+        )
+    )
+    assert [answer.status_code for answer in answers] == [204] * len(users)
+    assert await member_ids(client, group["id"]) == set(users)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+GROUP_ID = str(uuid.uuid4())
+PATCH_ERRORS = {"invalidSyntax", "invalidValue", "invalidPath", "noTarget", "mutability"}
+operations = st.fixed_dictionaries(
+    {"op": st.sampled_from(["add", "Replace", "REMOVE", "copy"]) | st.text(max_size=6)},
+    optional={
+        "path": st.sampled_from(
+            ["members", 'members[value eq "x"]', f'members[value eq "{GROUP_ID}"]',
+             "displayName", "externalId", "id", "meta.version", "schemas", "members.value",
+             "members[", "owners", f"{GROUP}:displayName"]
+        ) | json_values,
+        "value": json_values
+        | st.lists(st.fixed_dictionaries({"value": st.uuids().map(str) | st.text(max_size=5)})),
+    },
+)  # fmt: skip
+
+
+@given(st.lists(operations | json_values, max_size=4))
+def test_any_patch_operations_make_a_write_or_a_scim_400(ops: list[Any]) -> None:
+    refused: tuple[int, str | None] | None = None
+    try:
+        write = patched(GROUP_ID, ops)
+    except ScimError as error:
+        refused = (error.status, error.scim_type)
+    else:
+        assert write.name is None or 1 <= len(write.name) <= 256
+        assert not set(write.add) & set(write.remove)
+    assert refused is None or (refused[0] == 400 and refused[1] in PATCH_ERRORS)
