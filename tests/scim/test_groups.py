@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.scim.errors import ScimError
@@ -516,3 +517,58 @@ def test_any_patch_operations_make_a_write_or_a_scim_400(ops: list[Any]) -> None
         assert write.name is None or 1 <= len(write.name) <= 256
         assert not set(write.add) & set(write.remove)
     assert refused is None or (refused[0] == 400 and refused[1] in PATCH_ERRORS)
+
+
+# Generated requests through the API, on a real database: a SCIM answer, and
+# never a 5xx. The client serves every example of a test.
+fuzzed = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+filter_words = st.sampled_from(
+    ["displayName", "externalId", "id", "members", "members.value", "members[value", "]",
+     "meta.created", "eq", "ne", "co", "sw", "pr", "gt", "and", "or", "not", "(", ")", "true",
+     "null", '"Sales"', r'"%_\\"', r'"\u0000"', '"2026-01-01T00:00:00Z"',
+     '"0b278014-2e0f-400a-ac4e-e70fd3863a13"']
+)  # fmt: skip
+
+
+@given(filter=st.lists(filter_words, max_size=8).map(" ".join) | st.text(max_size=40))
+@fuzzed
+async def test_any_group_filter_is_a_list_or_a_scim_400(
+    client: httpx.AsyncClient, filter: str
+) -> None:
+    response = await client.get("/scim/v2/Groups", params={"filter": filter})
+    if response.status_code != 200:
+        scim_error(response, 400, "invalidFilter")
+
+
+body_keys = st.sampled_from(
+    ["schemas", "displayName", "DISPLAYNAME", "externalId", "members", "id"]
+)
+
+
+@given(body=st.dictionaries(body_keys | st.text(max_size=8), json_values))
+@fuzzed
+async def test_any_group_create_is_a_group_or_a_scim_4xx(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    response = await client.post("/scim/v2/Groups", json=body)
+    assert response.status_code in (201, 400, 409), response.text
+    if response.status_code == 201:
+        await client.delete(f"/scim/v2/Groups/{response.json()['id']}")
+    else:
+        scim_error(response, response.status_code, response.json().get("scimType"))
+
+
+@given(ops=st.lists(operations | json_values, max_size=4))
+@fuzzed
+async def test_any_group_patch_is_a_scim_answer(client: httpx.AsyncClient, ops: list[Any]) -> None:
+    group = await create(client, f"g-{uuid.uuid4()}")
+    path = f"/scim/v2/Groups/{group['id']}"
+    response = await client.patch(path, json=patch(*ops))
+    assert response.status_code in (204, 400, 409), response.text
+    if response.status_code != 204:
+        scim_error(response, response.status_code, response.json().get("scimType"))
+    await client.delete(path)
