@@ -311,6 +311,10 @@ CREATE TABLE IF NOT EXISTS groups (
 CREATE UNIQUE INDEX IF NOT EXISTS groups_public_id_key ON groups (public_id);
 -- One group per name regardless of case; also serves paging in name order.
 CREATE UNIQUE INDEX IF NOT EXISTS groups_name_lower_key ON groups (lower(name));
+-- SCIM's externalId of a group: the provider's id for it (Entra's objectId),
+-- as users keep theirs; unique when set (groups_external_id_key, below).
+ALTER TABLE groups ADD COLUMN IF NOT EXISTS external_id text
+    CONSTRAINT groups_external_id_valid CHECK (char_length(external_id) BETWEEN 1 AND 255);
 
 -- Who is in which group, by internal ids, so that a user's email change or a
 -- group's rename touches no membership. A row goes with its user or its group
@@ -498,6 +502,10 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_external_id_key ON users (e
     WHERE external_id IS NOT NULL;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idempotency_keys_emails ON idempotency_keys
     USING gin (emails) WHERE emails IS NOT NULL;
+
+-- One group per externalId, when set; serves SCIM's filter externalId eq.
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS groups_external_id_key ON groups (external_id)
+    WHERE external_id IS NOT NULL;
 
 -- Serves GET /groups?q=: trigrams of the name, folded as its identity is.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS groups_search_trgm ON groups

@@ -1,8 +1,10 @@
 """python -m bench.members: groups at scale. Among 1,000,000 users, a group of 100,000
 members is filled through the API 1,000 users a call (memberships a second); then, one
-request at a time, one member is added and removed and the membership check made, on that
-group and on a group of 10, beside GET /users/{email}; last, wrk loads the membership check
-and GET /users/{email} in interleaved rounds (rates and p99s)."""
+request at a time, one member is added and removed (natively and by SCIM PATCH) and the
+membership check made, on that group and on a group of 10, beside GET /users/{email};
+then GET /scim/v2/Groups/{id} of the big group, all its members shown: its time, size and
+the worker's RSS; last, wrk loads the membership check and GET /users/{email} in
+interleaved rounds (rates and p99s)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import http.client
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +28,7 @@ from bench.wrk import run_wrk
 
 DATABASE = "bench_members"
 BATCH = 1_000  # the most handles one call takes
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,18 +92,33 @@ def make_group(
     return group, rates
 
 
+def user_id(conn: http.client.HTTPConnection, email: str) -> str:
+    conn.request("GET", f"/users/{email}")
+    found: str = msgspec.json.decode(conn.getresponse().read())["id"]
+    return found
+
+
+def scim_patch(*operations: object) -> dict[str, object]:
+    return {"schemas": [PATCH_OP], "Operations": list(operations)}
+
+
 def time_groups(
     conn: http.client.HTTPConnection, groups: dict[str, str], options: Options
 ) -> dict[str, list[float]]:
     """Each request one at a time over one keep-alive connection, the groups in turn: add a
     user who is not a member, check a member, remove the user again (so each group keeps
-    its size), and look a user up."""
+    its size), the same add and remove by SCIM PATCH (as Entra adds, as Okta removes),
+    and look a member of both up: natively, and by SCIM with its groups and without."""
     times: dict[str, list[float]] = {}
     warmup = 1 if options.requests < 100 else 50
     for number in range(warmup + options.requests):
         outsider = seed.seeded_email(options.big + number)
+        outsider_id = user_id(conn, outsider)
         member = seed.seeded_email(number % options.small)
+        add = {"op": "Add", "path": "members", "value": [{"$ref": None, "value": outsider_id}]}
+        remove = {"op": "remove", "path": f'members[value eq "{outsider_id}"]'}
         for name, group in groups.items():
+            scim = f"/scim/v2/Groups/{group}"
             timed = {
                 f"add one, {name}": call(
                     conn, "POST", f"/groups/{group}/members", {"add": [outsider]}
@@ -108,14 +127,73 @@ def time_groups(
                 f"remove one, {name}": call(
                     conn, "POST", f"/groups/{group}/members", {"remove": [outsider]}
                 ),
+                f"SCIM add one, {name}": call(conn, "PATCH", scim, scim_patch(add)),
+                f"SCIM remove one, {name}": call(conn, "PATCH", scim, scim_patch(remove)),
             }
             for key, elapsed in timed.items():
                 if number >= warmup:
                     times.setdefault(key, []).append(elapsed)
-        elapsed = call(conn, "GET", f"/users/{member}")
-        if number >= warmup:
-            times.setdefault("GET /users/{email}", []).append(elapsed)
+        member_id = user_id(conn, member)  # in both groups
+        timed = {
+            "GET /users/{email}": call(conn, "GET", f"/users/{member}"),
+            "SCIM GET /Users/{id}": call(conn, "GET", f"/scim/v2/Users/{member_id}"),
+            "SCIM GET /Users/{id}, groups excluded": call(
+                conn, "GET", f"/scim/v2/Users/{member_id}?excludedAttributes=groups"
+            ),
+        }
+        for key, elapsed in timed.items():
+            if number >= warmup:
+                times.setdefault(key, []).append(elapsed)
     return times
+
+
+class FullRead(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /scim/v2/Groups/{id} of the big group, all its members shown, a few times."""
+
+    times: list[float]  # ms each
+    members: int
+    size: int  # bytes of the answer
+    rss_before: int  # the worker's resident bytes before the first read
+    rss_peak: int  # the most sampled while they ran
+    rss_after: int
+
+
+def read_whole_group(
+    conn: http.client.HTTPConnection, server: servers.Server, group: str, reads: int
+) -> FullRead:
+    """The reads one at a time, the worker's RSS sampled every 5 ms meanwhile."""
+    rss_before = servers.worker_rss(server)
+    peak = [rss_before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak.append(servers.worker_rss(server))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    times, members, size = [], 0, 0
+    try:
+        for _ in range(reads):
+            started = time.perf_counter()
+            conn.request("GET", f"/scim/v2/Groups/{group}")
+            response = conn.getresponse()
+            body = response.read()
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status != 200:
+                raise RuntimeError(f"GET /scim/v2/Groups/{group}: {response.status} {body!r}")
+            members, size = len(msgspec.json.decode(body)["members"]), len(body)
+    finally:
+        done.set()
+        sampler.join()
+    return FullRead(
+        times=times,
+        members=members,
+        size=size,
+        rss_before=rss_before,
+        rss_peak=max(peak),
+        rss_after=servers.worker_rss(server),
+    )
 
 
 def load(url: str, group: str, options: Options) -> dict[str, tuple[list[float], list[float]]]:
@@ -161,6 +239,9 @@ def main(argv: Sequence[str]) -> int:
                 members = [seed.seeded_email(n) for n in range(size)]
                 groups[name], fills[name] = make_group(conn, f"g{size}", members)
             times = time_groups(conn, groups, options)
+            whole = read_whole_group(
+                conn, server, groups[f"group of {options.big:,}"], 3 if options.rounds == 1 else 10
+            )
             conn.close()
             loads = load(server.url, groups[f"group of {options.big:,}"], options)
     rates = fills[f"group of {options.big:,}"]
@@ -174,6 +255,13 @@ def main(argv: Sequence[str]) -> int:
             f"  {name}: median {statistics.median(values):.2f} ms, "
             f"p99 {percentile(values, 0.99):.2f} ms"
         )
+    mib = 1024 * 1024
+    print(
+        f"GET /scim/v2/Groups/{{id}}, all {whole.members:,} members, {len(whole.times)} reads: "
+        f"median {statistics.median(whole.times):.1f} ms, slowest {max(whole.times):.1f} ms, "
+        f"{whole.size / mib:.1f} MiB; worker RSS {whole.rss_before / mib:.0f} MiB before, "
+        f"{whole.rss_peak / mib:.0f} MiB at most, {whole.rss_after / mib:.0f} MiB after"
+    )
     print(f"wrk -t1 -c64, {options.rounds} interleaved rounds of {options.duration} s, medians:")
     for kind, (rates, p99s) in loads.items():
         print(

@@ -26,6 +26,7 @@ from service.routes import Route
 from service.schemas import UUID_PATTERN
 from service.scim import discovery
 from service.scim import groups as scim_groups
+from service.scim import search as scim_search
 from service.scim import users as scim_users
 from service.scopes import OPEN
 from service.settings import Settings, SettingsError
@@ -126,7 +127,7 @@ routes = [
     Route("/scim/v2/Users", scim_users.list_users, methods=["GET"], scope="scim"),
     Route("/scim/v2/Users", scim_users.create_user, methods=["POST"], scope="scim"),
     Route("/scim/v2/Users/.search", scim_users.search_users, methods=["POST"], scope="scim"),
-    Route("/scim/v2/.search", scim_users.search_users, methods=["POST"], scope="scim"),
+    Route("/scim/v2/.search", scim_search.search, methods=["POST"], scope="scim"),
     Route("/scim/v2/Users/{id}", scim_users.get_user, methods=["GET"], scope="scim"),
     Route("/scim/v2/Users/{id}", scim_users.replace_user, methods=["PUT"], scope="scim"),
     Route("/scim/v2/Users/{id}", scim_users.patch_user, methods=["PATCH"], scope="scim"),
@@ -141,9 +142,14 @@ routes = [
     Route("/scim/v2/ResourceTypes/{id}", discovery.resource_type, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas", discovery.schemas, methods=["GET"], scope="scim"),
     Route("/scim/v2/Schemas/{id}", discovery.schema, methods=["GET"], scope="scim"),
-    Route("/scim/v2/Groups", scim_groups.groups, methods=scim_groups.METHODS, scope="scim"),
-    Route("/scim/v2/Groups/{rest:path}", scim_groups.groups, methods=scim_groups.METHODS,
+    Route("/scim/v2/Groups", scim_groups.list_groups, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Groups", scim_groups.create_group, methods=["POST"], scope="scim"),
+    Route("/scim/v2/Groups/.search", scim_groups.search_groups, methods=["POST"],
           scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.get_group, methods=["GET"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.replace_group, methods=["PUT"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.patch_group, methods=["PATCH"], scope="scim"),
+    Route("/scim/v2/Groups/{id}", scim_groups.delete_group, methods=["DELETE"], scope="scim"),
 ]
 # fmt: on
 

@@ -212,6 +212,7 @@ USER_EXISTS = "SELECT EXISTS (SELECT FROM users WHERE lower(email) = $1 OR publi
 
 
 _decode_attributes = msgspec.json.Decoder(dict[str, str])
+_encoder = msgspec.json.Encoder()
 
 
 def to_group(row: asyncpg.Record) -> Group:
@@ -404,3 +405,224 @@ async def list_user_groups(db: Executor, user: UserKey, *, after: str, limit: in
     if not rows and not await db.fetchval(USER_EXISTS, user.email, user.id):
         raise NoSuchUser
     return [to_group(row) for row in rows]
+
+
+# SCIM (service/scim/groups.py): the group with its externalId, which the
+# native API does not show, and its members as SCIM shows them. The members
+# leave the database as the bytes of one JSON array, which the answer embeds
+# as they are: a group of 100,000 members is never made into Python objects.
+SCIM_GROUP_COLUMNS = """public_id::text AS id, name, external_id,
+    rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
+# The members of group g as [{"value", "$ref", "type"}], the sub-attributes of
+# RFC 7643 §8.7.1, each $ref under the URL of /scim/v2/Users/ ($base, escaped
+# for JSON by the caller; a public_id needs no escaping). Joined as text, in
+# the order the group's memberships are read: json_build_object and an
+# ORDER BY took 0.36 s of a group of 100,000, this 0.22 s (EXPLAIN ANALYZE).
+SCIM_MEMBERS = """(
+    SELECT convert_to('[' || coalesce(string_agg(
+        '{"value":"' || u.public_id || '","$ref":"' || $base::text || u.public_id
+        || '","type":"User"}', ','
+    ), '') || ']', 'UTF8')
+    FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+    WHERE m.group_id = g.id
+)"""
+
+
+def scim_members(parameter: int) -> str:
+    """SCIM_MEMBERS with its base URL as parameter $`parameter`."""
+    return SCIM_MEMBERS.replace("$base", f"${parameter}")
+
+
+SCIM_FIND_GROUP = "SELECT {COLUMNS} FROM groups AS g WHERE public_id = $1".replace(
+    "{COLUMNS}", SCIM_GROUP_COLUMNS
+)
+SCIM_FIND_GROUP_MEMBERS = """
+SELECT {COLUMNS}, {MEMBERS} AS members FROM groups AS g WHERE public_id = $1
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{MEMBERS}", scim_members(2))
+SCIM_INSERT_GROUP = """
+WITH {CALLER}
+INSERT INTO groups (name, external_id) SELECT $1, $2 FROM caller
+RETURNING id AS key, {COLUMNS}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{CALLER}", caller(3))
+# The group read and locked for a SCIM write, as LOCK_GROUP locks it for a
+# member change: writes of one group take turns.
+SCIM_LOCK_GROUP = """
+WITH {CALLER}
+SELECT id AS key, {COLUMNS} FROM groups, caller WHERE public_id = $1 FOR NO KEY UPDATE OF groups
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS).replace("{CALLER}", caller(2))
+SCIM_RENAME_GROUP = """
+UPDATE groups SET name = $2, external_id = $3, updated_at = now(), version = version + 1
+WHERE id = $1
+RETURNING id AS key, {COLUMNS}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+# A page of groups in name order, and its count, in one snapshot (searching).
+SCIM_GROUP_PAGE = """
+SELECT {COLUMNS}{members} FROM groups AS g
+WHERE {where}
+ORDER BY {order}
+OFFSET ${offset} LIMIT ${limit}
+""".replace("{COLUMNS}", SCIM_GROUP_COLUMNS)
+SCIM_GROUP_COUNT = "SELECT count(*) FROM groups AS g WHERE {where}"
+# Conditions of SCIM's filters on group g: it has members; the user whose id
+# is the parameter {} (as $n) is one, by one probe of the primary key.
+HAS_MEMBERS = "EXISTS (SELECT FROM memberships WHERE group_id = g.id)"
+HAS_MEMBER = """EXISTS (
+    SELECT FROM memberships
+    WHERE group_id = g.id AND user_id = (SELECT id FROM users WHERE public_id = {})
+)"""
+# The internal ids of the users with these public ids ($1), for a replace of
+# all members: found through users_public_id_key, one probe each.
+SCIM_USER_KEYS = "SELECT id, public_id::text FROM users WHERE public_id = ANY($1::uuid[])"
+SCIM_KEEP_MEMBERS = """
+DELETE FROM memberships WHERE group_id = $1 AND NOT (user_id = ANY($2::bigint[]))
+"""
+SCIM_INSERT_MEMBERS = """
+INSERT INTO memberships (group_id, user_id)
+SELECT $1, user_id FROM unnest($2::bigint[]) AS user_id ORDER BY user_id
+ON CONFLICT DO NOTHING
+"""
+
+
+class ExternalIdTaken(Exception):
+    """Another group has the externalId."""
+
+
+class Stale(Exception):
+    """If-Match names no version the group is at."""
+
+
+class UnknownMembers(Exception):
+    """Members named users that do not exist: their ids, in the order given."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+class ScimGroupWrite(NamedTuple):
+    """What a SCIM write does to a group: its name and externalId (`keep` when
+    unchanged), and its members: all of them when `replace` is a list, else
+    `add` and `remove`. Members by the lower-case ids of users."""
+
+    name: str | None = None
+    external_id: str | msgspec.UnsetType | None = msgspec.UNSET  # UNSET: as it is
+    replace: tuple[str, ...] | None = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+def taken_by(exc: asyncpg.UniqueViolationError) -> Exception:
+    if exc.constraint_name == "groups_external_id_key":
+        return ExternalIdTaken()
+    return NameTaken()
+
+
+def json_text(text: str) -> str:
+    """A string as it reads inside a JSON string's quotes."""
+    return _encoder.encode(text).decode()[1:-1]
+
+
+async def scim_find_group(
+    db: Executor, id: UUID, *, members_under: str | None
+) -> asyncpg.Record | None:
+    """The group with its members (bytes of JSON), their $ref under `members_under`,
+    or without them when it is None."""
+    if members_under is None:
+        return await db.fetchrow(SCIM_FIND_GROUP, id)
+    return await db.fetchrow(SCIM_FIND_GROUP_MEMBERS, id, json_text(members_under))
+
+
+async def scim_group_page(
+    db: Database,
+    where: tuple[str, Sequence[object]],
+    *,
+    descending: bool,
+    offset: int,
+    limit: int,
+    members_under: str | None,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of the groups that match `where` (a condition and its arguments, from
+    $1), in name order, with their members when `members_under` is given, and how
+    many match, in one snapshot."""
+    condition, arguments = where
+    number = len(arguments)
+    members = "" if members_under is None else f", {scim_members(number + 3)} AS members"
+    query = SCIM_GROUP_PAGE.format(
+        members=members,
+        where=condition,
+        order="lower(name) DESC" if descending else "lower(name)",
+        offset=number + 1,
+        limit=number + 2,
+    )
+    extra = [] if members_under is None else [json_text(members_under)]
+    async with searching(db) as conn:
+        rows = await conn.fetch(query, *arguments, offset, limit, *extra) if limit else []
+        total = await conn.fetchval(SCIM_GROUP_COUNT.format(where=condition), *arguments)
+    return rows, int(total)
+
+
+async def scim_create_group(
+    db: Database, name: str, external_id: str | None, members: Sequence[str], actor: Actor
+) -> asyncpg.Record:
+    """The group created with its members, in one transaction. Raises NameTaken,
+    ExternalIdTaken, or UnknownMembers (and nothing is created)."""
+    async with db.connection() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(SCIM_INSERT_GROUP, name, external_id, *actor)
+        except asyncpg.UniqueViolationError as exc:
+            raise taken_by(exc) from None
+        assert row is not None
+        if members:
+            await add_scim_members(conn, row["key"], members)
+        return row
+
+
+async def scim_write_group(
+    db: Database, id: UUID, condition: Condition, write: ScimGroupWrite, actor: Actor
+) -> asyncpg.Record:
+    """The group as `write` leaves it, in one transaction with the group locked.
+    Raises NoSuchGroup, Stale, NameTaken, ExternalIdTaken, or UnknownMembers (and
+    nothing changes)."""
+    async with db.connection() as conn, conn.transaction():
+        row = await conn.fetchrow(SCIM_LOCK_GROUP, id, *actor)
+        if row is None:
+            raise NoSuchGroup
+        if condition is not None and (id, row["version"]) not in condition:
+            raise Stale
+        name = row["name"] if write.name is None else write.name
+        external_id = (
+            row["external_id"] if write.external_id is msgspec.UNSET else write.external_id
+        )
+        if (name, external_id) != (row["name"], row["external_id"]):
+            try:
+                row = await conn.fetchrow(SCIM_RENAME_GROUP, row["key"], name, external_id)
+            except asyncpg.UniqueViolationError as exc:
+                raise taken_by(exc) from None
+            assert row is not None
+        key = row["key"]
+        if write.replace is not None:
+            users = await user_keys(conn, write.replace)
+            await conn.execute(SCIM_KEEP_MEMBERS, key, users)
+            await conn.execute(SCIM_INSERT_MEMBERS, key, users)
+        if write.add:
+            await add_scim_members(conn, key, write.add)
+        if write.remove:
+            await named_users(conn, REMOVE_MEMBERS, key, write.remove)
+        return row
+
+
+async def user_keys(conn: PoolConnectionProxy, ids: Sequence[str]) -> list[int]:
+    """The internal ids of the users with these ids; UnknownMembers if one has none."""
+    rows = await conn.fetch(SCIM_USER_KEYS, list(ids))
+    if len(rows) < len(set(ids)):
+        found = {row["public_id"] for row in rows}
+        raise UnknownMembers(list(dict.fromkeys(id for id in ids if id not in found)))
+    return [row["id"] for row in rows]
+
+
+async def add_scim_members(conn: PoolConnectionProxy, key: int, ids: Sequence[str]) -> None:
+    """Add the users to the group `key`; UnknownMembers if an id names no user."""
+    named = await named_users(conn, ADD_MEMBERS, key, ids)
+    if len(named) < len(set(ids)):
+        found = {user.id for user in named}
+        raise UnknownMembers(list(dict.fromkeys(id for id in ids if id not in found)))

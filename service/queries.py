@@ -260,6 +260,22 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 SCIM_COLUMNS = """public_id::text AS id, name, email, status, external_id, attributes,
     rfc3339(created_at) AS created_at, rfc3339(updated_at) AS updated_at, version"""
 SCIM_FIND = "SELECT {COLUMNS} FROM users WHERE public_id = $1".replace("{COLUMNS}", SCIM_COLUMNS)
+# A user's groups as SCIM shows them: [{"value", "$ref", "display"}] in name
+# order, $ref under the URL of /scim/v2/Groups/ (${base}). Read in the user's
+# own statement, one probe of memberships_user_id: a read that shows them
+# costs no round trip more, and one that leaves them out reads none.
+SCIM_USER_GROUPS = """(
+    SELECT coalesce(json_agg(json_build_object(
+        'value', g.public_id, '$ref', ${base}::text || g.public_id, 'display', g.name
+    ) ORDER BY lower(g.name)), '[]')::text
+    FROM memberships AS m JOIN groups AS g ON g.id = m.group_id
+    WHERE m.user_id = users.id
+)"""
+SCIM_FIND_WITH_GROUPS = (
+    "SELECT {COLUMNS}, {GROUPS} AS groups FROM users WHERE public_id = $1".replace(
+        "{COLUMNS}", SCIM_COLUMNS
+    ).replace("{GROUPS}", SCIM_USER_GROUPS.format(base=2))
+)
 # The user read to be changed and written back: a concurrent write waits for this one.
 SCIM_LOCK = SCIM_FIND + " FOR UPDATE"
 SCIM_CREATE = """
@@ -288,7 +304,7 @@ WHERE NOT EXISTS (SELECT FROM changed) AND public_id = $1 AND version = $7
     IS NOT DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)
 """.replace("{COLUMNS}", SCIM_COLUMNS)
 SCIM_PAGE = """
-SELECT {COLUMNS} FROM users
+SELECT {COLUMNS}{groups} FROM users
 WHERE {where}
 ORDER BY {order}
 OFFSET ${offset} LIMIT ${limit}

@@ -469,3 +469,41 @@ async def test_group_and_member_changes_name_their_caller_and_request(
             ("membership", "added", "ops", 8),
             ("group", "updated", "ops", 9),
         ]
+
+
+async def test_scim_group_writes_name_their_caller_and_request(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    scopes: set[ScopeName] = {"scim", "users:create", "users:changes", "groups:read"}
+    async with client_of(replace(settings, api_clients=(client_entry("idp", scopes),))) as client:
+        client.headers.update(as_caller("idp"))
+        start = await now(client)
+        user = (await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})).json()
+        group = "urn:ietf:params:scim:schemas:core:2.0:Group"
+        created = await client.post(
+            "/scim/v2/Groups",
+            json={"schemas": [group], "displayName": "Eng", "members": [{"value": user["id"]}]},
+            headers=as_caller("idp", "request-2-0123456789abcdef"),
+        )
+        assert created.status_code == 201, created.text
+        renamed = await client.patch(
+            f"/scim/v2/Groups/{created.json()['id']}",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "displayName", "value": "Ops"}],
+            },
+            headers=as_caller("idp", "request-3-0123456789abcdef"),
+        )
+        assert renamed.status_code == 204, renamed.text
+        changes, _ = await follow(client, start, count=4)
+        assert [(c["kind"], c["type"], c["actor"]) for c in changes] == [
+            ("user", "created", "idp"),
+            ("group", "created", "idp"),
+            ("membership", "added", "idp"),
+            ("group", "updated", "idp"),
+        ]
+        assert [c["request_id"] for c in changes[1:]] == [
+            "request-2-0123456789abcdef",
+            "request-2-0123456789abcdef",
+            "request-3-0123456789abcdef",
+        ]

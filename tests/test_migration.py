@@ -15,6 +15,7 @@ SEARCH_INDEXES = [
     "idempotency_keys_user_id",
     "users_external_id_key",
     "idempotency_keys_emails",
+    "groups_external_id_key",
     "groups_search_trgm",
     "users_created_at",
     "users_attributes",
@@ -51,6 +52,7 @@ async def test_migrate_builds_valid_indexes_once_and_again_changes_nothing(
     try:
         built = await indexes(conn)
         assert [(name, valid) for name, _, valid, _ in built] == [
+            ("groups_external_id_key", True),
             ("groups_search_trgm", True),
             ("idempotency_keys_emails", True),
             ("idempotency_keys_user_id", True),

@@ -1,4 +1,4 @@
-"""SCIM discovery (RFC 7644 §4): what the service supports, and the User schema it keeps."""
+"""SCIM discovery (RFC 7644 §4): what the service supports, and the schemas it keeps."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.scim.errors import ScimError
+from service.scim.groups import MAX_MEMBERS
 from service.scim.mapping import (
     ENTERPRISE_URN,
     FORMATTED_NAME,
@@ -17,7 +18,12 @@ from service.scim.mapping import (
     WORK_EMAIL,
     Mapped,
 )
-from service.scim.resources import LIST_RESPONSE, MAX_EXTERNAL_ID_LENGTH, USER_SCHEMA
+from service.scim.resources import (
+    GROUP_SCHEMA,
+    LIST_RESPONSE,
+    MAX_EXTERNAL_ID_LENGTH,
+    USER_SCHEMA,
+)
 from service.scim.users import MAX_COUNT, scim_response, scim_url
 
 SERVICE_PROVIDER_CONFIG = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
@@ -148,6 +154,64 @@ USER_ATTRIBUTES = [
     ),
     attribute("active", "boolean", required=True, description="false for a disabled user."),
     *(attribute for name, attribute in KEPT.items() if name != "emails"),
+    attribute(
+        "groups",
+        "complex",
+        multiValued=True,
+        mutability="readOnly",
+        description="The groups the user is a member of, changed through /Groups: read-only.",
+        subAttributes=[
+            attribute("value", mutability="readOnly", description="The group's id."),
+            attribute(
+                "$ref",
+                "reference",
+                mutability="readOnly",
+                referenceTypes=["Group"],
+                description="The group's URI.",
+            ),
+            attribute("display", mutability="readOnly", description="The group's displayName."),
+        ],
+    ),
+]
+
+GROUP_ATTRIBUTES = [
+    attribute(
+        "displayName",
+        required=True,
+        uniqueness="server",
+        description="The group's name: 1 to 256 characters, unique regardless of letter case.",
+    ),
+    attribute(
+        "externalId",
+        caseExact=True,
+        uniqueness="server",
+        description=f"The provider's id of the group: 1 to {MAX_EXTERNAL_ID_LENGTH} characters, "
+        "unique when set.",
+    ),
+    attribute(
+        "members",
+        "complex",
+        multiValued=True,
+        description="The group's members, users only (groups do not nest), all of them "
+        f"in a read. A write names at most {MAX_MEMBERS:,}; members that name no user "
+        "are refused and change nothing.",
+        subAttributes=[
+            attribute("value", mutability="immutable", description="The user's id."),
+            attribute(
+                "$ref",
+                "reference",
+                mutability="immutable",
+                referenceTypes=["User"],
+                description="The user's URI; ignored in a write, where value names the user.",
+            ),
+            attribute(
+                "type",
+                mutability="immutable",
+                canonicalValues=["User"],
+                description="User, the one type of member.",
+            ),
+        ],
+    ),
 ]
 
 
@@ -177,7 +241,18 @@ def enterprise_schema(request: Request) -> dict[str, Any]:
     }
 
 
-SCHEMAS = {USER_SCHEMA: user_schema, ENTERPRISE_URN: enterprise_schema}
+def group_schema(request: Request) -> dict[str, Any]:
+    return {
+        "schemas": [SCHEMA],
+        "id": GROUP_SCHEMA,
+        "name": "Group",
+        "description": "A group of users",
+        "attributes": GROUP_ATTRIBUTES,
+        "meta": meta(request, "Schema", f"Schemas/{GROUP_SCHEMA}"),
+    }
+
+
+SCHEMAS = {USER_SCHEMA: user_schema, ENTERPRISE_URN: enterprise_schema, GROUP_SCHEMA: group_schema}
 
 
 def user_type(request: Request) -> dict[str, Any]:
@@ -191,6 +266,21 @@ def user_type(request: Request) -> dict[str, Any]:
         "schemaExtensions": [{"schema": ENTERPRISE_URN, "required": False}],
         "meta": meta(request, "ResourceType", "ResourceTypes/User"),
     }
+
+
+def group_type(request: Request) -> dict[str, Any]:
+    return {
+        "schemas": [RESOURCE_TYPE],
+        "id": "Group",
+        "name": "Group",
+        "endpoint": "/Groups",
+        "description": "A group of users",
+        "schema": GROUP_SCHEMA,
+        "meta": meta(request, "ResourceType", "ResourceTypes/Group"),
+    }
+
+
+TYPES_BY_ID = {"User": user_type, "Group": group_type}
 
 
 def listed(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,13 +318,14 @@ async def service_provider_config(request: Request) -> Response:
 
 
 async def resource_types(request: Request) -> Response:
-    return scim_response(listed([user_type(request)]))
+    return scim_response(listed([found(request) for found in TYPES_BY_ID.values()]))
 
 
 async def resource_type(request: Request) -> Response:
-    if request.path_params["id"] != "User":
-        raise ScimError(404, "The service has one resource type: User")
-    return scim_response(user_type(request))
+    found = TYPES_BY_ID.get(request.path_params["id"])
+    if found is None:
+        raise ScimError(404, f"The service has the resource types {' and '.join(TYPES_BY_ID)}")
+    return scim_response(found(request))
 
 
 async def schemas(request: Request) -> Response:
@@ -244,5 +335,5 @@ async def schemas(request: Request) -> Response:
 async def schema(request: Request) -> Response:
     found = SCHEMAS.get(request.path_params["id"])
     if found is None:
-        raise ScimError(404, f"The service has the schemas {' and '.join(SCHEMAS)}")
+        raise ScimError(404, f"The service has the schemas {', '.join(SCHEMAS)}")
     return scim_response(found(request))

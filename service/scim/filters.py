@@ -10,6 +10,7 @@ from uuid import UUID
 
 import msgspec
 
+from service.group_queries import HAS_MEMBER, HAS_MEMBERS
 from service.queries import HAS_ATTRIBUTES, MATCHES, encode_attributes, like_escaped
 from service.schemas import TIMESTAMP_RANGE, email_key, in_utc
 from service.scim.mapping import (
@@ -91,7 +92,7 @@ class Attribute(NamedTuple):
     """A filterable attribute: how it reads in SQL and what values it compares with."""
 
     column: str  # the SQL of its value; folded to lower case when `folded`
-    kind: str  # "text", "id", "bool" or "instant"
+    kind: str  # "text", "id", "bool", "instant", or "member" (a group's)
     # caseExact false (RFC 7643): the column's SQL folds ASCII letters, as
     # lower() does under the "C" collation, and so is the value compared.
     folded: bool = False
@@ -159,8 +160,20 @@ class Parser:
     """Recursive descent over the grammar of RFC 7644 §3.4.2.2: or binds
     loosest, then and, then not; attribute names and keywords in any case."""
 
-    def __init__(self, text: str, first: int, *, any_attribute: bool = False) -> None:
+    def __init__(
+        self,
+        text: str,
+        first: int,
+        *,
+        any_attribute: bool = False,
+        attributes: dict[str, Attribute] | None = None,
+        known: str | None = None,
+    ) -> None:
         self.tokens = tokens(text)
+        # The attributes filters take, by lower-case path, and the words that list
+        # them: a user's by default, a group's for /Groups.
+        self.attributes = ATTRIBUTES if attributes is None else attributes
+        self.known = KNOWN if known is None else known
         # Check the syntax alone: an attribute the service does not keep is no error.
         self.any_attribute = any_attribute
         self.at = 0
@@ -243,6 +256,15 @@ class Parser:
                 raise InvalidFilter(
                     f"{token.text!r}[…] inside emails[…]: value filters do not nest"
                 )
+            if self.attributes is not ATTRIBUTES:
+                if path != "members" or prefix:
+                    raise InvalidFilter(
+                        f"{token.text!r} takes no [filter]: filters take {self.known}"
+                    )
+                self.take()  # members[value eq "<id>"]: as members.value eq "<id>"
+                inner = self.nested(lambda: self.disjunction("members."))
+                self.expect("]")
+                return inner
             if path not in TYPES:
                 raise InvalidFilter(
                     f"{token.text!r} takes no [filter]: only emails, phoneNumbers and "
@@ -308,20 +330,37 @@ class Parser:
             raise InvalidFilter(f"Expected an operator after {token.text!r}")
         if isinstance(path, Attribute):
             attribute: Attribute | None = path
-        elif path in EMAIL_CONSTANTS:
+        elif path in EMAIL_CONSTANTS and self.attributes is ATTRIBUTES:
             return self.constant(token.text, name, EMAIL_CONSTANTS[path])
         else:
-            attribute = ATTRIBUTES.get(path)
+            attribute = self.attributes.get(path)
         if attribute is None and self.any_attribute:
             if name != "pr":
                 self.value()
             return "true"
         if attribute is None:
-            raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + KNOWN)
+            raise InvalidFilter(f"Unknown attribute {token.text!r}: filters take " + self.known)
+        if attribute.kind == "member":
+            return self.member(token.text, name)
         if name == "pr":
             # Every user has each of them but externalId, which may be null.
             return f"({attribute.column} IS NOT NULL)"
         return self.compare(token.text, attribute, name, self.value())
+
+    def member(self, name: str, operator: str) -> str:
+        """A group's members: pr, or eq a user's id, as Entra asks whether a user is
+        still a member (id eq "<group>" and members eq "<user>"). One probe of the
+        memberships' primary key."""
+        if operator == "pr":
+            return HAS_MEMBERS
+        value = self.value()
+        if operator != "eq" or not isinstance(value, str):
+            raise InvalidFilter(f'{name} takes eq "<a user\'s id>", or pr')
+        try:
+            user = UUID(value)
+        except ValueError:
+            return "false"  # no user has that id
+        return HAS_MEMBER.format(self.argument(user))
 
     def value(self) -> object:
         token = self.take()
@@ -446,3 +485,25 @@ def to_sql(text: str, first: int = 1) -> Sql:
     """The condition a filter names, its values numbered from $first; InvalidFilter when
     it is malformed or names an attribute the service does not keep."""
     return Parser(text, first).parse()
+
+
+# A group's attributes, by lower-case path, as SQL on groups: displayName is
+# its name, unique regardless of letter case, which groups_name_lower_key serves.
+GROUP_ATTRIBUTES = {
+    "id": Attribute("public_id", "id"),
+    "displayname": Attribute("lower(name)", "text", folded=True),
+    "externalid": Attribute("external_id", "text"),
+    "meta.created": Attribute("created_at", "instant"),
+    "meta.lastmodified": Attribute("updated_at", "instant"),
+    "members": Attribute("", "member"),
+    "members.value": Attribute("", "member"),
+}
+GROUP_KNOWN = (
+    'id, displayName, externalId, meta.created, meta.lastModified, and members eq "<user id>" '
+    '(or members.value, members[value eq "<user id>"])'
+)
+
+
+def group_sql(text: str, first: int = 1) -> Sql:
+    """The condition on groups a filter names, as to_sql's on users."""
+    return Parser(text, first, attributes=GROUP_ATTRIBUTES, known=GROUP_KNOWN).parse()

@@ -81,6 +81,7 @@ _whole = re.compile(r"-?[0-9]{1,19}")
 _encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder(dict[str, Any])
 _decode_attributes = msgspec.json.Decoder(dict[str, str])
+_decode_list = msgspec.json.Decoder(list[Any])
 
 
 class State(NamedTuple):
@@ -132,11 +133,12 @@ def etag_of(row: asyncpg.Record) -> str:
     return f'"{row["version"]}-{row["id"]}"'
 
 
-def to_scim(row: asyncpg.Record, location: str) -> dict[str, Any]:
+def to_scim(row: asyncpg.Record, location: str, groups: str | None = None) -> dict[str, Any]:
     """The user as SCIM shows it: userName is its email, displayName its name,
     active its status; the work email and name.formatted are the attributes
-    email.work and formatted_name when set, else the email and the name; and the
-    table's other attributes in their SCIM shapes."""
+    email.work and formatted_name when set, else the email and the name; the
+    table's other attributes in their SCIM shapes; and its `groups`, the JSON
+    array SCIM_USER_GROUPS makes, when read."""
     attributes = row["attributes"]
     values = {} if attributes == "{}" else kept.scim_values(_decode_attributes.decode(attributes))
     user: dict[str, Any] = {
@@ -153,6 +155,8 @@ def to_scim(row: asyncpg.Record, location: str) -> dict[str, Any]:
     user["emails"] = [{"value": work}, *(entry for entry in entries if entry["type"] != "work")]
     user.update(values)
     user["active"] = row["status"] == "active"
+    if groups is not None and groups != "[]":
+        user["groups"] = _decode_list.decode(groups)
     user["meta"] = {
         "resourceType": "User",
         "created": row["created_at"],
@@ -254,6 +258,8 @@ def described(changes: kept.Changes, key: str, value: Any) -> None:
     except ScimError:
         changes.skip(key, value)  # no attribute of any schema: ignored, as any unknown one
         return
+    if path.schema == USER_SCHEMA and path.attribute == "groups":
+        return  # read-only, as a PUT may send what it read (RFC 7644 §3.5.1): ignored
     if path.schema == USER_SCHEMA and path.filter is None and path.sub is None:
         if path.attribute in COLUMNS:
             return  # read by UserIn, or set by the service
@@ -401,13 +407,27 @@ def taken(exc: asyncpg.UniqueViolationError) -> ScimError:
 
 
 async def get_user(request: Request) -> Response:
-    row = await db_of(request).fetchrow(queries.SCIM_FIND, user_id_of(request))
+    attributes, excluded = attribute_params(request)
+    user_id, db = user_id_of(request), db_of(request)
+    groups = None
+    if shows_groups(attributes, excluded):
+        row = await db.fetchrow(
+            queries.SCIM_FIND_WITH_GROUPS, user_id, scim_url(request, "Groups/")
+        )
+        groups = None if row is None else row["groups"]
+    else:
+        row = await db.fetchrow(queries.SCIM_FIND, user_id)
     if row is None:
         raise ScimError(404, "No user has this id")
-    return scim_response(
-        selected(to_scim(row, location_of(request, row["id"])), *attribute_params(request)),
-        headers={"ETag": etag_of(row)},
-    )
+    user = to_scim(row, location_of(request, row["id"]), groups)
+    return scim_response(selected(user, attributes, excluded), headers={"ETag": etag_of(row)})
+
+
+def shows_groups(attributes: list[Steps], excluded: list[Steps]) -> bool:
+    """Whether a read shows the user's groups, which it then reads."""
+    if attributes:
+        return any(name[0] == "groups" for name in attributes)
+    return ("groups",) not in excluded
 
 
 async def replace_user(request: Request) -> Response:
@@ -504,6 +524,10 @@ def patched(state: State, operations: list[Any], skipped: list[str] | None = Non
             raise ScimError(400, f"Unknown op {operation.get('op')!r}", "invalidSyntax")
         if path is not None and not isinstance(path, str):
             raise ScimError(400, "path is a string", "invalidPath")
+        if read_only(path, value):
+            raise ScimError(
+                400, "groups is read-only: change members through /Groups", "mutability"
+            )
         changes = kept.Changes(skipped)
         if op == "remove":
             if path is None:
@@ -518,6 +542,17 @@ def patched(state: State, operations: list[Any], skipped: list[str] | None = Non
             state = assigned(state, kept.parse(path), value, op, changes)
         changes.apply(attributes)
     return state._replace(attributes=attributes)
+
+
+def read_only(path: Any, value: Any) -> bool:
+    """Whether an operation writes the user's groups, by its path or, without one,
+    by a name of its value."""
+    paths = [path] if isinstance(path, str) else list(value) if isinstance(value, dict) else []
+    for text in paths:
+        found = kept.parse(str(text))
+        if found.schema == USER_SCHEMA and found.attribute == "groups":
+            return True
+    return False
 
 
 def core_attribute(path: kept.Path) -> str | None:
@@ -779,6 +814,23 @@ async def search_users(request: Request) -> Response:
 
 
 async def answer_list(request: Request, given: Listing) -> Response:
+    resources, total = await user_page(request, given, given.start_index - 1, given.per_page)
+    return scim_response(
+        ListResponse(
+            schemas=[LIST_RESPONSE],
+            totalResults=total,
+            startIndex=given.start_index,
+            itemsPerPage=len(resources),
+            Resources=resources,
+        )
+    )
+
+
+async def user_page(
+    request: Request, given: Listing, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The users a listing asks for, `limit` of them after the first `offset`, as
+    SCIM shows them, and how many match."""
     where, arguments = "true", list[object]()
     if given.filter is not None:
         try:
@@ -793,25 +845,27 @@ async def answer_list(request: Request, given: Listing) -> Response:
         order = found
     if given.descending:
         order = ", ".join(f"{part} DESC" for part in order.split(", "))
+    number = len(arguments)
+    groups = shows_groups(given.attributes, given.excluded)
+    column = ""
+    if groups:
+        column = ", " + queries.SCIM_USER_GROUPS.format(base=number + 3) + " AS groups"
     query = queries.SCIM_PAGE.format(
-        where=where, order=order, offset=len(arguments) + 1, limit=len(arguments) + 2
+        groups=column, where=where, order=order, offset=number + 1, limit=number + 2
     )
     async with queries.searching(db_of(request)) as conn:
         rows = []
-        if given.per_page:
-            rows = await conn.fetch(query, *arguments, given.start_index - 1, given.per_page)
+        if limit:
+            extra = [scim_url(request, "Groups/")] if groups else []
+            rows = await conn.fetch(query, *arguments, offset, limit, *extra)
         total = await conn.fetchval(queries.SCIM_COUNT.format(where=where), *arguments)
     users = scim_url(request, "Users")  # made once for the page
     resources = [
-        selected(to_scim(row, f"{users}/{row['id']}"), given.attributes, given.excluded)
+        selected(
+            to_scim(row, f"{users}/{row['id']}", row["groups"] if groups else None),
+            given.attributes,
+            given.excluded,
+        )
         for row in rows
     ]
-    return scim_response(
-        ListResponse(
-            schemas=[LIST_RESPONSE],
-            totalResults=int(total),
-            startIndex=given.start_index,
-            itemsPerPage=len(resources),
-            Resources=resources,
-        )
-    )
+    return resources, int(total)

@@ -222,27 +222,6 @@ async def test_a_value_filter_on_another_attribute_names_the_one_that_takes_one(
     assert "only emails" in scim_error(listed, 400, "invalidFilter")
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/scim/v2/Groups"),
-        ("GET", "/scim/v2/Groups?filter=displayName%20eq%20%22Sales%22"),
-        ("POST", "/scim/v2/Groups"),
-        ("GET", "/scim/v2/Groups/3e7e6b0a-2f4c-4b38-9d5e-1c7a0c4c1a11"),
-        ("PATCH", "/scim/v2/Groups/3e7e6b0a-2f4c-4b38-9d5e-1c7a0c4c1a11"),
-        ("PUT", "/scim/v2/Groups/any/thing"),
-        ("DELETE", "/scim/v2/Groups/42"),
-    ],
-)
-async def test_groups_answer_a_scim_error_saying_to_turn_group_provisioning_off(
-    client: httpx.AsyncClient, method: str, path: str
-) -> None:
-    answer = await client.request(method, path, json={"schemas": [USER]})
-    detail = scim_error(answer, 501)
-    assert "Groups are not supported" in detail
-    assert "group provisioning off" in detail
-
-
 # 7. startIndex and count take ASCII digits only.
 @pytest.mark.parametrize("name", ["count", "startIndex"])
 @pytest.mark.parametrize("raw", ["\uff11", "+3", "1_0", " 1", "1 ", "0x1", "1e1", "", "\u0661"])
