@@ -446,24 +446,15 @@ def patched(id: str, operations: list[Any]) -> ScimGroupWrite:
 
 # Lists: by filter on id, displayName, externalId and the times, in name order.
 async def list_groups(request: Request) -> Response:
-    given = listing(query_parameters(request, LIST_PARAMETERS))
-    if given.sort_by is not None and top_names(given.sort_by) - {"displayname"}:
-        raise ScimError(400, "sortBy takes displayName", "invalidValue")
-    resources, total = await group_page(request, given, given.start_index - 1, given.per_page)
-    return scim_response(
-        ListResponse(
-            schemas=[LIST_RESPONSE],
-            totalResults=total,
-            startIndex=given.start_index,
-            itemsPerPage=len(resources),
-            Resources=resources,
-        )
-    )
+    return await answer_list(request, listing(query_parameters(request, LIST_PARAMETERS)))
 
 
 async def search_groups(request: Request) -> Response:
     body = message(await body_of(request), SEARCH_REQUEST, LIST_PARAMETERS, strict=True)
-    given = listing(body)
+    return await answer_list(request, listing(body))
+
+
+async def answer_list(request: Request, given: Listing) -> Response:
     if given.sort_by is not None and top_names(given.sort_by) - {"displayname"}:
         raise ScimError(400, "sortBy takes displayName", "invalidValue")
     resources, total = await group_page(request, given, given.start_index - 1, given.per_page)
