@@ -37,12 +37,12 @@ class Route(routing.Route):
                 raise ValueError(f"{path}: unknown scope {name!r}")
         self.scopes: tuple[ScopeName, ...] = scopes
         self.operation = operation
+        # Starlette ends the regex in "$", which in Python also matches before
+        # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
+        # not, and costs nothing more per request than "$".
+        self.path_regex = re.compile(self.path_regex.pattern.removesuffix("$") + r"\Z")
 
     @property
     def scope(self) -> ScopeName | None:
         """The first scope the route needs; OPEN for none."""
         return self.scopes[0] if self.scopes else None
-        # Starlette ends the regex in "$", which in Python also matches before
-        # a final "\n": "/users/ann@example.com%0A" would name ann. "\Z" does
-        # not, and costs nothing more per request than "$".
-        self.path_regex = re.compile(self.path_regex.pattern.removesuffix("$") + r"\Z")
