@@ -21,7 +21,7 @@ from service import keys
 from service.scopes import SCOPES
 from service.settings import Settings
 from tests.conftest import Service, assert_problem, client_of, free_port
-from tests.test_auth import GUARDED, REALM, SCIM_ERROR, TOKENS, bearer
+from tests.test_auth import GUARDED, GUARDED_EACH, REALM, SCIM_ERROR, TOKENS, bearer
 from tests.test_metrics import scrape, value
 
 INVALID_TOKEN = f'{REALM}, error="invalid_token", error_description="'
@@ -68,25 +68,30 @@ def refused_for(response: httpx.Response, words: str) -> None:
     assert problem["detail"] in challenge
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scopes"), GUARDED)
 async def test_a_jwt_holding_the_scope_passes(
-    jwt_client: httpx.AsyncClient, issuer: Issuer, method: str, path: str, scope: str
+    jwt_client: httpx.AsyncClient, issuer: Issuer, method: str, path: str, scopes: tuple[str, ...]
 ) -> None:
-    token = issuer.token(scope=scope)
+    token = issuer.token(scope=" ".join(scopes))
     response = await jwt_client.request(method, path, headers=bearer(token), json={})
     assert response.status_code not in (401, 403, 503), response.text
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), GUARDED)
+@pytest.mark.parametrize(("method", "path", "scope", "scopes"), GUARDED_EACH)
 async def test_a_jwt_without_the_scope_is_refused_with_403_naming_it(
-    jwt_client: httpx.AsyncClient, issuer: Issuer, method: str, path: str, scope: str
+    jwt_client: httpx.AsyncClient,
+    issuer: Issuer,
+    method: str,
+    path: str,
+    scope: str,
+    scopes: tuple[str, ...],
 ) -> None:
     others = " ".join(sorted(set(SCOPES) - {scope}))
     token = issuer.token(scope=others, client_id="nightly-job")
     response = await jwt_client.request(method, path, headers=bearer(token), json={})
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == (
-        f'{REALM}, error="insufficient_scope", scope="{scope}"'
+        f'{REALM}, error="insufficient_scope", scope="{" ".join(scopes)}"'
     )
     body = response.json()
     assert f"scope {scope}" in body["detail"]
