@@ -262,9 +262,14 @@ class KeptRecorder(Recorder):
     async def complete(self, nc: NATS, url: str, changes: list[bytes]) -> None:
         js = nc.jetstream()
         last = (await js.stream_info(STREAM)).state.last_seq
-        for _ in range(100):
-            if (await js.stream_info("STORED")).state.messages >= last:
+        # The copies are stored as they come, slower on a loaded machine: wait while
+        # they still arrive (up to 60 s), not a fixed time.
+        seen, still = 0, 0
+        for _ in range(600):
+            count = (await js.stream_info("STORED")).state.messages
+            if count >= last or still >= 100:
                 break
+            seen, still = count, still + 1 if count == seen else 0
             await asyncio.sleep(0.1)
         kept, _ = await stream_messages(nc, "STORED")
         self.stored = [(int(m.headers["Nats-Sequence"]), m.headers["ce-id"]) for m in kept]
