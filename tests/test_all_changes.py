@@ -18,7 +18,6 @@ from service.scopes import ScopeName
 from service.settings import Settings
 from tests.conftest import Service, assert_problem, client_of
 from tests.test_changes import (
-    MAX_PAGES,
     all_users,
     as_caller,
     client_entry,
@@ -26,15 +25,14 @@ from tests.test_changes import (
     pg_dump,
     purge,
 )
+from tests.test_changes import follow as changes_follow
+from tests.test_changes import page as changes_page
 
 Change = dict[str, Any]
 
 
 async def page(client: httpx.AsyncClient, after: str | None = None, **params: int) -> Any:
-    query: dict[str, str | int] = {**({} if after is None else {"after": after}), **params}
-    response = await client.get("/changes", params=query)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return await changes_page(client, after, feed="/changes", **params)
 
 
 async def now(client: httpx.AsyncClient) -> str:
@@ -45,18 +43,8 @@ async def now(client: httpx.AsyncClient) -> str:
 async def follow(
     client: httpx.AsyncClient, after: str, *, count: int = 0, limit: int = 1000
 ) -> tuple[list[Change], str]:
-    """As tests.test_changes.follow, on the feed of everything."""
-    changes: list[Change] = []
-    deadline = time.monotonic() + 10
-    for _ in range(MAX_PAGES):
-        body = await page(client, after, limit=limit)
-        changes += body["changes"]
-        after = body["next"]
-        if not body["changes"]:
-            if len(changes) >= count or time.monotonic() > deadline:
-                return changes, after
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"the feed did not end within {MAX_PAGES} pages: {changes[-3:]}")
+    """tests.test_changes.follow, on the feed of everything."""
+    return await changes_follow(client, after, count=count, limit=limit, feed="/changes")
 
 
 def summary(change: Change) -> tuple[str, ...]:

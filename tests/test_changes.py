@@ -51,25 +51,36 @@ async def purge(db: asyncpg.Pool, *, older_than: int, batch: int) -> int:
         return await queries.purge_changes(conn, older_than=older_than, batch=batch)
 
 
-async def page(client: httpx.AsyncClient, after: str | None = None, **params: int) -> Any:
+async def page(
+    client: httpx.AsyncClient,
+    after: str | None = None,
+    *,
+    feed: str = "/users/changes",
+    **params: int,
+) -> Any:
     query: dict[str, str | int] = {**({} if after is None else {"after": after}), **params}
-    response = await client.get("/users/changes", params=query)
+    response = await client.get(feed, params=query)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 async def follow(
-    client: httpx.AsyncClient, after: str, *, count: int = 0, limit: int = 1000
+    client: httpx.AsyncClient,
+    after: str,
+    *,
+    count: int = 0,
+    limit: int = 1000,
+    feed: str = "/users/changes",
 ) -> tuple[list[Change], str]:
-    """The changes readable after a cursor, page by page, and the cursor after them;
-    with `count`, waiting up to 10 s for that many. Any transaction on the server
+    """The changes readable after a cursor of `feed`, page by page, and the cursor after
+    them; with `count`, waiting up to 10 s for that many. Any transaction on the server
     (an autovacuum's ANALYZE, another test's connection) may hold a change back
     for a moment: a test that expects changes waits for them."""
     changes: list[Change] = []
     deadline = time.monotonic() + 10
     # Bounded: a feed that hands the same change out again fails here, not hangs.
     for _ in range(MAX_PAGES):
-        body = await page(client, after, limit=limit)
+        body = await page(client, after, feed=feed, limit=limit)
         changes += body["changes"]
         after = body["next"]
         if not body["changes"]:
