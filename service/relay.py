@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -21,9 +22,10 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from prometheus_client import start_http_server
 
-from service import metrics, queries
-from service.changes import cursor_of, position_of, to_change
+from service import feed_queries, metrics, queries
+from service.changes import cursor_of, position_of, to_any_change, to_change
 from service.database import CannotStart, Database, PoolBusy, close_pool, open_pool
+from service.feed_queries import AnyChangeRow
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
 from service.settings import Settings
@@ -31,8 +33,10 @@ from service.watch import Watch
 
 logger = logging.getLogger("service")
 
-SUBJECTS = "users.>"
-SUBJECT = "users.{}"
+USER_SUBJECTS = ["users.>"]
+# With RELAY_GROUPS: a group's changes, and a membership's, by group and then user.
+GROUP_SUBJECTS = ["groups.>", "memberships.>"]
+MEMBERS_OF = "memberships.{}.>"
 # Within it, a publish retried after an unknown outcome is acknowledged as a
 # duplicate rather than stored twice (the sequence fence below catches most first).
 DUPLICATE_WINDOW = 120.0
@@ -70,11 +74,15 @@ class Fenced(Exception):
     """The stream moved on under this relay: another publisher is at work."""
 
 
+def subjects(settings: Settings) -> list[str]:
+    return USER_SUBJECTS + GROUP_SUBJECTS if settings.relay_groups else USER_SUBJECTS
+
+
 def stream_config(settings: Settings) -> StreamConfig:
     """The stream the relay creates when it is missing (docs/RELAY.md)."""
     return StreamConfig(
         name=settings.nats_stream,
-        subjects=[SUBJECTS],
+        subjects=subjects(settings),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=settings.nats_replicas,
@@ -94,8 +102,16 @@ def differences(found: StreamConfig, settings: Settings) -> list[str]:
     """What in an existing stream's configuration breaks the relay's guarantees."""
     wanted = stream_config(settings)
     faults = []
-    if SUBJECTS not in (found.subjects or []):
-        faults.append(f"subjects are {found.subjects}, not including {SUBJECTS}")
+    has = set(found.subjects or [])
+    if missing := [subject for subject in wanted.subjects or [] if subject not in has]:
+        # Without groups' subjects, its earlier changes went out without groups':
+        # docs/RELAY.md says to delete it, for the relay to make it again.
+        faults.append(f"subjects are {found.subjects}, not including {', '.join(missing)}")
+    if not settings.relay_groups and has.intersection(GROUP_SUBJECTS):
+        faults.append(
+            f"subjects include {', '.join(GROUP_SUBJECTS)}: it holds groups' changes, "
+            "which would go stale without RELAY_GROUPS=1"
+        )
     if found.retention != RetentionPolicy.LIMITS:
         faults.append(f"retention is {found.retention}, not limits")
     if found.storage != StorageType.FILE:
@@ -121,7 +137,9 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         info = await js.stream_info(settings.nats_stream)
     except nats.js.errors.NotFoundError:
         await js.add_stream(stream_config(settings))
-        logger.info("relay: created stream %s for %s", settings.nats_stream, SUBJECTS)
+        logger.info(
+            "relay: created stream %s for %s", settings.nats_stream, ", ".join(subjects(settings))
+        )
         return
     faults = differences(info.config, settings)
     if faults:
@@ -148,11 +166,14 @@ async def resume_point(
     from the oldest change it keeps."""
     state = (await js.stream_info(settings.nats_stream)).state
     if state.last_seq == 0:
-        start = await queries.purged_position(db)
+        if settings.relay_groups:
+            start = await feed_queries.all_purged_position(db)
+        else:
+            start = await queries.purged_position(db)
         if start != BEGINNING:
             logger.warning(
-                "relay: the stream is empty and the feed was purged up to %s: users whose "
-                "last change was purged are not in the stream",
+                "relay: the stream is empty and the feed was purged up to %s: users or groups "
+                "whose last change was purged are not in the stream",
                 cursor_of(start, feed),
             )
         return Progress(start, 0)
@@ -179,18 +200,57 @@ async def resume_point(
     return Progress(position, state.last_seq)
 
 
+async def purge_members_of_deleted(
+    js: JetStreamContext, db: Database, settings: Settings, progress: Progress
+) -> None:
+    """Purge the members' messages of every group deleted among the changes this
+    relay, or one before it, may have stored without purging them (settle()):
+    at most IN_FLIGHT + 1 pages before the stream's last change."""
+    deleted = await feed_queries.groups_deleted_before(
+        db, progress.position, (IN_FLIGHT + 1) * PAGE
+    )
+    await asyncio.gather(
+        *(purge_members(js, settings, group, progress.sequence) for group in deleted)
+    )
+
+
+async def purge_members(js: JetStreamContext, settings: Settings, group: str, below: int) -> None:
+    """Take a deleted group's members' messages out of the stream: those before the
+    sequence `below`, so that the stream's last message, which the relay resumes
+    after, always stays."""
+    await js.purge_stream(settings.nats_stream, seq=below, subject=MEMBERS_OF.format(group))
+
+
+def addressing(row: AnyChangeRow) -> tuple[str, str, str]:
+    """A change's NATS subject, its `ce-type` and its `ce-subject`."""
+    if isinstance(row, ChangeRow):
+        return f"users.{row.id}", f"user.{row.type}", row.id
+    if row.member is None:
+        return f"groups.{row.id}", f"group.{row.type}", row.id
+    return (
+        f"memberships.{row.id}.{row.member}",
+        f"membership.{row.type}",
+        f"{row.id}/{row.member}",
+    )
+
+
+def is_group_delete(row: AnyChangeRow) -> bool:
+    return not isinstance(row, ChangeRow) and row.member is None and row.type == "deleted"
+
+
 def headers_of(
-    row: ChangeRow, cursor: str, source: str, expected: int, previous: str | None
+    row: AnyChangeRow, cursor: str, source: str, expected: int, previous: str | None
 ) -> dict[str, str]:
     """A change's CloudEvents 1.0 headers (binary mode), and JetStream's fence and dedupe:
     stored only right after the message at sequence `expected`, whose cursor is
     `previous` when given."""
+    _, type, subject = addressing(row)
     headers = {
         "ce-specversion": "1.0",
         "ce-id": cursor,
-        "ce-type": f"user.{row.type}",
+        "ce-type": type,
         "ce-source": source,
-        "ce-subject": row.id,
+        "ce-subject": subject,
         "ce-time": row.at,
         "content-type": "application/json",
         "Nats-Msg-Id": cursor,
@@ -209,7 +269,7 @@ def headers_of(
 class Page(NamedTuple):
     """Changes sent in one pipeline, and their acknowledgements to come."""
 
-    rows: list[ChangeRow]
+    rows: Sequence[AnyChangeRow]
     acks: list[asyncio.Future[PubAck]]
     # Progress.furthest as the page went out: what this process may have sent before.
     resent_to: Position
@@ -217,7 +277,7 @@ class Page(NamedTuple):
 
 async def send(
     js: JetStreamContext,
-    rows: list[ChangeRow],
+    rows: Sequence[AnyChangeRow],
     after: int,
     previous: str | None,
     feed: str,
@@ -228,23 +288,28 @@ async def send(
     the stream sequence `after` (and the cursor `previous`, when given)."""
     acks = []
     for offset, row in enumerate(rows):
-        change = to_change(row, feed)
+        # A user's change as GET /users/changes shows it, whichever feed is relayed:
+        # RELAY_GROUPS changes nothing for the subscribers of users.>.
+        change = to_change(row, feed) if isinstance(row, ChangeRow) else to_any_change(row, feed)
         headers = headers_of(row, change.cursor, source, after + offset, previous)
         previous = change.cursor
-        subject = SUBJECT.format(row.id)
+        subject, _, _ = addressing(row)
         acks.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
     return Page(rows, acks, furthest)
 
 
-async def settle(page: Page, progress: Progress) -> None:
+async def settle(js: JetStreamContext, settings: Settings, page: Page, progress: Progress) -> None:
     """Wait for a page's acknowledgements; move `progress` past each in order, and
-    raise at the first that is missing or refused, or that another publisher stored."""
+    raise at the first that is missing or refused, or that another publisher stored.
+    Then purge the members' messages of the groups it deleted: only once their
+    deletes are stored, for every message of the group is stored by then."""
     try:
         async with asyncio.timeout(ACK_SECONDS):
             await asyncio.wait(page.acks)
     except TimeoutError:
         pass
     published = duplicates = 0
+    deleted: list[tuple[str, int]] = []  # groups, and their deletes' sequences
     try:
         for row, future in zip(page.rows, page.acks, strict=True):
             if not future.done():
@@ -257,6 +322,8 @@ async def settle(page: Page, progress: Progress) -> None:
             duplicates += bool(ack.duplicate)
             published += not ack.duplicate
             progress.position, progress.sequence = row.position, ack.seq
+            if is_group_delete(row):
+                deleted.append((row.id, ack.seq))
             if ack.duplicate and row.position > page.resent_to:
                 # Never sent by this process: another relay stored it first. NATS
                 # 2.9 answers such a duplicate, where 2.10 and later let it time
@@ -266,6 +333,9 @@ async def settle(page: Page, progress: Progress) -> None:
     finally:
         metrics.RELAY_PUBLISHED.inc(published)
         metrics.RELAY_DUPLICATES.inc(duplicates)
+    # Should the relay stop before these are done, the next one's start does them
+    # (purge_members_of_deleted): a page counts as settled only once they are.
+    await asyncio.gather(*(purge_members(js, settings, *each) for each in deleted))
 
 
 def drop(pages: deque[Page]) -> None:
@@ -294,6 +364,9 @@ async def follow(
         "relay: resuming after cursor %s at stream sequence %d",
         cursor_of(progress.position, feed), progress.sequence,
     )  # fmt: skip
+    everything = settings.relay_groups
+    if everything and progress.sequence:
+        await purge_members_of_deleted(js, db, settings, progress)
     sent = Progress(progress.position, progress.sequence)  # the next page starts after it
     pages: deque[Page] = deque()
     try:
@@ -304,7 +377,12 @@ async def follow(
             if not pages:  # all acknowledged: the stream's own numbers from here
                 sent.position, sent.sequence = progress.position, progress.sequence
             first = sent.sequence == 0
-            rows = await watch.changes_after(sent.position, 1 if first else PAGE)
+            limit = 1 if first else PAGE
+            rows: Sequence[AnyChangeRow] | None = await (
+                watch.all_changes_after(sent.position, limit)
+                if everything
+                else watch.changes_after(sent.position, limit)
+            )
             if rows is None:
                 raise CannotRelay(
                     "the feed was purged past the stream's last change "
@@ -327,9 +405,9 @@ async def follow(
             while pages and (
                 first or not rows or len(pages) > IN_FLIGHT or all(a.done() for a in pages[0].acks)
             ):
-                await settle(pages.popleft(), progress)
+                await settle(js, settings, pages.popleft(), progress)
             if not rows:
-                await watch.until_after(sent.position, IDLE_SECONDS)
+                await watch.until_after(sent.position, IDLE_SECONDS, everything=everything)
     finally:
         drop(pages)
 
@@ -378,11 +456,12 @@ async def keep_relaying(
                 logger.warning("relay: %s error, resuming from the stream: %r", kind, exc)
 
 
-async def measure_lag(db: Database, progress: Progress) -> None:
+async def measure_lag(db: Database, settings: Settings, progress: Progress) -> None:
     """The changes readable but not yet in the stream, and the age of the oldest."""
+    behind = feed_queries.all_changes_behind if settings.relay_groups else queries.changes_behind
     while True:
         with contextlib.suppress(Exception):  # the relay logs the failures that matter
-            count, seconds = await queries.changes_behind(db, progress.position, LAG_BOUND)
+            count, seconds = await behind(db, progress.position, LAG_BOUND)
             metrics.RELAY_LAG_CHANGES.set(count)
             metrics.RELAY_LAG_SECONDS.set(seconds)
         await asyncio.sleep(LAG_EVERY)
@@ -460,11 +539,11 @@ async def run(settings: Settings) -> int:
         progress = Progress(BEGINNING, 0)
         logger.info(
             "relay started: the feed into stream %s on %s, %s",
-            settings.nats_stream, address(settings.nats_url), SUBJECTS,
+            settings.nats_stream, address(settings.nats_url), ", ".join(subjects(settings)),
         )  # fmt: skip
         tasks = [
             asyncio.create_task(keep_relaying(js, db, watch, settings, progress)),
-            asyncio.create_task(measure_lag(db, progress)),
+            asyncio.create_task(measure_lag(db, settings, progress)),
         ]
         stop = asyncio.create_task(stopping.wait())
         lost = asyncio.create_task(closed.wait())

@@ -79,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_stream: str = "USERS"
     nats_replicas: int = 1
     relay_source: str = "/users"
+    relay_groups: bool = False
     relay_metrics_port: int = 9090
 
     @classmethod
@@ -137,6 +138,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             nats_stream=read("NATS_STREAM", stream_name),
             nats_replicas=read("NATS_REPLICAS", integer(1, 5)),
             relay_source=read("RELAY_SOURCE", uri_reference),
+            relay_groups=read("RELAY_GROUPS", boolean),
             relay_metrics_port=read("RELAY_METRICS_PORT", integer(0, 65535)),
         )
         if settings.db_pool_min > settings.db_pool_max:

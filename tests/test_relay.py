@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -25,12 +26,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import RePublish, StreamConfig
 
-from service import queries
-from service.changes import cursor_of, to_change
-from service.queries import Position
-from service.relay import stream_config
+from service import feed_queries, queries
+from service.changes import cursor_of, position_of, to_any_change, to_change
+from service.queries import ChangeRow, Position
+from service.relay import headers_of, stream_config
 from service.settings import Settings
 from tests.conftest import ROOT, Cluster, NatsServer, Service, connect, free_port
+from tests.test_all_changes import Copy, all_groups, create_group, members, write_users_and_groups
+from tests.test_changes import all_users
 from tests.test_failover import SYNCHRONOUS, failover_url, promote
 
 STREAM = "USERS"
@@ -135,22 +138,31 @@ async def stream_messages(nc: NATS, stream: str = STREAM) -> tuple[list[Message]
     return found, state.last_seq
 
 
-async def feed_of(url: str) -> list[bytes]:
-    """Every change the feed holds, as a page encodes it."""
+async def feed_of(url: str, *, everything: bool = False) -> list[bytes]:
+    """Every change the feed holds (of users, or of `everything`), as a page encodes
+    it: a user's as GET /users/changes does, a group's or a membership's as
+    GET /changes does."""
     conn = await connect(url)
     try:
         feed = await queries.feed_identity(conn)
         changes: list[bytes] = []
         position = Position(0, 0)
-        while rows := await queries.changes_after(conn, position, 1000):
-            changes += [msgspec.json.encode(to_change(row, feed)) for row in rows]
+        read = feed_queries.all_changes_after if everything else queries.changes_after
+        while rows := await read(conn, position, 1000):
+            for row in rows:
+                change = (
+                    to_change(row, feed) if isinstance(row, ChangeRow) else to_any_change(row, feed)
+                )
+                changes.append(msgspec.json.encode(change))
             position = rows[-1].position
         return changes
     finally:
         await conn.close()
 
 
-async def caught_up(nc: NATS, url: str, relays: list[Relay]) -> list[bytes]:
+async def caught_up(
+    nc: NATS, url: str, relays: list[Relay], *, everything: bool = False
+) -> list[bytes]:
     """Wait for the feed to hold the last change written, and for the stream's last
     message to be it; the feed.
 
@@ -165,7 +177,7 @@ async def caught_up(nc: NATS, url: str, relays: list[Relay]) -> list[bytes]:
     while True:
         ever = await written(url)
         target = ever[-1][0] if ever else None
-        changes = await feed_of(url)
+        changes = await feed_of(url, everything=everything)
         last = msgspec.json.decode(changes[-1])["cursor"] if changes else None
         stored = None
         with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -201,7 +213,7 @@ async def publishing(nc: NATS, relay: Relay) -> None:
 
 class Recorder:
     """Every message the stream stores, by the stream's republish to a plain subject:
-    the stream itself keeps only each user's last.
+    the stream itself keeps only each subject's last.
 
     The republished copies may come out of the stream's order: NATS 2.9 stores a
     client's publish on that client's own connection, under the stream's lock,
@@ -213,9 +225,9 @@ class Recorder:
     def __init__(self) -> None:
         self.stored: list[tuple[int, str]] = []  # sequence, ce-id; as they arrive
 
-    async def start(self, nc: NATS) -> None:
-        config = stream_config(Settings())
-        config.republish = RePublish(src="users.>", dest="stored.>", headers_only=True)
+    async def start(self, nc: NATS, settings: Settings | None = None) -> None:
+        config = stream_config(settings or Settings())
+        config.republish = RePublish(src=">", dest="stored.>", headers_only=True)
         await nc.jetstream().add_stream(config)
         await nc.subscribe("stored.>", cb=self.record, pending_msgs_limit=-1)
 
@@ -287,20 +299,28 @@ async def assert_stream_is_the_feed(
 
 
 # Every change written, which the feed does not keep: a delete removes its
-# user's earlier changes. A test's own record, by a trigger of its own.
+# user's (or group's) earlier changes. A test's own record, by triggers of its own.
 AUDIT = """
-CREATE TABLE IF NOT EXISTS relay_audit (xid xid8, seq bigint, user_id uuid);
+CREATE TABLE IF NOT EXISTS relay_audit (xid xid8, seq bigint, id uuid);
 TRUNCATE relay_audit;
 CREATE OR REPLACE FUNCTION relay_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
     INSERT INTO relay_audit VALUES (NEW.xid, NEW.seq, NEW.user_id);
     RETURN NULL;
 END $$;
+CREATE OR REPLACE FUNCTION relay_audit_groups() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    INSERT INTO relay_audit VALUES (NEW.xid, NEW.seq, NEW.group_id);
+    RETURN NULL;
+END $$;
 CREATE OR REPLACE TRIGGER relay_audit AFTER INSERT ON user_changes
     FOR EACH ROW EXECUTE FUNCTION relay_audit();
+CREATE OR REPLACE TRIGGER relay_audit AFTER INSERT ON group_changes
+    FOR EACH ROW EXECUTE FUNCTION relay_audit_groups();
 """
 NO_AUDIT = """
 DROP TRIGGER IF EXISTS relay_audit ON user_changes;
+DROP TRIGGER IF EXISTS relay_audit ON group_changes;
 DROP FUNCTION IF EXISTS relay_audit();
+DROP FUNCTION IF EXISTS relay_audit_groups();
 DROP TABLE IF EXISTS relay_audit;
 """
 
@@ -318,13 +338,13 @@ async def audit(db: object, database_url: str) -> AsyncIterator[None]:
 
 
 async def written(url: str) -> list[tuple[str, str]]:
-    """The cursor and user of every change written, in feed order."""
+    """The cursor and user (or group) of every change written, in feed order."""
     conn = await connect(url)
     try:
         feed = await queries.feed_identity(conn)
         rows = await conn.fetch(
             # Named txid: ORDER BY xid would sort the text, 10000 before 9999.
-            "SELECT xid::text AS txid, seq, user_id::text AS id FROM relay_audit ORDER BY xid, seq"
+            "SELECT xid::text AS txid, seq, id::text FROM relay_audit ORDER BY xid, seq"
         )
         return [(cursor_of(Position(int(r["txid"]), r["seq"]), feed), r["id"]) for r in rows]
     finally:
@@ -762,3 +782,294 @@ async def test_a_postgres_restart_or_failover_loses_and_repeats_no_change(
         next(line for line in lines if "lost the database" in line),
         next(line for line in lines if "the database is back" in line),
     ]
+
+
+# Groups' and memberships' changes, with RELAY_GROUPS=1.
+
+GROUPS = {"RELAY_GROUPS": "1"}
+GROUP_SUBJECTS = ["users.>", "groups.>", "memberships.>"]
+
+
+@pytest.fixture
+async def group_recorder(broker: NATS) -> Recorder:
+    recorder = Recorder()
+    await recorder.start(broker, Settings(relay_groups=True))
+    return recorder
+
+
+def subject_of(change: dict[str, Any]) -> str:
+    """The subject of a change of the feed of everything, as the relay encodes it."""
+    if "group_id" in change:
+        return f"memberships.{change['group_id']}.{change['user_id']}"
+    return f"{'groups' if change.get('kind') == 'group' else 'users'}.{change['id']}"
+
+
+async def members_of(nc: NATS, group: str) -> list[Message]:
+    """The stream's messages of a group's members."""
+    messages, _ = await stream_messages(nc)
+    return [m for m in messages if m.subject.startswith(f"memberships.{group}.")]
+
+
+async def until_purged(nc: NATS, group: str) -> None:
+    """Wait for the relay to purge a deleted group's members' messages: it does so
+    once the group's delete is acknowledged, after the stream reached it."""
+    for _ in range(300):  # 30 s
+        if not await members_of(nc, group):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the members of {group} are still in the stream")
+
+
+async def test_groups_and_members_go_out_under_subjects_of_their_own_kind(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    ann = (await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})).json()["id"]
+    group = await create_group(client, "Eng")
+    await members(client, group, add=["ann@x.io"])
+    await client.patch(f"/groups/{group}", json={"name": "Engineering"})
+    relay = Relay(tmp_path, database_url, nats_url, **GROUPS)
+    relays.append(relay)
+    changes = await caught_up(broker, database_url, relays, everything=True)
+    users_page = (await client.get("/users/changes")).json()["changes"]
+    page = (await client.get("/changes")).json()["changes"]
+    messages, _ = await stream_messages(broker)
+    # The group's create is replaced by its rename: one message a subject.
+    assert [m.subject for m in messages] == [
+        f"users.{ann}", f"memberships.{group}.{ann}", f"groups.{group}"
+    ]  # fmt: skip
+    assert [m.data for m in messages] == [changes[0], changes[2], changes[3]]
+    # A user's change is the users' feed's, as without RELAY_GROUPS; the others
+    # are the feed of everything's.
+    assert msgspec.json.decode(messages[0].data) == users_page[0]
+    assert [msgspec.json.decode(m.data) for m in messages[1:]] == page[2:]
+    assert [
+        (m.headers["ce-type"], m.headers["ce-subject"], m.headers["ce-id"], m.headers["ce-time"])
+        for m in messages
+    ] == [
+        ("user.created", ann, page[0]["cursor"], page[0]["at"]),
+        ("membership.added", f"{group}/{ann}", page[2]["cursor"], page[2]["at"]),
+        ("group.updated", group, page[3]["cursor"], page[3]["at"]),
+    ]
+    info = await broker.jetstream().stream_info(STREAM)
+    assert info.config.subjects == GROUP_SUBJECTS
+    for _ in range(50):  # the lag is measured every second
+        found = relay.metrics()
+        if found.get("relay_lag_changes") == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert found["relay_published_total"] == 4
+    assert found["relay_lag_changes"] == 0
+
+
+async def test_the_lag_counts_groups_and_members_changes_with_relay_groups(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})
+    group = await create_group(client, "Eng")
+    await members(client, group, add=["ann@x.io"])
+    conn = await connect(database_url)
+    try:
+        assert (await queries.changes_behind(conn, Position(0, 0), 100))[0] == 1
+        count, seconds = await feed_queries.all_changes_behind(conn, Position(0, 0), 100)
+        assert count == 3
+        assert seconds > 0
+        assert (await feed_queries.all_changes_behind(conn, Position(0, 0), 2))[0] == 2
+    finally:
+        await conn.close()
+
+
+async def test_without_relay_groups_no_group_or_member_change_goes_out(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    ann = (await client.post("/users", json={"name": "Ann", "email": "ann@x.io"})).json()["id"]
+    relays.append(Relay(tmp_path, database_url, nats_url))
+    await caught_up(broker, database_url, relays)
+    group = await create_group(client, "Eng")
+    await members(client, group, add=["ann@x.io"])
+    bob = (await client.post("/users", json={"name": "Bob", "email": "bob@x.io"})).json()["id"]
+    await caught_up(broker, database_url, relays)  # Bob's create, after the group's
+    messages, _ = await stream_messages(broker)
+    assert [m.subject for m in messages] == [f"users.{ann}", f"users.{bob}"]
+    info = await broker.jetstream().stream_info(STREAM)
+    assert info.config.subjects == ["users.>"]
+
+
+async def test_a_group_s_delete_leaves_none_of_its_members_messages_nor_its_name(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    relays.append(Relay(tmp_path, database_url, nats_url, **GROUPS))
+    users = [{"name": f"U{n}", "email": f"u{n}@x.io"} for n in range(3)]
+    await client.post("/users/bulk", json=users)
+    name, secret = "Zanzibar Skunkworks", "cost-7f3e9a"
+    created = await client.post("/groups", json={"name": name, "attributes": {"cc": secret}})
+    group = created.json()["id"]
+    await members(client, group, add=[user["email"] for user in users])
+    kept = await create_group(client, "Kept")
+    await members(client, kept, add=["u0@x.io"])
+    await caught_up(broker, database_url, relays, everything=True)
+    assert len(await members_of(broker, group)) == 3
+    assert (await client.delete(f"/groups/{group}")).status_code == 204
+    await caught_up(broker, database_url, relays, everything=True)
+    await until_purged(broker, group)
+    messages, _ = await stream_messages(broker)
+    theirs = [m for m in messages if group in m.subject]
+    assert [(m.subject, m.headers["ce-type"]) for m in theirs] == [
+        (f"groups.{group}", "group.deleted")
+    ]
+    assert len(await members_of(broker, kept)) == 1
+    everything = b"".join(m.data + repr(m.headers).encode() for m in messages)
+    for trace in (name, secret):
+        assert trace.encode() not in everything
+    assert b"Kept" in everything
+
+
+async def test_a_group_s_delete_stored_but_not_purged_is_purged_by_the_next_relay(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    """A relay killed between storing a group's delete and purging its members'
+    messages: the next one, resuming after the delete, purges them."""
+    relay = Relay(tmp_path, database_url, nats_url, **GROUPS)
+    relays.append(relay)
+    await client.post("/users/bulk", json=[{"name": "A", "email": "a@x.io"}])
+    group = await create_group(client, "Eng")
+    await members(client, group, add=["a@x.io"])
+    await caught_up(broker, database_url, relays, everything=True)
+    assert relay.stop() == 0
+    assert (await client.delete(f"/groups/{group}")).status_code == 204
+    # The delete, stored as the relay stores it, after the stream's last message.
+    js = broker.jetstream()
+    last = (await js.stream_info(STREAM)).state.last_seq
+    conn = await connect(database_url)
+    try:
+        feed = await queries.feed_identity(conn)
+        previous = (await js.get_msg(STREAM, seq=last)).headers or {}
+        after, _ = position_of(previous["ce-id"], "ce-id")
+        rows = await feed_queries.all_changes_after(conn, after, 10)
+    finally:
+        await conn.close()
+    assert rows is not None
+    [row] = rows
+    change = to_any_change(row, feed)
+    headers = headers_of(row, change.cursor, "/users", last, None)
+    await js.publish(f"groups.{group}", msgspec.json.encode(change), headers=headers)
+    assert len(await members_of(broker, group)) == 1
+    relays.append(Relay(tmp_path, database_url, nats_url, **GROUPS))
+    await until_purged(broker, group)
+    assert (await js.stream_info(STREAM)).state.last_seq == last + 1  # nothing stored again
+    assert f"resuming after cursor {change.cursor}" in relays[-1].output()
+
+
+@pytest.mark.parametrize(
+    ("made_with_groups", "env", "fault"),
+    [
+        (False, GROUPS, "not including groups.>, memberships.>"),
+        (True, {}, "it holds groups' changes, which would go stale without RELAY_GROUPS=1"),
+    ],
+    ids=["groups-on-a-users-stream", "groups-off-on-a-groups-stream"],
+)
+async def test_a_stream_made_for_the_other_relay_groups_is_refused_in_one_line(
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    relays: list[Relay],
+    tmp_path: Path,
+    made_with_groups: bool,
+    env: dict[str, str],
+    fault: str,
+) -> None:
+    await broker.jetstream().add_stream(stream_config(Settings(relay_groups=made_with_groups)))
+    relay = Relay(tmp_path, database_url, nats_url, **env)
+    relays.append(relay)
+    assert relay.process.wait(60) == 1
+    [line] = [line for line in relay.output().splitlines() if "gives up" in line]
+    assert fault in line
+
+
+async def assert_stream_is_the_feed_of_everything(
+    nc: NATS, client: httpx.AsyncClient, url: str, changes: list[bytes]
+) -> None:
+    """The stream holds each subject's last change, as the feed shows it, in feed
+    order, and nothing of a deleted group's members; a copy kept from it by the
+    feed's rules is the tables."""
+    ever = [cursor for cursor, _ in await written(url)]
+    order = {cursor: number for number, cursor in enumerate(ever)}
+    feed = {msgspec.json.decode(change)["cursor"]: change for change in changes}
+    last_of = {subject_of(msgspec.json.decode(change)): change for change in changes}
+    wanted = sorted(last_of.values(), key=lambda c: order[msgspec.json.decode(c)["cursor"]])
+    for _ in range(100):  # the last page's purges may still be under way: 10 s
+        messages, _ = await stream_messages(nc)
+        if [m.data for m in messages] == wanted:
+            break
+        await asyncio.sleep(0.1)
+    places = [order[m.headers["ce-id"]] for m in messages]
+    assert places == sorted(set(places))
+    for message in messages:
+        assert message.data == feed[message.headers["ce-id"]]
+    assert [m.data for m in messages] == wanted
+    copy = Copy()
+    for message in messages:
+        change = msgspec.json.decode(message.data)
+        copy.apply(change if "kind" in change else {"kind": "user", **change})
+    table_groups, table_members = await all_groups(client)
+    assert copy.live(copy.users) == {user["id"]: user for user in await all_users(client)}
+    assert copy.live(copy.groups) == {group["id"]: group for group in table_groups}
+    assert copy.members == table_members
+
+
+async def test_relays_killed_while_users_groups_and_members_race_store_each_change_once(
+    client: httpx.AsyncClient,
+    database_url: str,
+    nats_url: str,
+    broker: NATS,
+    group_recorder: Recorder,
+    relays: list[Relay],
+    tmp_path: Path,
+) -> None:
+    users = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
+    assert (await client.post("/users/bulk", json=users)).status_code == 201
+    groups = [await create_group(client, f"seed{n}") for n in range(6)]
+    for group in groups:
+        await members(client, group, add=[user["email"] for user in users[::2]])
+    stop = asyncio.Event()
+    writers = [
+        asyncio.create_task(write_users_and_groups(client, n, groups, stop)) for n in range(4)
+    ]
+    bulk = Writers(client)  # and bulk loads, email changes and deletes of users
+    chance = random.Random(5)  # noqa: S311
+    try:
+        for _ in range(4):
+            relay = Relay(tmp_path, database_url, nats_url, **GROUPS)
+            relays.append(relay)
+            await publishing(broker, relay)
+            await asyncio.sleep(chance.random() * 0.5)  # mid-stream: writers go on
+            relay.kill()
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        await bulk.stop()
+    relays.append(Relay(tmp_path, database_url, nats_url, **GROUPS))
+    changes = await caught_up(broker, database_url, relays, everything=True)
+    kinds = {(c.get("kind", "user"), c["type"]) for c in map(msgspec.json.decode, changes)}
+    assert {("group", "deleted"), ("membership", "added"), ("membership", "removed")} <= kinds
+    await group_recorder.complete(broker, database_url, changes)
+    await assert_stream_is_the_feed_of_everything(broker, client, database_url, changes)

@@ -142,6 +142,7 @@ def test_both_url_schemes_are_accepted(url: str) -> None:
         ("NATS_REPLICAS", "7"),
         ("RELAY_SOURCE", "/users and more"),
         ("RELAY_METRICS_PORT", "70000"),
+        ("RELAY_GROUPS", "groups"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
@@ -364,9 +365,12 @@ def test_the_relay_settings_are_read() -> None:
             "NATS_REPLICAS": "3",
             "RELAY_SOURCE": "https://users.example.com/users",
             "RELAY_METRICS_PORT": "0",
+            "RELAY_GROUPS": "1",
         }
     )
     assert settings.nats_url == "nats://relay:pw@n1:4222,tls://relay:pw@n2:4222"
     assert (settings.nats_stream, settings.nats_replicas) == ("USERS_EU", 3)
     assert settings.relay_source == "https://users.example.com/users"
     assert settings.relay_metrics_port == 0
+    assert settings.relay_groups
+    assert not Settings.from_env({}).relay_groups
