@@ -1,5 +1,6 @@
 """python -m bench.relay: how soon the relay puts a bulk load in the stream, and its lag
-under sustained creates."""
+under sustained creates; with --groups, with RELAY_GROUPS=1, and how soon a group of
+10,000 members is in the stream, and its delete leaves none of them there."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     out: Path
     smoke: bool
     profile: bool
+    groups: bool
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -67,10 +69,17 @@ def parse_options(argv: Sequence[str]) -> Options:
         action="store_true",
         help="py-spy the relay through the bulk loads, and say where its time went",
     )
+    parser.add_argument(
+        "--groups",
+        action="store_true",
+        help="run the relay with RELAY_GROUPS=1, and time a group's members and its delete "
+        "(writes bench/RELAY_GROUPS.md)",
+    )
     args = parser.parse_args(argv)
     smoke = bool(args.smoke)
+    name = "RELAY_GROUPS" if args.groups else "RELAY"
     default_out = (
-        Path(tempfile.gettempdir()) / "RELAY-smoke.md" if smoke else BENCH_DIR / "RELAY.md"
+        Path(tempfile.gettempdir()) / f"{name}-smoke.md" if smoke else BENCH_DIR / f"{name}.md"
     )
     return Options(
         rounds=args.rounds or (1 if smoke else 5),
@@ -78,6 +87,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         out=args.out or default_out,
         smoke=smoke,
         profile=bool(args.profile),
+        groups=bool(args.groups),
     )
 
 
@@ -108,13 +118,16 @@ def nats_server(folder: Path) -> Iterator[str]:
 
 
 @contextmanager
-def relay(database_url: str, nats_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def relay(
+    database_url: str, nats_url: str, log: Path, *, groups: bool
+) -> Iterator[subprocess.Popen[bytes]]:
     """python -m service relay, as the Procfile runs it."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "NATS_URL": nats_url,
         "RELAY_METRICS_PORT": str(servers.free_port()),
+        "RELAY_GROUPS": "1" if groups else "0",
     }
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -217,6 +230,49 @@ async def bulk_round(url: str, nats_url: str, nonce: str) -> float:
         await nc.close()
 
 
+async def in_stream(js: nats.js.JetStreamContext, sequence: int) -> float:
+    """When the stream's last sequence reaches `sequence` (perf_counter), within 60 s."""
+    for _ in range(30_000):
+        if await last_sequence(js) >= sequence:
+            return time.perf_counter()
+        await asyncio.sleep(0.002)
+    raise RuntimeError(f"the stream did not reach sequence {sequence} within 60 s")
+
+
+async def group_round(url: str, nats_url: str, nonce: str) -> tuple[float, float]:
+    """Seconds from the answer of the last of ten adds of 1,000 members (the round's
+    bulk load) to the stream holding all 10,000; and from a delete of that group's
+    answer to the stream holding the delete with none of its members' messages."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            response = await client.post("/groups", json={"name": f"Group {nonce}"})
+            assert response.status_code == 201, response.text
+            group = response.json()["id"]
+            await in_stream(js, await last_sequence(js) + 1)
+            before = await last_sequence(js)
+            emails = [f"{nonce}-{n}@example.com" for n in range(BULK)]
+            for start in range(0, BULK, 1000):
+                body = {"add": emails[start : start + 1000]}
+                response = await client.post(f"/groups/{group}/members", json=body)
+                assert response.status_code == 200, response.text
+            answered = time.perf_counter()
+            members = await in_stream(js, before + BULK) - answered
+            deleted = await client.delete(f"/groups/{group}")
+            answered = time.perf_counter()
+            assert deleted.status_code == 204, deleted.text
+        await in_stream(js, before + BULK + 1)
+        theirs = f"memberships.{group}.>"
+        for _ in range(30_000):  # 60 s
+            if not (await js.stream_info(STREAM, subjects_filter=theirs)).state.subjects:
+                return members, time.perf_counter() - answered
+            await asyncio.sleep(0.002)
+        raise RuntimeError("the group's members were still in the stream after 60 s")
+    finally:
+        await nc.close()
+
+
 async def lag_round(
     url: str, nats_url: str, options: Options, nonce: str
 ) -> tuple[list[float], int]:
@@ -260,6 +316,9 @@ class Figures(msgspec.Struct, kw_only=True):
     creates: list[int]
     postgres: str
     profile: dict[str, float]  # shares of the relay's samples through the bulk loads
+    # With --groups: a round's 10,000 members in the stream, and its delete purged.
+    members_seconds: list[float]
+    delete_seconds: list[float]
 
 
 def measure(options: Options, logs: Path) -> Figures:
@@ -271,16 +330,28 @@ def measure(options: Options, logs: Path) -> Figures:
         with (
             servers.running(["service"], database_urls={"service": url}, workers=1, log_dir=logs)
             as running,
-            relay(url, nats_url, logs / "relay.log") as process,
+            relay(url, nats_url, logs / "relay.log", groups=options.groups) as process,
         ):  # fmt: skip
             service = running["service"]
-            bulks, lags, creates = [], [], []
+            bulks, lags, creates, members, deletes = [], [], [], [], []
             raw = ""
             for round_number in range(1, options.rounds + 1):
                 samples = logs / f"bulk-{round_number}.txt"
                 with profiled(process, samples, options.profile):
                     bulks.append(asyncio.run(bulk_round(service.url, nats_url, f"b{round_number}")))
                 raw += samples.read_text() if options.profile else ""
+                if options.groups:
+                    added, purged = asyncio.run(
+                        group_round(service.url, nats_url, f"b{round_number}")
+                    )
+                    members.append(added)
+                    deletes.append(purged)
+                    print(
+                        f"  round {round_number}: {BULK:,} members in the stream {added:.2f} s "
+                        f"after the last add's answer; their group's delete, purged, "
+                        f"{purged * 1000:.0f} ms after its answer",
+                        flush=True,
+                    )
                 lag, count = asyncio.run(
                     lag_round(service.url, nats_url, options, f"l{round_number}")
                 )
@@ -302,6 +373,8 @@ def measure(options: Options, logs: Path) -> Figures:
         creates=creates,
         postgres=version,
         profile=shares(raw) if raw else {},
+        members_seconds=members,
+        delete_seconds=deletes,
     )
 
 
@@ -345,9 +418,33 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
             verdict(p99 <= LAG_P99_SECONDS),
         ),
     ]
+    if options.groups:
+        rows += [
+            (
+                f"{BULK:,} members added to a group (10 adds of 1,000) in the stream, from the "
+                "last add's answer",
+                f"{statistics.median(figures.members_seconds):.2f} s "
+                f"(worst {max(figures.members_seconds):.2f} s)",
+                "measured",
+            ),
+            (
+                f"that group's delete in the stream and its {BULK:,} members' messages purged, "
+                "from the delete's answer",
+                f"{statistics.median(figures.delete_seconds) * 1000:.0f} ms "
+                f"(worst {max(figures.delete_seconds) * 1000:.0f} ms)",
+                "measured",
+            ),
+        ]
+    groups = [
+        "With `--groups` the relay runs with `RELAY_GROUPS=1`, reading the feed of everything",
+        "(users', groups' and memberships' changes), and each round then adds the round's",
+        f"{BULK:,} users to a new group, 1,000 an add, and deletes the group.",
+        "",
+    ]
     versions = machine.describe_versions(figures.postgres)
     lines = [
-        "# The relay: bulk loads and lag",
+        "# The relay: bulk loads and lag"
+        + (", with groups (`RELAY_GROUPS=1`)" if options.groups else ""),
         "",
         f"Made by `{command}` on {datetime.now(UTC):%Y-%m-%d}"
         + (" (a smoke run: the numbers mean nothing)." if options.smoke else "."),
@@ -366,6 +463,7 @@ def write_report(options: Options, argv: Sequence[str], figures: Figures) -> Non
         "message reaching a plain subscriber of `users.>` on the same server, which JetStream",
         "serves as it stores the message. Figures are the median round's.",
         "",
+        *(groups if options.groups else []),
         "Rounds: "
         + "; ".join(
             f"bulk {b:.2f} s, lag p99 {percentile(lag, 0.99) * 1000:.0f} ms"
