@@ -7,21 +7,19 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
-from bench import postgres, seed, servers
+from bench import checkouts, postgres, seed, servers
 from bench.options import at_least
 from bench.scim import PATCH_OP, USER, entra_create, entra_patch
 
@@ -110,53 +108,6 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text[:at] + section + "\n" + text[at:])
 
 
-def short_commit(rev: str) -> str:
-    command = ["git", "-C", str(seed.REPO_ROOT), "rev-parse", "--short", rev]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@contextmanager
-def checkouts(revs: Sequence[str]) -> Iterator[dict[str, Path]]:
-    """This checkout, and a detached worktree of each rev, removed afterwards."""
-    found = {f"this checkout ({short_commit('HEAD')})": seed.REPO_ROOT}
-    with ExitStack() as stack:
-        for rev in revs:
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / rev
-            git = ["git", "-C", str(seed.REPO_ROOT), "worktree"]
-            subprocess.run([*git, "add", "--detach", str(path), rev], check=True)
-            stack.callback(subprocess.run, [*git, "remove", "--force", str(path)], check=False)
-            commit = short_commit(rev)
-            found[rev if commit.startswith(rev) else f"{rev} ({commit})"] = path
-        yield found
-
-
-def start(name: str, path: Path, url: str, log_dir: Path) -> servers.Server:
-    """The service of the checkout at `path`, migrated as deployed, with one worker."""
-    env = {"DATABASE_URL": url, "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING"}
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
-        cwd=path,
-        env={**os.environ, **env},
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    port = servers.free_port()
-    log = log_dir / f"{name.replace(' ', '-')}.log"
-    inherited = {k: v for k, v in os.environ.items() if k not in ("API_TOKENS", "API_CLIENTS")}
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=path,
-            env={**inherited, **env, "PORT": str(port)},
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-        )
-    server = servers.Server(name=name, port=port, process=process, log=log)
-    servers.wait_ready(server)
-    return server
-
-
 def kinds_taken(port: int) -> list[str]:
     """The kinds a checkout takes: Entra's PATCH forms only where it keeps the
     default attributes (before, it answered 400 invalidPath)."""
@@ -224,7 +175,7 @@ def main(argv: Sequence[str]) -> int:
     options = options_of(argv)
     names = ["scim_beside_" + str(n) for n in range(1 + len(options.rev))]
     with (
-        checkouts(options.rev) as paths,
+        checkouts.checkouts(options.rev) as paths,
         postgres.database_url() as server_url,
         tempfile.TemporaryDirectory(prefix="bench-scim-beside-") as logs,
         ExitStack() as stack,
@@ -233,7 +184,8 @@ def main(argv: Sequence[str]) -> int:
         sides = []
         for (name, path), database in zip(paths.items(), names, strict=True):
             url = seed.database_url(server_url, database)
-            server = start(name, path, url, Path(logs))
+            checkouts.migrate(path, url)
+            server = checkouts.start(name, path, url, Path(logs))
             stack.callback(servers.stop, server)
             sides.append(Side(name=name, server=server, kinds=kinds_taken(server.port)))
         conns = {}
