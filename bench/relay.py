@@ -169,7 +169,7 @@ def profiled(process: subprocess.Popen[bytes], out: Path, enabled: bool) -> Iter
         return
     binary = shutil.which("py-spy")
     if binary is None:
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
+        raise SystemExit("--profile needs py-spy: pip install -r bench/requirements.txt")
     spy = subprocess.Popen(
         [binary, "record", "--pid", str(process.pid), "--rate", "200", "--format", "raw",
          "--output", str(out), "--nonblocking", "--idle"],
