@@ -247,11 +247,11 @@ async def group_round(url: str, nats_url: str, nonce: str) -> tuple[float, float
     js = nc.jetstream()
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            before = await last_sequence(js) + 1  # the group's create
             response = await client.post("/groups", json={"name": f"Group {nonce}"})
             assert response.status_code == 201, response.text
             group = response.json()["id"]
-            await in_stream(js, await last_sequence(js) + 1)
-            before = await last_sequence(js)
+            await in_stream(js, before)
             emails = [f"{nonce}-{n}@example.com" for n in range(BULK)]
             for start in range(0, BULK, 1000):
                 body = {"add": emails[start : start + 1000]}
