@@ -109,25 +109,6 @@ FROM (
     LIMIT $3
 ) AS behind
 """
-# The groups deleted among the last $3 changes of everything up to ($1, $2)
-# included: each side's last $3 through its primary key, merged.
-GROUPS_DELETED_BEFORE = """
-SELECT group_id::text FROM (
-    (SELECT xid, seq, type, group_id, user_id FROM group_changes
-     WHERE (xid, seq) <= ($1::text::xid8, $2::bigint)
-     ORDER BY xid DESC, seq DESC
-     LIMIT $3)
-    UNION ALL
-    (SELECT xid, seq, type, NULL, NULL FROM user_changes
-     WHERE (xid, seq) <= ($1::text::xid8, $2::bigint)
-     ORDER BY xid DESC, seq DESC
-     LIMIT $3)
-    ORDER BY xid DESC, seq DESC
-    LIMIT $3
-) AS recent
-WHERE type = 'deleted' AND group_id IS NOT NULL AND user_id IS NULL
-"""
-
 _decode_attributes = msgspec.json.Decoder(dict[str, str])
 
 
@@ -192,10 +173,3 @@ async def all_changes_behind(db: Executor, after: Position, bound: int) -> tuple
     row = await db.fetchrow(ALL_CHANGES_BEHIND, str(after.xid), after.seq, bound)
     assert row is not None  # an aggregate's one row
     return row[0], row[1]
-
-
-async def groups_deleted_before(db: Executor, position: Position, within: int) -> list[str]:
-    """The ids of the groups whose delete is among the last `within` changes of
-    everything up to `position`, included."""
-    rows = await db.fetch(GROUPS_DELETED_BEFORE, str(position.xid), position.seq, within)
-    return [row[0] for row in rows]

@@ -105,6 +105,11 @@ RELAY_DUPLICATES = Counter(
     "Publishes the stream acknowledged as duplicates of a stored message (by Nats-Msg-Id)",
     registry=RELAY_REGISTRY,
 )
+RELAY_PURGES = Counter(
+    "relay_purges_total",
+    "Purges of a deleted group's members' messages (RELAY_GROUPS=1)",
+    registry=RELAY_REGISTRY,
+)
 RELAY_ERRORS = Counter(
     "relay_errors_total",
     "Relay failures by kind: fenced, timeout, nats, database, other, gave_up",

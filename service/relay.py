@@ -8,7 +8,7 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ from service.database import CannotStart, Database, PoolBusy, close_pool, open_p
 from service.feed_queries import AnyChangeRow
 from service.problems import ProblemError
 from service.queries import ChangeRow, Position
+from service.schemas import AnyChange, Change
 from service.settings import Settings
 from service.watch import Watch
 
@@ -37,6 +38,13 @@ USER_SUBJECTS = ["users.>"]
 # With RELAY_GROUPS: a group's changes, and a membership's, by group and then user.
 GROUP_SUBJECTS = ["groups.>", "memberships.>"]
 MEMBERS_OF = "memberships.{}.>"
+GROUPS = "groups.>"
+# Purge requests sent at once: a page may delete many groups, and each purge
+# is a JetStream API request that scans the stream's subjects.
+PURGES_AT_ONCE = 16
+# Groups remembered as purged by this process, at most: each is purged again
+# otherwise, which changes nothing.
+PURGED_KEPT = 10_000
 # Within it, a publish retried after an unknown outcome is acknowledged as a
 # duplicate rather than stored twice (the sequence fence below catches most first).
 DUPLICATE_WINDOW = 120.0
@@ -126,6 +134,8 @@ def differences(found: StreamConfig, settings: Settings) -> list[str]:
             faults.append(f"{limit} is {value}, not unlimited (-1)")
     if found.max_age:
         faults.append(f"max_age is {found.max_age} s, not unlimited (0)")
+    if settings.relay_groups and found.deny_purge:
+        faults.append("deny_purge is true: a group's delete purges its members' messages")
     if found.sealed or found.mirror is not None:
         faults.append("it is sealed or a mirror, which takes no publishes")
     return faults
@@ -157,6 +167,8 @@ class Progress:
     # The furthest change this process has sent, acknowledged or not: a
     # duplicate of a change past it was stored by another publisher.
     furthest: Position = BEGINNING
+    # The groups whose members' messages this process has purged.
+    purged: set[str] = field(default_factory=set)
 
 
 async def resume_point(
@@ -201,24 +213,50 @@ async def resume_point(
 
 
 async def purge_members_of_deleted(
-    js: JetStreamContext, db: Database, settings: Settings, progress: Progress
+    js: JetStreamContext, settings: Settings, progress: Progress
 ) -> None:
-    """Purge the members' messages of every group deleted among the changes this
-    relay, or one before it, may have stored without purging them (settle()):
-    at most IN_FLIGHT + 1 pages before the stream's last change."""
-    deleted = await feed_queries.groups_deleted_before(
-        db, progress.position, (IN_FLIGHT + 1) * PAGE
-    )
-    await asyncio.gather(
-        *(purge_members(js, settings, group, progress.sequence) for group in deleted)
-    )
+    """Purge the members' messages of every group whose delete is among the stream's
+    last (IN_FLIGHT + 1) * PAGE messages: those a relay may have stored without
+    purging after them (settle() purges a page's before the next page goes out).
+    A deleted group's message is the last of its subject, so it is still there."""
+    sequence = max(1, progress.sequence - (IN_FLIGHT + 1) * PAGE + 1)
+    deleted = []
+    while True:
+        try:
+            message = await js.get_msg(
+                settings.nats_stream, seq=sequence, subject=GROUPS, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            break
+        assert message.seq is not None
+        if message.seq > progress.sequence:  # stored since, by another relay
+            break
+        headers = message.headers or {}
+        if headers.get("ce-type") == "group.deleted":
+            deleted.append((headers["ce-subject"], progress.sequence))
+        sequence = message.seq + 1
+    await purge_members(js, settings, progress, deleted)
 
 
-async def purge_members(js: JetStreamContext, settings: Settings, group: str, below: int) -> None:
-    """Take a deleted group's members' messages out of the stream: those before the
-    sequence `below`, so that the stream's last message, which the relay resumes
-    after, always stays."""
-    await js.purge_stream(settings.nats_stream, seq=below, subject=MEMBERS_OF.format(group))
+async def purge_members(
+    js: JetStreamContext, settings: Settings, progress: Progress, groups: list[tuple[str, int]]
+) -> None:
+    """Take deleted groups' members' messages out of the stream: for each group, those
+    before the sequence given, so that the stream's last message, which the relay
+    resumes after, always stays. A few at a time, and each once a process."""
+    groups = [(group, below) for group, below in groups if group not in progress.purged]
+    for start in range(0, len(groups), PURGES_AT_ONCE):
+        some = groups[start : start + PURGES_AT_ONCE]
+        await asyncio.gather(
+            *(
+                js.purge_stream(settings.nats_stream, seq=below, subject=MEMBERS_OF.format(group))
+                for group, below in some
+            )
+        )
+        metrics.RELAY_PURGES.inc(len(some))
+        if len(progress.purged) > PURGED_KEPT:
+            progress.purged.clear()
+        progress.purged.update(group for group, _ in some)
 
 
 def addressing(row: AnyChangeRow) -> tuple[str, str, str]:
@@ -234,17 +272,28 @@ def addressing(row: AnyChangeRow) -> tuple[str, str, str]:
     )
 
 
+def change_of(row: AnyChangeRow, feed: str) -> Change | AnyChange:
+    """A message's body. A user's change is as GET /users/changes shows it, whichever
+    feed is relayed: RELAY_GROUPS changes nothing for the subscribers of users.>."""
+    return to_change(row, feed) if isinstance(row, ChangeRow) else to_any_change(row, feed)
+
+
 def is_group_delete(row: AnyChangeRow) -> bool:
     return not isinstance(row, ChangeRow) and row.member is None and row.type == "deleted"
 
 
 def headers_of(
-    row: AnyChangeRow, cursor: str, source: str, expected: int, previous: str | None
+    row: AnyChangeRow,
+    addressed: tuple[str, str, str],
+    cursor: str,
+    source: str,
+    expected: int,
+    previous: str | None,
 ) -> dict[str, str]:
     """A change's CloudEvents 1.0 headers (binary mode), and JetStream's fence and dedupe:
     stored only right after the message at sequence `expected`, whose cursor is
-    `previous` when given."""
-    _, type, subject = addressing(row)
+    `previous` when given. `addressed` is addressing(row)."""
+    _, type, subject = addressed
     headers = {
         "ce-specversion": "1.0",
         "ce-id": cursor,
@@ -288,13 +337,11 @@ async def send(
     the stream sequence `after` (and the cursor `previous`, when given)."""
     acks = []
     for offset, row in enumerate(rows):
-        # A user's change as GET /users/changes shows it, whichever feed is relayed:
-        # RELAY_GROUPS changes nothing for the subscribers of users.>.
-        change = to_change(row, feed) if isinstance(row, ChangeRow) else to_any_change(row, feed)
-        headers = headers_of(row, change.cursor, source, after + offset, previous)
+        change = change_of(row, feed)
+        addressed = addressing(row)
+        headers = headers_of(row, addressed, change.cursor, source, after + offset, previous)
         previous = change.cursor
-        subject, _, _ = addressing(row)
-        acks.append(await js.publish_async(subject, _encoder.encode(change), headers=headers))
+        acks.append(await js.publish_async(addressed[0], _encoder.encode(change), headers=headers))
     return Page(rows, acks, furthest)
 
 
@@ -335,7 +382,7 @@ async def settle(js: JetStreamContext, settings: Settings, page: Page, progress:
         metrics.RELAY_DUPLICATES.inc(duplicates)
     # Should the relay stop before these are done, the next one's start does them
     # (purge_members_of_deleted): a page counts as settled only once they are.
-    await asyncio.gather(*(purge_members(js, settings, *each) for each in deleted))
+    await purge_members(js, settings, progress, deleted)
 
 
 def drop(pages: deque[Page]) -> None:
@@ -366,7 +413,7 @@ async def follow(
     )  # fmt: skip
     everything = settings.relay_groups
     if everything and progress.sequence:
-        await purge_members_of_deleted(js, db, settings, progress)
+        await purge_members_of_deleted(js, settings, progress)
     sent = Progress(progress.position, progress.sequence)  # the next page starts after it
     pages: deque[Page] = deque()
     try:

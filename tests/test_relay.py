@@ -27,9 +27,9 @@ from nats.aio.msg import Msg
 from nats.js.api import RePublish, StreamConfig
 
 from service import feed_queries, queries
-from service.changes import cursor_of, position_of, to_any_change, to_change
-from service.queries import ChangeRow, Position
-from service.relay import headers_of, stream_config
+from service.changes import cursor_of, position_of
+from service.queries import Position
+from service.relay import addressing, change_of, headers_of, stream_config
 from service.settings import Settings
 from tests.conftest import ROOT, Cluster, NatsServer, Service, connect, free_port
 from tests.test_all_changes import Copy, all_groups, create_group, members, write_users_and_groups
@@ -149,11 +149,7 @@ async def feed_of(url: str, *, everything: bool = False) -> list[bytes]:
         position = Position(0, 0)
         read = feed_queries.all_changes_after if everything else queries.changes_after
         while rows := await read(conn, position, 1000):
-            for row in rows:
-                change = (
-                    to_change(row, feed) if isinstance(row, ChangeRow) else to_any_change(row, feed)
-                )
-                changes.append(msgspec.json.encode(change))
+            changes += [msgspec.json.encode(change_of(row, feed)) for row in rows]
             position = rows[-1].position
         return changes
     finally:
@@ -946,8 +942,8 @@ async def test_a_group_s_delete_stored_but_not_purged_is_purged_by_the_next_rela
     relays: list[Relay],
     tmp_path: Path,
 ) -> None:
-    """A relay killed between storing a group's delete and purging its members'
-    messages: the next one, resuming after the delete, purges them."""
+    """A relay killed between storing a group's delete, and more after it, and purging
+    the group's members' messages: the next one, resuming after them, purges them."""
     relay = Relay(tmp_path, database_url, nats_url, **GROUPS)
     relays.append(relay)
     await client.post("/users/bulk", json=[{"name": "A", "email": "a@x.io"}])
@@ -956,7 +952,9 @@ async def test_a_group_s_delete_stored_but_not_purged_is_purged_by_the_next_rela
     await caught_up(broker, database_url, relays, everything=True)
     assert relay.stop() == 0
     assert (await client.delete(f"/groups/{group}")).status_code == 204
-    # The delete, stored as the relay stores it, after the stream's last message.
+    await client.post("/users/bulk", json=[{"name": "B", "email": "b@x.io"}])
+    await client.post("/users/bulk", json=[{"name": "C", "email": "c@x.io"}])
+    # The delete and the two creates after it, stored as the relay stores them.
     js = broker.jetstream()
     last = (await js.stream_info(STREAM)).state.last_seq
     conn = await connect(database_url)
@@ -968,24 +966,33 @@ async def test_a_group_s_delete_stored_but_not_purged_is_purged_by_the_next_rela
     finally:
         await conn.close()
     assert rows is not None
-    [row] = rows
-    change = to_any_change(row, feed)
-    headers = headers_of(row, change.cursor, "/users", last, None)
-    await js.publish(f"groups.{group}", msgspec.json.encode(change), headers=headers)
+    assert [addressing(row)[1] for row in rows] == ["group.deleted", "user.created", "user.created"]
+    for offset, row in enumerate(rows):
+        change = change_of(row, feed)
+        addressed = addressing(row)
+        headers = headers_of(row, addressed, change.cursor, "/users", last + offset, None)
+        await js.publish(addressed[0], msgspec.json.encode(change), headers=headers)
     assert len(await members_of(broker, group)) == 1
-    relays.append(Relay(tmp_path, database_url, nats_url, **GROUPS))
+    relay = Relay(tmp_path, database_url, nats_url, **GROUPS)
+    relays.append(relay)
     await until_purged(broker, group)
-    assert (await js.stream_info(STREAM)).state.last_seq == last + 1  # nothing stored again
-    assert f"resuming after cursor {change.cursor}" in relays[-1].output()
+    assert (await js.stream_info(STREAM)).state.last_seq == last + 3  # nothing stored again
+    assert f"resuming after cursor {change.cursor}" in relay.output()
+    for _ in range(50):  # counted once the purge's answer is in: up to 5 s
+        if relay.metrics()["relay_purges_total"] == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert relay.metrics()["relay_purges_total"] == 1
 
 
 @pytest.mark.parametrize(
-    ("made_with_groups", "env", "fault"),
+    ("made_with_groups", "deny_purge", "env", "fault"),
     [
-        (False, GROUPS, "not including groups.>, memberships.>"),
-        (True, {}, "it holds groups' changes, which would go stale without RELAY_GROUPS=1"),
+        (False, False, GROUPS, "not including groups.>, memberships.>"),
+        (True, False, {}, "it holds groups' changes, which would go stale without RELAY_GROUPS=1"),
+        (True, True, GROUPS, "deny_purge is true: a group's delete purges its members' messages"),
     ],
-    ids=["groups-on-a-users-stream", "groups-off-on-a-groups-stream"],
+    ids=["groups-on-a-users-stream", "groups-off-on-a-groups-stream", "deny-purge"],
 )
 async def test_a_stream_made_for_the_other_relay_groups_is_refused_in_one_line(
     database_url: str,
@@ -994,10 +1001,13 @@ async def test_a_stream_made_for_the_other_relay_groups_is_refused_in_one_line(
     relays: list[Relay],
     tmp_path: Path,
     made_with_groups: bool,
+    deny_purge: bool,
     env: dict[str, str],
     fault: str,
 ) -> None:
-    await broker.jetstream().add_stream(stream_config(Settings(relay_groups=made_with_groups)))
+    config = stream_config(Settings(relay_groups=made_with_groups))
+    config.deny_purge = deny_purge
+    await broker.jetstream().add_stream(config)
     relay = Relay(tmp_path, database_url, nats_url, **env)
     relays.append(relay)
     assert relay.process.wait(60) == 1
