@@ -107,7 +107,7 @@ RELAY_DUPLICATES = Counter(
 )
 RELAY_PURGES = Counter(
     "relay_purges_total",
-    "Purges of a deleted group's members' messages (RELAY_GROUPS=1)",
+    "Deleted groups whose members' messages were purged (RELAY_GROUPS=1)",
     registry=RELAY_REGISTRY,
 )
 RELAY_ERRORS = Counter(

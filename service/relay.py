@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -39,9 +39,11 @@ USER_SUBJECTS = ["users.>"]
 GROUP_SUBJECTS = ["groups.>", "memberships.>"]
 MEMBERS_OF = "memberships.{}.>"
 GROUPS = "groups.>"
-# Purge requests sent at once: a page may delete many groups, and each purge
-# is a JetStream API request that scans the stream's subjects.
-PURGES_AT_ONCE = 16
+# Groups purged at once, and the messages of one deleted at once: a page may
+# delete many groups, and a group's purge is a request a member.
+AT_ONCE = 16
+# JetStream's error for a message to delete that is not there.
+NO_MESSAGE = 10057
 # Groups remembered as purged by this process, at most: each is purged again
 # otherwise, which changes nothing.
 PURGED_KEPT = 10_000
@@ -212,6 +214,26 @@ async def resume_point(
     return Progress(position, state.last_seq)
 
 
+async def stored(
+    js: JetStreamContext, settings: Settings, subject: str, first: int, last: int
+) -> AsyncIterator[tuple[int, dict[str, str]]]:
+    """The sequences and headers of the stream's messages on `subject`, from sequence
+    `first` to `last`, in order, one request each."""
+    sequence = first
+    while sequence <= last:
+        try:
+            message = await js.get_msg(
+                settings.nats_stream, seq=sequence, subject=subject, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return
+        assert message.seq is not None
+        if message.seq > last:
+            return
+        yield message.seq, message.headers or {}
+        sequence = message.seq + 1
+
+
 async def purge_members_of_deleted(
     js: JetStreamContext, settings: Settings, progress: Progress
 ) -> None:
@@ -219,22 +241,12 @@ async def purge_members_of_deleted(
     last (IN_FLIGHT + 1) * PAGE messages: those a relay may have stored without
     purging after them (settle() purges a page's before the next page goes out).
     A deleted group's message is the last of its subject, so it is still there."""
-    sequence = max(1, progress.sequence - (IN_FLIGHT + 1) * PAGE + 1)
-    deleted = []
-    while True:
-        try:
-            message = await js.get_msg(
-                settings.nats_stream, seq=sequence, subject=GROUPS, next=True
-            )
-        except nats.js.errors.NotFoundError:
-            break
-        assert message.seq is not None
-        if message.seq > progress.sequence:  # stored since, by another relay
-            break
-        headers = message.headers or {}
-        if headers.get("ce-type") == "group.deleted":
-            deleted.append((headers["ce-subject"], progress.sequence))
-        sequence = message.seq + 1
+    first = max(1, progress.sequence - (IN_FLIGHT + 1) * PAGE + 1)
+    deleted = [
+        (headers["ce-subject"], progress.sequence)
+        async for _, headers in stored(js, settings, GROUPS, first, progress.sequence)
+        if headers.get("ce-type") == "group.deleted"
+    ]
     await purge_members(js, settings, progress, deleted)
 
 
@@ -243,20 +255,43 @@ async def purge_members(
 ) -> None:
     """Take deleted groups' members' messages out of the stream: for each group, those
     before the sequence given, so that the stream's last message, which the relay
-    resumes after, always stays. A few at a time, and each once a process."""
+    resumes after, always stays. A few groups at a time, and each once a process."""
     groups = [(group, below) for group, below in groups if group not in progress.purged]
-    for start in range(0, len(groups), PURGES_AT_ONCE):
-        some = groups[start : start + PURGES_AT_ONCE]
-        await asyncio.gather(
-            *(
-                js.purge_stream(settings.nats_stream, seq=below, subject=MEMBERS_OF.format(group))
-                for group, below in some
-            )
-        )
+    for start in range(0, len(groups), AT_ONCE):
+        some = groups[start : start + AT_ONCE]
+        await asyncio.gather(*(purge_group(js, settings, *each) for each in some))
         metrics.RELAY_PURGES.inc(len(some))
         if len(progress.purged) > PURGED_KEPT:
             progress.purged.clear()
         progress.purged.update(group for group, _ in some)
+
+
+async def purge_group(js: JetStreamContext, settings: Settings, group: str, below: int) -> None:
+    """Delete a group's members' messages one by one, by their sequences.
+
+    One purge by subject would do it in a request, but NATS 2.9 then moves
+    every consumer whose filter covers the subject (`memberships.>`, `>`)
+    past each message it has not yet delivered, of any subject (seen on
+    2.9.10, not on 2.14.6; nats-server #5075 and #8572 fixed such cases in
+    2024 and 2026). A message deleted by its sequence is skipped by
+    consumers, and nothing else.
+    """
+    sequences = [
+        sequence
+        async for sequence, _ in stored(js, settings, MEMBERS_OF.format(group), 1, below - 1)
+    ]
+    for start in range(0, len(sequences), AT_ONCE):
+        await asyncio.gather(
+            *(delete_message(js, settings, seq) for seq in sequences[start : start + AT_ONCE])
+        )
+
+
+async def delete_message(js: JetStreamContext, settings: Settings, sequence: int) -> None:
+    try:
+        await js.delete_msg(settings.nats_stream, sequence)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != NO_MESSAGE:
+            raise  # else another relay deleted it first
 
 
 def addressing(row: AnyChangeRow) -> tuple[str, str, str]:

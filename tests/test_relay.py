@@ -616,6 +616,7 @@ async def test_the_relay_counts_what_it_published_and_its_lag(
     assert found["relay_lag_seconds"] == 0
 
 
+@pytest.mark.parametrize("groups", [False, True], ids=["users", "RELAY_GROUPS"])
 async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table(
     client: httpx.AsyncClient,
     database_url: str,
@@ -623,17 +624,29 @@ async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table
     broker: NATS,
     relays: list[Relay],
     tmp_path: Path,
+    groups: bool,
 ) -> None:
-    """The durable consumer of docs/RELAY.md, killed and started again while writes go on."""
+    """The durable consumer of docs/RELAY.md, killed and started again while writes go
+    on: of users, and with RELAY_GROUPS=1 of groups and members too."""
     example = (ROOT / "docs" / "RELAY.md").read_text()
     code = re.search(r"```python\n(.*?)```", example, re.DOTALL)
     assert code is not None
     script = tmp_path / "consumer.py"
     script.write_text(code[1])
     copy = tmp_path / "copy.json"
-    relay = Relay(tmp_path, database_url, nats_url)
+    group_ids: list[str] = []
+    if groups:
+        seeds = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
+        await client.post("/users/bulk", json=seeds)
+        group_ids = [await create_group(client, f"seed{n}") for n in range(6)]
+    relay = Relay(tmp_path, database_url, nats_url, **(GROUPS if groups else {}))
     relays.append(relay)
     writers = Writers(client)
+    stop = asyncio.Event()
+    group_writers = [
+        asyncio.create_task(write_users_and_groups(client, n, group_ids, stop))
+        for n in range(2 if groups else 0)
+    ]
     await publishing(broker, relay)
 
     def consumer() -> subprocess.Popen[bytes]:
@@ -654,30 +667,38 @@ async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table
     first.wait(30)
     second = consumer()
     await asyncio.sleep(2)
+    stop.set()
+    await asyncio.gather(*group_writers)
     await writers.stop()
-    changes = await caught_up(broker, database_url, relays)
+    changes = await caught_up(broker, database_url, relays, everything=groups)
     last = msgspec.json.decode(changes[-1])["cursor"]
-    conn = await connect(database_url)
-    try:
-        ids = {str(row["public_id"]) for row in await conn.fetch("SELECT public_id FROM users")}
-    finally:
-        await conn.close()
+    users = {user["id"]: user for user in await all_users(client)}
+    listed, pairs = await all_groups(client)
+    tables: dict[str, dict[str, Any]] = {
+        "users": users,
+        "groups": {group["id"]: group for group in listed},
+        "members": {f"{group}/{user}": True for group, user in pairs},
+    }
+    kept = ("users", "groups", "members") if groups else ("users",)
     # What the killed one fetched and never acknowledged comes again after ack_wait (5 s).
-    held: dict[str, dict[str, object]] = {}
-    state: dict[str, object] = {}
+    state: dict[str, Any] = {}
     for _ in range(1200):  # 120 s: a loaded machine is slow
         with contextlib.suppress(FileNotFoundError, msgspec.DecodeError):
             state = msgspec.json.decode(copy.read_bytes())
-            held = state["users"]  # type: ignore[assignment]
-            if state["last"] == last and set(held) == ids:
+            if state["last"] == last and all(state[part] == tables[part] for part in kept):
                 break
         await asyncio.sleep(0.1)
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0, (tmp_path / "consumer.log").read_text()
     assert state["last"] == last, f"the copy stopped at {state['last']}, the feed at {last}"
-    assert set(held) == ids, (sorted(set(held) - ids)[:3], sorted(ids - set(held))[:3])
-    for user_id in list(held)[:200]:
-        assert (await client.get(f"/users/{user_id}")).json() == held[user_id]
+    for part in kept:
+        held, table = state[part], tables[part]
+        assert held.keys() == table.keys(), (part, sorted(held.keys() ^ table.keys())[:3])
+        assert held == table, part
+    if groups:
+        assert tables["members"]  # the race left members to compare
+    else:
+        assert state["groups"] == state["members"] == {}
 
 
 def procfile_relay(database_url: str, nats_url: str) -> subprocess.Popen[str]:
