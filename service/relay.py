@@ -453,7 +453,7 @@ async def settle(page: Page, progress: Progress, purger: Purger) -> None:
         metrics.RELAY_PUBLISHED.inc(published)
         metrics.RELAY_DUPLICATES.inc(duplicates)
     # Should the relay stop before these are done, the next one's start does them
-    # (purge_members_of_deleted): a page counts as settled only once they are.
+    # (Purger.deleted_before): a page counts as settled only once they are.
     await purger.groups(deleted)
 
 
