@@ -267,6 +267,17 @@ async def test_a_stream_names_each_event_by_kind_and_type(
 
 
 # The copy: a consumer follows the feed of a real server while writers race.
+async def seed_users_and_groups(client: httpx.AsyncClient) -> list[str]:
+    """The 40 users write_users_and_groups writes to, and six groups holding half of
+    them; the groups' ids."""
+    users = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
+    assert (await client.post("/users/bulk", json=users)).status_code == 201
+    groups = [await create_group(client, f"seed{n}") for n in range(6)]
+    for group in groups:
+        await members(client, group, add=[user["email"] for user in users[::2]])
+    return groups
+
+
 async def write_users_and_groups(
     client: httpx.AsyncClient, writer: int, groups: list[str], stop: asyncio.Event
 ) -> None:
@@ -367,11 +378,7 @@ def test_a_copy_of_users_groups_and_members_kept_while_writers_race_equals_the_t
 
     async def race() -> None:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
-            users = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
-            assert (await client.post("/users/bulk", json=users)).status_code == 201
-            groups = [await create_group(client, f"seed{n}") for n in range(6)]
-            for group in groups:
-                await members(client, group, add=[u["email"] for u in users[::2]])
+            groups = await seed_users_and_groups(client)
             stop = asyncio.Event()
             writers = [
                 asyncio.create_task(write_users_and_groups(client, n, groups, stop))

@@ -32,7 +32,14 @@ from service.queries import Position
 from service.relay import addressing, change_of, headers_of, stream_config
 from service.settings import Settings
 from tests.conftest import ROOT, Cluster, NatsServer, Service, connect, free_port
-from tests.test_all_changes import Copy, all_groups, create_group, members, write_users_and_groups
+from tests.test_all_changes import (
+    Copy,
+    all_groups,
+    create_group,
+    members,
+    seed_users_and_groups,
+    write_users_and_groups,
+)
 from tests.test_changes import all_users
 from tests.test_failover import SYNCHRONOUS, failover_url, promote
 
@@ -636,9 +643,7 @@ async def test_a_consumer_from_the_first_message_keeps_a_copy_equal_to_the_table
     copy = tmp_path / "copy.json"
     group_ids: list[str] = []
     if groups:
-        seeds = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
-        await client.post("/users/bulk", json=seeds)
-        group_ids = [await create_group(client, f"seed{n}") for n in range(6)]
+        group_ids = await seed_users_and_groups(client)
     relay = Relay(tmp_path, database_url, nats_url, **(GROUPS if groups else {}))
     relays.append(relay)
     writers = Writers(client)
@@ -1076,11 +1081,7 @@ async def test_relays_killed_while_users_groups_and_members_race_store_each_chan
     relays: list[Relay],
     tmp_path: Path,
 ) -> None:
-    users = [{"name": "s", "email": f"w{w}-{n}@x.io"} for w in range(4) for n in range(10)]
-    assert (await client.post("/users/bulk", json=users)).status_code == 201
-    groups = [await create_group(client, f"seed{n}") for n in range(6)]
-    for group in groups:
-        await members(client, group, add=[user["email"] for user in users[::2]])
+    groups = await seed_users_and_groups(client)
     stop = asyncio.Event()
     writers = [
         asyncio.create_task(write_users_and_groups(client, n, groups, stop)) for n in range(4)
