@@ -310,7 +310,9 @@ class Purger:
     async def _delete(self, sequence: int) -> None:
         """Delete one message, without erasing it (nats-py's delete_msg erases)."""
         body = msgspec.json.encode({"seq": sequence, "no_erase": True})
-        reply = await self._nc.request(f"$JS.API.STREAM.MSG.DELETE.{self._stream}", body)
+        reply = await self._nc.request(
+            f"$JS.API.STREAM.MSG.DELETE.{self._stream}", body, timeout=ACK_SECONDS
+        )
         error = _decode_reply(reply.data).error
         if error is not None and error.err_code != NO_MESSAGE:  # else gone already
             raise nats.js.errors.APIError(
