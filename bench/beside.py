@@ -21,6 +21,7 @@ import msgspec
 
 from bench import checkouts, machine, postgres, seed, servers
 from bench.options import at_least
+from bench.report import markdown_table
 from bench.scenarios import SCENARIOS, Scenario, Variant
 from bench.wrk import run_wrk, wrk_binary
 
@@ -147,17 +148,14 @@ def ratios(rounds: list[dict[str, dict[str, Run]]], key: str, this: str, other: 
     return [found[key][this].rate / found[key][other].rate for found in rounds]
 
 
-def table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> list[str]:
+def table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> str:
     """Medians over rounds of each rate, and the median of the rounds' ratios: the headline."""
     this, others = names[0], names[1:]
-    lines = [
-        "| scenario | "
-        + " | ".join(names)
-        + " | "
-        + " | ".join(f"this ÷ {name}" for name in others)
-        + f" | lookup and create ≥ {FLOOR:.2f} |",
-        "| --- |" + " ---: |" * (len(names) + len(others)) + " --- |",
-    ]
+    header = [
+        "scenario", *names, *(f"this ÷ {name}" for name in others),
+        f"lookup and create ≥ {FLOOR:.2f}",
+    ]  # fmt: skip
+    rows = []
     for key, subject in SUBJECTS.items():
         rates = [
             f"{statistics.median(found[key][name].rate for found in rounds):,.0f} "
@@ -167,21 +165,15 @@ def table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> list[str
         medians = [statistics.median(ratios(rounds, key, this, other)) for other in others]
         kept = "" if key not in RULED else "yes" if min(medians) >= FLOOR else "**no**"
         cells = [*rates, *(f"**{ratio:.3f}**" for ratio in medians), kept]
-        lines.append(f"| {key}: {subject.scenario.title} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([f"{key}: {subject.scenario.title}", *cells])
+    return markdown_table(header, rows)
 
 
-def round_table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> list[str]:
+def round_table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> str:
     """Every run's rate, p99 and failures, with the round's ratios."""
     this, others = names[0], names[1:]
-    lines = [
-        "| round | scenario | "
-        + " | ".join(names)
-        + " | "
-        + " | ".join(f"this ÷ {name}" for name in others)
-        + " |",
-        "| ---: | --- |" + " ---: |" * (len(names) + len(others)),
-    ]
+    header = ["round", "scenario", *names, *(f"this ÷ {name}" for name in others)]
+    rows = []
     for number, found in enumerate(rounds, 1):
         for key in SUBJECTS:
             runs = [found[key][name] for name in names]
@@ -191,9 +183,9 @@ def round_table(rounds: list[dict[str, dict[str, Run]]], names: list[str]) -> li
                 + ")"
                 for run in runs
             ]
-            cells += [f"{found[key][this].rate / found[key][other].rate:.3f}" for other in others]
-            lines.append(f"| {number} | {key} | " + " | ".join(cells) + " |")
-    return lines
+            cells += [f"{ratios([found], key, this, other)[0]:.3f}" for other in others]
+            rows.append([str(number), key, *cells])
+    return markdown_table(header, rows)
 
 
 def load_average() -> str:
@@ -234,11 +226,11 @@ def markdown(
             "checkout's rate over the other's. The team's rule: lookups and creates within "
             f"5% of the previous commit (a ratio of at least {FLOOR:.2f}).",
             "",
-            *table(rounds, names),
+            table(rounds, names),
             "",
             "## Rounds",
             "",
-            *round_table(rounds, names),
+            round_table(rounds, names),
             "",
             "## Machine",
             "",
@@ -278,7 +270,7 @@ def main(argv: Sequence[str]) -> int:
     report = markdown(options, command, names, rounds, loads, postgres_version)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(report)
-    print("\n" + "\n".join(table(rounds, names)))
+    print("\n" + table(rounds, names))
     print(f"\nLoad average at the start: {loads[0]}; at the end: {loads[1]}")
     print(f"Wrote {options.out}")
     broken = [

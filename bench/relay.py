@@ -221,11 +221,7 @@ async def bulk_round(url: str, nats_url: str, nonce: str) -> float:
             response = await client.post("/users/bulk", json=users)
             answered = time.perf_counter()
             assert response.status_code == 201, response.text
-        for _ in range(60_000):  # 60 s at most
-            if await last_sequence(js) >= before + BULK:
-                return time.perf_counter() - answered
-            await asyncio.sleep(0.002)
-        raise RuntimeError("the bulk load was not in the stream within 60 s")
+        return await in_stream(js, before + BULK) - answered
     finally:
         await nc.close()
 
