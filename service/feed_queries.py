@@ -109,6 +109,7 @@ FROM (
     LIMIT $3
 ) AS behind
 """
+
 _decode_attributes = msgspec.json.Decoder(dict[str, str])
 
 
